@@ -1,0 +1,83 @@
+"""The one interface every graph engine implements, and the dialect each one speaks.
+
+Domain code (graph/store.py) only ever sees a `GraphDriver`. What differs between engines,
+DDL and a few function names, lives in a `Dialect` subclass in graph/backends/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .model import NODE_KINDS, REL_KINDS, NodeKind
+
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+
+
+class Dialect:
+    """Cypher differences between engines. Queries are built from these; values stay params."""
+
+    name = "cypher"
+    #: function returning a uniform random float in [0, 1)
+    random_fn = "rand()"
+
+    @staticmethod
+    def q(identifier: str) -> str:
+        """Quote a label, relationship type or property name taken from graph/model.py."""
+        return "`" + identifier.replace("`", "``") + "`"
+
+    def schema_statements(self) -> list[str]:
+        """DDL that makes the schema exist; each statement safe to run at every start."""
+        raise NotImplementedError
+
+    def node_tables(self) -> tuple[NodeKind, ...]:
+        return NODE_KINDS
+
+    def rel_tables(self) -> tuple[Any, ...]:
+        return REL_KINDS
+
+
+@runtime_checkable
+class Tx(Protocol):
+    def execute(self, query: str, params: Params | None = None) -> list[Row]: ...
+
+
+@runtime_checkable
+class GraphDriver(Protocol):
+    """A connection to one graph database.
+
+    `execute` runs one statement in its own transaction and returns rows as plain dicts
+    (nodes become dicts of their properties); `transaction()` groups statements that must
+    commit or roll back together.
+    """
+
+    dialect: Dialect
+    description: str
+
+    def execute(self, query: str, params: Params | None = None) -> list[Row]: ...
+
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+
+    def ensure_schema(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class QueryCounter:
+    """Counts statements sent to the database: how tests prove a view is O(1) in queries."""
+
+    count: int = 0
+    queries: list[str] = field(default_factory=list)
+
+    def add(self, query: str) -> None:
+        self.count += 1
+        self.queries.append(query)
+
+
+def batched(rows: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]

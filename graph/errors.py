@@ -1,0 +1,52 @@
+"""Errors raised by glan. Each carries the context a user needs to fix the problem."""
+
+from __future__ import annotations
+
+
+class GlanError(Exception):
+    """Root of every error glan raises on purpose."""
+
+
+class InvalidInput(GlanError):
+    """A value given by the caller is not acceptable; nothing was changed."""
+
+
+class NodeNotFound(GlanError):
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        msg = f"no node at path {path!r}"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg + " (see `glan tree` for what exists)")
+
+
+class WrongKind(InvalidInput):
+    def __init__(self, message: str, *, parent_kind: str | None = None, kind: str | None = None):
+        self.parent_kind = parent_kind
+        self.kind = kind
+        super().__init__(message)
+
+
+class CycleError(InvalidInput):
+    """Linking a node under itself or one of its descendants."""
+
+
+class StoreLocked(GlanError):
+    """The embedded database is open read-write in another process."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(
+            f"the glan database at {path} is already open in another process"
+            f"{' (' + detail + ')' if detail else ''}. Only one process may open it at a time: "
+            "stop the other `glan` process (or `glan serve`), point GLAN_SERVER_URL at the "
+            "running server, or use another GLAN_DB_PATH."
+        )
+
+
+class BackendUnavailable(GlanError):
+    """The configured graph backend cannot be reached or started."""
+
+
+class QueryError(GlanError):
+    """The database rejected a query; carries the backend's message."""

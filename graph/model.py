@@ -1,0 +1,309 @@
+"""The GLAN graph model as data: node kinds, relationship types, ids and review states.
+
+Everything that writes Cypher takes its labels and property names from here, never from
+user input. Backends render this description into their own DDL (graph/backends/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class PropType(StrEnum):
+    STRING = "STRING"
+    INT = "INT64"
+    FLOAT = "DOUBLE"
+    BOOL = "BOOLEAN"
+    STRING_LIST = "STRING[]"
+
+
+class Status(StrEnum):
+    """Review state of a taxonomy node. Rejecting a node hides its whole subtree."""
+
+    PROPOSED = "proposed"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class Source(StrEnum):
+    SEED = "seed"
+    LLM = "llm"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class Prop:
+    name: str
+    type: PropType = PropType.STRING
+
+
+@dataclass(frozen=True)
+class NodeKind:
+    label: str
+    id_prefix: str
+    props: tuple[Prop, ...]
+
+    @property
+    def prop_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.props)
+
+    def prop(self, name: str) -> Prop:
+        for p in self.props:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.label} has no property {name!r}")
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class RelKind:
+    type: str
+    src: NodeKind
+    dst: NodeKind
+
+    def __str__(self) -> str:
+        return self.type
+
+
+S, I, F, L = PropType.STRING, PropType.INT, PropType.FLOAT, PropType.STRING_LIST
+
+# Properties every node of the hierarchy (Field .. Concept) carries.
+_HIERARCHY = (
+    Prop("id"),
+    Prop("name"),
+    Prop("key"),  # normalized name: what paths and merges compare
+    Prop("status"),
+    Prop("source"),
+    Prop("description"),
+    Prop("created_at"),
+    Prop("updated_at"),
+)
+# Provenance of anything a model produced.
+_PROVENANCE = (
+    Prop("model"),
+    Prop("prompt_name"),
+    Prop("prompt_version"),
+    Prop("job_id"),
+    Prop("unit_id"),
+)
+
+FIELD = NodeKind("Field", "fld", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
+SUBFIELD = NodeKind("SubField", "sub", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
+DISCIPLINE = NodeKind("Discipline", "dis", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
+SUBJECT = NodeKind(
+    "Subject", "sbj", _HIERARCHY + (Prop("level"), Prop("subtopics", L)) + _PROVENANCE
+)
+SESSION = NodeKind("Session", "ses", _HIERARCHY + (Prop("position", I),) + _PROVENANCE)
+CONCEPT = NodeKind("Concept", "con", _HIERARCHY + (Prop("position", I),) + _PROVENANCE)
+INSTRUCTION = NodeKind(
+    "Instruction",
+    "ins",
+    (
+        Prop("id"),
+        Prop("text"),
+        Prop("strategy"),  # basic | hard
+        Prop("seed", I),
+        Prop("combo_key"),  # hash of the sorted concept ids: what "combination covered" counts
+        Prop("subject_id"),
+        Prop("temperature", F),
+        Prop("top_p", F),
+        Prop("created_at"),
+    )
+    + _PROVENANCE,
+)
+RESPONSE = NodeKind(
+    "Response",
+    "rsp",
+    (
+        Prop("id"),
+        Prop("text"),
+        Prop("instruction_id"),
+        Prop("temperature", F),
+        Prop("top_p", F),
+        Prop("created_at"),
+    )
+    + _PROVENANCE,
+)
+JOB = NodeKind(
+    "Job",
+    "job",
+    (
+        Prop("id"),
+        Prop("kind"),
+        Prop("scope"),
+        Prop("params"),  # JSON text
+        Prop("status"),
+        Prop("total", I),
+        Prop("done", I),
+        Prop("failed", I),
+        Prop("prompt_tokens", I),
+        Prop("completion_tokens", I),
+        Prop("error"),
+        Prop("created_at"),
+        Prop("updated_at"),
+    ),
+)
+# One resumable piece of a job (discipline+round, subject, sampled combination, ...).
+# Its id is derived from its inputs, so a re-run finds it and skips it when done.
+UNIT = NodeKind(
+    "Unit",
+    "unt",
+    (
+        Prop("id"),
+        Prop("job_id"),
+        Prop("stage"),
+        Prop("target_id"),
+        Prop("status"),  # pending | done | failed
+        Prop("attempts", I),
+        Prop("error"),
+        Prop("raw"),  # the model's text when parsing failed: never thrown away
+        Prop("payload"),  # JSON text: the unit's inputs (e.g. the sampled concept ids)
+        Prop("prompt_tokens", I),
+        Prop("completion_tokens", I),
+        Prop("updated_at"),
+    ),
+)
+
+NODE_KINDS: tuple[NodeKind, ...] = (
+    FIELD,
+    SUBFIELD,
+    DISCIPLINE,
+    SUBJECT,
+    SESSION,
+    CONCEPT,
+    INSTRUCTION,
+    RESPONSE,
+    JOB,
+    UNIT,
+)
+KIND_BY_LABEL = {k.label: k for k in NODE_KINDS}
+
+HAS_SUBFIELD = RelKind("HAS_SUBFIELD", FIELD, SUBFIELD)
+HAS_DISCIPLINE = RelKind("HAS_DISCIPLINE", SUBFIELD, DISCIPLINE)
+HAS_SUBJECT = RelKind("HAS_SUBJECT", DISCIPLINE, SUBJECT)
+HAS_SESSION = RelKind("HAS_SESSION", SUBJECT, SESSION)
+HAS_CONCEPT = RelKind("HAS_CONCEPT", SESSION, CONCEPT)
+COVERS = RelKind("COVERS", INSTRUCTION, CONCEPT)
+FROM = RelKind("FROM", INSTRUCTION, SESSION)
+ANSWERS = RelKind("ANSWERS", RESPONSE, INSTRUCTION)
+
+REL_KINDS: tuple[RelKind, ...] = (
+    HAS_SUBFIELD,
+    HAS_DISCIPLINE,
+    HAS_SUBJECT,
+    HAS_SESSION,
+    HAS_CONCEPT,
+    COVERS,
+    FROM,
+    ANSWERS,
+)
+
+# The knowledge hierarchy, top down. A path "A/B/C" names the node at depth 3: a Discipline.
+HIERARCHY: tuple[NodeKind, ...] = (FIELD, SUBFIELD, DISCIPLINE, SUBJECT, SESSION, CONCEPT)
+CHILD_REL: dict[str, RelKind] = {r.src.label: r for r in REL_KINDS[:5]}
+PARENT_REL: dict[str, RelKind] = {r.dst.label: r for r in REL_KINDS[:5]}
+TAXONOMY: tuple[NodeKind, ...] = (FIELD, SUBFIELD, DISCIPLINE)
+# Only subjects may sit under several parents (a subject shared by disciplines).
+SHARED_KINDS = frozenset({SUBJECT.label})
+
+# Kinds a user may name on the command line or in the API, case-insensitively.
+KIND_ALIASES = {
+    "field": FIELD,
+    "subfield": SUBFIELD,
+    "sub-field": SUBFIELD,
+    "discipline": DISCIPLINE,
+    "subject": SUBJECT,
+    "session": SESSION,
+    "concept": CONCEPT,
+}
+
+MAX_NAME_LENGTH = 200
+PATH_SEPARATOR = "/"
+
+
+def parse_kind(name: str) -> NodeKind:
+    kind = KIND_ALIASES.get(name.strip().lower()) or KIND_BY_LABEL.get(name.strip())
+    if kind is None:
+        choices = ", ".join(k.label for k in HIERARCHY)
+        raise ValueError(f"unknown kind {name!r}; choose one of {choices}")
+    return kind
+
+
+def depth_of(kind: NodeKind) -> int:
+    """1 for Field .. 6 for Concept."""
+    return HIERARCHY.index(kind) + 1
+
+
+def child_kind(kind: NodeKind) -> NodeKind | None:
+    rel = CHILD_REL.get(kind.label)
+    return rel.dst if rel else None
+
+
+_WS = re.compile(r"\s+")
+
+
+def clean_name(name: str) -> str:
+    """The name as stored: NFC, trimmed, inner whitespace collapsed, control chars removed."""
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" or ch in "\t\n ")
+    return _WS.sub(" ", name).strip()
+
+
+def name_key(name: str) -> str:
+    """What two names must share to be the same node: case and spacing do not count."""
+    return clean_name(name).casefold()
+
+
+def stable_hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def node_id(kind: NodeKind, *parts: str) -> str:
+    """A deterministic id: the same inputs always give the same node, so writes are upserts."""
+    return f"{kind.id_prefix}_{stable_hash(kind.label, *parts)}"
+
+
+def hierarchy_id(kind: NodeKind, name: str, parent_id: str | None) -> str:
+    """Id of a Field..Concept node. Subjects are keyed by name alone so disciplines share them."""
+    if kind is FIELD or kind.label in SHARED_KINDS:
+        return node_id(kind, name_key(name))
+    if parent_id is None:
+        raise ValueError(f"a {kind.label} needs a parent")
+    return node_id(kind, parent_id, name_key(name))
+
+
+def escape_segment(name: str) -> str:
+    return name.replace("\\", "\\\\").replace(PATH_SEPARATOR, "\\" + PATH_SEPARATOR)
+
+
+def join_path(names: list[str] | tuple[str, ...]) -> str:
+    return PATH_SEPARATOR.join(escape_segment(n) for n in names)
+
+
+def split_path(path: str) -> list[str]:
+    """Split "Natural Sciences/Physics" into names; "\\/" is a slash inside a name."""
+    parts: list[str] = []
+    buf: list[str] = []
+    it = iter(path)
+    for ch in it:
+        if ch == "\\":
+            nxt = next(it, "")
+            buf.append(nxt)
+        elif ch == PATH_SEPARATOR:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    parts.append("".join(buf))
+    parts = [clean_name(p) for p in parts]
+    if path.strip() == "":
+        return []
+    if any(not p for p in parts):
+        raise ValueError(f"path {path!r} has an empty segment")
+    return parts

@@ -1,0 +1,204 @@
+"""Every Cypher text glan sends, built per dialect. Nothing else in the project writes Cypher.
+
+Labels, relationship types and property names come from graph/model.py and are quoted;
+every value is a `$parameter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .driver import Dialect
+from .model import (
+    ANSWERS,
+    CHILD_REL,
+    COVERS,
+    FROM,
+    HIERARCHY,
+    INSTRUCTION,
+    RESPONSE,
+    SESSION,
+    NodeKind,
+    RelKind,
+)
+
+
+def _props_map(d: Dialect, props: Sequence[str], var: str = "r") -> str:
+    return "{" + ", ".join(f"{d.q(p)}: {var}.{d.q(p)}" for p in props) + "}"
+
+
+def create_nodes(d: Dialect, kind: NodeKind, props: Sequence[str]) -> str:
+    return f"UNWIND $rows AS r CREATE (n:{d.q(kind.label)} {_props_map(d, props)})"
+
+
+def update_nodes(d: Dialect, kind: NodeKind, props: Sequence[str]) -> str:
+    sets = ", ".join(f"n.{d.q(p)} = r.{d.q(p)}" for p in props if p != "id")
+    return f"UNWIND $rows AS r MATCH (n:{d.q(kind.label)} {{id: r.id}}) SET {sets}"
+
+
+def existing_ids(d: Dialect, kind: NodeKind) -> str:
+    return f"UNWIND $ids AS x MATCH (n:{d.q(kind.label)} {{id: x}}) RETURN n.id AS id"
+
+
+def get_node(d: Dialect, kind: NodeKind) -> str:
+    return f"MATCH (n:{d.q(kind.label)} {{id: $id}}) RETURN n"
+
+
+def get_nodes(d: Dialect, kind: NodeKind) -> str:
+    return f"UNWIND $ids AS x MATCH (n:{d.q(kind.label)} {{id: x}}) RETURN n"
+
+
+def existing_edges(d: Dialect, rel: RelKind) -> str:
+    return (
+        f"UNWIND $rows AS r MATCH (a:{d.q(rel.src.label)} {{id: r.src}})"
+        f"-[:{d.q(rel.type)}]->(b:{d.q(rel.dst.label)} {{id: r.dst}}) "
+        "RETURN a.id AS src, b.id AS dst"
+    )
+
+
+def create_edges(d: Dialect, rel: RelKind) -> str:
+    return (
+        f"UNWIND $rows AS r MATCH (a:{d.q(rel.src.label)} {{id: r.src}}), "
+        f"(b:{d.q(rel.dst.label)} {{id: r.dst}}) CREATE (a)-[:{d.q(rel.type)}]->(b)"
+    )
+
+
+def delete_edge(d: Dialect, rel: RelKind) -> str:
+    return (
+        f"MATCH (a:{d.q(rel.src.label)} {{id: $src}})-[e:{d.q(rel.type)}]->"
+        f"(b:{d.q(rel.dst.label)} {{id: $dst}}) DELETE e"
+    )
+
+
+def delete_nodes(d: Dialect, kind: NodeKind) -> str:
+    return f"UNWIND $ids AS x MATCH (n:{d.q(kind.label)} {{id: x}}) DETACH DELETE n"
+
+
+def chain(d: Dialect, top: int, bottom: int, var: str = "n") -> str:
+    """The pattern from hierarchy level `top` down to `bottom` (0 = Field), vars n<level>."""
+    parts = [f"({var}{top}:{d.q(HIERARCHY[top].label)})"]
+    for level in range(top + 1, bottom + 1):
+        rel = CHILD_REL[HIERARCHY[level - 1].label]
+        parts.append(f"-[:{d.q(rel.type)}]->({var}{level}:{d.q(HIERARCHY[level].label)})")
+    return "".join(parts)
+
+
+def visible(top: int, bottom: int, var: str = "n") -> str:
+    """Condition: no node of the chain from `top` to `bottom` is rejected."""
+    return " AND ".join(f"{var}{lv}.status <> $rejected" for lv in range(top, bottom + 1))
+
+
+def resolve_path(d: Dialect, depth: int) -> str:
+    """Walk names from a Field down `depth` levels; returns each node on the way."""
+    pattern = chain(d, 0, depth - 1)
+    where = " AND ".join(f"n{lv}.key = $k{lv}" for lv in range(depth))
+    ret = ", ".join(f"n{lv}" for lv in range(depth))
+    return f"MATCH {pattern} WHERE {where} RETURN {ret}"
+
+
+def paths_to(d: Dialect, level: int) -> str:
+    """Every chain from a Field down to the node $id at `level` (several for a shared subject)."""
+    ret = ", ".join(f"n{lv}.name AS name{lv}, n{lv}.status AS status{lv}" for lv in range(level))
+    return f"MATCH {chain(d, 0, level)} WHERE n{level}.id = $id RETURN {ret}"
+
+
+def children(d: Dialect, parent: NodeKind) -> str:
+    rel = CHILD_REL[parent.label]
+    return (
+        f"MATCH (p:{d.q(parent.label)} {{id: $id}})-[:{d.q(rel.type)}]->"
+        f"(c:{d.q(rel.dst.label)}) RETURN c"
+    )
+
+
+def roots(d: Dialect) -> str:
+    return f"MATCH (c:{d.q(HIERARCHY[0].label)}) RETURN c"
+
+
+def parents(d: Dialect, kind: NodeKind) -> str:
+    rel = next(r for r in CHILD_REL.values() if r.dst is kind)
+    return (
+        f"MATCH (p:{d.q(rel.src.label)})-[:{d.q(rel.type)}]->"
+        f"(c:{d.q(kind.label)} {{id: $id}}) RETURN p"
+    )
+
+
+def descendant_ids(d: Dialect, top: int, bottom: int) -> str:
+    """Ids at level `bottom` under the node $id at level `top` (all of them, any status)."""
+    return f"MATCH {chain(d, top, bottom)} WHERE n{top}.id = $id RETURN DISTINCT n{bottom}.id AS id"
+
+
+def other_parent_ids(d: Dialect, kind: NodeKind) -> str:
+    """For shared nodes among $ids: those that keep a parent outside $parents."""
+    rel = next(r for r in CHILD_REL.values() if r.dst is kind)
+    return (
+        f"UNWIND $ids AS x MATCH (p:{d.q(rel.src.label)})-[:{d.q(rel.type)}]->"
+        f"(c:{d.q(kind.label)} {{id: x}}) WHERE NOT p.id IN $parents RETURN DISTINCT c.id AS id"
+    )
+
+
+def instruction_ids_from_sessions(d: Dialect) -> str:
+    return (
+        f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->"
+        f"(s:{d.q(SESSION.label)} {{id: x}}) RETURN DISTINCT i.id AS id"
+    )
+
+
+def response_ids_for(d: Dialect) -> str:
+    return (
+        f"UNWIND $ids AS x MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->"
+        f"(i:{d.q(INSTRUCTION.label)} {{id: x}}) RETURN DISTINCT r.id AS id"
+    )
+
+
+def count_below(d: Dialect, top: int | None, group: int | None, target: int) -> str:
+    """Distinct visible nodes at level `target` under the scope, grouped by level `group`.
+
+    Levels 0..5 are Field..Concept; 6 is Instruction (linked by FROM to a Session) and 7 is
+    Response. `top` is the level of the scope node $id (None: the whole store); `group`
+    None gives one total, distinct across the scope's children (a shared subject counts once).
+    """
+    start = 0 if top is None else top
+    session = HIERARCHY.index(SESSION)
+    last = target if target < len(HIERARCHY) else session
+    bottom = max(last, group if group is not None else start)
+    pattern = chain(d, start, bottom)
+    where = [visible(start, bottom)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    counted = f"n{target}"
+    if target >= len(HIERARCHY):
+        pattern += f", (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n{session})"
+        counted = "i"
+    if target == len(HIERARCHY) + 1:
+        pattern += f", (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i)"
+        counted = "r"
+    head = f"MATCH {pattern} WHERE {' AND '.join(where)} RETURN "
+    if group is None:
+        return head + f"count(DISTINCT {counted}.id) AS n"
+    return head + f"n{group}.id AS id, count(DISTINCT {counted}.id) AS n"
+
+
+def children_of_many(d: Dialect, parent: NodeKind) -> str:
+    rel = CHILD_REL[parent.label]
+    return (
+        f"UNWIND $ids AS x MATCH (p:{d.q(parent.label)} {{id: x}})-[:{d.q(rel.type)}]->"
+        f"(c:{d.q(rel.dst.label)}) RETURN x AS parent, c"
+    )
+
+
+def set_status(d: Dialect, kind: NodeKind) -> str:
+    return (
+        f"MATCH (n:{d.q(kind.label)} {{id: $id}}) "
+        "SET n.status = $status, n.updated_at = $now RETURN n.id AS id"
+    )
+
+
+def count_label(d: Dialect, kind: NodeKind) -> str:
+    return f"MATCH (n:{d.q(kind.label)}) RETURN count(n) AS n"
+
+
+def covers_edges(d: Dialect) -> str:
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(c) "
+        "WHERE i.id IN $ids RETURN i.id AS src, c.id AS dst"
+    )

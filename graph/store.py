@@ -1,0 +1,659 @@
+"""The domain API of the knowledge store. Everything outside graph/ goes through `Store`.
+
+It knows the GLAN hierarchy (Field > SubField > Discipline > Subject > Session > Concept),
+review states and deterministic ids; it never asks which engine it runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import queries as Q
+from .backends import open_driver
+from .config import StoreConfig
+from .driver import GraphDriver, Row, Tx, batched
+from .errors import CycleError, InvalidInput, NodeNotFound, WrongKind
+from .model import (
+    CHILD_REL,
+    FIELD,
+    HIERARCHY,
+    INSTRUCTION,
+    MAX_NAME_LENGTH,
+    NODE_KINDS,
+    PARENT_REL,
+    RESPONSE,
+    SESSION,
+    SHARED_KINDS,
+    SUBJECT,
+    NodeKind,
+    RelKind,
+    Source,
+    Status,
+    child_kind,
+    clean_name,
+    hierarchy_id,
+    join_path,
+    name_key,
+    split_path,
+)
+
+_KIND_BY_PREFIX = {k.id_prefix: k for k in NODE_KINDS}
+#: Names of the count columns, by level below a node (6 = instructions, 7 = responses).
+COUNT_NAMES = ("fields", "subfields", "disciplines", "subjects", "sessions", "concepts",
+               "instructions", "responses")
+LEVEL_INSTRUCTION = len(HIERARCHY)
+LEVEL_RESPONSE = len(HIERARCHY) + 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Node:
+    kind: NodeKind
+    props: dict[str, Any]
+    #: the path this node was reached by (hierarchy nodes only)
+    path: str | None = None
+    #: rejected here or on the way down from its Field
+    hidden: bool = False
+
+    def __repr__(self) -> str:
+        return f"Node({self.kind.label} {self.id} {self.name!r} path={self.path!r})"
+
+    @property
+    def id(self) -> str:
+        return str(self.props["id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.props.get("name") or "")
+
+    @property
+    def status(self) -> str | None:
+        return self.props.get("status")
+
+    @property
+    def level(self) -> int:
+        return HIERARCHY.index(self.kind)
+
+    @classmethod
+    def from_row(cls, value: Mapping[str, Any], path: str | None = None) -> Node:
+        props = dict(value)
+        label = props.pop("_label", None)
+        kind = kind_of_id(str(props["id"])) if label is None else _kind_by_label(label)
+        return cls(kind, props, path)
+
+
+@dataclass
+class TreeNode:
+    node: Node | None  # None: the root above all fields
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+    children: list[TreeNode] = field(default_factory=list)
+
+
+@dataclass
+class UpsertResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class LoadReport:
+    created: dict[str, int] = field(default_factory=dict)
+    existing: dict[str, int] = field(default_factory=dict)
+
+
+def _kind_by_label(label: str) -> NodeKind:
+    for k in NODE_KINDS:
+        if k.label == label:
+            return k
+    raise KeyError(label)
+
+
+def kind_of_id(node_id: str) -> NodeKind:
+    prefix, _, rest = node_id.partition("_")
+    kind = _KIND_BY_PREFIX.get(prefix)
+    if kind is None or not rest:
+        raise InvalidInput(f"{node_id!r} is not a glan node id")
+    return kind
+
+
+def validate_name(name: Any, what: str = "name") -> str:
+    if not isinstance(name, str):
+        raise InvalidInput(f"{what} must be a string, got {type(name).__name__}")
+    cleaned = clean_name(name)
+    if not cleaned:
+        raise InvalidInput(f"{what} is empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise InvalidInput(
+            f"{what} is {len(cleaned)} characters long; the limit is {MAX_NAME_LENGTH}"
+        )
+    return cleaned
+
+
+class Store:
+    """Upserts, lookups, review and views over one graph database."""
+
+    def __init__(self, driver: GraphDriver, *, batch_size: int = 5000) -> None:
+        self.driver = driver
+        self.d = driver.dialect
+        self.batch_size = batch_size
+
+    @classmethod
+    def open(cls, config: StoreConfig, *, ensure_schema: bool = True) -> Store:
+        store = cls(open_driver(config))
+        if ensure_schema:
+            store.ensure_schema()
+        return store
+
+    def ensure_schema(self) -> None:
+        self.driver.ensure_schema()
+
+    def close(self) -> None:
+        self.driver.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ batch writes
+
+    def upsert_nodes(
+        self,
+        kind: NodeKind,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        update_existing: bool = True,
+        tx: Tx | None = None,
+    ) -> UpsertResult:
+        """Create rows whose id is new; update (or keep, if told) the others.
+
+        Creating is many times faster than MERGE on the embedded engine, so existing ids are
+        looked up first and the rest are created in bulk. Rows of one call share their keys.
+        """
+        result = UpsertResult()
+        if not rows:
+            return result
+        keys = list(rows[0].keys())
+        if "id" not in keys:
+            raise InvalidInput(f"{kind.label} rows need an id")
+        unknown = set(keys) - set(kind.prop_names)
+        if unknown:
+            raise InvalidInput(f"{kind.label} has no properties {sorted(unknown)}")
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        stamp = now_iso()
+        for batch in batched(list(rows), self.batch_size):
+            # the last row of an id wins, as with any upsert
+            by_id = {str(r["id"]): r for r in batch}
+            found = {
+                r["id"]
+                for r in runner.execute(Q.existing_ids(self.d, kind), {"ids": list(by_id)})
+            }
+            new = [self._full_row(kind, r, stamp) for i, r in by_id.items() if i not in found]
+            if new:
+                runner.execute(Q.create_nodes(self.d, kind, kind.prop_names), {"rows": new})
+                result.created += len(new)
+            old = [dict(r) for i, r in by_id.items() if i in found]
+            if old and update_existing and len(keys) > 1:
+                props = list(keys)
+                if "updated_at" in kind.prop_names and "updated_at" not in props:
+                    props.append("updated_at")
+                    for r in old:
+                        r["updated_at"] = stamp
+                runner.execute(Q.update_nodes(self.d, kind, props), {"rows": old})
+                result.updated += len(old)
+            else:
+                result.unchanged += len(old)
+        return result
+
+    @staticmethod
+    def _full_row(kind: NodeKind, row: Mapping[str, Any], stamp: str) -> dict[str, Any]:
+        full: dict[str, Any] = dict.fromkeys(kind.prop_names)
+        full.update(row)
+        for ts in ("created_at", "updated_at"):
+            if ts in full and full[ts] is None:
+                full[ts] = stamp
+        return full
+
+    def upsert_edges(
+        self, rel: RelKind, pairs: Iterable[tuple[str, str]], *, tx: Tx | None = None
+    ) -> int:
+        """Create the edges not already there; returns how many were created."""
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        created = 0
+        unique = list(dict.fromkeys(pairs))
+        for batch in batched(unique, self.batch_size):
+            rows = [{"src": s, "dst": t} for s, t in batch]
+            have = {
+                (r["src"], r["dst"]) for r in runner.execute(Q.existing_edges(self.d, rel), {"rows": rows})
+            }
+            todo = [r for r in rows if (r["src"], r["dst"]) not in have]
+            if todo:
+                runner.execute(Q.create_edges(self.d, rel), {"rows": todo})
+                created += len(todo)
+        return created
+
+    # ------------------------------------------------------------------ lookups
+
+    def get(self, node_id: str) -> Node | None:
+        kind = kind_of_id(node_id)
+        rows = self.driver.execute(Q.get_node(self.d, kind), {"id": node_id})
+        return Node.from_row(rows[0]["n"]) if rows else None
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Node]:
+        """Nodes by id, one query per kind present."""
+        by_kind: dict[str, list[str]] = {}
+        for i in dict.fromkeys(ids):
+            by_kind.setdefault(kind_of_id(i).label, []).append(i)
+        out: dict[str, Node] = {}
+        for label, kind_ids in by_kind.items():
+            kind = _kind_by_label(label)
+            for batch in batched(kind_ids, self.batch_size):
+                for row in self.driver.execute(Q.get_nodes(self.d, kind), {"ids": batch}):
+                    node = Node.from_row(row["n"])
+                    out[node.id] = node
+        return out
+
+    def resolve(self, path: str) -> list[Node]:
+        """The nodes named by a path, top down. Raises NodeNotFound naming the missing part."""
+        try:
+            names = split_path(path)
+        except ValueError as exc:
+            raise NodeNotFound(path, str(exc)) from exc
+        if not names:
+            raise NodeNotFound(path, "the path is empty")
+        if len(names) > len(HIERARCHY):
+            raise NodeNotFound(
+                path, f"paths are at most {len(HIERARCHY)} deep (Field/.../Concept)"
+            )
+        params: dict[str, Any] = {f"k{i}": name_key(n) for i, n in enumerate(names)}
+        rows = self.driver.execute(Q.resolve_path(self.d, len(names)), params)
+        if not rows:
+            raise NodeNotFound(path, self._missing_part(names))
+        row = rows[0]
+        nodes: list[Node] = []
+        hidden = False
+        for i in range(len(names)):
+            node = Node.from_row(row[f"n{i}"])
+            hidden = hidden or node.status == Status.REJECTED
+            node.path = join_path([n.name for n in nodes] + [node.name])
+            node.hidden = hidden
+            nodes.append(node)
+        return nodes
+
+    def _missing_part(self, names: list[str]) -> str:
+        """Find the first segment that does not exist, for the error message."""
+        for depth in range(1, len(names)):
+            params = {f"k{i}": name_key(n) for i, n in enumerate(names[:depth])}
+            if not self.driver.execute(Q.resolve_path(self.d, depth), params):
+                return f"{join_path(names[:depth])!r} does not exist"
+        kind = HIERARCHY[len(names) - 1]
+        return f"no {kind.label} named {names[-1]!r} under {join_path(names[:-1]) or 'the root'}"
+
+    def node(self, path: str) -> Node:
+        return self.resolve(path)[-1]
+
+    def children(self, path: str | None = None) -> list[Node]:
+        """Children of the node at `path` (fields when None), in syllabus or name order."""
+        if not path:
+            rows = self.driver.execute(Q.roots(self.d))
+            parent_path, hidden = "", False
+        else:
+            parent = self.node(path)
+            if child_kind(parent.kind) is None:
+                return []
+            rows = self.driver.execute(Q.children(self.d, parent.kind), {"id": parent.id})
+            parent_path, hidden = parent.path or "", parent.hidden
+        nodes = [Node.from_row(r["c" if "c" in r else "n"]) for r in rows]
+        for n in nodes:
+            n.path = join_path([*split_path(parent_path), n.name]) if parent_path else join_path(
+                [n.name]
+            )
+            n.hidden = hidden or n.status == Status.REJECTED
+        return sorted(nodes, key=_order)
+
+    def paths_of(self, node_id: str) -> list[str]:
+        """Every path that reaches a hierarchy node (several for a shared subject)."""
+        kind = kind_of_id(node_id)
+        node = self.get(node_id)
+        if node is None or kind not in HIERARCHY:
+            return []
+        level = HIERARCHY.index(kind)
+        if level == 0:
+            return [join_path([node.name])]
+        rows = self.driver.execute(Q.paths_to(self.d, level), {"id": node_id})
+        return sorted(
+            join_path([r[f"name{i}"] for i in range(level)] + [node.name]) for r in rows
+        )
+
+    # ------------------------------------------------------------------ taxonomy edits
+
+    def add_node(
+        self,
+        parent_path: str | None,
+        kind: NodeKind,
+        name: str,
+        *,
+        source: Source = Source.USER,
+        status: Status = Status.APPROVED,
+        props: Mapping[str, Any] | None = None,
+    ) -> Node:
+        """Insert one node under a parent, checking the kind fits. Adding it again is a no-op.
+
+        A subject that already exists under another discipline is linked, not duplicated.
+        """
+        name = validate_name(name, f"{kind.label} name")
+        extra = dict(props or {})
+        bad = set(extra) - set(kind.prop_names) | ({"id", "key", "name"} & set(extra))
+        if bad:
+            raise InvalidInput(f"{kind.label} cannot take properties {sorted(bad)}")
+        if kind not in HIERARCHY:
+            raise WrongKind(f"{kind.label} is not part of the knowledge hierarchy", kind=kind.label)
+        parent: Node | None = None
+        if parent_path:
+            parent = self.node(parent_path)
+            expected = child_kind(parent.kind)
+            if expected is not kind:
+                raise WrongKind(
+                    f"a {kind.label} cannot go under the {parent.kind.label} {parent.path!r}: "
+                    + (
+                        f"only a {expected.label} can"
+                        if expected
+                        else f"a {parent.kind.label} has no children"
+                    ),
+                    parent_kind=parent.kind.label,
+                    kind=kind.label,
+                )
+        elif kind is not FIELD:
+            raise WrongKind(
+                f"a {kind.label} needs a parent path; only a Field sits at the top",
+                kind=kind.label,
+            )
+        node_id = hierarchy_id(kind, name, parent.id if parent else None)
+        row: dict[str, Any] = {
+            "id": node_id,
+            "name": name,
+            "key": name_key(name),
+            "status": str(status),
+            "source": str(source),
+            **extra,
+        }
+        if "path" in kind.prop_names:
+            row["path"] = join_path([*(split_path(parent.path or "") if parent else []), name])
+        with self.driver.transaction() as tx:
+            if "position" in kind.prop_names and row.get("position") is None and parent:
+                row["position"] = len(self._children_ids(parent, tx))
+            self.upsert_nodes(kind, [row], update_existing=False, tx=tx)
+            if parent is not None:
+                self.upsert_edges(CHILD_REL[parent.kind.label], [(parent.id, node_id)], tx=tx)
+        path = join_path([*(split_path(parent.path or "") if parent else []), name])
+        return self.node(path)
+
+    def _children_ids(self, parent: Node, tx: Tx) -> list[str]:
+        rows = tx.execute(Q.children(self.d, parent.kind), {"id": parent.id})
+        return [r["c"]["id"] for r in rows]
+
+    def link(self, parent_path: str, child_path: str) -> Node:
+        """Put an existing subject under one more discipline (the paper keeps such repeats)."""
+        parent = self.node(parent_path)
+        child = self.node(child_path)
+        ancestors = {n.id for n in self.resolve(parent_path)}
+        for p in self.paths_of(parent.id):
+            ancestors.update(n.id for n in self.resolve(p))
+        if child.id in ancestors:
+            raise CycleError(
+                f"cannot put {child.path!r} under {parent.path!r}: it is that node or one of "
+                "its ancestors, which would make a cycle"
+            )
+        if child_kind(parent.kind) is not child.kind:
+            raise WrongKind(
+                f"a {child.kind.label} cannot go under a {parent.kind.label}",
+                parent_kind=parent.kind.label,
+                kind=child.kind.label,
+            )
+        if child.kind.label not in SHARED_KINDS:
+            raise InvalidInput(
+                f"only subjects may belong to several parents; {child.path!r} is a "
+                f"{child.kind.label}"
+            )
+        self.upsert_edges(CHILD_REL[parent.kind.label], [(parent.id, child.id)])
+        return self.node(join_path([*split_path(parent.path or ""), child.name]))
+
+    def review(self, path: str, status: Status) -> Node:
+        """Approve, reject or re-propose a node. Rejecting hides its subtree; nothing is lost."""
+        node = self.node(path)
+        self.driver.execute(
+            Q.set_status(self.d, node.kind),
+            {"id": node.id, "status": str(status), "now": now_iso()},
+        )
+        return self.node(path)
+
+    def delete_subtree(self, path: str) -> dict[str, int]:
+        """Delete a node and everything below it that has no other parent.
+
+        A shared subject reached through this path is only unlinked from it.
+        """
+        nodes = self.resolve(path)
+        node = nodes[-1]
+        top = node.level
+        if node.kind.label in SHARED_KINDS and len(nodes) > 1:
+            parents = self.driver.execute(Q.parents(self.d, node.kind), {"id": node.id})
+            if len(parents) > 1:
+                rel = PARENT_REL[node.kind.label]
+                self.driver.execute(
+                    Q.delete_edge(self.d, rel), {"src": nodes[-2].id, "dst": node.id}
+                )
+                return {"unlinked": 1}
+        doomed: dict[int, list[str]] = {top: [node.id]}
+        for level in range(top + 1, len(HIERARCHY)):
+            kind = HIERARCHY[level]
+            ids = self._ids_below(doomed[level - 1], HIERARCHY[level - 1])
+            if kind.label in SHARED_KINDS and ids:
+                keep = {
+                    r["id"]
+                    for r in self.driver.execute(
+                        Q.other_parent_ids(self.d, kind), {"ids": ids, "parents": doomed[level - 1]}
+                    )
+                }
+                ids = [i for i in ids if i not in keep]
+            doomed[level] = ids
+        session_ids = doomed.get(HIERARCHY.index(SESSION), [])
+        instruction_ids = self._column(Q.instruction_ids_from_sessions(self.d), session_ids)
+        response_ids = self._column(Q.response_ids_for(self.d), instruction_ids)
+        counts: dict[str, int] = {}
+        with self.driver.transaction() as tx:
+            for kind, ids in [
+                (RESPONSE, response_ids),
+                (INSTRUCTION, instruction_ids),
+                *[(HIERARCHY[lv], doomed[lv]) for lv in sorted(doomed, reverse=True)],
+            ]:
+                for batch in batched(ids, self.batch_size):
+                    tx.execute(Q.delete_nodes(self.d, kind), {"ids": batch})
+                counts[kind.label] = len(ids)
+        return counts
+
+    def _ids_below(self, parent_ids: list[str], parent_kind: NodeKind) -> list[str]:
+        out: list[str] = []
+        for batch in batched(parent_ids, self.batch_size):
+            rows = self.driver.execute(Q.children_of_many(self.d, parent_kind), {"ids": batch})
+            out.extend(r["c"]["id"] for r in rows)
+        return list(dict.fromkeys(out))
+
+    def _column(self, query: str, ids: list[str]) -> list[str]:
+        out: list[str] = []
+        for batch in batched(ids, self.batch_size):
+            out.extend(r["id"] for r in self.driver.execute(query, {"ids": batch}))
+        return list(dict.fromkeys(out))
+
+    # ------------------------------------------------------------------ seed taxonomy
+
+    def load_taxonomy(self, data: Mapping[str, Any], *, source: Source = Source.SEED) -> LoadReport:
+        """Load fields > sub-fields > disciplines. Existing nodes are left as they are, so a
+        second load changes nothing and a node a reviewer rejected stays rejected."""
+        fields = data.get("fields") if isinstance(data, Mapping) else None
+        if not isinstance(fields, Mapping) or not fields:
+            raise InvalidInput("a taxonomy file needs a non-empty 'fields:' mapping")
+        rows: dict[str, list[dict[str, Any]]] = {k.label: [] for k in HIERARCHY[:3]}
+        edges: dict[str, list[tuple[str, str]]] = {k.label: [] for k in HIERARCHY[:2]}
+        for fname, subfields in fields.items():
+            fname = validate_name(fname, "field name")
+            fid = hierarchy_id(HIERARCHY[0], fname, None)
+            rows[HIERARCHY[0].label].append(self._seed_row(fid, fname, [fname], source))
+            if not isinstance(subfields, Mapping):
+                raise InvalidInput(f"field {fname!r} must map sub-field names to disciplines")
+            for sname, disciplines in subfields.items():
+                sname = validate_name(sname, f"sub-field name under {fname!r}")
+                sid = hierarchy_id(HIERARCHY[1], sname, fid)
+                rows[HIERARCHY[1].label].append(
+                    self._seed_row(sid, sname, [fname, sname], source)
+                )
+                edges[HIERARCHY[0].label].append((fid, sid))
+                if not isinstance(disciplines, list):
+                    raise InvalidInput(f"sub-field {sname!r} must list its disciplines")
+                for dname in disciplines:
+                    dname = validate_name(dname, f"discipline name under {sname!r}")
+                    did = hierarchy_id(HIERARCHY[2], dname, sid)
+                    rows[HIERARCHY[2].label].append(
+                        self._seed_row(did, dname, [fname, sname, dname], source)
+                    )
+                    edges[HIERARCHY[1].label].append((sid, did))
+        report = LoadReport()
+        with self.driver.transaction() as tx:
+            for kind in HIERARCHY[:3]:
+                res = self.upsert_nodes(kind, rows[kind.label], update_existing=False, tx=tx)
+                report.created[kind.label] = res.created
+                report.existing[kind.label] = res.unchanged
+            for kind in HIERARCHY[:2]:
+                self.upsert_edges(CHILD_REL[kind.label], edges[kind.label], tx=tx)
+        return report
+
+    @staticmethod
+    def _seed_row(node_id: str, name: str, names: list[str], source: Source) -> dict[str, Any]:
+        return {
+            "id": node_id,
+            "name": name,
+            "key": name_key(name),
+            "path": join_path(names),
+            "status": str(Status.APPROVED),
+            "source": str(source),
+        }
+
+    # ------------------------------------------------------------------ views
+
+    def counts(self, path: str | None = None) -> dict[str, int]:
+        """Visible descendants of each kind below a node (or in the whole store)."""
+        if not path:
+            return {
+                COUNT_NAMES[t]: self._count(None, None, t) for t in range(len(COUNT_NAMES))
+            }
+        node = self.node(path)
+        if node.hidden:
+            return {COUNT_NAMES[t]: 0 for t in range(node.level + 1, len(COUNT_NAMES))}
+        return {
+            COUNT_NAMES[t]: self._count(node, None, t)
+            for t in range(node.level + 1, len(COUNT_NAMES))
+        }
+
+    def _count(self, scope: Node | None, group: int | None, target: int) -> int:
+        top = scope.level if scope else None
+        params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
+        if scope:
+            params["id"] = scope.id
+        rows = self.driver.execute(Q.count_below(self.d, top, group, target), params)
+        return int(rows[0]["n"]) if rows else 0
+
+    def counts_by_child(self, scope: Node | None, group_level: int) -> dict[str, dict[str, int]]:
+        """For every visible node at `group_level` under scope: its descendant counts.
+
+        One query per counted kind, however large the subtree.
+        """
+        top = scope.level if scope else None
+        params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
+        if scope:
+            params["id"] = scope.id
+        out: dict[str, dict[str, int]] = {}
+        for target in range(group_level + 1, len(COUNT_NAMES)):
+            q = Q.count_below(self.d, top, group_level, target)
+            for row in self.driver.execute(q, params):
+                out.setdefault(row["id"], {})[COUNT_NAMES[target]] = int(row["n"])
+        return out
+
+    def tree(self, path: str | None = None, depth: int = 3) -> TreeNode:
+        """The subtree below a path (or all fields), `depth` levels deep, with counts."""
+        if depth < 0:
+            raise InvalidInput("depth must be 0 or more")
+        scope = self.node(path) if path else None
+        root = TreeNode(scope, scope.path or "" if scope else "")
+        root.counts = self.counts(path)
+        top_level = scope.level if scope else -1
+        frontier: list[TreeNode] = [root]
+        for level in range(top_level + 1, min(top_level + 1 + depth, len(HIERARCHY))):
+            if not frontier:
+                break
+            kids: list[TreeNode] = []
+            if level == 0:
+                children = {"": self.children(None)}
+            else:
+                parent_kind = HIERARCHY[level - 1]
+                ids = list(
+                    dict.fromkeys(t.node.id for t in frontier if t.node and not t.node.hidden)
+                )
+                children = {}
+                for batch in batched(ids, self.batch_size):
+                    q = Q.children_of_many(self.d, parent_kind)
+                    for r in self.driver.execute(q, {"ids": batch}):
+                        children.setdefault(r["parent"], []).append(Node.from_row(r["c"]))
+            counts = self.counts_by_child(scope, level) if not (scope and scope.hidden) else {}
+            for t in frontier:
+                key = t.node.id if t.node else ""
+                for shared in sorted(children.get(key, []), key=_order):
+                    # a shared subject appears once per parent, each with its own path
+                    child = Node(shared.kind, shared.props)
+                    child.path = join_path([*split_path(t.path), child.name]) if t.path else (
+                        join_path([child.name])
+                    )
+                    child.hidden = (t.node.hidden if t.node else False) or (
+                        child.status == Status.REJECTED
+                    )
+                    node = TreeNode(child, child.path)
+                    if not child.hidden:
+                        found = counts.get(child.id, {})
+                        node.counts = {
+                            COUNT_NAMES[t]: found.get(COUNT_NAMES[t], 0)
+                            for t in range(level + 1, len(COUNT_NAMES))
+                        }
+                    t.children.append(node)
+                    kids.append(node)
+            frontier = kids
+        return root
+
+    def count_kind(self, kind: NodeKind) -> int:
+        rows = self.driver.execute(Q.count_label(self.d, kind))
+        return int(rows[0]["n"]) if rows else 0
+
+
+def _order(node: Node) -> tuple[int, str]:
+    pos = node.props.get("position")
+    return (pos if isinstance(pos, int) else 1 << 30, name_key(node.name))
+
+
+__all__ = [
+    "COUNT_NAMES",
+    "LoadReport",
+    "Node",
+    "Row",
+    "Store",
+    "TreeNode",
+    "UpsertResult",
+    "kind_of_id",
+    "validate_name",
+    "SUBJECT",
+]

@@ -1,0 +1,110 @@
+"""Shared fixtures: the backend matrix every contract test runs on.
+
+- embedded: a real LadybugDB database in a temp dir (always);
+- arcadedb: the Bolt backend against a real ArcadeDB server started here (skipped, with the
+  reason, when it cannot start);
+- neo4j / memgraph: the Bolt backend against servers named by GLAN_NEO4J_URI /
+  GLAN_MEMGRAPH_URI (user/password from GLAN_NEO4J_USER/_PASSWORD and GLAN_MEMGRAPH_USER/
+  _PASSWORD). The tests wipe those databases: point them at throwaway instances.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graph.config import StoreConfig
+from graph.store import Store
+
+BACKENDS = ["embedded", "arcadedb", "neo4j", "memgraph"]
+
+
+def _external(name: str) -> StoreConfig:
+    prefix = f"GLAN_{name.upper()}_"
+    uri = os.environ.get(prefix + "URI")
+    if not uri:
+        pytest.skip(f"{prefix}URI is not set: no {name} server to test against")
+    from pydantic import SecretStr
+
+    password = os.environ.get(prefix + "PASSWORD")
+    return StoreConfig(
+        backend="bolt",
+        bolt_uri=uri,
+        bolt_user=os.environ.get(prefix + "USER", "neo4j" if name == "neo4j" else ""),
+        bolt_password=SecretStr(password) if password else None,
+        bolt_flavor=name,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def arcadedb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    try:
+        from tests.bolt_server import arcadedb_bolt_server
+    except ImportError as exc:  # the optional server package is not installed
+        pytest.skip(f"arcadedb-embedded is not installed ({exc}); pip install -e '.[dev]'")
+    yield arcadedb_bolt_server
+
+
+def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    if backend == "embedded":
+        store = Store.open(StoreConfig(db_path=tmp_path / "glan.lbug"))
+        yield store
+        store.close()
+        return
+    if backend == "arcadedb":
+        server = request.getfixturevalue("arcadedb_server")
+        try:
+            ctx = server(tmp_path)  # type: ignore[operator]
+            target = ctx.__enter__()
+        except Exception as exc:  # noqa: BLE001 - any start failure is a skip reason
+            pytest.skip(f"ArcadeDB Bolt server could not start: {exc}")
+        from pydantic import SecretStr
+
+        cfg = StoreConfig(
+            backend="bolt",
+            bolt_uri=target.uri,
+            bolt_user=target.user,
+            bolt_password=SecretStr(target.password),
+            bolt_database=target.database,
+            bolt_flavor="arcadedb",
+        )
+        store = Store.open(cfg)
+        try:
+            yield store
+        finally:
+            store.close()
+            ctx.__exit__(None, None, None)
+        return
+    cfg = _external(backend)
+    store = Store.open(cfg)
+    store.driver.execute("MATCH (n) DETACH DELETE n")
+    yield store
+    store.driver.execute("MATCH (n) DETACH DELETE n")
+    store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh, empty store on each backend that can start."""
+    yield from make_store(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def embedded_store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(StoreConfig(db_path=tmp_path / "glan.lbug"))
+    yield store
+    store.close()
+
+
+SMALL_TAXONOMY = {
+    "fields": {
+        "Natural Sciences": {
+            "Physical Sciences": ["Physics", "Chemistry"],
+            "Life Sciences": ["Biology"],
+        },
+        "Formal Sciences": {"Mathematics": ["Pure Mathematics", "Applied Mathematics"]},
+    }
+}

@@ -1,0 +1,259 @@
+"""The store contract: the same tests on every backend the matrix can start."""
+
+from __future__ import annotations
+
+import pytest
+
+from graph.errors import CycleError, InvalidInput, NodeNotFound, QueryError, WrongKind
+from graph.model import (
+    CONCEPT,
+    DISCIPLINE,
+    FIELD,
+    HIERARCHY,
+    NODE_KINDS,
+    SESSION,
+    SUBFIELD,
+    SUBJECT,
+    Source,
+    Status,
+    hierarchy_id,
+)
+from graph.store import Store
+from tests.conftest import SMALL_TAXONOMY
+
+PHYSICS = "Natural Sciences/Physical Sciences/Physics"
+PURE = "Formal Sciences/Mathematics/Pure Mathematics"
+
+
+def snapshot(store: Store) -> dict[str, int]:
+    return {k.label: store.count_kind(k) for k in NODE_KINDS}
+
+
+def build_syllabus(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    store.add_node(PHYSICS, SUBJECT, "Calculus", props={"level": "undergraduate",
+                                                        "subtopics": ["limits", "series"]})
+    store.add_node(PURE, SUBJECT, "calculus")  # the same subject, linked again
+    for title, concepts in [("Limits", ["epsilon-delta", "continuity"]),
+                            ("Derivatives", ["chain rule", "product rule", "mean value theorem"])]:
+        session = store.add_node(f"{PHYSICS}/Calculus", SESSION, title)
+        for c in concepts:
+            store.add_node(session.path, CONCEPT, c)
+
+
+def test_schema_is_idempotent(store: Store) -> None:
+    store.ensure_schema()
+    store.load_taxonomy(SMALL_TAXONOMY)
+    before = snapshot(store)
+    store.ensure_schema()
+    store.ensure_schema()
+    assert snapshot(store) == before
+
+
+def test_loading_the_taxonomy_twice_changes_nothing(store: Store) -> None:
+    first = store.load_taxonomy(SMALL_TAXONOMY)
+    assert first.created == {"Field": 2, "SubField": 3, "Discipline": 5}
+    before = snapshot(store)
+    second = store.load_taxonomy(SMALL_TAXONOMY)
+    assert second.created == {"Field": 0, "SubField": 0, "Discipline": 0}
+    assert second.existing == {"Field": 2, "SubField": 3, "Discipline": 5}
+    assert snapshot(store) == before
+
+
+def test_reload_keeps_review_decisions(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    store.review(PHYSICS, Status.REJECTED)
+    store.load_taxonomy(SMALL_TAXONOMY)
+    assert store.node(PHYSICS).status == Status.REJECTED
+
+
+def test_upsert_creates_then_updates_by_deterministic_id(store: Store) -> None:
+    fid = hierarchy_id(FIELD, "Arts", None)
+    row = {"id": fid, "name": "Arts", "key": "arts", "status": "approved", "source": "user",
+           "path": "Arts"}
+    res = store.upsert_nodes(FIELD, [row])
+    assert (res.created, res.updated) == (1, 0)
+    res = store.upsert_nodes(FIELD, [{**row, "description": "the arts"}])
+    assert (res.created, res.updated) == (0, 1)
+    node = store.get(fid)
+    assert node is not None and node.props["description"] == "the arts"
+    assert store.count_kind(FIELD) == 1
+    # batches larger than one statement
+    store.batch_size = 7
+    rows = [{"id": hierarchy_id(FIELD, f"F{i}", None), "name": f"F{i}", "key": f"f{i}",
+             "status": "approved", "source": "user", "path": f"F{i}"} for i in range(30)]
+    assert store.upsert_nodes(FIELD, rows).created == 30
+    assert store.upsert_nodes(FIELD, rows, update_existing=False).unchanged == 30
+    assert store.count_kind(FIELD) == 31
+
+
+def test_edges_are_upserted_once(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    fid = hierarchy_id(FIELD, "Natural Sciences", None)
+    sid = hierarchy_id(SUBFIELD, "Life Sciences", fid)
+    from graph.model import HAS_SUBFIELD
+
+    assert store.upsert_edges(HAS_SUBFIELD, [(fid, sid), (fid, sid)]) == 0
+    assert [c.name for c in store.children("Natural Sciences")] == [
+        "Life Sciences", "Physical Sciences"]
+
+
+def test_path_lookup_ignores_case_and_spacing(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    nodes = store.resolve("natural  sciences/PHYSICAL sciences/ physics ")
+    assert [n.kind for n in nodes] == [FIELD, SUBFIELD, DISCIPLINE]
+    assert nodes[-1].name == "Physics"
+    assert nodes[-1].path == PHYSICS
+    assert nodes[-1].id == hierarchy_id(DISCIPLINE, "Physics", nodes[1].id)
+    assert store.get(nodes[-1].id).name == "Physics"  # type: ignore[union-attr]
+
+
+def test_unknown_path_names_the_missing_part(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    with pytest.raises(NodeNotFound, match="'Natural Sciences/Nope' does not exist"):
+        store.node("Natural Sciences/Nope/Physics")
+    with pytest.raises(NodeNotFound, match="no Discipline named 'Geology'"):
+        store.node("Natural Sciences/Physical Sciences/Geology")
+    with pytest.raises(NodeNotFound):
+        store.node("a/b/c/d/e/f/g")
+
+
+def test_tree_and_counts(store: Store) -> None:
+    build_syllabus(store)
+    assert store.counts() == {"fields": 2, "subfields": 3, "disciplines": 5, "subjects": 1,
+                              "sessions": 2, "concepts": 5, "instructions": 0, "responses": 0}
+    assert store.counts("Natural Sciences")["concepts"] == 5
+    tree = store.tree("Natural Sciences/Physical Sciences", depth=4)
+    physics = next(c for c in tree.children if c.node and c.node.name == "Physics")
+    assert physics.counts == {"subjects": 1, "sessions": 2, "concepts": 5, "instructions": 0,
+                              "responses": 0}
+    calculus = physics.children[0]
+    assert [s.node.name for s in calculus.children if s.node] == ["Limits", "Derivatives"]
+    assert [len(s.children) for s in calculus.children] == [2, 3]
+    chem = next(c for c in tree.children if c.node and c.node.name == "Chemistry")
+    assert chem.children == [] and set(chem.counts.values()) == {0}
+    assert store.tree("Natural Sciences/Physical Sciences", depth=3).children[1].children[0] \
+        .children[0].children == []  # depth 3 stops at sessions
+
+
+def test_shared_subject_is_one_node_under_two_disciplines(store: Store) -> None:
+    build_syllabus(store)
+    assert store.count_kind(SUBJECT) == 1
+    subject = store.node(f"{PURE}/Calculus")
+    assert store.paths_of(subject.id) == [f"{PURE}/Calculus", f"{PHYSICS}/Calculus"]
+    # its syllabus is reachable from either discipline
+    assert [s.name for s in store.children(f"{PURE}/calculus")] == ["Limits", "Derivatives"]
+    assert store.counts()["subjects"] == 1  # counted once at the top
+    assert store.counts("Formal Sciences")["concepts"] == 5
+
+
+def test_reject_hides_subtree_and_approve_restores(store: Store) -> None:
+    build_syllabus(store)
+    store.review("Natural Sciences", Status.REJECTED)
+    assert store.node(PHYSICS).hidden
+    counts = store.counts()
+    assert counts["fields"] == 1 and counts["disciplines"] == 2
+    assert counts["concepts"] == 5  # still reachable through Pure Mathematics
+    store.review(PURE, Status.REJECTED)
+    assert store.counts()["concepts"] == 0
+    assert store.counts(PHYSICS)["concepts"] == 0
+    tree = store.tree(None, depth=2)
+    ns = next(c for c in tree.children if c.node and c.node.name == "Natural Sciences")
+    assert ns.node is not None and ns.node.status == Status.REJECTED and ns.children == []
+    store.review("Natural Sciences", Status.APPROVED)
+    store.review(PURE, Status.APPROVED)
+    assert store.counts()["concepts"] == 5
+    assert snapshot(store)["Concept"] == 5  # rejecting deleted nothing
+
+
+def test_bad_input_is_refused_and_changes_nothing(store: Store) -> None:
+    build_syllabus(store)
+    before = snapshot(store)
+    with pytest.raises(WrongKind, match="a Concept cannot go under the Field"):
+        store.add_node("Natural Sciences", CONCEPT, "entropy")
+    with pytest.raises(WrongKind):
+        store.add_node(None, DISCIPLINE, "Orphans")
+    with pytest.raises(NodeNotFound):
+        store.add_node("No Such Field/Sub", DISCIPLINE, "X")
+    with pytest.raises(InvalidInput, match="empty"):
+        store.add_node("Natural Sciences", SUBFIELD, "  \t ")
+    with pytest.raises(InvalidInput, match="limit is 200"):
+        store.add_node("Natural Sciences", SUBFIELD, "x" * 201)
+    with pytest.raises(InvalidInput):
+        store.add_node("Natural Sciences", SUBFIELD, 42)  # type: ignore[arg-type]
+    with pytest.raises(CycleError):
+        store.link(f"{PHYSICS}/Calculus", PHYSICS)
+    with pytest.raises(CycleError):
+        store.link(PHYSICS, PHYSICS)
+    with pytest.raises(InvalidInput, match="only subjects"):
+        store.link("Formal Sciences/Mathematics", PHYSICS)
+    with pytest.raises(InvalidInput):
+        store.load_taxonomy({"fields": {"Ok": {"Sub": ["Fine", ""]}}})
+    with pytest.raises(InvalidInput):
+        store.load_taxonomy({"nothing": 1})
+    assert snapshot(store) == before
+
+
+def test_hostile_names_are_stored_verbatim(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    names = ["Input/Output Systems", "x'}) MATCH (n) DETACH DELETE n //", 'Quote " and \\ back',
+             "Ünïcödé 数学"]
+    for name in names:
+        node = store.add_node("Formal Sciences/Mathematics", DISCIPLINE, name)
+        assert node.name == name
+        assert store.node(node.path or "").id == node.id
+    assert store.count_kind(DISCIPLINE) == 5 + len(names)
+    assert store.node("Formal Sciences/Mathematics/Input\\/Output Systems").name == names[0]
+
+
+def test_adding_twice_is_an_upsert(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    a = store.add_node(PHYSICS, SUBJECT, "Optics", source=Source.USER)
+    b = store.add_node(PHYSICS, SUBJECT, " optics ")
+    assert a.id == b.id and store.count_kind(SUBJECT) == 1
+    s1 = store.add_node(f"{PHYSICS}/Optics", SESSION, "Lenses")
+    s2 = store.add_node(f"{PHYSICS}/Optics", SESSION, "Mirrors")
+    assert (s1.props["position"], s2.props["position"]) == (0, 1)
+
+
+def test_delete_subtree_keeps_subjects_shared_elsewhere(store: Store) -> None:
+    build_syllabus(store)
+    removed = store.delete_subtree("Natural Sciences")
+    assert removed["Field"] == 1 and removed["Discipline"] == 3 and removed["Subject"] == 0
+    assert store.counts(PURE) == {"subjects": 1, "sessions": 2, "concepts": 5,
+                                  "instructions": 0, "responses": 0}
+    removed = store.delete_subtree(PURE)
+    assert removed["Subject"] == 1 and removed["Concept"] == 5
+    assert store.count_kind(CONCEPT) == 0 and store.count_kind(SESSION) == 0
+
+
+def test_delete_shared_subject_through_one_path_unlinks_it(store: Store) -> None:
+    build_syllabus(store)
+    assert store.delete_subtree(f"{PHYSICS}/Calculus") == {"unlinked": 1}
+    assert store.count_kind(SUBJECT) == 1
+    with pytest.raises(NodeNotFound):
+        store.node(f"{PHYSICS}/Calculus")
+
+
+def test_transaction_rolls_back(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    before = snapshot(store)
+    row = {"id": hierarchy_id(FIELD, "Temp", None), "name": "Temp", "key": "temp",
+           "status": "approved", "source": "user", "path": "Temp"}
+    with pytest.raises(RuntimeError), store.driver.transaction() as tx:
+        store.upsert_nodes(FIELD, [row], tx=tx)
+        raise RuntimeError("boom")
+    assert snapshot(store) == before
+
+
+def test_bad_query_becomes_query_error(store: Store) -> None:
+    with pytest.raises(QueryError):
+        store.driver.execute("THIS IS NOT CYPHER")
+
+
+def test_hierarchy_levels_match_paths(store: Store) -> None:
+    build_syllabus(store)
+    concept = store.node(f"{PHYSICS}/Calculus/Derivatives/Chain Rule")
+    assert concept.kind is CONCEPT and concept.level == len(HIERARCHY) - 1
+    assert store.paths_of(concept.id) == [f"{PURE}/Calculus/Derivatives/chain rule",
+                                          f"{PHYSICS}/Calculus/Derivatives/chain rule"]
