@@ -31,6 +31,18 @@ class CycleError(InvalidInput):
     """Linking a node under itself or one of its descendants."""
 
 
+class ScopeNotApproved(InvalidInput):
+    """Generation was asked to run under a node that is not approved."""
+
+    def __init__(self, path: str, status: str) -> None:
+        self.path = path
+        self.status = status
+        super().__init__(
+            f"{path!r} is {status}: generation only runs under approved nodes. "
+            f"Approve it first: glan review {path!r} --approve"
+        )
+
+
 class StoreLocked(GlanError):
     """The embedded database is open read-write in another process."""
 

@@ -71,7 +71,7 @@ class RelKind:
         return self.type
 
 
-S, I, F, L = PropType.STRING, PropType.INT, PropType.FLOAT, PropType.STRING_LIST
+INT, FLOAT, LIST = PropType.INT, PropType.FLOAT, PropType.STRING_LIST
 
 # Properties every node of the hierarchy (Field .. Concept) carries.
 _HIERARCHY = (
@@ -97,10 +97,10 @@ FIELD = NodeKind("Field", "fld", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 SUBFIELD = NodeKind("SubField", "sub", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 DISCIPLINE = NodeKind("Discipline", "dis", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 SUBJECT = NodeKind(
-    "Subject", "sbj", _HIERARCHY + (Prop("level"), Prop("subtopics", L)) + _PROVENANCE
+    "Subject", "sbj", _HIERARCHY + (Prop("level"), Prop("subtopics", LIST)) + _PROVENANCE
 )
-SESSION = NodeKind("Session", "ses", _HIERARCHY + (Prop("position", I),) + _PROVENANCE)
-CONCEPT = NodeKind("Concept", "con", _HIERARCHY + (Prop("position", I),) + _PROVENANCE)
+SESSION = NodeKind("Session", "ses", _HIERARCHY + (Prop("position", INT),) + _PROVENANCE)
+CONCEPT = NodeKind("Concept", "con", _HIERARCHY + (Prop("position", INT),) + _PROVENANCE)
 INSTRUCTION = NodeKind(
     "Instruction",
     "ins",
@@ -108,11 +108,11 @@ INSTRUCTION = NodeKind(
         Prop("id"),
         Prop("text"),
         Prop("strategy"),  # basic | hard
-        Prop("seed", I),
+        Prop("seed", INT),
         Prop("combo_key"),  # hash of the sorted concept ids: what "combination covered" counts
         Prop("subject_id"),
-        Prop("temperature", F),
-        Prop("top_p", F),
+        Prop("temperature", FLOAT),
+        Prop("top_p", FLOAT),
         Prop("created_at"),
     )
     + _PROVENANCE,
@@ -124,8 +124,8 @@ RESPONSE = NodeKind(
         Prop("id"),
         Prop("text"),
         Prop("instruction_id"),
-        Prop("temperature", F),
-        Prop("top_p", F),
+        Prop("temperature", FLOAT),
+        Prop("top_p", FLOAT),
         Prop("created_at"),
     )
     + _PROVENANCE,
@@ -139,11 +139,11 @@ JOB = NodeKind(
         Prop("scope"),
         Prop("params"),  # JSON text
         Prop("status"),
-        Prop("total", I),
-        Prop("done", I),
-        Prop("failed", I),
-        Prop("prompt_tokens", I),
-        Prop("completion_tokens", I),
+        Prop("total", INT),
+        Prop("done", INT),
+        Prop("failed", INT),
+        Prop("prompt_tokens", INT),
+        Prop("completion_tokens", INT),
         Prop("error"),
         Prop("created_at"),
         Prop("updated_at"),
@@ -160,12 +160,12 @@ UNIT = NodeKind(
         Prop("stage"),
         Prop("target_id"),
         Prop("status"),  # pending | done | failed
-        Prop("attempts", I),
+        Prop("attempts", INT),
         Prop("error"),
         Prop("raw"),  # the model's text when parsing failed: never thrown away
         Prop("payload"),  # JSON text: the unit's inputs (e.g. the sampled concept ids)
-        Prop("prompt_tokens", I),
-        Prop("completion_tokens", I),
+        Prop("prompt_tokens", INT),
+        Prop("completion_tokens", INT),
         Prop("updated_at"),
     ),
 )

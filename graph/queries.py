@@ -16,8 +16,10 @@ from .model import (
     FROM,
     HIERARCHY,
     INSTRUCTION,
+    JOB,
     RESPONSE,
     SESSION,
+    UNIT,
     NodeKind,
     RelKind,
 )
@@ -202,3 +204,86 @@ def covers_edges(d: Dialect) -> str:
         f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(c) "
         "WHERE i.id IN $ids RETURN i.id AS src, c.id AS dst"
     )
+
+
+# ---------------------------------------------------------------------- generation
+
+
+def approved(top: int, bottom: int, var: str = "n") -> str:
+    """Condition: every node of the chain is approved (proposed nodes wait for review)."""
+    return " AND ".join(f"{var}{lv}.status = $approved" for lv in range(top, bottom + 1))
+
+
+def scope_ids(d: Dialect, top: int | None, level: int) -> str:
+    """Ids at `level` reachable from the scope $id (or any Field) through approved nodes only."""
+    start = 0 if top is None else top
+    where = [approved(start, level)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    return (
+        f"MATCH {chain(d, start, level)} WHERE {' AND '.join(where)} "
+        f"RETURN DISTINCT n{level}.id AS id"
+    )
+
+
+def subject_names(d: Dialect) -> str:
+    rel = CHILD_REL[HIERARCHY[2].label]
+    return (
+        f"MATCH (p:{d.q(HIERARCHY[2].label)} {{id: $id}})-[:{d.q(rel.type)}]->"
+        f"(c:{d.q(HIERARCHY[3].label)}) RETURN c.name AS name"
+    )
+
+
+def subject_concept_stats(d: Dialect) -> str:
+    """Per subject: approved concepts, and how many an instruction already covers."""
+    return (
+        f"UNWIND $ids AS x MATCH {chain(d, 3, 5)} WHERE n3.id = x AND {approved(4, 5)} "
+        f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
+        "WITH x, n5.id AS c, count(i) AS k "
+        "RETURN x AS id, count(c) AS concepts, sum(CASE WHEN k > 0 THEN 1 ELSE 0 END) AS covered"
+    )
+
+
+def syllabi(d: Dialect) -> str:
+    """Sessions and concepts of the subjects $ids, with each concept's instruction count."""
+    return (
+        f"UNWIND $ids AS x MATCH {chain(d, 3, 5)} WHERE n3.id = x AND {approved(4, 5)} "
+        f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
+        "RETURN x AS subject, n4.id AS session, n4.name AS title, n4.description AS description, "
+        "n4.position AS session_pos, n5.id AS concept, n5.name AS concept_name, "
+        "n5.position AS concept_pos, count(i) AS covered"
+    )
+
+
+def combo_keys_of_subjects(d: Dialect) -> str:
+    return (
+        f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)}) WHERE i.subject_id = x "
+        "RETURN DISTINCT i.combo_key AS key"
+    )
+
+
+def job_units(d: Dialect) -> str:
+    return f"MATCH (u:{d.q(UNIT.label)}) WHERE u.job_id = $job RETURN u"
+
+
+def unit_status(d: Dialect) -> str:
+    return (
+        f"UNWIND $ids AS x MATCH (u:{d.q(UNIT.label)} {{id: x}}) "
+        "RETURN u.id AS id, u.status AS status"
+    )
+
+
+def instructions_in_scope(d: Dialect, top: int | None) -> str:
+    """Instructions FROM approved sessions under the scope, with the subject they belong to."""
+    start = 0 if top is None else top
+    where = [approved(start, 4)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    return (
+        f"MATCH {chain(d, start, 4)}, (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n4) "
+        f"WHERE {' AND '.join(where)} RETURN DISTINCT i.id AS id"
+    )
+
+
+def list_jobs(d: Dialect) -> str:
+    return f"MATCH (j:{d.q(JOB.label)}) RETURN j ORDER BY j.created_at DESC"

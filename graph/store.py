@@ -15,12 +15,17 @@ from . import queries as Q
 from .backends import open_driver
 from .config import StoreConfig
 from .driver import GraphDriver, Row, Tx, batched
-from .errors import CycleError, InvalidInput, NodeNotFound, WrongKind
+from .errors import CycleError, InvalidInput, NodeNotFound, ScopeNotApproved, WrongKind
 from .model import (
+    ANSWERS,
     CHILD_REL,
+    CONCEPT,
+    COVERS,
     FIELD,
+    FROM,
     HIERARCHY,
     INSTRUCTION,
+    JOB,
     MAX_NAME_LENGTH,
     NODE_KINDS,
     PARENT_REL,
@@ -28,6 +33,7 @@ from .model import (
     SESSION,
     SHARED_KINDS,
     SUBJECT,
+    UNIT,
     NodeKind,
     RelKind,
     Source,
@@ -42,8 +48,16 @@ from .model import (
 
 _KIND_BY_PREFIX = {k.id_prefix: k for k in NODE_KINDS}
 #: Names of the count columns, by level below a node (6 = instructions, 7 = responses).
-COUNT_NAMES = ("fields", "subfields", "disciplines", "subjects", "sessions", "concepts",
-               "instructions", "responses")
+COUNT_NAMES = (
+    "fields",
+    "subfields",
+    "disciplines",
+    "subjects",
+    "sessions",
+    "concepts",
+    "instructions",
+    "responses",
+)
 LEVEL_INSTRUCTION = len(HIERARCHY)
 LEVEL_RESPONSE = len(HIERARCHY) + 1
 
@@ -94,6 +108,24 @@ class TreeNode:
     path: str
     counts: dict[str, int] = field(default_factory=dict)
     children: list[TreeNode] = field(default_factory=list)
+
+
+@dataclass
+class ConceptView:
+    id: str
+    name: str
+    position: int
+    #: instructions already covering this concept
+    covered: int = 0
+
+
+@dataclass
+class SessionView:
+    id: str
+    title: str
+    description: str
+    position: int
+    concepts: list[ConceptView] = field(default_factory=list)
 
 
 @dataclass
@@ -194,8 +226,7 @@ class Store:
             # the last row of an id wins, as with any upsert
             by_id = {str(r["id"]): r for r in batch}
             found = {
-                r["id"]
-                for r in runner.execute(Q.existing_ids(self.d, kind), {"ids": list(by_id)})
+                r["id"] for r in runner.execute(Q.existing_ids(self.d, kind), {"ids": list(by_id)})
             }
             new = [self._full_row(kind, r, stamp) for i, r in by_id.items() if i not in found]
             if new:
@@ -233,7 +264,8 @@ class Store:
         for batch in batched(unique, self.batch_size):
             rows = [{"src": s, "dst": t} for s, t in batch]
             have = {
-                (r["src"], r["dst"]) for r in runner.execute(Q.existing_edges(self.d, rel), {"rows": rows})
+                (r["src"], r["dst"])
+                for r in runner.execute(Q.existing_edges(self.d, rel), {"rows": rows})
             }
             todo = [r for r in rows if (r["src"], r["dst"]) not in have]
             if todo:
@@ -271,9 +303,7 @@ class Store:
         if not names:
             raise NodeNotFound(path, "the path is empty")
         if len(names) > len(HIERARCHY):
-            raise NodeNotFound(
-                path, f"paths are at most {len(HIERARCHY)} deep (Field/.../Concept)"
-            )
+            raise NodeNotFound(path, f"paths are at most {len(HIERARCHY)} deep (Field/.../Concept)")
         params: dict[str, Any] = {f"k{i}": name_key(n) for i, n in enumerate(names)}
         rows = self.driver.execute(Q.resolve_path(self.d, len(names)), params)
         if not rows:
@@ -314,8 +344,10 @@ class Store:
             parent_path, hidden = parent.path or "", parent.hidden
         nodes = [Node.from_row(r["c" if "c" in r else "n"]) for r in rows]
         for n in nodes:
-            n.path = join_path([*split_path(parent_path), n.name]) if parent_path else join_path(
-                [n.name]
+            n.path = (
+                join_path([*split_path(parent_path), n.name])
+                if parent_path
+                else join_path([n.name])
             )
             n.hidden = hidden or n.status == Status.REJECTED
         return sorted(nodes, key=_order)
@@ -330,9 +362,7 @@ class Store:
         if level == 0:
             return [join_path([node.name])]
         rows = self.driver.execute(Q.paths_to(self.d, level), {"id": node_id})
-        return sorted(
-            join_path([r[f"name{i}"] for i in range(level)] + [node.name]) for r in rows
-        )
+        return sorted(join_path([r[f"name{i}"] for i in range(level)] + [node.name]) for r in rows)
 
     # ------------------------------------------------------------------ taxonomy edits
 
@@ -512,9 +542,7 @@ class Store:
             for sname, disciplines in subfields.items():
                 sname = validate_name(sname, f"sub-field name under {fname!r}")
                 sid = hierarchy_id(HIERARCHY[1], sname, fid)
-                rows[HIERARCHY[1].label].append(
-                    self._seed_row(sid, sname, [fname, sname], source)
-                )
+                rows[HIERARCHY[1].label].append(self._seed_row(sid, sname, [fname, sname], source))
                 edges[HIERARCHY[0].label].append((fid, sid))
                 if not isinstance(disciplines, list):
                     raise InvalidInput(f"sub-field {sname!r} must list its disciplines")
@@ -551,9 +579,7 @@ class Store:
     def counts(self, path: str | None = None) -> dict[str, int]:
         """Visible descendants of each kind below a node (or in the whole store)."""
         if not path:
-            return {
-                COUNT_NAMES[t]: self._count(None, None, t) for t in range(len(COUNT_NAMES))
-            }
+            return {COUNT_NAMES[t]: self._count(None, None, t) for t in range(len(COUNT_NAMES))}
         node = self.node(path)
         if node.hidden:
             return {COUNT_NAMES[t]: 0 for t in range(node.level + 1, len(COUNT_NAMES))}
@@ -617,8 +643,10 @@ class Store:
                 for shared in sorted(children.get(key, []), key=_order):
                     # a shared subject appears once per parent, each with its own path
                     child = Node(shared.kind, shared.props)
-                    child.path = join_path([*split_path(t.path), child.name]) if t.path else (
-                        join_path([child.name])
+                    child.path = (
+                        join_path([*split_path(t.path), child.name])
+                        if t.path
+                        else (join_path([child.name]))
                     )
                     child.hidden = (t.node.hidden if t.node else False) or (
                         child.status == Status.REJECTED
@@ -638,6 +666,233 @@ class Store:
     def count_kind(self, kind: NodeKind) -> int:
         rows = self.driver.execute(Q.count_label(self.d, kind))
         return int(rows[0]["n"]) if rows else 0
+
+    # ------------------------------------------------------------------ generation
+
+    def scope(self, path: str | None) -> Node | None:
+        """The node a generation job runs under (None: everything).
+
+        Generation only uses approved nodes, so a path through a proposed or rejected node
+        is refused with the node to review.
+        """
+        if not path:
+            return None
+        nodes = self.resolve(path)
+        for n in nodes:
+            if n.status != Status.APPROVED:
+                raise ScopeNotApproved(n.path or path, str(n.status))
+        return nodes[-1]
+
+    def _scope_params(self, scope: Node | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"approved": str(Status.APPROVED)}
+        if scope is not None:
+            params["id"] = scope.id
+        return params
+
+    def ids_in_scope(self, scope: Node | None, kind: NodeKind) -> list[str]:
+        """Ids of `kind` under the scope reachable through approved nodes, sorted."""
+        level = HIERARCHY.index(kind)
+        top = scope.level if scope else None
+        if scope is not None and scope.level > level:
+            raise WrongKind(f"{scope.path!r} is a {scope.kind.label}: no {kind.label} below it")
+        if scope is not None and scope.level == level:
+            return [scope.id]
+        rows = self.driver.execute(Q.scope_ids(self.d, top, level), self._scope_params(scope))
+        return sorted(r["id"] for r in rows)
+
+    def subject_names(self, discipline_id: str) -> list[str]:
+        rows = self.driver.execute(Q.subject_names(self.d), {"id": discipline_id})
+        return sorted(r["name"] for r in rows)
+
+    def write_subjects(
+        self,
+        discipline_id: str,
+        subjects: Sequence[Mapping[str, Any]],
+        provenance: Mapping[str, Any],
+        *,
+        tx: Tx | None = None,
+    ) -> list[str]:
+        """Store subjects under a discipline; a subject already known anywhere is linked.
+
+        Repeats are merged by normalized name; the first description of a subject is kept.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for s in subjects:
+            name = validate_name(s["name"], "subject name")
+            sid = hierarchy_id(SUBJECT, name, None)
+            rows.setdefault(
+                sid,
+                {
+                    "id": sid,
+                    "name": name,
+                    "key": name_key(name),
+                    "level": s.get("level"),
+                    "subtopics": [str(t) for t in s.get("subtopics") or []],
+                    "status": str(Status.APPROVED),
+                    "source": str(Source.LLM),
+                    **provenance,
+                },
+            )
+        self.upsert_nodes(SUBJECT, list(rows.values()), update_existing=False, tx=tx)
+        self.upsert_edges(
+            CHILD_REL[HIERARCHY[2].label], [(discipline_id, sid) for sid in rows], tx=tx
+        )
+        return list(rows)
+
+    def write_syllabus(
+        self,
+        subject_id: str,
+        sessions: Sequence[Mapping[str, Any]],
+        provenance: Mapping[str, Any],
+        *,
+        tx: Tx | None = None,
+    ) -> list[str]:
+        """Store a syllabus: sessions in order, each with its key concepts."""
+        session_rows: list[dict[str, Any]] = []
+        concept_rows: dict[str, dict[str, Any]] = {}
+        has_session: list[tuple[str, str]] = []
+        has_concept: list[tuple[str, str]] = []
+        seen_titles: set[str] = set()
+        for pos, sess in enumerate(sessions):
+            title = validate_name(sess["title"], "session title")
+            if name_key(title) in seen_titles:  # keep both sessions of a repeated title
+                title = f"{title} ({pos + 1})"
+            seen_titles.add(name_key(title))
+            ses_id = hierarchy_id(SESSION, title, subject_id)
+            session_rows.append(
+                {
+                    "id": ses_id,
+                    "name": title,
+                    "key": name_key(title),
+                    "description": sess.get("description") or None,
+                    "position": pos,
+                    "status": str(Status.APPROVED),
+                    "source": str(Source.LLM),
+                    **provenance,
+                }
+            )
+            has_session.append((subject_id, ses_id))
+            for cpos, concept in enumerate(sess.get("concepts") or []):
+                cname = validate_name(concept, "concept name")
+                cid = hierarchy_id(CONCEPT, cname, ses_id)
+                if cid in concept_rows:
+                    continue
+                concept_rows[cid] = {
+                    "id": cid,
+                    "name": cname,
+                    "key": name_key(cname),
+                    "position": cpos,
+                    "status": str(Status.APPROVED),
+                    "source": str(Source.LLM),
+                    **provenance,
+                }
+                has_concept.append((ses_id, cid))
+        self.upsert_nodes(SESSION, session_rows, tx=tx)
+        self.upsert_nodes(CONCEPT, list(concept_rows.values()), tx=tx)
+        self.upsert_edges(CHILD_REL[SUBJECT.label], has_session, tx=tx)
+        self.upsert_edges(CHILD_REL[SESSION.label], has_concept, tx=tx)
+        return [r["id"] for r in session_rows]
+
+    def concept_stats(self, subject_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per subject: (approved concepts, concepts covered by an instruction)."""
+        out: dict[str, tuple[int, int]] = {}
+        for batch in batched(list(subject_ids), self.batch_size):
+            params = {"ids": batch, "approved": str(Status.APPROVED)}
+            for r in self.driver.execute(Q.subject_concept_stats(self.d), params):
+                out[r["id"]] = (int(r["concepts"]), int(r["covered"] or 0))
+        return out
+
+    def syllabi(self, subject_ids: Sequence[str]) -> dict[str, list[SessionView]]:
+        """The approved sessions (in order) and concepts of each subject, with coverage."""
+        sessions: dict[str, dict[str, SessionView]] = {}
+        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
+            params = {"ids": batch, "approved": str(Status.APPROVED)}
+            for r in self.driver.execute(Q.syllabi(self.d), params):
+                by_id = sessions.setdefault(r["subject"], {})
+                view = by_id.get(r["session"])
+                if view is None:
+                    view = by_id[r["session"]] = SessionView(
+                        r["session"], r["title"], r["description"] or "", r["session_pos"] or 0
+                    )
+                view.concepts.append(
+                    ConceptView(
+                        r["concept"], r["concept_name"], r["concept_pos"] or 0, int(r["covered"])
+                    )
+                )
+        out: dict[str, list[SessionView]] = {}
+        for sid, by_id in sessions.items():
+            views = sorted(by_id.values(), key=lambda v: (v.position, v.id))
+            for v in views:
+                v.concepts.sort(key=lambda c: (c.position, c.id))
+            out[sid] = views
+        return out
+
+    def combo_keys(self, subject_ids: Sequence[str]) -> set[str]:
+        """Concept combinations (sorted-id hashes) already asked about in these subjects."""
+        keys: set[str] = set()
+        for batch in batched(list(subject_ids), self.batch_size):
+            rows = self.driver.execute(Q.combo_keys_of_subjects(self.d), {"ids": batch})
+            keys.update(r["key"] for r in rows if r["key"])
+        return keys
+
+    def write_instructions(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        covers: Sequence[tuple[str, str]],
+        sessions: Sequence[tuple[str, str]],
+        *,
+        tx: Tx | None = None,
+    ) -> UpsertResult:
+        res = self.upsert_nodes(INSTRUCTION, rows, tx=tx)
+        self.upsert_edges(COVERS, covers, tx=tx)
+        self.upsert_edges(FROM, sessions, tx=tx)
+        return res
+
+    def write_responses(
+        self, rows: Sequence[Mapping[str, Any]], *, tx: Tx | None = None
+    ) -> UpsertResult:
+        res = self.upsert_nodes(RESPONSE, rows, tx=tx)
+        self.upsert_edges(ANSWERS, [(r["id"], r["instruction_id"]) for r in rows], tx=tx)
+        return res
+
+    def instruction_ids_in_scope(self, scope: Node | None) -> list[str]:
+        top = scope.level if scope else None
+        if scope is not None and scope.level > HIERARCHY.index(SESSION):
+            raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a session or above")
+        rows = self.driver.execute(Q.instructions_in_scope(self.d, top), self._scope_params(scope))
+        return sorted(r["id"] for r in rows)
+
+    # ------------------------------------------------------------------ jobs and units
+
+    def save_job(self, row: Mapping[str, Any], *, tx: Tx | None = None) -> None:
+        self.upsert_nodes(JOB, [row], tx=tx)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        node = self.get(job_id)
+        return node.props if node else None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [Node.from_row(r["j"]).props for r in self.driver.execute(Q.list_jobs(self.d))]
+
+    def job_units(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.driver.execute(Q.job_units(self.d), {"job": job_id})
+        return [Node.from_row(r["u"]).props for r in rows]
+
+    def unit_statuses(self, ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for batch in batched(list(ids), self.batch_size):
+            for r in self.driver.execute(Q.unit_status(self.d), {"ids": batch}):
+                out[r["id"]] = r["status"]
+        return out
+
+    def save_units(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        update_existing: bool = True,
+        tx: Tx | None = None,
+    ) -> None:
+        self.upsert_nodes(UNIT, rows, update_existing=update_existing, tx=tx)
 
 
 def _order(node: Node) -> tuple[int, str]:

@@ -122,4 +122,3 @@ class EmbeddedDriver:
         with self._lock:
             self._conn.close()
             self._db.close()
-

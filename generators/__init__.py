@@ -1,0 +1,1 @@
+"""The GLAN stages: taxonomy expansion, subjects, syllabi, sampling, questions, answers."""

@@ -1,0 +1,112 @@
+"""Invariants of the two GLAN sampling strategies, on syllabi read from a real store."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from generators.sampling import Sampler, Strategy, combo_key
+from graph.model import SUBJECT
+from graph.store import Store
+from tests.conftest import SMALL_TAXONOMY
+
+PHYSICS = "Natural Sciences/Physical Sciences/Physics"
+
+
+def fill(store: Store, subjects: int = 3, sessions: int = 4, concepts: int = 5) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    disc = store.node(PHYSICS)
+    names = [{"name": f"Subject {s}"} for s in range(subjects)]
+    ids = store.write_subjects(disc.id, names, {"model": "test"})
+    for s, sid in enumerate(ids):
+        syllabus = [
+            {"title": f"S{s} session {i}", "concepts": [f"s{s} c{i}.{j}" for j in range(concepts)]}
+            for i in range(sessions)
+        ]
+        store.write_syllabus(sid, syllabus, {"model": "test"})
+
+
+def sampler(store: Store, seed: int, **kw: object) -> Sampler:
+    subjects = store.ids_in_scope(None, SUBJECT)
+    return Sampler(store.concept_stats(subjects), store.syllabi, seed=seed, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def filled(embedded_store: Store) -> Store:
+    fill(embedded_store)
+    return embedded_store
+
+
+def test_basic_samples_one_session_and_one_to_five_of_its_concepts(filled: Store) -> None:
+    syllabi = filled.syllabi(filled.ids_in_scope(None, SUBJECT))
+    owner = {c.id: s.id for ss in syllabi.values() for s in ss for c in s.concepts}
+    samples = sampler(filled, 1).draw(200, Strategy.BASIC)
+    assert len(samples) == 200
+    sizes = Counter(len(s.concept_ids) for s in samples)
+    assert set(sizes) <= {1, 2, 3, 4, 5} and len(sizes) >= 4  # the whole range is used
+    for s in samples:
+        assert s.strategy is Strategy.BASIC and len(s.session_ids) == 1
+        assert {owner[c] for c in s.concept_ids} == set(s.session_ids)
+        assert len(set(s.concept_ids)) == len(s.concept_ids)
+
+
+def test_hard_samples_span_two_sessions_of_one_syllabus(filled: Store) -> None:
+    syllabi = filled.syllabi(filled.ids_in_scope(None, SUBJECT))
+    owner = {c.id: s.id for ss in syllabi.values() for s in ss for c in s.concepts}
+    subject_of = {s.id: sid for sid, ss in syllabi.items() for s in ss}
+    position = {s.id: s.position for ss in syllabi.values() for s in ss}
+    samples = sampler(filled, 2).draw(200, Strategy.HARD)
+    assert len(samples) == 200
+    for s in samples:
+        assert s.strategy is Strategy.HARD and len(s.session_ids) == 2
+        assert 2 <= len(s.concept_ids) <= 5
+        assert {owner[c] for c in s.concept_ids} == set(s.session_ids)  # both sessions used
+        assert {subject_of[x] for x in s.session_ids} == {s.subject_id}  # same syllabus
+        assert position[s.session_ids[0]] < position[s.session_ids[1]]  # syllabus order
+
+
+def test_no_combination_twice_in_a_job(filled: Store) -> None:
+    samples = sampler(filled, 3).draw(500, Strategy.MIXED)
+    keys = [combo_key(s.concept_ids) for s in samples]
+    assert len(samples) == 500 and len(set(keys)) == len(keys)
+    assert {s.strategy for s in samples} == {Strategy.BASIC, Strategy.HARD}
+
+
+def test_reproducible_with_a_seed(filled: Store) -> None:
+    assert sampler(filled, 7).draw(100) == sampler(filled, 7).draw(100)
+    assert sampler(filled, 7).draw(100) != sampler(filled, 8).draw(100)
+
+
+def test_prefers_uncovered_concepts(filled: Store) -> None:
+    total = sum(n for n, _ in filled.concept_stats(filled.ids_in_scope(None, SUBJECT)).values())
+    samples = sampler(filled, 4).draw(60, Strategy.BASIC)
+    # preferring uncovered concepts, every draw brings at least one new concept while any
+    # is left, so at most 60 draws reach all 60
+    seen: set[str] = set()
+    for s in samples:
+        if len(seen) < total:
+            assert set(s.concept_ids) - seen, "a draw repeated only covered concepts"
+        seen.update(s.concept_ids)
+    assert len(seen) == total == 60
+
+
+def test_avoids_combinations_already_covered(filled: Store) -> None:
+    first = sampler(filled, 5).draw(30, Strategy.BASIC)
+    existing = {s.combo_key for s in first}
+    again = sampler(filled, 5, existing_keys=existing).draw(30, Strategy.BASIC)
+    assert not existing & {s.combo_key for s in again}
+
+
+def test_stops_when_the_scope_runs_out(embedded_store: Store) -> None:
+    fill(embedded_store, subjects=1, sessions=1, concepts=2)
+    # one session of two concepts has three combinations: {a}, {b}, {a, b}
+    samples = sampler(embedded_store, 1).draw(10, Strategy.BASIC)
+    assert len(samples) == 3
+    assert sampler(embedded_store, 1).draw(5, Strategy.HARD) == []  # needs two sessions
+
+
+def test_mixed_ratio(filled: Store) -> None:
+    samples = sampler(filled, 9, basic_ratio=0.8).draw(400, Strategy.MIXED)
+    basic = sum(s.strategy is Strategy.BASIC for s in samples)
+    assert 0.7 < basic / len(samples) < 0.9
