@@ -287,3 +287,48 @@ def instructions_in_scope(d: Dialect, top: int | None) -> str:
 
 def list_jobs(d: Dialect) -> str:
     return f"MATCH (j:{d.q(JOB.label)}) RETURN j ORDER BY j.created_at DESC"
+
+
+# ---------------------------------------------------------------------- coverage
+
+
+def _scoped(d: Dialect, top: int | None, group: int | None, bottom: int) -> tuple[str, str, str]:
+    """Pattern, WHERE clause and grouping key for a visible chain under the scope."""
+    start = 0 if top is None else top
+    bottom = max(bottom, group if group is not None else start)
+    where = [visible(start, bottom)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    key = f"n{group}.id AS id, " if group is not None else ""
+    return chain(d, start, bottom), " AND ".join(where), key
+
+
+def covered_concepts(d: Dialect, top: int | None, group: int | None) -> str:
+    """Visible concepts with at least one instruction covering them."""
+    pattern, where, key = _scoped(d, top, group, 5)
+    return (
+        f"MATCH {pattern}, (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
+        f"WHERE {where} RETURN {key}count(DISTINCT n5.id) AS n"
+    )
+
+
+def covered_combos(d: Dialect, top: int | None, group: int | None) -> str:
+    """Distinct concept combinations asked about under the scope."""
+    pattern, where, key = _scoped(d, top, group, 4)
+    return (
+        f"MATCH {pattern}, (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n4) "
+        f"WHERE {where} RETURN {key}count(DISTINCT i.combo_key) AS n"
+    )
+
+
+def childless(d: Dialect, top: int | None, group: int | None, *, level: int) -> str:
+    """Visible nodes at `level` with no child yet (subjects without a syllabus, ...)."""
+    pattern, where, _ = _scoped(d, top, group, level)
+    rel = CHILD_REL[HIERARCHY[level].label]
+    grouped, keep = (f"n{group}.id AS id, ", "id, ") if group is not None else ("", "")
+    return (
+        f"MATCH {pattern} WHERE {where} "
+        f"OPTIONAL MATCH (n{level})-[:{d.q(rel.type)}]->(x:{d.q(rel.dst.label)}) "
+        f"WITH {grouped}n{level}.id AS node, count(x) AS k WHERE k = 0 "
+        f"RETURN {keep}count(DISTINCT node) AS n"
+    )

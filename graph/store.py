@@ -6,9 +6,10 @@ review states and deterministic ids; it never asks which engine it runs on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from . import queries as Q
@@ -126,6 +127,29 @@ class SessionView:
     description: str
     position: int
     concepts: list[ConceptView] = field(default_factory=list)
+
+
+@dataclass
+class CoverageRow:
+    node: Node | None  # None: the whole store
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+    covered_concepts: int = 0
+    combinations: int = 0
+    subjects_without_syllabus: int = 0
+    disciplines_without_subjects: int = 0
+
+    @property
+    def concept_coverage(self) -> float:
+        """Fraction of concepts at least one instruction covers."""
+        concepts = self.counts.get("concepts", 0)
+        return self.covered_concepts / concepts if concepts else 0.0
+
+
+@dataclass
+class Coverage:
+    total: CoverageRow
+    children: list[CoverageRow]
 
 
 @dataclass
@@ -667,6 +691,48 @@ class Store:
         rows = self.driver.execute(Q.count_label(self.d, kind))
         return int(rows[0]["n"]) if rows else 0
 
+    def coverage(self, path: str | None = None) -> Coverage:
+        """Where a dataset stands: counts, concept and combination coverage, gaps.
+
+        For the node and each child, computed in the database with a fixed number of
+        grouped queries whatever the size of the subtree.
+        """
+        scope = self.node(path) if path else None
+        top = scope.level if scope else None
+        group = scope.level + 1 if scope else 0
+        params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
+        if scope:
+            params["id"] = scope.id
+        total = CoverageRow(scope, scope.path or "" if scope else "", self.counts(path))
+        children = self.children(path) if group < len(HIERARCHY) else []
+        zeros = {COUNT_NAMES[t]: 0 for t in range(group + 1, len(COUNT_NAMES))}
+        rows = {c.id: CoverageRow(c, c.path or "", dict(zeros)) for c in children if not c.hidden}
+        if scope is not None and scope.hidden:
+            rows = {}
+        else:
+            if rows:
+                for cid, counts in self.counts_by_child(scope, group).items():
+                    if cid in rows:
+                        rows[cid].counts.update(counts)
+            # (attribute, query builder for a grouping level, deepest level it applies to)
+            extras: list[tuple[str, Callable[[int | None], str], int]] = [
+                ("covered_concepts", partial(Q.covered_concepts, self.d, top), 5),
+                ("combinations", partial(Q.covered_combos, self.d, top), 5),
+                ("subjects_without_syllabus", partial(Q.childless, self.d, top, level=3), 3),
+                ("disciplines_without_subjects", partial(Q.childless, self.d, top, level=2), 2),
+            ]
+            for name, build, deepest in extras:
+                if top is not None and top > deepest:
+                    continue
+                found = self.driver.execute(build(None), params)
+                setattr(total, name, int(found[0]["n"]) if found else 0)
+                if rows and group <= deepest:
+                    for r in self.driver.execute(build(group), params):
+                        if r["id"] in rows:
+                            setattr(rows[r["id"]], name, int(r["n"]))
+        ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
+        return Coverage(total, sorted([*rows.values(), *ordered], key=_row_order))
+
     # ------------------------------------------------------------------ generation
 
     def scope(self, path: str | None) -> Node | None:
@@ -893,6 +959,10 @@ class Store:
         tx: Tx | None = None,
     ) -> None:
         self.upsert_nodes(UNIT, rows, update_existing=update_existing, tx=tx)
+
+
+def _row_order(row: CoverageRow) -> tuple[int, str]:
+    return _order(row.node) if row.node else (0, "")
 
 
 def _order(node: Node) -> tuple[int, str]:
