@@ -1,0 +1,331 @@
+"""The GLAN stages as jobs: taxonomy expansion, subjects, syllabus, questions, answers.
+
+Each stage reads its inputs from the graph, calls the model through one prompt file, and
+writes its outputs back with provenance (model, prompt name and version, job, unit).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from graph.driver import Tx
+from graph.errors import WrongKind
+from graph.model import (
+    CHILD_REL,
+    DISCIPLINE,
+    FIELD,
+    HIERARCHY,
+    INSTRUCTION,
+    RESPONSE,
+    SUBJECT,
+    Source,
+    Status,
+    child_kind,
+    hierarchy_id,
+    join_path,
+    name_key,
+    node_id,
+    split_path,
+)
+from graph.store import Node, SessionView, validate_name
+
+from .jobs import Outcome, Stage, UnitSpec, unit_id
+from .prompting import Prompt, get_prompt
+from .sampling import Sampler, Strategy
+
+
+class PromptStage(Stage):
+    """A stage with one prompt; calls it and turns the result into an Outcome."""
+
+    prompt_name: ClassVar[str]
+
+    @property
+    def prompt(self) -> Prompt:
+        return get_prompt(self.prompt_name)
+
+    async def ask(self, **variables: Any) -> Outcome:
+        prompt = self.prompt
+        messages = prompt.render(**variables)
+        result = await self.llm.structured(messages, prompt.response_model, self.params)
+        return Outcome(value=result.value, raw=result.raw, error=result.error, usage=result.usage)
+
+    def stamp(self, unit: UnitSpec) -> dict[str, Any]:
+        return self.provenance(unit, self.prompt.name, self.prompt.version)
+
+
+class TaxonomyStage(PromptStage):
+    """Propose children of a taxonomy node (fields, sub-fields or disciplines) for review."""
+
+    name = "taxonomy"
+    prompt_name = "taxonomy"
+
+    def plan(self, scope: Node | None) -> list[UnitSpec]:
+        if scope is not None and scope.kind not in HIERARCHY[:2]:
+            raise_wrong_scope(scope, "a Field or SubField (or the root)")
+        target = scope.id if scope else "root"
+        rounds = int(self.options.get("rounds", 1))
+        return [
+            UnitSpec(
+                unit_id(self.name, target, str(r)),
+                target,
+                {"path": scope.path if scope else "", "round": r},
+            )
+            for r in range(rounds)
+        ]
+
+    async def execute(self, unit: UnitSpec) -> Outcome:
+        path = unit.payload["path"]
+        parent_kind = self.store.node(path).kind if path else None
+        kind = child_kind(parent_kind) if parent_kind else FIELD
+        assert kind is not None
+        existing = [c.name for c in self.store.children(path or None)]
+        return await self.ask(
+            path=path or "all human knowledge and capabilities",
+            parent_kind=parent_kind.label if parent_kind else "root",
+            child_kind=kind.label,
+            existing=existing,
+            n=int(self.options.get("n", 10)),
+        )
+
+    def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
+        path = unit.payload["path"]
+        parent = self.store.node(path) if path else None
+        kind = child_kind(parent.kind) if parent else FIELD
+        assert kind is not None
+        status = Status.APPROVED if self.options.get("auto_approve") else Status.PROPOSED
+        rows: dict[str, dict[str, Any]] = {}
+        parent_names = split_path(parent.path or "") if parent else []
+        for item in outcome.value.items:
+            name = validate_name(item.name, f"proposed {kind.label} name")
+            nid = hierarchy_id(kind, name, parent.id if parent else None)
+            rows.setdefault(
+                nid,
+                {
+                    "id": nid,
+                    "name": name,
+                    "key": name_key(name),
+                    "path": join_path([*parent_names, name]),
+                    "description": item.description or None,
+                    "status": str(status),
+                    "source": str(Source.LLM),
+                    **self.stamp(unit),
+                },
+            )
+        self.store.upsert_nodes(kind, list(rows.values()), update_existing=False, tx=tx)
+        if parent is not None:
+            rel = CHILD_REL[parent.kind.label]
+            self.store.upsert_edges(rel, [(parent.id, nid) for nid in rows], tx=tx)
+
+
+class SubjectsStage(PromptStage):
+    """Per discipline, N rounds of "which subjects should a student of X learn" (paper: 10)."""
+
+    name = "subjects"
+    prompt_name = "subjects"
+
+    def plan(self, scope: Node | None) -> list[UnitSpec]:
+        rounds = int(self.options.get("rounds", 10))
+        return [
+            UnitSpec(unit_id(self.name, d, str(r)), d, {"discipline_id": d, "round": r})
+            for d in self.store.ids_in_scope(scope, DISCIPLINE)
+            for r in range(rounds)
+        ]
+
+    async def execute(self, unit: UnitSpec) -> Outcome:
+        discipline = self.store.get(unit.target_id)
+        assert discipline is not None
+        return await self.ask(
+            discipline=discipline.name,
+            path=discipline.props.get("path") or discipline.name,
+            n=int(self.options.get("per_call", 10)),
+            existing=self.store.subject_names(discipline.id),
+        )
+
+    def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
+        subjects = [s.model_dump() for s in outcome.value.subjects]
+        self.store.write_subjects(unit.target_id, subjects, self.stamp(unit), tx=tx)
+
+
+class SyllabusStage(PromptStage):
+    """One syllabus per subject: class sessions in order, each with its key concepts."""
+
+    name = "syllabus"
+    prompt_name = "syllabus"
+
+    def plan(self, scope: Node | None) -> list[UnitSpec]:
+        # Subjects whose syllabus came from elsewhere (added by hand) are left alone.
+        subjects = self.store.ids_in_scope(scope, SUBJECT)
+        has_concepts = self.store.concept_stats(subjects)
+        known = self.store.unit_statuses([unit_id(self.name, s) for s in subjects])
+        return [
+            UnitSpec(unit_id(self.name, s), s, {"subject_id": s})
+            for s in subjects
+            if has_concepts.get(s, (0, 0))[0] == 0 or unit_id(self.name, s) in known
+        ]
+
+    async def execute(self, unit: UnitSpec) -> Outcome:
+        subject = self.store.get(unit.target_id)
+        assert subject is not None
+        paths = self.store.paths_of(subject.id)
+        discipline = split_path(paths[0])[2] if paths else ""
+        return await self.ask(
+            subject=subject.name,
+            level=subject.props.get("level") or "",
+            subtopics=subject.props.get("subtopics") or [],
+            discipline=discipline,
+            n_sessions=int(self.options.get("sessions", 12)),
+        )
+
+    def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
+        sessions = [s.model_dump() for s in outcome.value.sessions]
+        self.store.write_syllabus(unit.target_id, sessions, self.stamp(unit), tx=tx)
+
+
+class QuestionsStage(PromptStage):
+    """Homework questions from sampled key-concept combinations, with the whole syllabus."""
+
+    name = "questions"
+    prompt_name = "question"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._syllabi: dict[str, list[SessionView]] = {}
+
+    def plan(self, scope: Node | None) -> list[UnitSpec]:
+        # A sampled plan depends on coverage at the time, so it is stored with the job and
+        # read back on a re-run instead of being drawn again.
+        stored = self.store.job_units(self.job_id)
+        if stored:
+            return sorted(
+                (UnitSpec(u["id"], u["target_id"], json.loads(u["payload"])) for u in stored),
+                key=lambda u: u.payload["index"],
+            )
+        subjects = self.store.ids_in_scope(scope, SUBJECT)
+        stats = self.store.concept_stats(subjects)
+        sampler = Sampler(
+            stats,
+            self.store.syllabi,
+            seed=int(self.options.get("seed", 0)),
+            prefer_uncovered=bool(self.options.get("prefer_uncovered", True)),
+            existing_keys=self.store.combo_keys(list(stats)),
+            basic_ratio=float(self.options.get("basic_ratio", 0.5)),
+        )
+        samples = sampler.draw(int(self.options.get("n", 10)), Strategy(self.options["strategy"]))
+        return [
+            UnitSpec(
+                unit_id(self.name, self.job_id, s.combo_key),
+                s.subject_id,
+                {
+                    "index": i,
+                    "subject_id": s.subject_id,
+                    "strategy": str(s.strategy),
+                    "session_ids": list(s.session_ids),
+                    "concept_ids": list(s.concept_ids),
+                    "combo_key": s.combo_key,
+                },
+            )
+            for i, s in enumerate(samples)
+        ]
+
+    def _syllabus(self, subject_id: str) -> list[SessionView]:
+        if subject_id not in self._syllabi:
+            self._syllabi.update(self.store.syllabi([subject_id]))
+        return self._syllabi.get(subject_id, [])
+
+    async def execute(self, unit: UnitSpec) -> Outcome:
+        p = unit.payload
+        subject = self.store.get(p["subject_id"])
+        assert subject is not None
+        syllabus = self._syllabus(subject.id)
+        by_id = {s.id: s for s in syllabus}
+        names = {c.id: c.name for s in syllabus for c in s.concepts}
+        sessions = [by_id[i] for i in p["session_ids"] if i in by_id]
+        if len(sessions) != len(p["session_ids"]):
+            return Outcome(error="a sampled session is no longer in the syllabus")
+        paths = self.store.paths_of(subject.id)
+        return await self.ask(
+            subject=subject.name,
+            level=subject.props.get("level") or "",
+            discipline=split_path(paths[0])[2] if paths else "",
+            syllabus=[
+                {"title": s.title, "concepts": [c.name for c in s.concepts]} for s in syllabus
+            ],
+            sessions=[{"title": s.title, "description": s.description} for s in sessions],
+            concepts=[names[c] for c in p["concept_ids"] if c in names],
+            strategy=p["strategy"],
+            last_session_title=sessions[-1].title,
+        )
+
+    def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
+        p = unit.payload
+        iid = node_id(INSTRUCTION, unit.id)
+        row = {
+            "id": iid,
+            "text": outcome.value.question.strip(),
+            "strategy": p["strategy"],
+            "seed": int(self.options.get("seed", 0)),
+            "combo_key": p["combo_key"],
+            "subject_id": p["subject_id"],
+            "temperature": self.params.temperature,
+            "top_p": self.params.top_p,
+            "created_at": None,
+            **self.stamp(unit),
+        }
+        self.store.write_instructions(
+            [row],
+            [(iid, c) for c in p["concept_ids"]],
+            [(iid, s) for s in p["session_ids"]],
+            tx=tx,
+        )
+
+
+class AnswersStage(PromptStage):
+    """Answers from the answer model, in a call of their own (as the paper found best)."""
+
+    name = "answers"
+    prompt_name = "answer"
+
+    def job_key(self) -> dict[str, Any]:
+        return {**self.options, "model": self.params.model}
+
+    def plan(self, scope: Node | None) -> list[UnitSpec]:
+        return [
+            UnitSpec(unit_id(self.name, i, self.params.model), i, {"instruction_id": i})
+            for i in self.store.instruction_ids_in_scope(scope)
+        ]
+
+    async def execute(self, unit: UnitSpec) -> Outcome:
+        instruction = self.store.get(unit.target_id)
+        assert instruction is not None
+        subject = self.store.get(instruction.props["subject_id"])
+        prompt = self.prompt
+        messages = prompt.render(
+            question=instruction.props["text"],
+            subject=subject.name if subject else "",
+            level=(subject.props.get("level") if subject else "") or "",
+        )
+        result = await self.llm.text(messages, prompt.response_model, self.params)
+        return Outcome(value=result.value, raw=result.raw, error=result.error, usage=result.usage)
+
+    def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
+        row = {
+            "id": node_id(RESPONSE, unit.target_id, self.params.model),
+            "text": outcome.value.text,
+            "instruction_id": unit.target_id,
+            "temperature": self.params.temperature,
+            "top_p": self.params.top_p,
+            "created_at": None,
+            **self.stamp(unit),
+        }
+        self.store.write_responses([row], tx=tx)
+
+
+STAGES: dict[str, type[Stage]] = {
+    s.name: s for s in (TaxonomyStage, SubjectsStage, SyllabusStage, QuestionsStage, AnswersStage)
+}
+PIPELINE = ("subjects", "syllabus", "questions", "answers")
+
+
+def raise_wrong_scope(scope: Node, wanted: str) -> None:
+    raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; this stage runs under {wanted}")

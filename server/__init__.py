@@ -1,0 +1,1 @@
+"""The faces of glan: the CLI, the GraphQL app and its uvicorn entry."""

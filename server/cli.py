@@ -1,0 +1,488 @@
+"""The `glan` command line: the same store and pipeline as the API, from a terminal."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
+
+from graph.errors import GlanError, InvalidInput
+from graph.model import HIERARCHY, Status, parse_kind, split_path
+from graph.store import COUNT_NAMES, Store, TreeNode
+
+from .settings import Settings
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+class _App(typer.Typer):
+    """Commands whose expected failures print one clear line and exit 1, not a traceback."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorate(fn: Callable[..., Any]) -> Any:
+            @functools.wraps(fn)
+            def run(*a: Any, **kw: Any) -> Any:
+                try:
+                    return fn(*a, **kw)
+                except GlanError as exc:
+                    err.print(f"[bold red]error:[/] {escape(str(exc))}")
+                    raise typer.Exit(1) from exc
+
+            return register(run)
+
+        return decorate
+
+
+app = _App(
+    help="glan: taxonomy-driven synthetic instruction data on a graph knowledge store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+@contextmanager
+def open_store(cfg: Settings | None = None) -> Iterator[Store]:
+    cfg = cfg or settings()
+    store = Store.open(cfg.store_config())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def seed_taxonomy_text() -> str:
+    return resources.files("graph").joinpath("seed/taxonomy.yaml").read_text(encoding="utf-8")
+
+
+def read_taxonomy(path: Path | None) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8") if path else seed_taxonomy_text()
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read taxonomy {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"taxonomy {path or 'seed'} is not a YAML mapping")
+    return data
+
+
+@app.command()
+def init(
+    taxonomy: Annotated[
+        Path | None, typer.Option(help="YAML taxonomy to load instead of the shipped seed")
+    ] = None,
+    no_seed: Annotated[bool, typer.Option("--no-seed", help="only create the schema")] = False,
+) -> None:
+    """Create (or open) the store, ensure its schema and load the seed taxonomy.
+
+    Safe to run again: existing nodes, and review decisions on them, are kept.
+    """
+    cfg = settings()
+    with open_store(cfg) as store:
+        console.print(f"store: {escape(store.driver.description)}")
+        if no_seed:
+            return
+        report = store.load_taxonomy(read_taxonomy(taxonomy))
+        for kind in HIERARCHY[:3]:
+            console.print(
+                f"  {kind.label:<11} {report.created[kind.label]:>5} new, "
+                f"{report.existing[kind.label]:>5} already there"
+            )
+
+
+def _count_text(counts: dict[str, int]) -> str:
+    parts = [f"{counts[k]:,} {k}" for k in COUNT_NAMES if counts.get(k)]
+    return " · ".join(parts)
+
+
+def _label(t: TreeNode) -> str:
+    if t.node is None:
+        return "[bold]glan[/]"
+    text = f"[bold]{escape(t.node.name)}[/] [dim]{t.node.kind.label}[/]"
+    if t.node.status == Status.REJECTED:
+        text += " [red](rejected)[/]"
+    elif t.node.status == Status.PROPOSED:
+        text += " [yellow](proposed)[/]"
+    elif t.node.hidden:
+        text += " [red](hidden)[/]"
+    counts = _count_text(t.counts)
+    return text + (f"  [cyan]{counts}[/]" if counts else "")
+
+
+def _tree_json(t: TreeNode) -> dict[str, Any]:
+    return {
+        "path": t.path,
+        "kind": t.node.kind.label if t.node else None,
+        "id": t.node.id if t.node else None,
+        "status": t.node.status if t.node else None,
+        "counts": t.counts,
+        "children": [_tree_json(c) for c in t.children],
+    }
+
+
+@app.command()
+def tree(
+    path: Annotated[
+        str | None, typer.Argument(help="e.g. 'Natural Sciences/Physical Sciences'")
+    ] = None,
+    depth: Annotated[int, typer.Option(min=0, max=6, help="levels to show below PATH")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a tree")] = False,
+) -> None:
+    """Print the taxonomy below PATH with counts of what lies beneath each node."""
+    with open_store() as store:
+        root = store.tree(path, depth)
+    if as_json:
+        console.print_json(json.dumps(_tree_json(root)))
+        return
+    view = Tree(_label(root) + ("" if root.node else f"  [cyan]{_count_text(root.counts)}[/]"))
+
+    def walk(t: TreeNode, into: Tree) -> None:
+        for c in t.children:
+            walk(c, into.add(_label(c)))
+
+    walk(root, view)
+    console.print(view)
+
+
+@app.command()
+def add(
+    path: Annotated[str, typer.Argument(help="full path of the new node, parent first")],
+    kind: Annotated[
+        str | None, typer.Option(help="field|subfield|discipline|subject|session|concept")
+    ] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    level: Annotated[str | None, typer.Option(help="subjects: e.g. undergraduate")] = None,
+    subtopic: Annotated[list[str] | None, typer.Option(help="subjects: repeat for each")] = None,
+    proposed: Annotated[bool, typer.Option(help="add as proposed, awaiting review")] = False,
+) -> None:
+    """Insert a node to extend the taxonomy; generation under it then works as anywhere else.
+
+    The depth of PATH decides the kind (Field/SubField/Discipline/Subject/Session/Concept);
+    --kind, when given, must agree.
+    """
+    try:
+        names = split_path(path)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if not names:
+        raise fail("the path is empty")
+    if len(names) > len(HIERARCHY):
+        raise fail(f"paths are at most {len(HIERARCHY)} deep (Field/.../Concept)")
+    implied = HIERARCHY[len(names) - 1]
+    if kind is not None:
+        try:
+            wanted = parse_kind(kind)
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+        if wanted is not implied:
+            raise fail(
+                f"a {wanted.label} sits at depth {HIERARCHY.index(wanted) + 1}, but {path!r} "
+                f"is {len(names)} deep: that is where a {implied.label} goes"
+            )
+    props: dict[str, Any] = {}
+    if description:
+        props["description"] = description
+    if level or subtopic:
+        if implied.label != "Subject":
+            raise fail("--level and --subtopic apply to subjects only")
+        props["level"] = level
+        props["subtopics"] = list(subtopic or [])
+    parent = _parent_path(path)
+    with open_store() as store:
+        node = store.add_node(
+            parent,
+            implied,
+            names[-1],
+            status=Status.PROPOSED if proposed else Status.APPROVED,
+            props=props,
+        )
+    console.print(
+        f"{node.kind.label} [bold]{escape(node.path or '')}[/] ({node.id}, {node.status})"
+    )
+
+
+def _parent_path(path: str) -> str | None:
+    """The raw text of the parent path, escapes kept, so names with '/' survive."""
+    i, cut = 0, -1
+    while i < len(path):
+        if path[i] == "\\":
+            i += 2
+            continue
+        if path[i] == "/":
+            cut = i
+        i += 1
+    return path[:cut] if cut >= 0 else None
+
+
+@app.command()
+def review(
+    path: str,
+    approve: Annotated[bool, typer.Option("--approve")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="hide the node and its subtree")] = False,
+    propose: Annotated[bool, typer.Option("--propose", help="back to awaiting review")] = False,
+) -> None:
+    """Approve or reject a node. Rejecting hides its whole subtree from generation and coverage."""
+    chosen = [
+        s
+        for s, on in (
+            (Status.APPROVED, approve),
+            (Status.REJECTED, reject),
+            (Status.PROPOSED, propose),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise fail("give exactly one of --approve, --reject, --propose", 2)
+    with open_store() as store:
+        node = store.review(path, chosen[0])
+    console.print(f"{escape(node.path or '')}: {node.status}")
+
+
+@app.command()
+def link(
+    parent: Annotated[str, typer.Argument(help="a discipline path")],
+    subject: Annotated[str, typer.Argument(help="an existing subject's path")],
+) -> None:
+    """Put an existing subject under one more discipline (shared subjects are kept once)."""
+    with open_store() as store:
+        node = store.link(parent, subject)
+        paths = store.paths_of(node.id)
+    console.print(f"{escape(node.name)} now under {len(paths)} discipline(s)")
+
+
+@app.command()
+def delete(
+    path: str,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Delete a node and what lies only beneath it (prefer `review --reject`, which keeps data)."""
+    with open_store() as store:
+        counts = store.counts(path)
+        if not yes:
+            typer.confirm(
+                f"delete {path!r} and {_count_text(counts) or 'nothing below'}?", abort=True
+            )
+        removed = store.delete_subtree(path)
+    console.print(", ".join(f"{n} {k}" for k, n in removed.items() if n) or "nothing removed")
+
+
+@app.command()
+def show(path: str) -> None:
+    """Show one node: its properties, every path that reaches it, and counts below it."""
+    with open_store() as store:
+        node = store.node(path)
+        info = {
+            "kind": node.kind.label,
+            **{k: v for k, v in node.props.items() if v not in (None, "", [])},
+            "paths": store.paths_of(node.id),
+            "hidden": node.hidden,
+            "counts": store.counts(path),
+        }
+    console.print_json(json.dumps(info, default=str))
+
+
+STAGE_CHOICES = ("taxonomy", "subjects", "syllabus", "questions", "answers", "all")
+
+
+@app.command()
+def generate(
+    stage: Annotated[str, typer.Argument(help="|".join(STAGE_CHOICES))],
+    path: Annotated[str | None, typer.Argument(help="scope: a subtree path (default: all)")] = None,
+    n: Annotated[int, typer.Option(min=0, help="questions to sample (questions, all)")] = 10,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="subject rounds per discipline (paper: 10)")
+    ] = None,
+    per_call: Annotated[int, typer.Option(min=1, help="subjects asked for per call")] = 10,
+    sessions: Annotated[int, typer.Option(min=1, help="class sessions to ask for")] = 12,
+    strategy: Annotated[str, typer.Option(help="basic|hard|mixed")] = "mixed",
+    basic_ratio: Annotated[float, typer.Option(min=0, max=1, help="share of basic in mixed")] = 0.5,
+    seed: Annotated[int, typer.Option(help="sampling seed: same seed, same questions")] = 0,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="parallel model calls")] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="start the bundled offline model for this run")
+    ] = False,
+) -> None:
+    """Run GLAN stages under PATH as resumable jobs; run the same command again to resume."""
+    from generators.pipeline import PipelineOptions, run_pipeline
+    from generators.stages import PIPELINE
+
+    if stage not in STAGE_CHOICES:
+        raise fail(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CHOICES)}", 2)
+    if strategy not in ("basic", "hard", "mixed"):
+        raise fail("--strategy must be basic, hard or mixed", 2)
+    cfg = settings()
+    options = PipelineOptions(
+        n=n,
+        rounds=rounds or cfg.subject_rounds,
+        per_call=per_call,
+        sessions=sessions,
+        strategy=strategy,
+        basic_ratio=basic_ratio,
+        seed=seed,
+        auto_approve=cfg.auto_approve,
+    )
+    stages = list(PIPELINE) if stage == "all" else [stage]
+    with open_store(cfg) as store, _llm_endpoint(cfg, local) as run_cfg, _progress_bars() as bar:
+        results = run_pipeline(
+            store,
+            run_cfg.llm_config(),
+            run_cfg.stage_params,
+            stages,
+            path,
+            options,
+            concurrency=concurrency or run_cfg.llm_concurrency,
+            progress=bar,
+        )
+    for r in results:
+        console.print(
+            f"{r.stage:<9} {r.status:<24} {r.done}/{r.total} done ({r.skipped} earlier), "
+            f"{r.failed} failed, tokens {r.prompt_tokens:,} in / {r.completion_tokens:,} out"
+        )
+    failed = sum(r.failed for r in results)
+    if failed:
+        err.print(
+            f"[yellow]{failed} unit(s) failed; their raw output is kept "
+            "(glan jobs --failed). Run the same command again to retry them.[/]"
+        )
+
+
+@contextmanager
+def _progress_bars() -> Iterator[Callable[[Any], None]]:
+    """One bar per job, fed by the runner's progress callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bars = Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed · {task.fields[tokens]} tok"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(state: Any) -> None:
+        if state.job_id not in tasks:
+            tasks[state.job_id] = bars.add_task(state.stage, total=state.total, failed=0, tokens=0)
+        bars.update(
+            tasks[state.job_id],
+            total=state.total,
+            completed=state.done + state.failed,
+            failed=state.failed,
+            tokens=f"{state.prompt_tokens + state.completion_tokens:,}",
+        )
+
+    with bars:
+        yield update
+
+
+@contextmanager
+def _llm_endpoint(cfg: Settings, local: bool) -> Iterator[Settings]:
+    """The settings to call the model with; with --local, the bundled model on loopback."""
+    if not local:
+        yield cfg
+        return
+    from generators.local_model import start_local_model
+
+    console.print("starting the bundled model (SmolLM2-135M-Instruct) on loopback ...")
+    with start_local_model() as server:
+        yield cfg.model_copy(
+            update={
+                "llm_base_url": server.base_url,
+                "model": server.model,
+                "question_model": None,
+                "answer_model": None,
+                "llm_structured": "json_object_schema",
+            }
+        )
+
+
+@app.command()
+def jobs(
+    failed: Annotated[
+        bool, typer.Option("--failed", help="list failed units with reasons")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Generation jobs with their progress and token usage."""
+    from rich.table import Table
+
+    with open_store() as store:
+        rows = store.jobs()
+        units = {j["id"]: store.job_units(j["id"]) for j in rows} if failed else {}
+    if as_json:
+        console.print_json(json.dumps({"jobs": rows, "units": units}, default=str))
+        return
+    table = Table("job", "stage", "scope", "status", "done", "failed", "total", "tokens in/out")
+    for j in rows:
+        table.add_row(
+            j["id"],
+            j["kind"],
+            escape(j["scope"] or "(all)"),
+            j["status"],
+            str(j["done"]),
+            str(j["failed"]),
+            str(j["total"]),
+            f"{j['prompt_tokens'] or 0:,}/{j['completion_tokens'] or 0:,}",
+        )
+    console.print(table)
+    for job_id, us in units.items():
+        for u in us:
+            if u["status"] == "failed":
+                raw = (u.get("raw") or "").replace("\n", " ")[:120]
+                console.print(
+                    f"[red]{u['id']}[/] ({job_id}): {escape(u.get('error') or '')}"
+                    f"\n  raw: {escape(raw)}"
+                )
+
+
+model_app = _App(help="The bundled offline model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("serve")
+def model_serve(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    threads: Annotated[int, typer.Option(help="CPU threads for the model")] = 1,
+) -> None:
+    """Serve the bundled SmolLM2-135M-Instruct on an OpenAI-compatible endpoint, offline."""
+    from generators.local_model import serve_forever
+
+    serve_forever(host=host, port=port, n_threads=threads)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The one settings object: read once from GLAN_* environment variables and `.env`.
+
+It is built by the CLI or the ASGI app at start and passed down as plain config objects;
+nothing else in glan reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from generators.llm import LLMConfig, StageParams
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from graph.config import StoreConfig, default_db_path
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GLAN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- the store
+    backend: Literal["embedded", "bolt"] = "embedded"
+    db_path: Path = Field(default_factory=default_db_path)
+    bolt_uri: str = "bolt://localhost:7687"
+    bolt_user: str | None = "neo4j"
+    bolt_password: SecretStr | None = None
+    bolt_database: str | None = None
+    bolt_flavor: Literal["auto", "neo4j", "memgraph", "arcadedb"] = "auto"
+
+    # --- the server, and CLI verbs that go through it while it holds the store
+    server_url: str | None = None
+    api_token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # --- LLM endpoint (any OpenAI-compatible server)
+    llm_base_url: str = "http://127.0.0.1:8080/v1"
+    llm_api_key: SecretStr = SecretStr("not-needed")
+    llm_timeout_s: float = 120.0
+    llm_max_retries: int = 5
+    llm_concurrency: int = 8
+    llm_rpm: int | None = None
+    llm_tpm: int | None = None
+    #: json_schema (OpenAI, vLLM) | json_object_schema (llama.cpp server) | prompt (anything)
+    llm_structured: Literal["json_schema", "json_object_schema", "prompt"] = "json_schema"
+
+    # --- models per stage (the paper answers with a cheaper model than it asks with)
+    model: str = "gpt-4o-mini"
+    question_model: str | None = None
+    answer_model: str | None = None
+    temperature: float = 1.0
+    top_p: float = 0.95
+    answer_temperature: float = 0.7
+    answer_top_p: float = 0.95
+    max_tokens: int | None = None
+
+    # --- generation defaults
+    auto_approve: bool = False
+    subject_rounds: int = 10
+
+    def store_config(self, *, read_only: bool = False) -> StoreConfig:
+        return StoreConfig(
+            backend=self.backend,
+            db_path=self.db_path,
+            read_only=read_only,
+            bolt_uri=self.bolt_uri,
+            bolt_user=self.bolt_user,
+            bolt_password=self.bolt_password,
+            bolt_database=self.bolt_database,
+            bolt_flavor=self.bolt_flavor,
+        )
+
+    def llm_config(self) -> LLMConfig:
+        return LLMConfig(
+            base_url=self.llm_base_url,
+            api_key=self.llm_api_key,
+            timeout_s=self.llm_timeout_s,
+            max_retries=self.llm_max_retries,
+            concurrency=self.llm_concurrency,
+            rpm=self.llm_rpm,
+            tpm=self.llm_tpm,
+            structured=self.llm_structured,
+        )
+
+    def stage_params(self, stage: str) -> StageParams:
+        """Model and sampling for one stage: taxonomy, subjects, syllabus, questions, answers."""
+        if stage == "answers":
+            return StageParams(
+                model=self.answer_model or self.model,
+                temperature=self.answer_temperature,
+                top_p=self.answer_top_p,
+                max_tokens=self.max_tokens,
+            )
+        model = self.question_model or self.model if stage == "questions" else self.model
+        return StageParams(
+            model=model, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens
+        )

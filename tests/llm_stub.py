@@ -1,0 +1,192 @@
+"""An OpenAI-compatible chat endpoint on loopback for tests and benchmarks.
+
+A small asyncio HTTP/1.1 server in a background thread: it answers /v1/chat/completions
+with whatever a handler returns (a completion, an HTTP error with Retry-After, a hang, or a
+dropped connection), records every request, and costs next to nothing per call, so a
+benchmark can measure the pipeline rather than the stub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Reply:
+    content: str = ""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None  # for errors
+    delay_s: float = 0.0  # wait before answering (a hang when past the client's timeout)
+    drop: bool = False  # close the connection without answering
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+
+
+def ok(content: str, **kw: Any) -> Reply:
+    return Reply(content=content, **kw)
+
+
+def ok_json(obj: Any, **kw: Any) -> Reply:
+    return Reply(content=json.dumps(obj), **kw)
+
+
+def error(status: int, message: str = "stub error", **kw: Any) -> Reply:
+    return Reply(status=status, body={"error": {"message": message, "type": "stub"}}, **kw)
+
+
+Handler = Callable[[dict[str, Any], int], Reply]
+
+
+def sequence(replies: Sequence[Reply]) -> Handler:
+    """One reply per call in order; the last one repeats."""
+    items = list(replies)
+
+    def handler(body: dict[str, Any], n: int) -> Reply:
+        return items[min(n, len(items) - 1)]
+
+    return handler
+
+
+@dataclass
+class Stub:
+    base_url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    handler: Handler | None = None
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _completion(body: dict[str, Any], reply: Reply, n: int) -> dict[str, Any]:
+    return {
+        "id": f"stub-{n}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", "stub"),
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": reply.content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        },
+    }
+
+
+async def _serve_connection(
+    stub: Stub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in lines[1:] if line)
+            }
+            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            if method == "GET" and path.endswith("/models"):
+                status, extra, payload = (
+                    200,
+                    {},
+                    {"object": "list", "data": [{"id": "stub", "object": "model"}]},
+                )
+            elif method == "POST" and path.endswith("/chat/completions"):
+                body = json.loads(raw or b"{}")
+                n = stub.calls
+                stub.calls += 1
+                stub.requests.append(body)
+                assert stub.handler is not None
+                reply = stub.handler(body, n)
+                stub.in_flight += 1
+                stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                try:
+                    if reply.delay_s:
+                        await asyncio.sleep(reply.delay_s)
+                finally:
+                    stub.in_flight -= 1
+                if reply.drop:
+                    writer.transport.abort()
+                    return
+                status, extra = reply.status, reply.headers
+                payload = _completion(body, reply, n) if status == 200 else (reply.body or {})
+            else:
+                status, extra, payload = 404, {}, {"error": {"message": "not found"}}
+            data = json.dumps(payload).encode()
+            out = [
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+                "content-type: application/json",
+                f"content-length: {len(data)}",
+            ]
+            out += [f"{k}: {v}" for k, v in extra.items()]
+            writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + data)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+@contextmanager
+def run_stub(handler: Handler) -> Iterator[Stub]:
+    """Serve `handler` on a free 127.0.0.1 port until the block ends."""
+    stub = Stub(handler=handler)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    server_box: list[asyncio.base_events.Server] = []
+
+    async def start() -> None:
+        server = await asyncio.start_server(
+            lambda r, w: _serve_connection(stub, r, w), "127.0.0.1", 0
+        )
+        server_box.append(server)
+        port = server.sockets[0].getsockname()[1]
+        stub.base_url = f"http://127.0.0.1:{port}/v1"
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="llm-stub", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the LLM stub did not start")
+    try:
+        yield stub
+    finally:
+
+        async def stop() -> None:
+            server_box[0].close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
