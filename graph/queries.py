@@ -199,10 +199,19 @@ def count_label(d: Dialect, kind: NodeKind) -> str:
     return f"MATCH (n:{d.q(kind.label)}) RETURN count(n) AS n"
 
 
-def covers_edges(d: Dialect) -> str:
+def linked_from(d: Dialect, rel: RelKind) -> str:
+    """For each source id in $ids, the ids its `rel` edges point to."""
     return (
-        f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(c) "
-        "WHERE i.id IN $ids RETURN i.id AS src, c.id AS dst"
+        f"UNWIND $ids AS x MATCH (a:{d.q(rel.src.label)} {{id: x}})-[:{d.q(rel.type)}]->"
+        f"(b:{d.q(rel.dst.label)}) RETURN x AS src, b.id AS dst"
+    )
+
+
+def linked_to(d: Dialect, rel: RelKind) -> str:
+    """For each target id in $ids, the ids of the nodes whose `rel` edges point at it."""
+    return (
+        f"UNWIND $ids AS x MATCH (a:{d.q(rel.src.label)})-[:{d.q(rel.type)}]->"
+        f"(b:{d.q(rel.dst.label)} {{id: x}}) RETURN x AS dst, a.id AS src"
     )
 
 

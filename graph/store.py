@@ -928,6 +928,21 @@ class Store:
         rows = self.driver.execute(Q.instructions_in_scope(self.d, top), self._scope_params(scope))
         return sorted(r["id"] for r in rows)
 
+    def linked(
+        self, rel: RelKind, ids: Sequence[str], *, reverse: bool = False
+    ) -> dict[str, list[str]]:
+        """Edges of many nodes in one query per batch: what each id points to through `rel`
+        (or, reversed, what points at it). For views and DataLoaders."""
+        out: dict[str, list[str]] = {i: [] for i in ids}
+        query = Q.linked_to(self.d, rel) if reverse else Q.linked_from(self.d, rel)
+        mine, other = ("dst", "src") if reverse else ("src", "dst")
+        for batch in batched(list(dict.fromkeys(ids)), self.batch_size):
+            for r in self.driver.execute(query, {"ids": batch}):
+                out[r[mine]].append(r[other])
+        for v in out.values():
+            v.sort()
+        return out
+
     # ------------------------------------------------------------------ jobs and units
 
     def save_job(self, row: Mapping[str, Any], *, tx: Tx | None = None) -> None:

@@ -190,3 +190,47 @@ def run_stub(handler: Handler) -> Iterator[Stub]:
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def first_user_message(body: dict[str, Any]) -> str:
+    """The prompt as first asked (a corrective retry appends more turns after it)."""
+    return next(m["content"] for m in body["messages"] if m["role"] == "user")
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def fake_glan_model(
+    *, subjects: int = 3, sessions: int = 4, concepts: int = 4, items: int = 3
+) -> Handler:
+    """A stand-in model that answers each GLAN prompt with well-formed output.
+
+    Names derive from the prompt text (and, for subjects, the call number, as a sampling
+    model would vary between rounds), so every subject, session and concept is distinct.
+    """
+
+    def handler(body: dict[str, Any], n: int) -> Reply:
+        user = first_user_message(body)
+        tag = _digest(user)
+        if '{"items"' in user:
+            return ok_json({"items": [{"name": f"Area {tag} {i}", "description": "an area"}
+                                      for i in range(items)]})
+        if '{"subjects"' in user:
+            return ok_json({"subjects": [
+                {"name": f"Subject {tag}-{n} {i}", "level": "undergraduate",
+                 "subtopics": [f"topic {i}.{j}" for j in range(2)]}
+                for i in range(subjects)]})
+        if '{"sessions"' in user:
+            return ok_json({"sessions": [
+                {"title": f"Session {i} ({tag})", "description": f"session {i}",
+                 "concepts": [f"concept {tag} {i}.{j}" for j in range(concepts)]}
+                for i in range(sessions)]})
+        if '{"question"' in user:
+            asked = [line[2:] for line in user.splitlines() if line.startswith("- ")]
+            return ok_json({"question": "Explain how these relate: " + "; ".join(asked) + "?"})
+        return ok(f"An answer ({tag}): it depends on the definitions involved.")
+
+    return handler

@@ -1,0 +1,233 @@
+"""Every GLAN stage against an OpenAI-compatible stub on loopback, asserting what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from generators.jobs import JobStatus
+from generators.llm import LLMClient, LLMConfig, StageParams
+from generators.pipeline import PipelineOptions, run_stages
+from graph.errors import ScopeNotApproved
+from graph.model import (
+    ANSWERS,
+    CONCEPT,
+    COVERS,
+    DISCIPLINE,
+    FROM,
+    HAS_CONCEPT,
+    INSTRUCTION,
+    RESPONSE,
+    SESSION,
+    SUBFIELD,
+    SUBJECT,
+    UNIT,
+    Status,
+)
+from graph.store import Store
+from tests.conftest import SMALL_TAXONOMY
+from tests.llm_stub import Reply, Stub, error, fake_glan_model, first_user_message, ok, run_stub
+
+ALGEBRA = "Formal Sciences/Mathematics/Pure Mathematics"
+OPTIONS = PipelineOptions(n=8, rounds=2, per_call=3, sessions=4, seed=3)
+
+
+def params_for(stage: str) -> StageParams:
+    model = {"answers": "answer-model", "questions": "question-model"}.get(stage, "main-model")
+    return StageParams(model=model, temperature=0.7 if stage == "answers" else 1.0, top_p=0.95)
+
+
+def run(store: Store, stub: Stub, stages: list[str], path: str | None = ALGEBRA,
+        options: PipelineOptions = OPTIONS, **config: Any) -> list[Any]:
+    async def main() -> list[Any]:
+        llm = LLMClient(LLMConfig(base_url=stub.base_url, backoff_base_s=0.01, **config))
+        try:
+            return await run_stages(store, llm, params_for, stages, path, options,
+                                    concurrency=4)
+        finally:
+            await llm.aclose()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def store(embedded_store: Store) -> Store:
+    embedded_store.load_taxonomy(SMALL_TAXONOMY)
+    return embedded_store
+
+
+@pytest.fixture
+def model() -> Iterator[Stub]:
+    with run_stub(fake_glan_model()) as stub:
+        yield stub
+
+
+ALL = ["subjects", "syllabus", "questions", "answers"]
+
+
+def test_all_stages_store_structure_and_provenance(store: Store, model: Stub) -> None:
+    results = run(store, model, ALL)
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 4
+    subjects, syllabus, questions, answers = results
+    # 2 rounds x 3 subjects, each round asked with the previous subjects listed
+    assert subjects.total == 2 and store.count_kind(SUBJECT) == 6
+    assert syllabus.total == 6 and store.count_kind(SESSION) == 24
+    assert store.count_kind(CONCEPT) == 96
+    assert questions.total == 8 and store.count_kind(INSTRUCTION) == 8
+    assert answers.total == 8 and store.count_kind(RESPONSE) == 8
+    # tokens: the stub reports 11 in / 7 out per call
+    for r in results:
+        assert (r.prompt_tokens, r.completion_tokens) == (11 * r.total, 7 * r.total)
+    job = store.job(questions.job_id)
+    assert job is not None and job["done"] == 8 and job["prompt_tokens"] == 88
+
+    ids = store.instruction_ids_in_scope(store.scope(ALGEBRA))
+    nodes = store.get_many(ids)
+    covers = store.linked(COVERS, ids)
+    sessions = store.linked(FROM, ids)
+    responses = store.linked(ANSWERS, ids, reverse=True)
+    concepts_of = store.linked(HAS_CONCEPT, [s for ss in sessions.values() for s in ss])
+    for iid in ids:
+        ins = nodes[iid].props
+        assert ins["model"] == "question-model" and ins["prompt_name"] == "question"
+        assert ins["prompt_version"] == "1" and ins["job_id"] == questions.job_id
+        assert ins["strategy"] in ("basic", "hard") and ins["seed"] == 3
+        assert len(sessions[iid]) == (1 if ins["strategy"] == "basic" else 2)
+        owned = {c for s in sessions[iid] for c in concepts_of[s]}
+        assert 1 <= len(covers[iid]) <= 5 and set(covers[iid]) <= owned
+        # the question was asked with the sampled concepts, by name
+        assert ins["text"].startswith("Explain how these relate:")
+        assert len(responses[iid]) == 1
+        rsp = store.get(responses[iid][0])
+        assert rsp is not None and rsp.props["model"] == "answer-model"
+        assert rsp.props["temperature"] == 0.7 and rsp.props["instruction_id"] == iid
+    # the question prompt carried the whole syllabus and the sampled concepts
+    asked = [b for b in model.requests if '{"question"' in first_user_message(b)]
+    assert len(asked) == 8
+    prompt = asked[0]["messages"][-1]["content"]
+    assert "students have learned up to" in prompt and prompt.count("Session ") >= 4
+    assert asked[0]["model"] == "question-model"
+
+
+def test_rerun_resumes_and_duplicates_nothing(store: Store, model: Stub) -> None:
+    run(store, model, ALL)
+    calls = model.calls
+    counts = {k.label: store.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION, RESPONSE)}
+    results = run(store, model, ALL)
+    assert model.calls == calls  # nothing asked again
+    assert [r.skipped for r in results] == [r.total for r in results]
+    assert counts == {k.label: store.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION,
+                                                               RESPONSE)}
+    # a new seed asks new questions and avoids the combinations already asked
+    more = run(store, model, ["questions"], options=PipelineOptions(n=8, seed=4))
+    assert more[0].done == 8 and store.count_kind(INSTRUCTION) == 16
+    keys = [n.props["combo_key"] for n in store.get_many(
+        store.instruction_ids_in_scope(None)).values()]
+    assert len(set(keys)) == 16
+
+
+def test_malformed_output_fails_the_unit_and_keeps_the_raw_text(store: Store) -> None:
+    good = fake_glan_model()
+
+    def flaky(body: dict[str, Any], n: int) -> Reply:
+        # the first subject of each round gets a broken syllabus, on the retry too
+        if re.search(r'course "Subject [^"]* 0"', first_user_message(body)):
+            return ok("Here is your syllabus: {not json")
+        return good(body, n)
+
+    with run_stub(flaky) as stub:
+        run(store, stub, ["subjects"])
+        res = run(store, stub, ["syllabus"])[0]
+    assert res.status == JobStatus.COMPLETED_WITH_FAILURES and res.failed == 2
+    failed = [u for u in store.job_units(res.job_id) if u["status"] == "failed"]
+    assert len(failed) == res.failed
+    for u in failed:
+        assert "did not match Syllabus" in u["error"]
+        assert u["raw"] == "Here is your syllabus: {not json"
+    with run_stub(fake_glan_model()) as stub:  # a re-run retries only the failed units
+        again = run(store, stub, ["syllabus"])[0]
+        assert stub.calls == res.failed
+    assert again.status == JobStatus.COMPLETED and again.done == again.total
+
+
+def test_transient_errors_are_retried_until_done(store: Store) -> None:
+    good = fake_glan_model()
+    faults = [error(429, headers={"retry-after": "0"}), error(500), Reply(drop=True),
+              Reply(delay_s=2.0)]
+
+    def unreliable(body: dict[str, Any], n: int) -> Reply:
+        return faults[n % 8] if n % 8 < len(faults) else good(body, n)
+
+    with run_stub(unreliable) as stub:
+        results = run(store, stub, ["subjects", "syllabus"], timeout_s=0.5, max_retries=8)
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 2
+    assert store.count_kind(SUBJECT) == 6 and store.count_kind(SESSION) == 24
+
+
+def test_provider_refusal_fails_units_with_the_reason(store: Store) -> None:
+    with run_stub(lambda body, n: error(400, "model not found")) as stub:
+        res = run(store, stub, ["subjects"])[0]
+        assert stub.calls == 2  # one per unit, no retries of a 400
+    assert res.failed == 2 and res.done == 0
+    units = store.job_units(res.job_id)
+    assert all("model not found" in u["error"] for u in units)
+
+
+def test_generation_refuses_unapproved_scopes(store: Store, model: Stub) -> None:
+    store.review(ALGEBRA, Status.REJECTED)
+    with pytest.raises(ScopeNotApproved, match="glan review"):
+        run(store, model, ["subjects"])
+    store.review(ALGEBRA, Status.PROPOSED)
+    with pytest.raises(ScopeNotApproved):
+        run(store, model, ["subjects"])
+    assert model.calls == 0
+
+
+def test_taxonomy_proposals_wait_for_review(store: Store, model: Stub) -> None:
+    res = run(store, model, ["taxonomy"], path="Formal Sciences/Mathematics")[0]
+    assert res.status == JobStatus.COMPLETED
+    proposed = [c for c in store.children("Formal Sciences/Mathematics")
+                if c.status == Status.PROPOSED]
+    assert len(proposed) == 3 and all(c.props["source"] == "llm" for c in proposed)
+    assert all(c.kind is DISCIPLINE for c in proposed)
+    # subjects are generated only under approved disciplines
+    run(store, model, ["subjects"], path="Formal Sciences/Mathematics",
+        options=PipelineOptions(rounds=1))
+    assert store.count_kind(SUBJECT) == 6  # 2 seed disciplines x 3, none under proposals
+    store.review(proposed[0].path or "", Status.APPROVED)
+    run(store, model, ["subjects"], path="Formal Sciences/Mathematics",
+        options=PipelineOptions(rounds=1))
+    assert store.count_kind(SUBJECT) == 9
+    # a root expansion proposes fields
+    run(store, model, ["taxonomy"], path=None)
+    assert sum(c.status == Status.PROPOSED for c in store.children(None)) == 3
+    assert store.count_kind(SUBFIELD) == 3
+
+
+def test_new_discipline_then_generation_only_under_it(store: Store, model: Stub) -> None:
+    store.add_node("Formal Sciences/Mathematics", DISCIPLINE, "Category Theory")
+    path = "Formal Sciences/Mathematics/Category Theory"
+    results = run(store, model, ALL, path=path, options=PipelineOptions(n=4, rounds=1))
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 4
+    assert store.counts(path)["instructions"] == 4
+    assert store.counts(ALGEBRA)["subjects"] == 0
+    assert store.counts()["responses"] == 4
+
+
+def test_units_record_their_inputs(store: Store, model: Stub) -> None:
+    run(store, model, ["subjects", "syllabus", "questions"])
+    questions = [u for u in _all_units(store) if u["stage"] == "questions"]
+    assert len(questions) == 8
+    payload = json.loads(questions[0]["payload"])
+    assert {"subject_id", "session_ids", "concept_ids", "strategy", "combo_key"} <= set(payload)
+
+
+def _all_units(store: Store) -> list[dict[str, Any]]:
+    return [u for j in store.jobs() for u in store.job_units(j["id"])] or [
+        {"stage": "none"} for _ in range(store.count_kind(UNIT))
+    ]
