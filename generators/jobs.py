@@ -171,14 +171,16 @@ class JobRunner:
 
         units = stage.plan(scope)
         statuses = self.store.unit_statuses([u.id for u in units])
-        self.store.save_units(
-            [self._unit_row(stage, u, UnitStatus.PENDING) for u in units if u.id not in statuses],
-            update_existing=False,
-        )
         todo = [u for u in units if statuses.get(u.id) != UnitStatus.DONE]
         state.total = len(units)
         state.skipped = state.done = len(units) - len(todo)
-        self.store.save_job(state.as_row(params))
+        # The plan is stored whole or not at all: a re-run reads it back instead of drawing
+        # a new sample.
+        with self.store.driver.transaction() as tx:
+            new = [u for u in units if u.id not in statuses]
+            rows = [self._unit_row(stage, u, UnitStatus.PENDING) for u in new]
+            self.store.save_units(rows, update_existing=False, tx=tx)
+            self.store.save_job(state.as_row(params), tx=tx)
         if progress:
             progress(state)
 
