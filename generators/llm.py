@@ -46,6 +46,8 @@ class StageParams(BaseModel):
     temperature: float = 1.0
     top_p: float = 0.95
     max_tokens: int | None = None
+    #: asks the endpoint for reproducible sampling where it supports it
+    seed: int | None = None
 
 
 @dataclass
@@ -119,6 +121,25 @@ def _retry_after(headers: Mapping[str, str] | None, cap: float) -> float | None:
         return min(max(parsed.timestamp() - time.time(), 0.0), cap)
 
 
+#: Longest string bound sent to the endpoint. Grammar-constrained servers unroll a bound
+#: into one rule per character, and a few thousand of them crash a llama.cpp server; longer
+#: limits are still enforced when the answer is validated.
+MAX_SCHEMA_STRING = 256
+
+
+def grammar_safe(schema: Any) -> Any:
+    """The JSON schema without string bounds too long to turn into a grammar."""
+    if isinstance(schema, dict):
+        return {
+            k: grammar_safe(v)
+            for k, v in schema.items()
+            if not (k == "maxLength" and isinstance(v, int) and v > MAX_SCHEMA_STRING)
+        }
+    if isinstance(schema, list):
+        return [grammar_safe(v) for v in schema]
+    return schema
+
+
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
@@ -172,6 +193,8 @@ class LLMClient:
         extra: dict[str, Any] = {}
         if params.max_tokens is not None:
             extra["max_tokens"] = params.max_tokens
+        if params.seed is not None:
+            extra["seed"] = params.seed
         if response_format is not None:
             extra["response_format"] = response_format
         estimate = sum(len(m.get("content", "")) for m in messages) / 4 + (params.max_tokens or 0)
@@ -229,7 +252,7 @@ class LLMClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _response_format(self, model_cls: type[BaseModel]) -> dict[str, Any] | None:
-        schema = model_cls.model_json_schema()
+        schema = grammar_safe(model_cls.model_json_schema())
         if self.config.structured == "json_schema":
             return {
                 "type": "json_schema",

@@ -15,7 +15,9 @@ from typing import Annotated, Any
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Bounds keep a grammar-constrained small model from rambling inside one string.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 
 
 class _Model(BaseModel):
@@ -24,7 +26,7 @@ class _Model(BaseModel):
 
 class ProposedNode(_Model):
     name: Name
-    description: str = ""
+    description: Description = ""
 
 
 class TaxonomyProposal(_Model):
@@ -33,8 +35,8 @@ class TaxonomyProposal(_Model):
 
 class SubjectItem(_Model):
     name: Name
-    level: str = ""
-    subtopics: list[Name] = Field(default_factory=list, max_length=30)
+    level: Annotated[str, StringConstraints(strip_whitespace=True, max_length=60)] = ""
+    subtopics: list[Name] = Field(default_factory=list, max_length=20)
 
 
 class SubjectList(_Model):
@@ -43,12 +45,12 @@ class SubjectList(_Model):
 
 class SessionItem(_Model):
     title: Name
-    description: str = ""
+    description: Description = ""
     concepts: list[Name] = Field(min_length=3, max_length=8)
 
 
 class Syllabus(_Model):
-    sessions: list[SessionItem] = Field(min_length=1, max_length=40)
+    sessions: list[SessionItem] = Field(min_length=1, max_length=30)
 
 
 class Question(_Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -404,6 +405,11 @@ def _progress_bars() -> Iterator[Callable[[Any], None]]:
         yield update
 
 
+def local_threads() -> int:
+    """Threads for the bundled model: all cores but one, at least one."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 @contextmanager
 def _llm_endpoint(cfg: Settings, local: bool) -> Iterator[Settings]:
     """The settings to call the model with; with --local, the bundled model on loopback."""
@@ -413,7 +419,7 @@ def _llm_endpoint(cfg: Settings, local: bool) -> Iterator[Settings]:
     from generators.local_model import start_local_model
 
     console.print("starting the bundled model (SmolLM2-135M-Instruct) on loopback ...")
-    with start_local_model() as server:
+    with start_local_model(n_threads=local_threads()) as server:
         yield cfg.model_copy(
             update={
                 "llm_base_url": server.base_url,
@@ -421,6 +427,8 @@ def _llm_endpoint(cfg: Settings, local: bool) -> Iterator[Settings]:
                 "question_model": None,
                 "answer_model": None,
                 "llm_structured": "json_object_schema",
+                # a small model can ramble: bound every answer
+                "max_tokens": cfg.max_tokens or 768,
             }
         )
 

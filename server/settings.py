@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from generators.llm import LLMConfig, StageParams
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from generators.llm import LLMConfig, StageParams
 from graph.config import StoreConfig, default_db_path
 
 
@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     answer_temperature: float = 0.7
     answer_top_p: float = 0.95
     max_tokens: int | None = None
+    #: sampling seed sent to the endpoint (reproducible output where supported)
+    llm_seed: int | None = None
 
     # --- generation defaults
     auto_approve: bool = False
@@ -93,8 +95,13 @@ class Settings(BaseSettings):
                 temperature=self.answer_temperature,
                 top_p=self.answer_top_p,
                 max_tokens=self.max_tokens,
+                seed=self.llm_seed,
             )
         model = self.question_model or self.model if stage == "questions" else self.model
         return StageParams(
-            model=model, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens
+            model=model,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.llm_seed,
         )

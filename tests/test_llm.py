@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from generators.llm import LLMClient, LLMConfig, LLMError, StageParams, extract_json
 from tests.llm_stub import Reply, error, ok, ok_json, run_stub, sequence
@@ -163,3 +163,15 @@ def test_tolerant_json_extraction(text: str) -> None:
 def test_no_json_is_an_error() -> None:
     with pytest.raises(ValueError):
         extract_json("no braces here")
+
+
+def test_long_string_bounds_are_not_sent_to_grammar_engines() -> None:
+    class Long(BaseModel):
+        short: str = Field(max_length=50)
+        long: str = Field(max_length=4000)
+
+    with run_stub(sequence([ok_json({"short": "s", "long": "l"})])) as stub:
+        llm = client(stub.base_url, structured="json_object_schema")
+        asyncio.run(call(llm, llm.structured(HELLO, Long, PARAMS)))
+    props = stub.requests[0]["response_format"]["schema"]["properties"]
+    assert props["short"]["maxLength"] == 50 and "maxLength" not in props["long"]

