@@ -39,28 +39,19 @@ def _external(name: str) -> StoreConfig:
     )
 
 
-@pytest.fixture(scope="session")
-def arcadedb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    try:
-        from tests.bolt_server import arcadedb_bolt_server
-    except ImportError as exc:  # the optional server package is not installed
-        pytest.skip(f"arcadedb-embedded is not installed ({exc}); pip install -e '.[dev]'")
-    yield arcadedb_bolt_server
-
-
-def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+def make_store(backend: str, tmp_path: Path) -> Iterator[Store]:
     if backend == "embedded":
         store = Store.open(StoreConfig(db_path=tmp_path / "glan.lbug"))
         yield store
         store.close()
         return
     if backend == "arcadedb":
-        server = request.getfixturevalue("arcadedb_server")
+        from tests.bolt_server import BoltServerUnavailable, arcadedb_target
+
         try:
-            ctx = server(tmp_path)  # type: ignore[operator]
-            target = ctx.__enter__()
-        except Exception as exc:  # noqa: BLE001 - any start failure is a skip reason
-            pytest.skip(f"ArcadeDB Bolt server could not start: {exc}")
+            target = arcadedb_target()
+        except BoltServerUnavailable as exc:
+            pytest.skip(str(exc))
         from pydantic import SecretStr
 
         cfg = StoreConfig(
@@ -72,11 +63,8 @@ def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
             bolt_flavor="arcadedb",
         )
         store = Store.open(cfg)
-        try:
-            yield store
-        finally:
-            store.close()
-            ctx.__exit__(None, None, None)
+        yield store
+        store.close()
         return
     cfg = _external(backend)
     store = Store.open(cfg)
@@ -89,7 +77,7 @@ def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store on each backend that can start."""
-    yield from make_store(request.param, tmp_path, request)
+    yield from make_store(request.param, tmp_path)
 
 
 @pytest.fixture
