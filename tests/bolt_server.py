@@ -62,7 +62,13 @@ class _Server:
             self.server.start()
         except Exception as exc:  # noqa: BLE001 - any JVM start failure makes a skip reason
             raise BoltServerUnavailable(f"ArcadeDB could not start: {exc}") from exc
-        atexit.register(self.server.stop)
+        atexit.register(self.stop)
+        self.stopped = False
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.server.stop()
 
     def fresh(self) -> BoltTarget:
         name = f"glan{next(self.names)}"
@@ -86,3 +92,9 @@ def arcadedb_target() -> BoltTarget:
             _failure = exc
             raise
     return _server.fresh()
+
+
+def shutdown() -> None:
+    """Stop the server now (pytest calls this at session end, before its summary)."""
+    if _server is not None:
+        _server.stop()

@@ -74,6 +74,14 @@ def make_store(backend: str, tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_bolt_server_at_the_end() -> Iterator[None]:
+    yield
+    from tests.bolt_server import shutdown
+
+    shutdown()
+
+
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store on each backend that can start."""
