@@ -114,6 +114,8 @@ INSTRUCTION = NodeKind(
         Prop("temperature", FLOAT),
         Prop("top_p", FLOAT),
         Prop("created_at"),
+        Prop("duplicate"),  # exact | near, with a DUPLICATE_OF edge to the kept instruction
+        Prop("contaminated"),  # the benchmark(s) it overlaps; excluded from export
     )
     + _PROVENANCE,
 )
@@ -127,6 +129,7 @@ RESPONSE = NodeKind(
         Prop("temperature", FLOAT),
         Prop("top_p", FLOAT),
         Prop("created_at"),
+        Prop("contaminated"),
     )
     + _PROVENANCE,
 )
@@ -192,6 +195,7 @@ HAS_CONCEPT = RelKind("HAS_CONCEPT", SESSION, CONCEPT)
 COVERS = RelKind("COVERS", INSTRUCTION, CONCEPT)
 FROM = RelKind("FROM", INSTRUCTION, SESSION)
 ANSWERS = RelKind("ANSWERS", RESPONSE, INSTRUCTION)
+DUPLICATE_OF = RelKind("DUPLICATE_OF", INSTRUCTION, INSTRUCTION)
 
 REL_KINDS: tuple[RelKind, ...] = (
     HAS_SUBFIELD,
@@ -202,6 +206,7 @@ REL_KINDS: tuple[RelKind, ...] = (
     COVERS,
     FROM,
     ANSWERS,
+    DUPLICATE_OF,
 )
 
 # The knowledge hierarchy, top down. A path "A/B/C" names the node at depth 3: a Discipline.

@@ -19,6 +19,7 @@ from .model import (
     JOB,
     RESPONSE,
     SESSION,
+    SUBJECT,
     UNIT,
     NodeKind,
     RelKind,
@@ -340,4 +341,32 @@ def childless(d: Dialect, top: int | None, group: int | None, *, level: int) -> 
         f"OPTIONAL MATCH (n{level})-[:{d.q(rel.type)}]->(x:{d.q(rel.dst.label)}) "
         f"WITH {grouped}n{level}.id AS node, count(x) AS k WHERE k = 0 "
         f"RETURN {keep}count(DISTINCT node) AS n"
+    )
+
+
+# ---------------------------------------------------------------------- datasets
+
+
+def instructions_of_subjects(d: Dialect) -> str:
+    """Instructions asked from approved sessions of the subjects $ids."""
+    has_session = d.q(CHILD_REL[SUBJECT.label].type)
+    return (
+        f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}})-[:{has_session}]->"
+        f"(ss:{d.q(SESSION.label)})<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
+        "WHERE ss.status = $approved RETURN DISTINCT x AS subject, i.id AS id"
+    )
+
+
+def discipline_paths(d: Dialect) -> str:
+    """The approved Field/SubField/Discipline names above each subject of $ids."""
+    return (
+        f"UNWIND $ids AS x MATCH {chain(d, 0, 3)} WHERE n3.id = x AND {approved(0, 2)} "
+        "RETURN x AS id, n0.name AS f, n1.name AS s, n2.name AS d"
+    )
+
+
+def delete_edges_from(d: Dialect, rel: RelKind) -> str:
+    return (
+        f"UNWIND $ids AS x MATCH (a:{d.q(rel.src.label)} {{id: x}})-[e:{d.q(rel.type)}]->() "
+        "DELETE e"
     )

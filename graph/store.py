@@ -22,6 +22,7 @@ from .model import (
     CHILD_REL,
     CONCEPT,
     COVERS,
+    DUPLICATE_OF,
     FIELD,
     FROM,
     HIERARCHY,
@@ -942,6 +943,54 @@ class Store:
         for v in out.values():
             v.sort()
         return out
+
+    # ------------------------------------------------------------------ datasets
+
+    def instructions_by_subject(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Instruction ids of each subject (from approved sessions), sorted."""
+        out: dict[str, list[str]] = {s: [] for s in subject_ids}
+        params: dict[str, Any] = {"approved": str(Status.APPROVED)}
+        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
+            for r in self.driver.execute(
+                Q.instructions_of_subjects(self.d), {**params, "ids": batch}
+            ):
+                out[r["subject"]].append(r["id"])
+        for v in out.values():
+            v.sort()
+        return out
+
+    def discipline_paths(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The approved discipline paths each subject sits under."""
+        out: dict[str, list[str]] = {s: [] for s in subject_ids}
+        params: dict[str, Any] = {"approved": str(Status.APPROVED)}
+        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
+            for r in self.driver.execute(Q.discipline_paths(self.d), {**params, "ids": batch}):
+                out[r["id"]].append(join_path([r["f"], r["s"], r["d"]]))
+        for v in out.values():
+            v.sort()
+        return out
+
+    def mark_duplicates(self, pairs: Sequence[tuple[str, str, str]]) -> None:
+        """Mark (duplicate, kept, how) triples: a DUPLICATE_OF edge and the `duplicate` flag."""
+        with self.driver.transaction() as tx:
+            rows = [{"id": dup, "duplicate": how} for dup, _, how in pairs]
+            self.upsert_nodes(INSTRUCTION, rows, tx=tx)
+            self.upsert_edges(DUPLICATE_OF, [(dup, kept) for dup, kept, _ in pairs], tx=tx)
+
+    def clear_duplicates(self, instruction_ids: Sequence[str]) -> None:
+        with self.driver.transaction() as tx:
+            for batch in batched(list(instruction_ids), self.batch_size):
+                tx.execute(Q.delete_edges_from(self.d, DUPLICATE_OF), {"ids": batch})
+                rows = [{"id": i, "duplicate": None} for i in batch]
+                self.upsert_nodes(INSTRUCTION, rows, tx=tx)
+
+    def set_property(self, kind: NodeKind, prop: str, values: Mapping[str, Any]) -> None:
+        """Set one property on many existing nodes (flags such as `contaminated`)."""
+        if prop not in kind.prop_names or prop in ("id", "key"):
+            raise InvalidInput(f"{kind.label} has no settable property {prop!r}")
+        rows = [{"id": i, prop: v} for i, v in values.items()]
+        for batch in batched(rows, self.batch_size):
+            self.driver.execute(Q.update_nodes(self.d, kind, ["id", prop]), {"rows": batch})
 
     # ------------------------------------------------------------------ jobs and units
 

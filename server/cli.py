@@ -472,6 +472,141 @@ def jobs(
                 )
 
 
+@app.command()
+def export(
+    path: Annotated[str | None, typer.Argument(help="subtree to export (default: all)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="chat|sharegpt|alpaca")] = "chat",
+    out: Annotated[Path | None, typer.Option(help="JSONL file to write")] = None,
+    hf: Annotated[Path | None, typer.Option(help="save a datasets.DatasetDict here")] = None,
+    responses: Annotated[str, typer.Option(help="first|all responses per instruction")] = "first",
+    test_fraction: Annotated[
+        float, typer.Option(min=0, max=0.99, help="share of subjects held out for test")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of the train/test split")] = 0,
+) -> None:
+    """Write instruction/response pairs with their provenance (approved subtrees only;
+    duplicates and contaminated pairs left out)."""
+    from generators.export import export_hf, export_jsonl
+
+    if (out is None) == (hf is None):
+        raise fail("give exactly one of --out FILE.jsonl and --hf DIR", 2)
+    if responses not in ("first", "all"):
+        raise fail("--responses must be first or all", 2)
+    with open_store() as store:
+        if out is not None:
+            result = export_jsonl(
+                store,
+                path,
+                out,
+                fmt=fmt,
+                responses=responses,  # type: ignore[arg-type]
+                test_fraction=test_fraction,
+                seed=seed,
+            )
+        else:
+            assert hf is not None
+            result = export_hf(
+                store,
+                path,
+                hf,
+                fmt=fmt,
+                responses=responses,  # type: ignore[arg-type]
+                test_fraction=test_fraction,
+                seed=seed,
+            )
+    s = result.skipped
+    console.print(
+        f"exported {result.counts['train']:,} train / {result.counts['test']:,} test pairs "
+        f"to {', '.join(result.files.values())}; left out {s.duplicates:,} duplicates, "
+        f"{s.contaminated:,} contaminated, {s.unanswered:,} unanswered"
+    )
+
+
+@app.command()
+def dedup(
+    path: Annotated[str | None, typer.Argument(help="subtree (default: all)")] = None,
+    threshold: Annotated[float, typer.Option(min=0.01, max=1.0, help="near-dup Jaccard")] = 0.8,
+    near: Annotated[bool, typer.Option(help="also find near duplicates (MinHash LSH)")] = True,
+) -> None:
+    """Mark exact and near-duplicate instructions (a DUPLICATE_OF edge); export skips them."""
+    from generators.cleaning import dedup as run_dedup
+
+    with open_store() as store:
+        result = run_dedup(store, path, threshold=threshold, near=near)
+    console.print(
+        f"scanned {result.scanned:,} instructions: {len(result.exact):,} exact and "
+        f"{len(result.near):,} near duplicates marked"
+    )
+
+
+@app.command()
+def decontaminate(
+    benchmark: Annotated[list[Path], typer.Option(help="JSONL, CSV or Parquet; repeatable")],
+    column: Annotated[str, typer.Option(help="the column holding the benchmark text")] = "question",
+    path: Annotated[str | None, typer.Argument(help="subtree (default: all)")] = None,
+    n: Annotated[int, typer.Option(min=1, help="word n-gram length")] = 13,
+) -> None:
+    """Mark instructions and responses that share a word n-gram with a benchmark question."""
+    from generators.cleaning import decontaminate as run
+
+    with open_store() as store:
+        result = run(store, path, [(b, column) for b in benchmark], n=n)
+    console.print(
+        f"scanned {result.scanned:,} instructions: {len(result.instructions):,} "
+        f"instructions and {len(result.responses):,} responses marked contaminated"
+    )
+    for iid, names in sorted(result.instructions.items()):
+        console.print(f"  {iid}  {', '.join(names)}")
+
+
+@app.command()
+def report(
+    path: Annotated[str | None, typer.Argument(help="subtree (default: all)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Pairs, what export keeps and why the rest is out, failures, lengths, coverage."""
+    from rich.table import Table
+
+    from generators.report import build_report
+
+    with open_store() as store:
+        rep = build_report(store, path)
+    if as_json:
+        console.print_json(json.dumps(rep.as_dict()))
+        return
+    table = Table("measure", "value", title=f"glan report: {rep.path or 'all'}")
+    for key in (
+        "instructions",
+        "pairs_total",
+        "exported",
+        "duplicates_exact",
+        "duplicates_near",
+        "contaminated_instructions",
+        "unanswered",
+        "concepts",
+        "covered_concepts",
+        "concept_coverage",
+        "combinations",
+    ):
+        table.add_row(key.replace("_", " "), f"{getattr(rep, key):,}")
+    for k, v in rep.answer_length.items():
+        table.add_row(f"answer length {k}", f"{v:,}")
+    for reason, count in rep.failed_units.items():
+        table.add_row(f"failed: {escape(reason)}", str(count))
+    console.print(table)
+    for title, rows in (("most covered", rep.most_covered), ("least covered", rep.least_covered)):
+        if rows:
+            t = Table("discipline", "instructions", "concepts", "per concept", title=title)
+            for r in rows:
+                t.add_row(
+                    escape(r["discipline"]),
+                    str(r["instructions"]),
+                    str(r["concepts"]),
+                    str(r["per_concept"]),
+                )
+            console.print(t)
+
+
 model_app = _App(help="The bundled offline model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -1,0 +1,252 @@
+"""Training sets out of the store: instruction/response pairs with their provenance.
+
+Pairs stream from the database a batch of subjects at a time, so memory stays flat
+whatever the size. Only approved subtrees are read; duplicates and contaminated pairs are
+skipped. A train/test split is by subject, so no subject is in both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from graph.driver import batched
+from graph.errors import InvalidInput, WrongKind
+from graph.model import ANSWERS, COVERS, FROM, HIERARCHY, SUBJECT, stable_hash
+from graph.store import Node, Store
+
+Format = Literal["chat", "sharegpt", "alpaca"]
+FORMATS: tuple[str, ...] = ("chat", "sharegpt", "alpaca")
+#: Instructions handled at once: bounds memory whatever the dataset size.
+CHUNK = 2000
+
+
+@dataclass
+class Pair:
+    instruction: Node
+    response: Node
+    subject: Node
+    disciplines: list[str]
+    sessions: list[str]
+    concepts: list[str]
+
+    def metadata(self) -> dict[str, Any]:
+        i, r = self.instruction.props, self.response.props
+        return {
+            "instruction_id": self.instruction.id,
+            "response_id": self.response.id,
+            "disciplines": self.disciplines,
+            "subject": self.subject.name,
+            "level": self.subject.props.get("level") or "",
+            "sessions": self.sessions,
+            "concepts": self.concepts,
+            "strategy": i.get("strategy") or "",
+            "seed": i.get("seed"),
+            "question_model": i.get("model") or "",
+            "answer_model": r.get("model") or "",
+            "question_prompt": f"{i.get('prompt_name')}@{i.get('prompt_version')}",
+            "answer_prompt": f"{r.get('prompt_name')}@{r.get('prompt_version')}",
+            "job_id": i.get("job_id") or "",
+        }
+
+    def record(self, fmt: str) -> dict[str, Any]:
+        question = self.instruction.props["text"]
+        answer = self.response.props["text"]
+        if fmt == "chat":
+            body: dict[str, Any] = {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        elif fmt == "sharegpt":
+            body = {
+                "conversations": [
+                    {"from": "human", "value": question},
+                    {"from": "gpt", "value": answer},
+                ]
+            }
+        elif fmt == "alpaca":
+            body = {"instruction": question, "input": "", "output": answer}
+        else:
+            raise InvalidInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        body["metadata"] = self.metadata()
+        return body
+
+
+@dataclass
+class Skipped:
+    duplicates: int = 0
+    contaminated: int = 0
+    unanswered: int = 0
+
+
+def in_test_split(subject_id: str, fraction: float, seed: int) -> bool:
+    """A stable draw per subject: the same subjects go to test for the same seed."""
+    if fraction <= 0:
+        return False
+    return int(stable_hash("split", str(seed), subject_id), 16) / 16**24 < fraction
+
+
+def iter_pairs(
+    store: Store,
+    path: str | None,
+    *,
+    responses: Literal["first", "all"] = "first",
+    skipped: Skipped | None = None,
+    subjects_per_batch: int = 200,
+) -> Iterator[Pair]:
+    """Every exportable pair under an approved path, subject by subject, in a stable order."""
+    scope = store.scope(path)
+    if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
+        raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; export a subject or above")
+    skipped = skipped if skipped is not None else Skipped()
+    for subject_batch in batched(store.ids_in_scope(scope, SUBJECT), subjects_per_batch):
+        by_subject = store.instructions_by_subject(subject_batch)
+        subjects = store.get_many(subject_batch)
+        paths = store.discipline_paths(subject_batch)
+        ordered = [(s, i) for s in subject_batch for i in by_subject[s]]
+        for chunk in batched(ordered, CHUNK):
+            yield from _pairs(store, chunk, subjects, paths, responses, skipped)
+
+
+def _pairs(
+    store: Store,
+    chunk: Sequence[tuple[str, str]],
+    subjects: dict[str, Node],
+    paths: dict[str, list[str]],
+    responses: str,
+    skipped: Skipped,
+) -> Iterator[Pair]:
+    ids = [i for _, i in chunk]
+    instructions = store.get_many(ids)
+    covers = store.linked(COVERS, ids)
+    sessions = store.linked(FROM, ids)
+    answers = store.linked(ANSWERS, ids, reverse=True)
+    names = store.get_many(
+        sorted(
+            {x for v in covers.values() for x in v}
+            | {x for v in sessions.values() for x in v}
+            | {x for v in answers.values() for x in v}
+        )
+    )
+    for subject_id, iid in chunk:
+        ins = instructions[iid]
+        if ins.props.get("duplicate"):
+            skipped.duplicates += 1
+            continue
+        if ins.props.get("contaminated"):
+            skipped.contaminated += 1
+            continue
+        usable = sorted(
+            (names[r] for r in answers[iid] if r in names),
+            key=lambda n: (n.props.get("created_at") or "", n.id),
+        )
+        clean = [r for r in usable if not r.props.get("contaminated")]
+        if not clean:
+            if usable:
+                skipped.contaminated += 1
+            else:
+                skipped.unanswered += 1
+            continue
+        session_nodes = sorted(
+            (names[s] for s in sessions[iid]), key=lambda n: (n.props.get("position") or 0, n.id)
+        )
+        concept_names = [names[c].name for c in covers[iid]]
+        for response in clean if responses == "all" else clean[:1]:
+            yield Pair(
+                ins,
+                response,
+                subjects[subject_id],
+                paths.get(subject_id, []),
+                [s.name for s in session_nodes],
+                sorted(concept_names),
+            )
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"train": 0, "test": 0})
+    skipped: Skipped = field(default_factory=Skipped)
+
+
+def export_jsonl(
+    store: Store,
+    path: str | None,
+    out: Path,
+    *,
+    fmt: str = "chat",
+    responses: Literal["first", "all"] = "first",
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> ExportResult:
+    """Write JSONL; with a test fraction, FILE.train.jsonl and FILE.test.jsonl."""
+    _check(fmt, test_fraction)
+    result = ExportResult()
+    targets = {"train": out}
+    if test_fraction > 0:
+        stem = out.name.removesuffix(".jsonl")
+        targets = {s: out.with_name(f"{stem}.{s}.jsonl") for s in ("train", "test")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handles = {s: p.open("w", encoding="utf-8") for s, p in targets.items()}
+    try:
+        for pair in iter_pairs(store, path, responses=responses, skipped=result.skipped):
+            split = "test" if in_test_split(pair.subject.id, test_fraction, seed) else "train"
+            handles[split].write(json.dumps(pair.record(fmt), ensure_ascii=False) + "\n")
+            result.counts[split] += 1
+    finally:
+        for h in handles.values():
+            h.close()
+    result.files = {s: str(p) for s, p in targets.items()}
+    return result
+
+
+def export_hf(
+    store: Store,
+    path: str | None,
+    out_dir: Path,
+    *,
+    fmt: str = "chat",
+    responses: Literal["first", "all"] = "first",
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> ExportResult:
+    """A `datasets.DatasetDict` saved to disk (load it with `datasets.load_from_disk`).
+
+    Written through JSONL files in the output folder, which the library reads in a
+    streaming fashion, so memory stays flat here too.
+    """
+    import datasets
+
+    staging = out_dir.with_name(out_dir.name + ".staging")
+    result = export_jsonl(
+        store,
+        path,
+        staging / "pairs.jsonl",
+        fmt=fmt,
+        responses=responses,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    splits = {s: f for s, f in result.files.items() if result.counts[s] > 0}
+    if not splits:
+        raise InvalidInput(f"nothing to export under {path or 'the store'}: no answered pairs")
+    loaded = datasets.load_dataset("json", data_files=splits, cache_dir=str(staging / "cache"))
+    loaded.save_to_disk(str(out_dir))
+    for f in result.files.values():
+        Path(f).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    result.files = {"dataset": str(out_dir)}
+    return result
+
+
+def _check(fmt: str, test_fraction: float) -> None:
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise InvalidInput("the test fraction must be at least 0 and below 1")

@@ -1,0 +1,114 @@
+"""A quality report of the dataset under a path: what there is, what export keeps, why the
+rest is left out, and where coverage is thin or thick."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from graph.model import DISCIPLINE, HIERARCHY
+from graph.store import Store
+
+from .cleaning import iter_instructions
+from .export import Skipped, iter_pairs
+
+
+@dataclass
+class Report:
+    path: str
+    instructions: int = 0
+    pairs_total: int = 0
+    exported: int = 0
+    duplicates_exact: int = 0
+    duplicates_near: int = 0
+    contaminated_instructions: int = 0
+    unanswered: int = 0
+    failed_units: dict[str, int] = field(default_factory=dict)  # "stage: reason" -> count
+    answer_length: dict[str, float] = field(default_factory=dict)  # characters
+    concepts: int = 0
+    covered_concepts: int = 0
+    concept_coverage: float = 0.0
+    combinations: int = 0
+    most_covered: list[dict[str, Any]] = field(default_factory=list)
+    least_covered: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _reason(error: str | None) -> str:
+    """A failure reason without its specifics, so that alike failures group together."""
+    text = (error or "unknown").split(":")[0]
+    return text[:80]
+
+
+def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
+    report = Report(path or "")
+    for node in iter_instructions(store, path):
+        report.instructions += 1
+        dup = node.props.get("duplicate")
+        if dup == "exact":
+            report.duplicates_exact += 1
+        elif dup == "near":
+            report.duplicates_near += 1
+        if node.props.get("contaminated"):
+            report.contaminated_instructions += 1
+    skipped = Skipped()
+    lengths: list[int] = []
+    for pair in iter_pairs(store, path, responses="first", skipped=skipped):
+        lengths.append(len(pair.response.props.get("text") or ""))
+    report.exported = len(lengths)
+    report.unanswered = skipped.unanswered
+    coverage = store.coverage(path)
+    report.pairs_total = coverage.total.counts.get("responses", 0)
+    if lengths:
+        qs = statistics.quantiles(lengths, n=10) if len(lengths) > 1 else [lengths[0]] * 9
+        report.answer_length = {
+            "min": min(lengths),
+            "median": statistics.median(lengths),
+            "p90": qs[8],
+            "max": max(lengths),
+            "mean": round(statistics.fmean(lengths), 1),
+        }
+    total = coverage.total
+    report.concepts = total.counts.get("concepts", 0)
+    report.covered_concepts = total.covered_concepts
+    report.concept_coverage = round(total.concept_coverage, 4)
+    report.combinations = total.combinations
+
+    scope_path = path or ""
+    failures: Counter[str] = Counter()
+    for job in store.jobs():
+        if scope_path and not (job.get("scope") or "").casefold().startswith(scope_path.casefold()):
+            continue
+        if not job.get("failed"):
+            continue
+        for unit in store.job_units(job["id"]):
+            if unit.get("status") == "failed":
+                failures[f"{job['kind']}: {_reason(unit.get('error'))}"] += 1
+    report.failed_units = dict(failures.most_common())
+
+    scope = store.node(path) if path else None
+    level = HIERARCHY.index(DISCIPLINE)
+    if scope is None or scope.level < level:
+        rows: list[dict[str, Any]] = []
+        for did, counts in store.counts_by_child(scope, level).items():
+            concepts = counts.get("concepts", 0)
+            if concepts:
+                rows.append(
+                    {
+                        "id": did,
+                        "instructions": counts.get("instructions", 0),
+                        "concepts": concepts,
+                        "per_concept": round(counts.get("instructions", 0) / concepts, 4),
+                    }
+                )
+        names = store.get_many([r["id"] for r in rows])
+        for r in rows:
+            r["discipline"] = names[r["id"]].props.get("path") or names[r["id"]].name
+        rows.sort(key=lambda r: (r["per_concept"], r["discipline"]))
+        report.least_covered = rows[:top]
+        report.most_covered = rows[::-1][:top]
+    return report
