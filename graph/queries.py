@@ -370,3 +370,11 @@ def delete_edges_from(d: Dialect, rel: RelKind) -> str:
         f"UNWIND $ids AS x MATCH (a:{d.q(rel.src.label)} {{id: x}})-[e:{d.q(rel.type)}]->() "
         "DELETE e"
     )
+
+
+def search(d: Dialect, kind: NodeKind) -> str:
+    """Nodes of a kind whose normalized name contains $text, by id after $after."""
+    return (
+        f"MATCH (n:{d.q(kind.label)}) WHERE n.key CONTAINS $text AND n.id > $after "
+        "RETURN n ORDER BY n.id LIMIT $limit"
+    )

@@ -456,6 +456,41 @@ class Store:
         rows = tx.execute(Q.children(self.d, parent.kind), {"id": parent.id})
         return [r["c"]["id"] for r in rows]
 
+    def update_node(self, path: str, props: Mapping[str, Any]) -> Node:
+        """Change a node's descriptive properties (not its name: the name makes its id)."""
+        node = self.node(path)
+        allowed = {"description", "level", "subtopics"} & set(node.kind.prop_names)
+        bad = set(props) - allowed
+        if bad:
+            raise InvalidInput(
+                f"cannot update {sorted(bad)} on a {node.kind.label}; "
+                f"updatable: {', '.join(sorted(allowed))}"
+            )
+        if props:
+            self.upsert_nodes(node.kind, [{"id": node.id, **props}])
+        return self.node(path)
+
+    def search(
+        self,
+        text: str,
+        kinds: Sequence[NodeKind] = HIERARCHY,
+        *,
+        limit: int = 50,
+        after: str = "",
+    ) -> list[Node]:
+        """Nodes whose name contains `text` (case and spacing ignored), ordered by id."""
+        needle = name_key(text)
+        if not needle:
+            raise InvalidInput("search text is empty")
+        found: list[Node] = []
+        for kind in kinds:
+            params = {"text": needle, "after": after, "limit": limit}
+            found += [
+                Node.from_row(r["n"]) for r in self.driver.execute(Q.search(self.d, kind), params)
+            ]
+        found.sort(key=lambda n: n.id)
+        return found[:limit]
+
     def link(self, parent_path: str, child_path: str) -> Node:
         """Put an existing subject under one more discipline (the paper keeps such repeats)."""
         parent = self.node(parent_path)

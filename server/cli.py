@@ -607,6 +607,20 @@ def report(
             console.print(t)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default: GLAN_HOST (127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="default: GLAN_PORT (8000)")] = None,
+) -> None:
+    """Serve the GraphQL API (GraphiQL at /graphql); the server owns the store while it runs."""
+    import uvicorn
+
+    from .app import create_app
+
+    cfg = settings()
+    uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port)
+
+
 model_app = _App(help="The bundled offline model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
