@@ -1,9 +1,10 @@
 """One async client for any OpenAI-compatible endpoint: retries, limits, token accounting.
 
-Retries happen here and only for what a retry can fix (429, 5xx, timeouts, dropped
-connections), honouring Retry-After. Every provider error leaves as one `LLMError`.
-Structured calls validate the answer against a pydantic model, retry once with the
-validation error, and always keep the model's raw text.
+Retries live here, and only for what waiting can fix (429, 5xx, timeouts, dropped
+connections), honouring Retry-After; the SDK's own retries are off so there is one policy.
+Every provider or transport error leaves as one `LLMError`. Structured calls validate the
+answer against a pydantic model, retry once showing the model its mistake, and always keep
+the model's raw text so a failed unit can be inspected.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
+import httpx
 import openai
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from graph.errors import GlanError
 
@@ -28,23 +30,23 @@ Messages = list[dict[str, str]]
 
 
 class LLMConfig(BaseModel):
-    base_url: str = "http://127.0.0.1:8080/v1"
-    api_key: SecretStr = SecretStr("not-needed")
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    concurrency: int = 8
-    rpm: int | None = None
-    tpm: int | None = None
+    base_url: str
+    api_key: SecretStr = SecretStr("not-needed")  # local servers ignore it; the SDK needs one
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(8, ge=1)
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
     #: json_schema (OpenAI, vLLM) | json_object_schema (llama.cpp server) | prompt (anything)
     structured: Literal["json_schema", "json_object_schema", "prompt"] = "json_schema"
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
 
 
 class StageParams(BaseModel):
     model: str
-    temperature: float = 1.0
-    top_p: float = 0.95
+    temperature: float
+    top_p: float
     max_tokens: int | None = None
     #: asks the endpoint for reproducible sampling where it supports it
     seed: int | None = None
@@ -67,7 +69,7 @@ class Usage:
 
 
 class LLMError(GlanError):
-    """The endpoint could not give an answer (after the retries that made sense)."""
+    """The endpoint gave no answer, after the retries that could have helped."""
 
     def __init__(self, message: str, *, status_code: int | None = None, attempts: int = 1):
         self.status_code = status_code
@@ -77,6 +79,8 @@ class LLMError(GlanError):
 
 @dataclass
 class StructuredResult(Generic[T]):
+    """A validated value, or None with the reason; `raw` is the model's last text either way."""
+
     value: T | None
     raw: str
     usage: Usage
@@ -84,19 +88,21 @@ class StructuredResult(Generic[T]):
     attempts: int = 1
 
 
-class _RateLimiter:
-    """Requests- and tokens-per-minute budgets, refilled continuously."""
+class _Bucket:
+    """A per-minute budget refilled continuously; it holds one second of budget so the
+    limit is kept over any window, and may go negative when actual usage exceeds the
+    estimate, which makes later calls wait."""
 
     def __init__(self, per_minute: int | None) -> None:
-        self.rate = per_minute / 60.0 if per_minute else None
-        self.capacity = float(per_minute or 0)
-        self.level = self.capacity
+        self.rate = per_minute / 60.0 if per_minute else 0.0
+        self.capacity = self.level = max(1.0, self.rate)
         self.stamp = time.monotonic()
         self.lock = asyncio.Lock()
 
-    async def take(self, amount: float = 1.0) -> None:
-        if self.rate is None:
-            return
+    async def take(self, amount: float) -> float:
+        """Wait until `amount` (at most a full bucket) is available; returns what was taken."""
+        if not self.rate:
+            return 0.0
         amount = min(amount, self.capacity)
         async with self.lock:
             while True:
@@ -105,20 +111,27 @@ class _RateLimiter:
                 self.stamp = now
                 if self.level >= amount:
                     self.level -= amount
-                    return
+                    return amount
                 await asyncio.sleep((amount - self.level) / self.rate)
 
+    def settle(self, taken: float, used: float) -> None:
+        if self.rate:
+            self.level = min(self.capacity, self.level + taken - used)
 
-def _retry_after(headers: Mapping[str, str] | None, cap: float) -> float | None:
-    """Seconds the server asked us to wait, from a Retry-After header (seconds or a date)."""
-    value = headers.get("retry-after") if headers is not None else None
+
+def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
+    """Seconds a Retry-After header asks for (seconds or an HTTP date), capped; None if absent."""
+    value = headers.get("retry-after", "").strip()
     if not value:
         return None
     try:
-        return min(max(float(value), 0.0), cap)
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return min(max(parsed.timestamp() - time.time(), 0.0), cap)
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None  # unreadable: fall back to our own backoff
+    return min(max(seconds, 0.0), cap)
 
 
 #: Longest string bound sent to the endpoint. Grammar-constrained servers unroll a bound
@@ -140,47 +153,72 @@ def grammar_safe(schema: Any) -> Any:
     return schema
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```[\w-]*[ \t]*\n?(.*?)```", re.DOTALL)
 
 
 def extract_json(text: str) -> Any:
-    """The first JSON object or array in a model's text (code fences and chatter allowed)."""
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    decoder = json.JSONDecoder()
-    for candidate in candidates:
-        for i, ch in enumerate(candidate):
-            if ch in "{[":
-                try:
-                    value, _ = decoder.raw_decode(candidate[i:])
-                except json.JSONDecodeError:
-                    continue
+    """The first JSON object in a model's text: small models wrap JSON in prose or code
+    fences even when told not to. A bare array is returned only when there is no object."""
+    decoder, array = json.JSONDecoder(), None
+    for candidate in [*(m.group(1) for m in _FENCE.finditer(text)), text]:
+        for start in re.finditer(r"[{\[]", candidate):
+            try:
+                value, _ = decoder.raw_decode(candidate, start.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
                 return value
-    raise ValueError("no JSON object found in the answer")
+            array = value if array is None else array
+    if array is None:
+        raise ValueError("no JSON object found in the answer")
+    return array
 
 
 class LLMClient:
-    def __init__(self, config: LLMConfig) -> None:
+    """Shared by all stages of a run, so its limits and usage totals cover the whole run."""
+
+    def __init__(self, config: LLMConfig, *, http_client: httpx.AsyncClient | None = None):
         self.config = config
+        self._owns_http = http_client is None
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url,
             api_key=config.api_key.get_secret_value(),
             timeout=config.timeout_s,
-            max_retries=0,  # retried below, where the policy lives
+            max_retries=0,  # retried in `complete`, where the policy lives
+            # the SDK takes either httpx generation; its annotation names only one
+            http_client=cast(Any, http_client),
         )
-        self._slots = asyncio.Semaphore(max(1, config.concurrency))
-        self._rpm = _RateLimiter(config.rpm)
-        self._tpm = _RateLimiter(config.tpm)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._rpm, self._tpm = _Bucket(config.rpm), _Bucket(config.tpm)
         self.usage = Usage()
-        self.calls = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.calls = 0  # HTTP requests sent, retries included
+        self.in_flight = self.max_in_flight = 0
 
     async def aclose(self) -> None:
-        await self._client.close()
+        """Close the connection pool, unless the caller lent it (then it is theirs to close)."""
+        if self._owns_http:
+            await self._client.close()
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
-        return random.uniform(0, ceiling)  # full jitter
+    async def _send(
+        self, messages: Messages, params: StageParams, extra: dict[str, Any]
+    ) -> tuple[str, Usage]:
+        """One request, no retries: the single place that talks to the endpoint."""
+        self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            reply = await self._client.chat.completions.create(
+                model=params.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=params.temperature,
+                top_p=params.top_p,
+                **extra,
+            )
+        finally:
+            self.in_flight -= 1
+        used = reply.usage
+        usage = Usage(used.prompt_tokens, used.completion_tokens) if used else Usage()
+        return (reply.choices[0].message.content if reply.choices else None) or "", usage
 
     async def complete(
         self,
@@ -189,112 +227,95 @@ class LLMClient:
         *,
         response_format: dict[str, Any] | None = None,
     ) -> tuple[str, Usage]:
-        """One chat completion, retried on transient failures; returns text and usage."""
-        extra: dict[str, Any] = {}
-        if params.max_tokens is not None:
-            extra["max_tokens"] = params.max_tokens
-        if params.seed is not None:
-            extra["seed"] = params.seed
+        """One chat completion, retried on transient failures; its text ("" if none) and usage."""
+        options = {"max_tokens": params.max_tokens, "seed": params.seed}
+        extra: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
         if response_format is not None:
             extra["response_format"] = response_format
         estimate = sum(len(m.get("content", "")) for m in messages) / 4 + (params.max_tokens or 0)
+        where = f"{params.model} at {self.config.base_url}"
         attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            await self._rpm.take()
-            await self._tpm.take(estimate)
-            wait: float | None = None
+        for attempt in range(1, attempts + 1):
+            await self._rpm.take(1)
+            taken = await self._tpm.take(estimate)
             try:
                 async with self._slots:
-                    self.in_flight += 1
-                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                    try:
-                        self.calls += 1
-                        reply = await self._client.chat.completions.create(
-                            model=params.model,
-                            messages=messages,  # type: ignore[arg-type]
-                            temperature=params.temperature,
-                            top_p=params.top_p,
-                            **extra,
-                        )
-                    finally:
-                        self.in_flight -= 1
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                if status != 429 and status < 500:
+                    text, usage = await self._send(messages, params, extra)
+            except openai.APIError as exc:
+                status, failure, wait = self._transient(exc, where)
+                if attempt == attempts:
                     raise LLMError(
-                        f"the endpoint refused the request ({status}): {_message(exc)}",
-                        status_code=status,
-                        attempts=attempt + 1,
-                    ) from exc
-                if attempt + 1 == attempts:
-                    raise LLMError(
-                        f"gave up after {attempts} attempts; last answer {status}: {_message(exc)}",
+                        f"{where} failed after {attempts} attempts; last error: {failure}",
                         status_code=status,
                         attempts=attempts,
                     ) from exc
-                wait = _retry_after(exc.response.headers, self.config.backoff_max_s)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                if attempt + 1 == attempts:
-                    kind = "timed out" if isinstance(exc, openai.APITimeoutError) else "failed"
-                    raise LLMError(
-                        f"the request {kind} {attempts} times ({self.config.base_url}): {exc}",
-                        attempts=attempts,
-                    ) from exc
-            else:
-                usage = Usage(
-                    reply.usage.prompt_tokens if reply.usage else 0,
-                    reply.usage.completion_tokens if reply.usage else 0,
-                )
-                self.usage = self.usage + usage
-                text = reply.choices[0].message.content if reply.choices else None
-                return text or "", usage
-            await asyncio.sleep(wait if wait is not None else self._backoff(attempt))
+                await asyncio.sleep(wait if wait is not None else self._backoff(attempt))
+                continue
+            self._tpm.settle(taken, usage.total or taken)
+            self.usage = self.usage + usage
+            return text, usage
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _response_format(self, model_cls: type[BaseModel]) -> dict[str, Any] | None:
-        schema = grammar_safe(model_cls.model_json_schema())
-        if self.config.structured == "json_schema":
-            return {
-                "type": "json_schema",
-                "json_schema": {"name": model_cls.__name__, "schema": schema, "strict": False},
-            }
-        if self.config.structured == "json_object_schema":
-            return {"type": "json_object", "schema": schema}
-        return None
+    def _transient(self, exc: openai.APIError, where: str) -> tuple[int | None, str, float | None]:
+        """Status, account and Retry-After of a failure worth retrying; raises for the rest."""
+        if isinstance(exc, openai.APITimeoutError):
+            return None, f"no answer within {self.config.timeout_s:g} s", None
+        if isinstance(exc, openai.APIConnectionError):
+            return None, f"connection failed: {exc.__cause__ or exc}", None
+        if not isinstance(exc, openai.APIStatusError):  # a reply the SDK could not read
+            raise LLMError(f"{where} gave an unreadable answer: {exc}") from exc
+        status, detail = exc.status_code, _provider_message(exc)
+        if status == 429 or status >= 500:
+            wait = retry_after(exc.response.headers, self.config.backoff_max_s)
+            return status, f"HTTP {status}: {detail}", wait
+        raise LLMError(
+            f"{where} refused the request with HTTP {status} (not retried; check the model "
+            f"name, endpoint and key): {detail}",
+            status_code=status,
+        ) from exc
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)  # full jitter: retries from many units spread out
 
     async def structured(
         self, messages: Messages, model_cls: type[T], params: StageParams
     ) -> StructuredResult[T]:
-        """Ask for JSON matching `model_cls`; one retry that shows the model its mistake."""
-        messages = list(messages)
-        if self.config.structured == "prompt":
-            schema = json.dumps(model_cls.model_json_schema())
-            messages.insert(
-                0,
-                {
-                    "role": "system",
-                    "content": f"Reply with JSON only, matching this JSON schema: {schema}",
-                },
+        """Ask for JSON matching `model_cls`; one retry that shows the model its mistake.
+
+        Transport failures raise `LLMError`; an answer that does not validate is returned
+        with value None, the reason and the raw text, for the caller to record.
+        """
+        schema = grammar_safe(model_cls.model_json_schema())
+        fmt: dict[str, Any] | None = None
+        if self.config.structured == "json_schema":
+            fmt = {
+                "type": "json_schema",
+                "json_schema": {"name": model_cls.__name__, "schema": schema, "strict": False},
+            }
+        elif self.config.structured == "json_object_schema":
+            fmt = {"type": "json_object", "schema": schema}
+        else:
+            messages = _with_system(
+                messages, f"Reply with JSON only, matching this JSON schema: {json.dumps(schema)}"
             )
-        fmt = self._response_format(model_cls)
-        usage = Usage()
-        raw, error = "", None
+        usage, raw, error = Usage(), "", ""
         for attempt in (1, 2):
             raw, used = await self.complete(messages, params, response_format=fmt)
             usage = usage + used
             try:
-                return StructuredResult(
-                    model_cls.model_validate(extract_json(raw)), raw, usage, None, attempt
-                )
-            except (ValueError, ValidationError) as exc:
-                error = f"the answer did not match {model_cls.__name__}: {_short(exc)}"
+                value = model_cls.model_validate(extract_json(raw))
+                return StructuredResult(value, raw, usage, None, attempt)
+            except ValueError as exc:  # no JSON, or a pydantic ValidationError
+                detail = _describe(exc)
+            error = f"the answer did not match {model_cls.__name__}: {detail}"
             messages = [
                 *messages,
                 {"role": "assistant", "content": raw},
                 {
                     "role": "user",
-                    "content": f"Your previous answer did not match the schema: "
-                    f"{_short_error(error)}. Reply with JSON only.",
+                    "content": f"Your previous answer did not match the schema: {detail}. "
+                    "Reply with JSON only.",
                 },
             ]
         return StructuredResult(None, raw, usage, error, 2)
@@ -302,32 +323,36 @@ class LLMClient:
     async def text(
         self, messages: Messages, model_cls: type[T], params: StageParams
     ) -> StructuredResult[T]:
-        """Free text (an answer), validated as `model_cls(text=...)`."""
+        """Free text (an answer), validated as `model_cls(text=...)`; never JSON-parsed."""
         raw, usage = await self.complete(messages, params)
         try:
             return StructuredResult(model_cls.model_validate({"text": raw}), raw, usage)
         except ValidationError as exc:
-            error = f"the answer did not match {model_cls.__name__}: {_short(exc)}"
+            error = f"the answer did not match {model_cls.__name__}: {_describe(exc)}"
             return StructuredResult(None, raw, usage, error)
 
 
-def _message(exc: openai.APIStatusError) -> str:
+def _with_system(messages: Messages, note: str) -> Messages:
+    """Add `note` to the system message: some chat templates reject a second one."""
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{note}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
+
+
+def _provider_message(exc: openai.APIStatusError) -> str:
     body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and "message" in inner:
-            return str(inner["message"])[:500]
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict) and "message" in inner:
+        return str(inner["message"])[:500]
     return str(exc.message)[:500]
 
 
-def _short(exc: Exception) -> str:
+def _describe(exc: ValueError) -> str:
+    """A short account of what was wrong, small enough to send back to the model."""
     if isinstance(exc, ValidationError):
         return "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}"
             for e in exc.errors()[:5]
-        )
+        )[:600]
     return str(exc)[:300]
-
-
-def _short_error(error: str | None) -> str:
-    return (error or "")[:600]

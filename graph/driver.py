@@ -6,12 +6,12 @@ DDL and a few function names, lives in a `Dialect` subclass in graph/backends/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .model import NODE_KINDS, REL_KINDS, NodeKind
+from .model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -44,20 +44,31 @@ class Dialect:
 class Tx(Protocol):
     def execute(self, query: str, params: Params | None = None) -> list[Row]: ...
 
+    def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Create nodes known to be new; rows carry every property of the kind."""
+
+    def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
+        """Create edges known to be new, between existing nodes."""
+
 
 @runtime_checkable
 class GraphDriver(Protocol):
     """A connection to one graph database.
 
     `execute` runs one statement in its own transaction and returns rows as plain dicts
-    (nodes become dicts of their properties); `transaction()` groups statements that must
-    commit or roll back together.
+    (nodes become dicts of their properties); `create_nodes` / `create_edges` write rows
+    known to be new by the engine's fastest path; `transaction()` groups statements that
+    must commit or roll back together, and offers the same three.
     """
 
     dialect: Dialect
     description: str
 
     def execute(self, query: str, params: Params | None = None) -> list[Row]: ...
+
+    def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None: ...
 
     def transaction(self) -> AbstractContextManager[Tx]: ...
 

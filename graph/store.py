@@ -158,6 +158,7 @@ class UpsertResult:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    new_ids: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -197,10 +198,13 @@ def validate_name(name: Any, what: str = "name") -> str:
 class Store:
     """Upserts, lookups, review and views over one graph database."""
 
-    def __init__(self, driver: GraphDriver, *, batch_size: int = 5000) -> None:
+    def __init__(
+        self, driver: GraphDriver, *, batch_size: int = 5000, bulk_batch_size: int = 200_000
+    ) -> None:
         self.driver = driver
         self.d = driver.dialect
         self.batch_size = batch_size
+        self.bulk_batch_size = bulk_batch_size
 
     @classmethod
     def open(cls, config: StoreConfig, *, ensure_schema: bool = True) -> Store:
@@ -255,8 +259,9 @@ class Store:
             }
             new = [self._full_row(kind, r, stamp) for i, r in by_id.items() if i not in found]
             if new:
-                runner.execute(Q.create_nodes(self.d, kind, kind.prop_names), {"rows": new})
+                runner.create_nodes(kind, new)
                 result.created += len(new)
+                result.new_ids.update(r["id"] for r in new)
             old = [dict(r) for i, r in by_id.items() if i in found]
             if old and update_existing and len(keys) > 1:
                 props = list(keys)
@@ -280,23 +285,46 @@ class Store:
         return full
 
     def upsert_edges(
-        self, rel: RelKind, pairs: Iterable[tuple[str, str]], *, tx: Tx | None = None
+        self,
+        rel: RelKind,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        new_sources: frozenset[str] | set[str] = frozenset(),
+        tx: Tx | None = None,
     ) -> int:
-        """Create the edges not already there; returns how many were created."""
+        """Create the edges not already there; returns how many were created.
+
+        Edges from `new_sources` (nodes this write just created) cannot exist yet, so they
+        are not looked up.
+        """
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
         created = 0
         unique = list(dict.fromkeys(pairs))
         for batch in batched(unique, self.batch_size):
-            rows = [{"src": s, "dst": t} for s, t in batch]
-            have = {
-                (r["src"], r["dst"])
-                for r in runner.execute(Q.existing_edges(self.d, rel), {"rows": rows})
-            }
-            todo = [r for r in rows if (r["src"], r["dst"]) not in have]
+            sources = list(dict.fromkeys(s for s, _ in batch if s not in new_sources))
+            have: set[tuple[str, str]] = set()
+            if sources:
+                found = runner.execute(Q.existing_edges(self.d, rel), {"ids": sources})
+                have = {(r["src"], r["dst"]) for r in found}
+            todo = [p for p in batch if p not in have]
             if todo:
-                runner.execute(Q.create_edges(self.d, rel), {"rows": todo})
+                runner.create_edges(rel, todo)
                 created += len(todo)
         return created
+
+    def bulk_load(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Create nodes known to be new (a fresh load), skipping the existence check that
+        makes an upsert safe. An id already present fails its batch."""
+        stamp = now_iso()
+        for batch in batched(list(rows), self.bulk_batch_size):
+            self.driver.create_nodes(kind, [self._full_row(kind, r, stamp) for r in batch])
+        return len(rows)
+
+    def bulk_load_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> int:
+        """Create edges known to be new (see bulk_load)."""
+        for batch in batched(list(pairs), self.bulk_batch_size):
+            self.driver.create_edges(rel, batch)
+        return len(pairs)
 
     # ------------------------------------------------------------------ lookups
 
@@ -946,15 +974,16 @@ class Store:
         tx: Tx | None = None,
     ) -> UpsertResult:
         res = self.upsert_nodes(INSTRUCTION, rows, tx=tx)
-        self.upsert_edges(COVERS, covers, tx=tx)
-        self.upsert_edges(FROM, sessions, tx=tx)
+        self.upsert_edges(COVERS, covers, new_sources=res.new_ids, tx=tx)
+        self.upsert_edges(FROM, sessions, new_sources=res.new_ids, tx=tx)
         return res
 
     def write_responses(
         self, rows: Sequence[Mapping[str, Any]], *, tx: Tx | None = None
     ) -> UpsertResult:
         res = self.upsert_nodes(RESPONSE, rows, tx=tx)
-        self.upsert_edges(ANSWERS, [(r["id"], r["instruction_id"]) for r in rows], tx=tx)
+        pairs = [(r["id"], r["instruction_id"]) for r in rows]
+        self.upsert_edges(ANSWERS, pairs, new_sources=res.new_ids, tx=tx)
         return res
 
     def instruction_ids_in_scope(self, scope: Node | None) -> list[str]:

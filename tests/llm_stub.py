@@ -1,15 +1,21 @@
 """An OpenAI-compatible chat endpoint on loopback for tests and benchmarks.
 
-A small asyncio HTTP/1.1 server in a background thread: it answers /v1/chat/completions
+A small asyncio HTTP/1.1 server in a background thread. It answers /v1/chat/completions
 with whatever a handler returns (a completion, an HTTP error with Retry-After, a hang, or a
 dropped connection), records every request, and costs next to nothing per call, so a
-benchmark can measure the pipeline rather than the stub.
+benchmark measures the pipeline rather than the stub.
+
+It is a raw socket server rather than an ASGI app because a dropped connection must be a
+real one: an ASGI server answers an app's exception with a 500, or, once a response has
+started, with a truncated body; only the transport can close a connection with no answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,10 +25,12 @@ from typing import Any
 
 @dataclass
 class Reply:
+    """What the stub does with one request. Tests may adjust a reply before returning it."""
+
     content: str = ""
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
-    body: dict[str, Any] | None = None  # for errors
+    body: dict[str, Any] | None = None  # the JSON body of an error reply
     delay_s: float = 0.0  # wait before answering (a hang when past the client's timeout)
     drop: bool = False  # close the connection without answering
     prompt_tokens: int = 11
@@ -38,7 +46,16 @@ def ok_json(obj: Any, **kw: Any) -> Reply:
 
 
 def error(status: int, message: str = "stub error", **kw: Any) -> Reply:
+    """An error in the usual provider shape; pass headers={"retry-after": "1"} to ask for a wait."""
     return Reply(status=status, body={"error": {"message": message, "type": "stub"}}, **kw)
+
+
+def hang(seconds: float) -> Reply:
+    return Reply(content="too late", delay_s=seconds)
+
+
+def dropped() -> Reply:
+    return Reply(drop=True)
 
 
 Handler = Callable[[dict[str, Any], int], Reply]
@@ -54,25 +71,35 @@ def sequence(replies: Sequence[Reply]) -> Handler:
     return handler
 
 
+def with_faults(
+    handler: Handler, rate: float, faults: Sequence[Reply], *, seed: int = 0
+) -> Handler:
+    """`handler`, but a share `rate` of calls get one of `faults` instead.
+
+    Which calls fail depends only on the seed and the call number, not on timing, so a run
+    with the same requests meets the same faults.
+    """
+
+    def faulty(body: dict[str, Any], n: int) -> Reply:
+        draw = random.Random(f"{seed}:{n}")
+        return draw.choice(list(faults)) if draw.random() < rate else handler(body, n)
+
+    return faulty
+
+
 @dataclass
 class Stub:
     base_url: str = ""
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    calls: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)  # chat bodies, in order
+    calls: int = 0  # chat completion requests received
     in_flight: int = 0
-    max_in_flight: int = 0
+    max_in_flight: int = 0  # most requests held at once (while delayed)
     handler: Handler | None = None
 
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 def _completion(body: dict[str, Any], reply: Reply, n: int) -> dict[str, Any]:
@@ -81,26 +108,40 @@ def _completion(body: dict[str, Any], reply: Reply, n: int) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 0,
         "model": body.get("model", "stub"),
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "message": {"role": "assistant", "content": reply.content},
-            }
-        ],
-        "usage": {
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-        },
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": reply.content}}],
+        "usage": {"prompt_tokens": reply.prompt_tokens,
+                  "completion_tokens": reply.completion_tokens,
+                  "total_tokens": reply.prompt_tokens + reply.completion_tokens},
     }
+
+
+async def _chat(stub: Stub, raw: bytes) -> tuple[int, dict[str, str], Any] | None:
+    """The answer to one chat request, or None to drop the connection."""
+    body = json.loads(raw or b"{}")
+    n = stub.calls
+    stub.calls += 1
+    stub.requests.append(body)
+    assert stub.handler is not None
+    reply = stub.handler(body, n)
+    stub.in_flight += 1
+    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+    try:
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+    finally:
+        stub.in_flight -= 1
+    if reply.drop:
+        return None
+    payload = _completion(body, reply, n) if reply.status == 200 else (reply.body or {})
+    return reply.status, reply.headers, payload
 
 
 async def _serve_connection(
     stub: Stub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     try:
-        while True:
+        while True:  # keep-alive: one request after another on this connection
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
@@ -109,44 +150,25 @@ async def _serve_connection(
                 for k, _, v in (line.partition(":") for line in lines[1:] if line)
             }
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            answer: tuple[int, dict[str, str], Any] | None
             if method == "GET" and path.endswith("/models"):
-                status, extra, payload = (
-                    200,
-                    {},
-                    {"object": "list", "data": [{"id": "stub", "object": "model"}]},
-                )
+                answer = 200, {}, {"object": "list", "data": [{"id": "stub", "object": "model"}]}
             elif method == "POST" and path.endswith("/chat/completions"):
-                body = json.loads(raw or b"{}")
-                n = stub.calls
-                stub.calls += 1
-                stub.requests.append(body)
-                assert stub.handler is not None
-                reply = stub.handler(body, n)
-                stub.in_flight += 1
-                stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
-                try:
-                    if reply.delay_s:
-                        await asyncio.sleep(reply.delay_s)
-                finally:
-                    stub.in_flight -= 1
-                if reply.drop:
-                    writer.transport.abort()
-                    return
-                status, extra = reply.status, reply.headers
-                payload = _completion(body, reply, n) if status == 200 else (reply.body or {})
+                answer = await _chat(stub, raw)
             else:
-                status, extra, payload = 404, {}, {"error": {"message": "not found"}}
+                answer = 404, {}, {"error": {"message": f"no route {method} {path}"}}
+            if answer is None:
+                writer.transport.abort()  # no status line, no body: a connection error
+                return
+            status, extra, payload = answer
             data = json.dumps(payload).encode()
-            out = [
-                f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-                "content-type: application/json",
-                f"content-length: {len(data)}",
-            ]
+            out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+                   "content-type: application/json", f"content-length: {len(data)}"]
             out += [f"{k}: {v}" for k, v in extra.items()]
             writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + data)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
-        pass
+        pass  # the client went away (after a timeout, or at the end of a test)
     finally:
         writer.close()
 
@@ -157,15 +179,14 @@ def run_stub(handler: Handler) -> Iterator[Stub]:
     stub = Stub(handler=handler)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    server_box: list[asyncio.base_events.Server] = []
+    servers: list[asyncio.Server] = []
 
     async def start() -> None:
         server = await asyncio.start_server(
             lambda r, w: _serve_connection(stub, r, w), "127.0.0.1", 0
         )
-        server_box.append(server)
-        port = server.sockets[0].getsockname()[1]
-        stub.base_url = f"http://127.0.0.1:{port}/v1"
+        servers.append(server)
+        stub.base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
         ready.set()
 
     def run() -> None:
@@ -182,14 +203,16 @@ def run_stub(handler: Handler) -> Iterator[Stub]:
     finally:
 
         async def stop() -> None:
-            server_box[0].close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            servers[0].close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()  # hanging replies and idle keep-alive connections
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
 
 
 def first_user_message(body: dict[str, Any]) -> str:
@@ -198,8 +221,6 @@ def first_user_message(body: dict[str, Any]) -> str:
 
 
 def _digest(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 

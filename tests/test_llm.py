@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 from pydantic import BaseModel, Field
 
-from generators.llm import LLMClient, LLMConfig, LLMError, StageParams, extract_json
-from tests.llm_stub import Reply, error, ok, ok_json, run_stub, sequence
+from generators.llm import (
+    LLMClient,
+    LLMConfig,
+    LLMError,
+    StageParams,
+    Usage,
+    extract_json,
+    retry_after,
+)
+from graph.errors import GlanError
+from tests.llm_stub import (
+    Reply,
+    dropped,
+    error,
+    hang,
+    ok,
+    ok_json,
+    run_stub,
+    sequence,
+    with_faults,
+)
 
+R = TypeVar("R")
 PARAMS = StageParams(model="m", temperature=1.0, top_p=0.95, max_tokens=64)
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -21,148 +44,282 @@ class Pair(BaseModel):
     b: str
 
 
-def client(base_url: str, **kw: Any) -> LLMClient:
-    return LLMClient(LLMConfig(base_url=base_url, backoff_base_s=0.01, **kw))
+class Text(BaseModel):
+    text: str = Field(min_length=1)
 
 
-async def call(llm: LLMClient, coro: Any) -> Any:
-    try:
-        return await coro
-    finally:
-        await llm.aclose()
+def config(base_url: str, **kw: Any) -> LLMConfig:
+    return LLMConfig(base_url=base_url, backoff_base_s=0.01, **kw)
 
 
-def test_completion_and_usage() -> None:
+def use(base_url: str, work: Callable[[LLMClient], Awaitable[R]], **kw: Any) -> tuple[R, LLMClient]:
+    """Run `work` on a fresh client for the stub at `base_url`, closing it afterwards."""
+
+    holder: list[LLMClient] = []
+
+    async def tracked() -> R:
+        llm = LLMClient(config(base_url, **kw))
+        holder.append(llm)
+        try:
+            return await work(llm)
+        finally:
+            await llm.aclose()
+
+    return asyncio.run(tracked()), holder[0]
+
+
+def hello(llm: LLMClient) -> Awaitable[tuple[str, Usage]]:
+    return llm.complete(HELLO, PARAMS)
+
+
+# --- completions, retries and errors
+
+
+def test_completion_sends_the_stage_params_and_counts_usage() -> None:
     with run_stub(sequence([ok("hi", prompt_tokens=5, completion_tokens=3)])) as stub:
-        llm = client(stub.base_url)
-        text, usage = asyncio.run(call(llm, llm.complete(HELLO, PARAMS)))
-    assert text == "hi" and (usage.prompt_tokens, usage.completion_tokens) == (5, 3)
-    assert llm.usage.total == 8 and llm.calls == 1
+        (text, usage), llm = use(stub.base_url, hello)
+    assert text == "hi" and usage == Usage(5, 3) and usage.total == 8
+    assert llm.usage == Usage(5, 3) and llm.calls == 1
     sent = stub.requests[0]
-    assert sent["model"] == "m" and sent["temperature"] == 1.0 and sent["top_p"] == 0.95
-    assert sent["max_tokens"] == 64
+    assert (sent["model"], sent["temperature"], sent["top_p"], sent["max_tokens"]) == (
+        "m", 1.0, 0.95, 64
+    )
+    assert sent["messages"] == HELLO and "response_format" not in sent and "seed" not in sent
+
+
+def test_usage_adds_up_over_calls() -> None:
+    replies = [ok("a", prompt_tokens=5, completion_tokens=3), ok("b", prompt_tokens=2,
+                                                                completion_tokens=1)]
+
+    async def twice(llm: LLMClient) -> None:
+        await hello(llm)
+        await hello(llm)
+
+    with run_stub(sequence(replies)) as stub:
+        _, llm = use(stub.base_url, twice)
+    assert llm.usage == Usage(7, 4) and llm.calls == 2 and Usage(1, 2) + Usage(3, 4) == Usage(4, 6)
 
 
 def test_retry_after_is_honoured() -> None:
-    replies = [error(429, headers={"retry-after": "0.4"}), ok("done")]
+    replies = [error(429, "slow down", headers={"Retry-After": "0.3"}), ok("done")]
     with run_stub(sequence(replies)) as stub:
-        llm = client(stub.base_url)
         start = time.monotonic()
-        text, _ = asyncio.run(call(llm, llm.complete(HELLO, PARAMS)))
+        (text, _), llm = use(stub.base_url, hello)
         waited = time.monotonic() - start
-    assert text == "done" and stub.calls == 2 and waited >= 0.4
+    assert text == "done" and stub.calls == 2 and llm.calls == 2
+    assert 0.3 <= waited < 2.0
+
+
+def test_retry_after_is_capped() -> None:
+    replies = [error(503, headers={"retry-after": "120"}), ok("done")]
+    with run_stub(sequence(replies)) as stub:
+        start = time.monotonic()
+        (text, _), _ = use(stub.base_url, hello, backoff_max_s=0.2)
+        waited = time.monotonic() - start
+    assert text == "done" and 0.2 <= waited < 1.5
+
+
+def test_retry_after_header_forms() -> None:
+    soon = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert retry_after(httpx.Headers({"Retry-After": "2.5"}), 30) == 2.5
+    assert 8 <= (retry_after(httpx.Headers({"Retry-After": soon}), 30) or 0) <= 10
+    assert retry_after(httpx.Headers({"Retry-After": soon}), 3) == 3  # capped
+    assert retry_after(httpx.Headers({"Retry-After": "-5"}), 30) == 0
+    assert retry_after(httpx.Headers({"Retry-After": "soon-ish"}), 30) is None  # own backoff
+    assert retry_after(httpx.Headers({}), 30) is None
 
 
 @pytest.mark.parametrize(
     "fault",
-    [error(500), error(503), Reply(drop=True), Reply(delay_s=1.5)],
-    ids=["500", "503", "dropped", "timeout"],
+    [error(429), error(500), error(503), dropped(), hang(1.0)],
+    ids=["429", "500", "503", "dropped", "timeout"],
 )
 def test_transient_faults_are_retried(fault: Reply) -> None:
     with run_stub(sequence([fault, ok("recovered")])) as stub:
-        llm = client(stub.base_url, timeout_s=0.4)
-        text, _ = asyncio.run(call(llm, llm.complete(HELLO, PARAMS)))
-    assert text == "recovered" and stub.calls == 2
+        (text, _), llm = use(stub.base_url, hello, timeout_s=0.3)
+    assert text == "recovered" and stub.calls == 2 and llm.calls == 2
+
+
+def test_dropped_connection_is_a_connection_error_in_httpx() -> None:
+    with run_stub(sequence([dropped()])) as stub, pytest.raises(httpx.TransportError):
+        httpx.post(f"{stub.base_url}/chat/completions", json={"model": "m", "messages": []})
 
 
 def test_retries_run_out_into_one_error() -> None:
     with run_stub(sequence([error(502, "upstream down")])) as stub:
-        llm = client(stub.base_url, max_retries=2)
         with pytest.raises(LLMError) as info:
-            asyncio.run(call(llm, llm.complete(HELLO, PARAMS)))
+            use(stub.base_url, hello, max_retries=2)
     assert stub.calls == 3 and info.value.status_code == 502 and info.value.attempts == 3
-    assert "upstream down" in str(info.value) and "3 attempts" in str(info.value)
+    message = str(info.value)
+    assert "upstream down" in message and "3 attempts" in message and "m at http" in message
+    assert isinstance(info.value, GlanError)
 
 
-def test_client_errors_fail_at_once() -> None:
-    with run_stub(sequence([error(400, "bad request body")])) as stub:
-        llm = client(stub.base_url)
+def test_timeouts_run_out_into_one_error() -> None:
+    with run_stub(sequence([hang(1.0)])) as stub:
+        with pytest.raises(LLMError, match=r"2 attempts.*no answer within 0\.3 s") as info:
+            use(stub.base_url, hello, max_retries=1, timeout_s=0.3)
+    assert stub.calls == 2 and info.value.status_code is None and info.value.attempts == 2
+
+
+def test_dropped_connections_run_out_into_one_error() -> None:
+    with run_stub(sequence([dropped()])) as stub:
+        with pytest.raises(LLMError, match="connection failed") as info:
+            use(stub.base_url, hello, max_retries=1)
+    assert stub.calls == 2 and info.value.status_code is None
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_client_errors_fail_at_once(status: int) -> None:
+    with run_stub(sequence([error(status, "bad request body")])) as stub:
         with pytest.raises(LLMError, match="bad request body") as info:
-            asyncio.run(call(llm, llm.complete(HELLO, PARAMS)))
-    assert stub.calls == 1 and info.value.status_code == 400
+            use(stub.base_url, hello)
+    assert stub.calls == 1 and info.value.status_code == status and info.value.attempts == 1
+    assert "not retried" in str(info.value)
+
+
+def test_an_empty_answer_is_returned_not_retried() -> None:
+    with run_stub(sequence([ok("")])) as stub:
+        (text, _), _ = use(stub.base_url, hello)
+    assert text == "" and stub.calls == 1
+
+
+def test_a_lent_http_client_is_used_and_left_open() -> None:
+    seen: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(request.url.path)
+
+    async def main(base_url: str) -> bool:
+        async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
+            llm = LLMClient(config(base_url), http_client=http)
+            await llm.complete(HELLO, PARAMS)
+            await llm.aclose()
+            return http.is_closed
+
+    with run_stub(sequence([ok("hi")])) as stub:
+        closed = asyncio.run(main(stub.base_url))
+    assert seen == ["/v1/chat/completions"] and not closed
+
+
+# --- limits
+
+
+def test_concurrency_is_bounded() -> None:
+    async def many(llm: LLMClient) -> None:
+        await asyncio.gather(*(hello(llm) for _ in range(12)))
+
+    with run_stub(sequence([ok("x", delay_s=0.1)])) as stub:
+        _, llm = use(stub.base_url, many, concurrency=3)
+    assert stub.calls == 12 and stub.max_in_flight == 3 and llm.max_in_flight == 3
+
+
+def timed(n: int) -> Callable[[LLMClient], Awaitable[float]]:
+    async def run(llm: LLMClient) -> float:
+        start = time.monotonic()
+        for _ in range(n):
+            await llm.complete(HELLO, PARAMS.model_copy(update={"max_tokens": 10}))
+        return time.monotonic() - start
+
+    return run
+
+
+def test_requests_per_minute_limit() -> None:
+    # 600 a minute is 10 a second, with a burst of one second: calls 11-13 wait 0.1 s each
+    with run_stub(sequence([ok("x")])) as stub:
+        took, _ = use(stub.base_url, timed(13), rpm=600)
+    assert stub.calls == 13 and 0.25 <= took < 2.0
+
+
+def test_tokens_per_minute_limit_charges_actual_usage() -> None:
+    # 6000 a minute is 100 a second; a call estimated at ~11 tokens that really used 130
+    # leaves the budget 30 short, so the next call waits ~0.4 s for (11 + 30) tokens.
+    with run_stub(sequence([ok("x", prompt_tokens=10, completion_tokens=120)])) as stub:
+        heavy, _ = use(stub.base_url, timed(2), tpm=6000)
+    with run_stub(sequence([ok("x", prompt_tokens=10, completion_tokens=5)])) as stub:
+        light, _ = use(stub.base_url, timed(2), tpm=6000)
+    assert heavy >= 0.3 and light < 0.2
+
+
+def test_fault_injection_is_deterministic() -> None:
+    def calls(seed: int) -> list[int]:
+        handler = with_faults(lambda body, n: ok("x"), 0.3, [error(500)], seed=seed)
+        return [n for n in range(200) if handler({}, n).status == 500]
+
+    assert calls(1) == calls(1) != calls(2) and 40 <= len(calls(1)) <= 80
+
+    handler = with_faults(lambda body, n: ok("fine"), 0.3, [error(503), dropped()], seed=5)
+    with run_stub(handler) as stub:
+
+        async def many(llm: LLMClient) -> list[str]:
+            return [text for text, _ in await asyncio.gather(*(hello(llm) for _ in range(30)))]
+
+        texts, _ = use(stub.base_url, many, max_retries=10)
+    assert texts == ["fine"] * 30 and stub.calls > 30
+
+
+# --- structured output
+
+
+def test_structured_parses_the_answer() -> None:
+    with run_stub(sequence([ok_json({"a": 1, "b": "x", "extra": True})])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
+    assert result.value == Pair(a=1, b="x") and result.attempts == 1 and result.error is None
+    assert result.raw == '{"a": 1, "b": "x", "extra": true}' and result.usage == Usage(11, 7)
 
 
 def test_structured_retries_once_with_the_validation_error() -> None:
     replies = [ok('{"a": "not a number"}'), ok_json({"a": 1, "b": "x"})]
     with run_stub(sequence(replies)) as stub:
-        llm = client(stub.base_url)
-        result = asyncio.run(call(llm, llm.structured(HELLO, Pair, PARAMS)))
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
     assert result.value == Pair(a=1, b="x") and result.attempts == 2 and result.error is None
-    assert result.usage.prompt_tokens == 22
+    assert result.usage == Usage(22, 14)
     second = stub.requests[1]["messages"]
+    assert second[: len(HELLO)] == HELLO
     assert second[-2] == {"role": "assistant", "content": '{"a": "not a number"}'}
-    assert "did not match the schema" in second[-1]["content"] and "a:" in second[-1]["content"]
+    fix = second[-1]["content"]
+    assert fix.startswith("Your previous answer did not match the schema:")
+    assert "a: Input should be a valid integer" in fix and "b: Field required" in fix
+    assert fix.endswith("Reply with JSON only.")
 
 
 def test_structured_failure_keeps_the_raw_text() -> None:
     with run_stub(sequence([ok("sorry, I cannot"), ok("still no JSON")])) as stub:
-        llm = client(stub.base_url)
-        result = asyncio.run(call(llm, llm.structured(HELLO, Pair, PARAMS)))
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
     assert result.value is None and result.raw == "still no JSON" and result.attempts == 2
-    assert result.error is not None and "Pair" in result.error
+    assert result.error is not None and "did not match Pair" in result.error
+    assert "no JSON object" in result.error and stub.calls == 2
 
 
-@pytest.mark.parametrize(
-    ("mode", "expected"),
-    [("json_schema", "json_schema"), ("json_object_schema", "json_object"), ("prompt", None)],
-)
-def test_structured_modes_send_the_right_response_format(mode: str, expected: str | None) -> None:
+def test_structured_lets_transport_errors_through() -> None:
+    with run_stub(sequence([error(400, "no such model")])) as stub:
+        with pytest.raises(LLMError, match="no such model"):
+            use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object_schema", "prompt"])
+def test_structured_modes_send_the_right_request(mode: str) -> None:
+    asked = [{"role": "system", "content": "You are terse."}, *HELLO]
     with run_stub(sequence([ok_json({"a": 1, "b": "x"})])) as stub:
-        llm = client(stub.base_url, structured=mode)
-        asyncio.run(call(llm, llm.structured(HELLO, Pair, PARAMS)))
-    fmt = stub.requests[0].get("response_format")
-    if expected is None:
-        assert fmt is None
-        assert '"properties"' in stub.requests[0]["messages"][0]["content"]
+        result, _ = use(stub.base_url, lambda llm: llm.structured(asked, Pair, PARAMS),
+                        structured=mode)
+    assert result.value == Pair(a=1, b="x")
+    sent = stub.requests[0]
+    fmt = sent.get("response_format")
+    if mode == "json_schema":
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Pair"
+        assert fmt["json_schema"]["strict"] is False
+        assert fmt["json_schema"]["schema"] == Pair.model_json_schema()
+        assert sent["messages"] == asked
+    elif mode == "json_object_schema":
+        assert fmt == {"type": "json_object", "schema": Pair.model_json_schema()}
+        assert sent["messages"] == asked
     else:
-        assert fmt["type"] == expected
-        schema = fmt["json_schema"]["schema"] if expected == "json_schema" else fmt["schema"]
-        assert set(schema["properties"]) == {"a", "b"}
-
-
-def test_concurrency_is_bounded() -> None:
-    with run_stub(sequence([ok("x", delay_s=0.1)])) as stub:
-        llm = client(stub.base_url, concurrency=3)
-
-        async def many() -> None:
-            try:
-                await asyncio.gather(*(llm.complete(HELLO, PARAMS) for _ in range(12)))
-            finally:
-                await llm.aclose()
-
-        asyncio.run(many())
-    assert stub.calls == 12 and stub.max_in_flight == 3 and llm.max_in_flight == 3
-
-
-def test_requests_per_minute_limit() -> None:
-    with run_stub(sequence([ok("x")])) as stub:
-        llm = client(stub.base_url, rpm=600)  # 10 per second, a burst of 600 allowed
-        llm._rpm.level = 0  # start empty to see the refill rate
-
-        async def three() -> float:
-            start = time.monotonic()
-            try:
-                for _ in range(3):
-                    await llm.complete(HELLO, PARAMS)
-            finally:
-                await llm.aclose()
-            return time.monotonic() - start
-
-        assert asyncio.run(three()) >= 0.25
-
-
-@pytest.mark.parametrize(
-    "text",
-    ['{"a": 1, "b": "x"}', '```json\n{"a": 1, "b": "x"}\n```', 'Sure! {"a": 1, "b": "x"} Done.',
-     'prefix {broken} then {"a": 1, "b": "x"}'],
-)
-def test_tolerant_json_extraction(text: str) -> None:
-    assert Pair.model_validate(extract_json(text)) == Pair(a=1, b="x")
-
-
-def test_no_json_is_an_error() -> None:
-    with pytest.raises(ValueError):
-        extract_json("no braces here")
+        assert fmt is None
+        roles = [m["role"] for m in sent["messages"]]
+        assert roles == ["system", "user"]  # the schema joins the system message
+        system = sent["messages"][0]["content"]
+        assert system.startswith("You are terse.") and '"properties"' in system
 
 
 def test_long_string_bounds_are_not_sent_to_grammar_engines() -> None:
@@ -170,8 +327,55 @@ def test_long_string_bounds_are_not_sent_to_grammar_engines() -> None:
         short: str = Field(max_length=50)
         long: str = Field(max_length=4000)
 
-    with run_stub(sequence([ok_json({"short": "s", "long": "l"})])) as stub:
-        llm = client(stub.base_url, structured="json_object_schema")
-        asyncio.run(call(llm, llm.structured(HELLO, Long, PARAMS)))
+    with run_stub(sequence([ok_json({"short": "s", "long": "l" * 300})])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Long, PARAMS),
+                        structured="json_object_schema")
     props = stub.requests[0]["response_format"]["schema"]["properties"]
     assert props["short"]["maxLength"] == 50 and "maxLength" not in props["long"]
+    assert result.value is not None and len(result.value.long) == 300
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "b": "x"}',
+        '```json\n{"a": 1, "b": "x"}\n```',
+        'Here you go:\n```\n{"a": 1, "b": "x"}\n```\nAnything else?',
+        'Sure! {"a": 1, "b": "x"} Done.',
+        'prefix {broken} then {"a": 1, "b": "x"}',
+        'Steps [1] and [2]: {"a": 1, "b": "x"}',
+    ],
+)
+def test_tolerant_json_extraction(text: str) -> None:
+    assert Pair.model_validate(extract_json(text)) == Pair(a=1, b="x")
+
+
+def test_extraction_of_arrays_and_nothing() -> None:
+    assert extract_json("the list: [1, 2] as asked") == [1, 2]
+    with pytest.raises(ValueError, match="no JSON object"):
+        extract_json("no braces here")
+    with pytest.raises(ValueError):
+        extract_json('{"a": 1, "b": "trunc')
+
+
+def test_tolerant_extraction_end_to_end() -> None:
+    with run_stub(sequence([ok('Sure!\n```json\n{"a": 2, "b": "y"}\n```')])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
+    assert result.value == Pair(a=2, b="y") and result.attempts == 1
+
+
+# --- free text
+
+
+def test_text_validates_the_plain_answer() -> None:
+    with run_stub(sequence([ok("  Light scatters.  ")])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.text(HELLO, Text, PARAMS))
+    assert result.value == Text(text="  Light scatters.  ") and result.error is None
+    assert "response_format" not in stub.requests[0]
+
+
+def test_text_failure_keeps_the_raw_text() -> None:
+    with run_stub(sequence([ok("")])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.text(HELLO, Text, PARAMS))
+    assert result.value is None and result.raw == "" and result.attempts == 1
+    assert result.error is not None and "did not match Text" in result.error

@@ -9,6 +9,7 @@ from graph.model import (
     CONCEPT,
     DISCIPLINE,
     FIELD,
+    HAS_SUBJECT,
     HIERARCHY,
     NODE_KINDS,
     SESSION,
@@ -257,3 +258,19 @@ def test_hierarchy_levels_match_paths(store: Store) -> None:
     assert concept.kind is CONCEPT and concept.level == len(HIERARCHY) - 1
     assert store.paths_of(concept.id) == [f"{PURE}/Calculus/Derivatives/chain rule",
                                           f"{PHYSICS}/Calculus/Derivatives/chain rule"]
+
+
+def test_large_writes_take_the_bulk_path_and_stay_upserts(store: Store) -> None:
+    store.load_taxonomy(SMALL_TAXONOMY)
+    physics = store.node(PHYSICS)
+    subjects = [{"name": f"Topic {i}", "level": "undergraduate", "subtopics": [f"t{i}", "x"]}
+                for i in range(600)]
+    ids = store.write_subjects(physics.id, subjects, {"model": "m"})
+    assert len(ids) == 600 and store.counts(PHYSICS)["subjects"] == 600
+    node = store.node(f"{PHYSICS}/Topic 599")
+    assert node.props["subtopics"] == ["t599", "x"] and node.props["level"] == "undergraduate"
+    assert node.props["model"] == "m" and node.props["status"] == "approved"
+    # the same write again creates nothing and links nothing twice
+    store.write_subjects(physics.id, subjects, {"model": "m"})
+    assert store.count_kind(SUBJECT) == 600 and store.counts(PHYSICS)["subjects"] == 600
+    assert len(store.linked(HAS_SUBJECT, [physics.id])[physics.id]) == 600

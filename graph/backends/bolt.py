@@ -6,16 +6,17 @@ one Dialect subclass per engine here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import neo4j
 from neo4j import exceptions as neo4j_errors
 
+from .. import queries as Q
 from ..driver import Dialect, Params, QueryCounter, Row
 from ..errors import BackendUnavailable, QueryError
-from ..model import HIERARCHY, INSTRUCTION, KIND_BY_LABEL, NODE_KINDS, UNIT, NodeKind
+from ..model import HIERARCHY, INSTRUCTION, KIND_BY_LABEL, NODE_KINDS, UNIT, NodeKind, RelKind
 
 #: Properties indexed besides each kind's unique id, for path walks, scopes and jobs.
 INDEXED: dict[str, tuple[str, ...]] = {
@@ -114,6 +115,20 @@ class _Tx:
         with self._driver._errors(query):
             return _rows(self._tx.run(query, dict(params or {})))
 
+    def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self.execute(
+                Q.create_nodes(self._driver.dialect, kind, kind.prop_names),
+                {"rows": [dict(r) for r in rows]},
+            )
+
+    def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
+        if pairs:
+            self.execute(
+                Q.create_edges(self._driver.dialect, rel),
+                {"rows": [{"src": s, "dst": t} for s, t in pairs]},
+            )
+
 
 class BoltDriver:
     def __init__(
@@ -167,6 +182,20 @@ class BoltDriver:
         self._count(query)
         with self._errors(query), self._session() as session:
             return _rows(session.run(query, dict(params or {})))
+
+    def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self.execute(
+                Q.create_nodes(self.dialect, kind, kind.prop_names),
+                {"rows": [dict(r) for r in rows]},
+            )
+
+    def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
+        if pairs:
+            self.execute(
+                Q.create_edges(self.dialect, rel),
+                {"rows": [{"src": s, "dst": t} for s, t in pairs]},
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:

@@ -7,16 +7,29 @@ a second one gets `StoreLocked` naming the path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import ladybug
+import pyarrow as pa
 
+from .. import queries as Q
 from ..driver import Dialect, Params, QueryCounter, Row
 from ..errors import QueryError, StoreLocked
-from ..model import NODE_KINDS, REL_KINDS
+from ..model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
+
+#: From this many rows on, creates go through COPY FROM an Arrow table: many times faster
+#: than UNWIND ... CREATE, whose cost grows with every property of every row.
+COPY_MIN_ROWS = 256
+_ARROW = {
+    "STRING": pa.string(),
+    "INT64": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "STRING[]": pa.list_(pa.string()),
+}
 
 
 class LadybugDialect(Dialect):
@@ -60,6 +73,12 @@ class _Tx:
     def execute(self, query: str, params: Params | None = None) -> list[Row]:
         return self._driver._run(query, params)
 
+    def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._driver._create_nodes(kind, rows)
+
+    def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
+        self._driver._create_edges(rel, pairs)
+
 
 class EmbeddedDriver:
     dialect: Dialect = LadybugDialect()
@@ -80,6 +99,7 @@ class EmbeddedDriver:
         self._conn = ladybug.Connection(self._db)
         # One connection, used by one thread at a time; transactions hold it throughout.
         self._lock = threading.RLock()
+        self._column_cache: dict[str, list[tuple[str, str]]] = {}
 
     def _run(self, query: str, params: Params | None = None) -> list[Row]:
         if self.counter is not None:
@@ -101,6 +121,45 @@ class EmbeddedDriver:
         with self._lock:
             return self._run(query, params)
 
+    def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._create_nodes(kind, rows)
+
+    def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
+        with self._lock:
+            self._create_edges(rel, pairs)
+
+    def _columns(self, label: str) -> list[tuple[str, str]]:
+        """A table's columns in storage order, which is what COPY maps by."""
+        if label not in self._column_cache:
+            rows = self._run(Q.table_columns(self.dialect, label))
+            self._column_cache[label] = [(r["name"], r["type"]) for r in rows]
+        return self._column_cache[label]
+
+    def _create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        if len(rows) < COPY_MIN_ROWS:
+            self._run(Q.create_nodes(self.dialect, kind, kind.prop_names), {"rows": list(rows)})
+            return
+        table = pa.table(
+            {
+                name: pa.array([r.get(name) for r in rows], type=_ARROW[typ])
+                for name, typ in self._columns(kind.label)
+            }
+        )
+        self._run(Q.copy_from(self.dialect, kind.label), {"rows": table})
+
+    def _create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
+        if not pairs:
+            return
+        if len(pairs) < COPY_MIN_ROWS:
+            rows = [{"src": s, "dst": t} for s, t in pairs]
+            self._run(Q.create_edges(self.dialect, rel), {"rows": rows})
+            return
+        table = pa.table({"from": [s for s, _ in pairs], "to": [t for _, t in pairs]})
+        self._run(Q.copy_from(self.dialect, rel.type), {"rows": table})
+
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:
         with self._lock:
@@ -117,6 +176,7 @@ class EmbeddedDriver:
         with self._lock:
             for stmt in self.dialect.schema_statements():
                 self._run(stmt)
+            self._column_cache.clear()
 
     def close(self) -> None:
         with self._lock:

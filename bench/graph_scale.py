@@ -1,0 +1,270 @@
+"""The knowledge store at GLAN scale, on a synthetic taxonomy made here with a fixed seed.
+
+Full scale is the paper's shape: 126 disciplines x 150 subjects x 20 sessions x 5 concepts
+(about 1.9M concepts), then 1M instructions with their COVERS edges and 1M answers.
+`--scale 0.01` runs a smoke version in seconds. Prints a table and a final JSON line.
+
+    python bench/graph_scale.py --scale 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from generators.sampling import Sampler, Strategy  # noqa: E402
+from graph.config import StoreConfig  # noqa: E402
+from graph.model import (  # noqa: E402
+    CONCEPT,
+    DISCIPLINE,
+    FIELD,
+    HAS_CONCEPT,
+    HAS_DISCIPLINE,
+    HAS_SESSION,
+    HAS_SUBFIELD,
+    HAS_SUBJECT,
+    INSTRUCTION,
+    RESPONSE,
+    SESSION,
+    SUBFIELD,
+    SUBJECT,
+    hierarchy_id,
+    node_id,
+)
+from graph.store import Store  # noqa: E402
+
+TARGETS = {  # name -> (target, "lower" or "higher" is better)
+    "load_s": (60.0, "lower"),
+    "coverage_s": (0.5, "lower"),
+    "sample_basic_s": (2.0, "lower"),
+    "sample_hard_s": (2.0, "lower"),
+    "write_pairs_per_s": (20_000.0, "higher"),
+    "export_peak_rss_mb": (1024.0, "lower"),
+}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def build(
+    store: Store, disciplines: int, subjects: int, sessions: int, concepts: int
+) -> dict[str, int]:
+    """Write the synthetic taxonomy through the store's bulk paths."""
+    stamp = {"status": "approved", "source": "seed"}
+    fields = [f"Field {i}" for i in range(6)]
+    f_rows, sf_rows, d_rows = [], [], []
+    e_sf, e_d, e_s, e_ses, e_con = [], [], [], [], []
+    subject_rows, session_rows, concept_rows = [], [], []
+    for f in fields:
+        fid = hierarchy_id(FIELD, f, None)
+        f_rows.append({"id": fid, "name": f, "key": f.lower(), "path": f, **stamp})
+    for d in range(disciplines):
+        f = fields[d % len(fields)]
+        fid = hierarchy_id(FIELD, f, None)
+        sf = f"{f} Sub {d % 4}"
+        sfid = hierarchy_id(SUBFIELD, sf, fid)
+        if not any(r["id"] == sfid for r in sf_rows):
+            sf_rows.append(
+                {"id": sfid, "name": sf, "key": sf.lower(), "path": f"{f}/{sf}", **stamp}
+            )
+            e_sf.append((fid, sfid))
+        dn = f"Discipline {d}"
+        did = hierarchy_id(DISCIPLINE, dn, sfid)
+        d_rows.append({"id": did, "name": dn, "key": dn.lower(), "path": f"{f}/{sf}/{dn}", **stamp})
+        e_d.append((sfid, did))
+        for s in range(subjects):
+            sn = f"Subject {d}.{s}"
+            sid = hierarchy_id(SUBJECT, sn, None)
+            subject_rows.append(
+                {"id": sid, "name": sn, "key": sn.lower(), "level": "undergraduate", **stamp}
+            )
+            e_s.append((did, sid))
+            for x in range(sessions):
+                tn = f"Session {x}"
+                xid = hierarchy_id(SESSION, tn, sid)
+                session_rows.append(
+                    {"id": xid, "name": tn, "key": tn.lower(), "position": x, **stamp}
+                )
+                e_ses.append((sid, xid))
+                for c in range(concepts):
+                    cn = f"concept {d}.{s}.{x}.{c}"
+                    cid = hierarchy_id(CONCEPT, cn, xid)
+                    concept_rows.append({"id": cid, "name": cn, "key": cn, "position": c, **stamp})
+                    e_con.append((xid, cid))
+    store.bulk_load(FIELD, f_rows)
+    store.bulk_load(SUBFIELD, sf_rows)
+    store.bulk_load(DISCIPLINE, d_rows)
+    store.bulk_load(SUBJECT, subject_rows)
+    store.bulk_load(SESSION, session_rows)
+    store.bulk_load(CONCEPT, concept_rows)
+    for rel, pairs in (
+        (HAS_SUBFIELD, e_sf),
+        (HAS_DISCIPLINE, e_d),
+        (HAS_SUBJECT, e_s),
+        (HAS_SESSION, e_ses),
+        (HAS_CONCEPT, e_con),
+    ):
+        store.bulk_load_edges(rel, pairs)
+    return {
+        "subjects": len(subject_rows),
+        "sessions": len(session_rows),
+        "concepts": len(concept_rows),
+    }
+
+
+def write_pairs(store: Store, samples: list[Any], batch: int = 10_000) -> int:
+    """Instructions with COVERS and FROM edges, and one answer each, in batches."""
+    written = 0
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        rows, covers, froms, answers = [], [], [], []
+        for s in chunk:
+            iid = node_id(INSTRUCTION, s.combo_key)
+            rows.append(
+                {
+                    "id": iid,
+                    "text": f"Question about {len(s.concept_ids)} concepts {s.combo_key[:8]}",
+                    "strategy": str(s.strategy),
+                    "seed": 1,
+                    "combo_key": s.combo_key,
+                    "subject_id": s.subject_id,
+                    "model": "bench",
+                    "prompt_name": "question",
+                    "prompt_version": "1",
+                }
+            )
+            covers += [(iid, c) for c in s.concept_ids]
+            froms += [(iid, x) for x in s.session_ids]
+            answers.append(
+                {
+                    "id": node_id(RESPONSE, iid),
+                    "text": "An answer. " * 20,
+                    "instruction_id": iid,
+                    "model": "bench",
+                    "prompt_name": "answer",
+                    "prompt_version": "1",
+                }
+            )
+        store.write_instructions(rows, covers, froms)
+        store.write_responses(answers)
+        written += len(chunk)
+    return written
+
+
+EXPORT = """
+import json, resource, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from generators.export import export_jsonl
+from graph.config import StoreConfig
+from graph.store import Store
+with Store.open(StoreConfig(db_path={db!r})) as store:
+    result = export_jsonl(store, None, Path({out!r}))
+print(json.dumps({{"exported": result.counts["train"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def export_in_subprocess(db: Path, out: Path) -> dict[str, Any]:
+    root = str(Path(__file__).resolve().parents[1])
+    code = EXPORT.format(root=root, db=str(db), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="1 = GLAN scale")
+    parser.add_argument("--keep", type=Path, help="keep the database here")
+    args = parser.parse_args()
+    disciplines = max(2, round(126 * min(args.scale, 1) ** (1 / 3)))
+    subjects = max(2, round(150 * min(args.scale, 1) ** (1 / 3)))
+    sessions = max(2, round(20 * min(args.scale, 1) ** (1 / 3)))
+    concepts = 5
+    pairs = max(1000, int(1_000_000 * args.scale))
+    samples_n = max(1000, int(100_000 * min(args.scale * 10, 1)))
+
+    folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
+    db = args.keep or folder / "bench.lbug"
+    results: dict[str, Any] = {"scale": args.scale, "machine": f"{os.cpu_count()} cores"}
+    store = Store.open(StoreConfig(db_path=db))
+    try:
+        results["load_s"], shape = timed(
+            lambda: build(store, disciplines, subjects, sessions, concepts)
+        )
+        results.update(shape)
+        results["coverage_s"], _ = timed(lambda: store.coverage(None))
+        subjects_ids = store.ids_in_scope(None, SUBJECT)
+        stats = store.concept_stats(subjects_ids)
+        for strategy in (Strategy.BASIC, Strategy.HARD):
+            sampler = Sampler(stats, store.syllabi, seed=1)
+            results[f"sample_{strategy}_s"], drawn = timed(
+                lambda: sampler.draw(samples_n, strategy)
+            )
+            results[f"sample_{strategy}_n"] = len(drawn)
+        sampler = Sampler(stats, store.syllabi, seed=2)
+        written, seconds = 0, 0.0
+        while written < pairs:  # drawn and written in slices: memory stays bounded
+            chunk = sampler.draw(min(100_000, pairs - written), Strategy.MIXED)
+            if not chunk:
+                break
+            spent, _ = timed(lambda chunk=chunk: write_pairs(store, chunk))  # type: ignore[misc]
+            seconds += spent
+            written += len(chunk)
+        results["pairs_written"] = written
+        results["write_pairs_per_s"] = round(written / seconds, 1)
+        store.close()
+        # export runs in a process of its own, so its peak memory is its own
+        results["export_s"], exported = timed(lambda: export_in_subprocess(db, folder / "p.jsonl"))
+        results["exported"] = exported["exported"]
+        results["export_peak_rss_mb"] = exported["peak_rss_mb"]
+        store = Store.open(StoreConfig(db_path=db))
+        results["coverage_after_pairs_s"], _ = timed(lambda: store.coverage(None))
+    finally:
+        store.close()
+    results["db_size_mb"] = round(
+        sum(
+            f.stat().st_size
+            for f in Path(db).parent.rglob("*")
+            if f.is_file() and f.name.startswith(Path(db).name)
+        )
+        / 2**20,
+        1,
+    )
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    print(f"{'measure':<26}{'value':>14}{'target':>12}  ok")
+    for key, value in results.items():
+        target = TARGETS.get(key)
+        mark = ""
+        if target is not None and isinstance(value, int | float):
+            goal, better = target
+            mark = "yes" if (value <= goal if better == "lower" else value >= goal) else "NO"
+            print(f"{key:<26}{value:>14,.3f}{goal:>12,.1f}  {mark}")
+        else:
+            print(f"{key:<26}{value!s:>14}")
+    print(json.dumps({"bench": "graph_scale", **results}))
+
+
+if __name__ == "__main__":
+    main()
