@@ -17,6 +17,9 @@ class StoreConfig(BaseModel):
     backend: Literal["embedded", "bolt"] = "embedded"
     db_path: Path = Field(default_factory=default_db_path)
     read_only: bool = False
+    #: memory the embedded engine may cache pages in (None: the engine's default, most of
+    #: the machine's memory)
+    buffer_pool_mb: int | None = None
     bolt_uri: str = "bolt://localhost:7687"
     bolt_user: str | None = "neo4j"
     bolt_password: SecretStr | None = None

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     # --- the store
     backend: Literal["embedded", "bolt"] = "embedded"
     db_path: Path = Field(default_factory=default_db_path)
+    db_buffer_mb: int | None = None
     bolt_uri: str = "bolt://localhost:7687"
     bolt_user: str | None = "neo4j"
     bolt_password: SecretStr | None = None
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
             backend=self.backend,
             db_path=self.db_path,
             read_only=read_only,
+            buffer_pool_mb=self.db_buffer_mb,
             bolt_uri=self.bolt_uri,
             bolt_user=self.bolt_user,
             bolt_password=self.bolt_password,

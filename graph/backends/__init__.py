@@ -11,7 +11,9 @@ def open_driver(config: StoreConfig) -> GraphDriver:
     if config.backend == "embedded":
         from .embedded import EmbeddedDriver
 
-        return EmbeddedDriver(config.db_path, read_only=config.read_only)
+        return EmbeddedDriver(
+            config.db_path, read_only=config.read_only, buffer_pool_mb=config.buffer_pool_mb
+        )
     from .bolt import BoltDriver
 
     return BoltDriver(

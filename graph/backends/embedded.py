@@ -83,14 +83,19 @@ class _Tx:
 class EmbeddedDriver:
     dialect: Dialect = LadybugDialect()
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, *, read_only: bool = False, buffer_pool_mb: int | None = None
+    ) -> None:
         self.path = Path(path).expanduser()
         self.description = f"embedded LadybugDB at {self.path}"
         self.counter: QueryCounter | None = None
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = ladybug.Database(str(self.path), read_only=read_only)
+            options: dict[str, Any] = {"read_only": read_only}
+            if buffer_pool_mb:
+                options["buffer_pool_size"] = buffer_pool_mb * 2**20
+            self._db = ladybug.Database(str(self.path), **options)
         except RuntimeError as exc:
             text = str(exc)
             if "lock" in text.lower():
