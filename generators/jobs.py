@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from graph.model import JOB, UNIT, node_id
 from graph.store import Node, Store, now_iso
 
 from .llm import LLMClient, LLMError, StageParams, Usage
+
+#: How often the job node's counters are written while units finish (each unit's own state
+#: is written with its output, always).
+JOB_SAVE_EVERY_S = 0.5
 
 
 class JobStatus:
@@ -147,6 +152,7 @@ class JobRunner:
     def __init__(self, store: Store, *, concurrency: int = 8) -> None:
         self.store = store
         self.concurrency = max(1, concurrency)
+        self._last_job_save = 0.0
 
     async def run(
         self,
@@ -238,16 +244,31 @@ class JobRunner:
                 if outcome.ok:
                     stage.write(unit, outcome, tx)
                 self._count(state, status)
-                self.store.save_units([self._unit_row(stage, unit, status, outcome)], tx=tx)
-                self.store.save_job(state.as_row(params), tx=tx)
+                self._save_unit(stage, unit, status, outcome, state, params, tx)
         except GlanError as exc:  # the output could not be stored (e.g. an empty name)
             self._uncount(state, status)
             outcome.error = f"could not store the output: {exc}"
             with self.store.driver.transaction() as tx:
                 self._count(state, UnitStatus.FAILED)
-                row = self._unit_row(stage, unit, UnitStatus.FAILED, outcome)
-                self.store.save_units([row], tx=tx)
-                self.store.save_job(state.as_row(params), tx=tx)
+                self._save_unit(stage, unit, UnitStatus.FAILED, outcome, state, params, tx)
+
+    def _save_unit(
+        self,
+        stage: Stage,
+        unit: UnitSpec,
+        status: str,
+        outcome: Outcome,
+        state: Progress,
+        params: str,
+        tx: Tx,
+    ) -> None:
+        """The unit's new state (its node exists since planning) and, at most every
+        JOB_SAVE_EVERY_S, the job's counters: a re-run recounts them from the units."""
+        self.store.update_existing(UNIT, [self._unit_row(stage, unit, status, outcome)], tx=tx)
+        now = time.monotonic()
+        if now - self._last_job_save >= JOB_SAVE_EVERY_S:
+            self.store.update_existing(JOB, [state.as_row(params)], tx=tx)
+            self._last_job_save = now
 
     @staticmethod
     def _count(state: Progress, status: str) -> None:

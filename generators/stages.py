@@ -191,6 +191,16 @@ class QuestionsStage(PromptStage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._syllabi: dict[str, list[SessionView]] = {}
+        self._subjects: dict[str, tuple[Node, str]] = {}
+
+    def _subject(self, subject_id: str) -> tuple[Node, str]:
+        """A subject and the name of a discipline it is taught in, read once per job."""
+        if subject_id not in self._subjects:
+            subject = self.store.get(subject_id)
+            assert subject is not None
+            paths = self.store.paths_of(subject_id)
+            self._subjects[subject_id] = (subject, split_path(paths[0])[2] if paths else "")
+        return self._subjects[subject_id]
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         # A sampled plan depends on coverage at the time, so it is stored with the job and
@@ -235,19 +245,17 @@ class QuestionsStage(PromptStage):
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         p = unit.payload
-        subject = self.store.get(p["subject_id"])
-        assert subject is not None
+        subject, discipline = self._subject(p["subject_id"])
         syllabus = self._syllabus(subject.id)
         by_id = {s.id: s for s in syllabus}
         names = {c.id: c.name for s in syllabus for c in s.concepts}
         sessions = [by_id[i] for i in p["session_ids"] if i in by_id]
         if len(sessions) != len(p["session_ids"]):
             return Outcome(error="a sampled session is no longer in the syllabus")
-        paths = self.store.paths_of(subject.id)
         return await self.ask(
             subject=subject.name,
             level=subject.props.get("level") or "",
-            discipline=split_path(paths[0])[2] if paths else "",
+            discipline=discipline,
             syllabus=[
                 {"title": s.title, "concepts": [c.name for c in s.concepts]} for s in syllabus
             ],
@@ -286,6 +294,10 @@ class AnswersStage(PromptStage):
     name = "answers"
     prompt_name = "answer"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subjects: dict[str, Node | None] = {}
+
     def job_key(self) -> dict[str, Any]:
         return {**self.options, "model": self.params.model}
 
@@ -298,7 +310,10 @@ class AnswersStage(PromptStage):
     async def execute(self, unit: UnitSpec) -> Outcome:
         instruction = self.store.get(unit.target_id)
         assert instruction is not None
-        subject = self.store.get(instruction.props["subject_id"])
+        sid = instruction.props["subject_id"]
+        if sid not in self._subjects:
+            self._subjects[sid] = self.store.get(sid) if sid else None
+        subject = self._subjects[sid]
         prompt = self.prompt
         messages = prompt.render(
             question=instruction.props["text"],

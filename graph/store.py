@@ -1088,6 +1088,17 @@ class Store:
     ) -> None:
         self.upsert_nodes(UNIT, rows, update_existing=update_existing, tx=tx)
 
+    def update_existing(
+        self, kind: NodeKind, rows: Sequence[Mapping[str, Any]], *, tx: Tx | None = None
+    ) -> None:
+        """Set properties of nodes known to exist (one statement; no existence check).
+        Rows share their keys."""
+        if not rows:
+            return
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        for batch in batched([dict(r) for r in rows], self.batch_size):
+            runner.execute(Q.update_nodes(self.d, kind, list(batch[0])), {"rows": batch})
+
 
 def _row_order(row: CoverageRow) -> tuple[int, str]:
     return _order(row.node) if row.node else (0, "")
