@@ -161,34 +161,6 @@ def response_ids_for(d: Dialect) -> str:
     )
 
 
-def count_below(d: Dialect, top: int | None, group: int | None, target: int) -> str:
-    """Distinct visible nodes at level `target` under the scope, grouped by level `group`.
-
-    Levels 0..5 are Field..Concept; 6 is Instruction (linked by FROM to a Session) and 7 is
-    Response. `top` is the level of the scope node $id (None: the whole store); `group`
-    None gives one total, distinct across the scope's children (a shared subject counts once).
-    """
-    start = 0 if top is None else top
-    session = HIERARCHY.index(SESSION)
-    last = target if target < len(HIERARCHY) else session
-    bottom = max(last, group if group is not None else start)
-    pattern = chain(d, start, bottom)
-    where = [visible(start, bottom)]
-    if top is not None:
-        where.append(f"n{top}.id = $id")
-    counted = f"n{target}"
-    if target >= len(HIERARCHY):
-        pattern += f", (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n{session})"
-        counted = "i"
-    if target == len(HIERARCHY) + 1:
-        pattern += f", (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i)"
-        counted = "r"
-    head = f"MATCH {pattern} WHERE {' AND '.join(where)} RETURN "
-    if group is None:
-        return head + f"count(DISTINCT {counted}.id) AS n"
-    return head + f"n{group}.id AS id, count(DISTINCT {counted}.id) AS n"
-
-
 def children_of_many(d: Dialect, parent: NodeKind) -> str:
     rel = CHILD_REL[parent.label]
     return (
@@ -392,3 +364,46 @@ def table_columns(d: Dialect, label: str) -> str:
     """The property columns of an embedded table, in storage order (a label from the model,
     never user input, as a string literal: the procedure takes no parameter)."""
     return f"CALL table_info('{label}') RETURN *"
+
+
+def count_levels(d: Dialect, top: int | None, group: int | None, bottom: int) -> str:
+    """Distinct visible nodes of every level from below the group down to `bottom`, in one
+    traversal: the levels under the group are OPTIONAL MATCHes, so a node without children
+    still counts, and a rejected node drops out with everything under it.
+
+    Returns columns c<level>; with a group, one row per group node (its `id`).
+    """
+    start = 0 if top is None else top
+    first = start if group is None else group
+    where = [visible(start, first)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    parts = [f"MATCH {chain(d, start, first)} WHERE {' AND '.join(where)}"]
+    for level in range(first + 1, bottom + 1):
+        rel = CHILD_REL[HIERARCHY[level - 1].label]
+        parts.append(
+            f"OPTIONAL MATCH (n{level - 1})-[:{d.q(rel.type)}]->"
+            f"(n{level}:{d.q(HIERARCHY[level].label)}) WHERE n{level}.status <> $rejected"
+        )
+    counted = range(first + (0 if group is None else 1), bottom + 1)
+    cols = ", ".join(f"count(DISTINCT n{lv}.id) AS c{lv}" for lv in counted)
+    head = f"n{group}.id AS id, " if group is not None else ""
+    return " ".join(parts) + f" RETURN {head}{cols}"
+
+
+def count_generated(d: Dialect, top: int | None, group: int | None) -> str:
+    """Distinct instructions (asked from visible sessions) and their responses, in one query.
+    Columns c6 (instructions) and c7 (responses); with a group, per group node `id`."""
+    start = 0 if top is None else top
+    session = HIERARCHY.index(SESSION)
+    where = [visible(start, session)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    head = f"n{group}.id AS id, " if group is not None else ""
+    return (
+        f"MATCH {chain(d, start, session)}, "
+        f"(i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n{session}) "
+        f"WHERE {' AND '.join(where)} "
+        f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
+        f"RETURN {head}count(DISTINCT i.id) AS c6, count(DISTINCT r.id) AS c7"
+    )

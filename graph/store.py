@@ -666,38 +666,47 @@ class Store:
 
     def counts(self, path: str | None = None) -> dict[str, int]:
         """Visible descendants of each kind below a node (or in the whole store)."""
-        if not path:
-            return {COUNT_NAMES[t]: self._count(None, None, t) for t in range(len(COUNT_NAMES))}
-        node = self.node(path)
-        if node.hidden:
-            return {COUNT_NAMES[t]: 0 for t in range(node.level + 1, len(COUNT_NAMES))}
-        return {
-            COUNT_NAMES[t]: self._count(node, None, t)
-            for t in range(node.level + 1, len(COUNT_NAMES))
-        }
-
-    def _count(self, scope: Node | None, group: int | None, target: int) -> int:
-        top = scope.level if scope else None
-        params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
-        if scope:
-            params["id"] = scope.id
-        rows = self.driver.execute(Q.count_below(self.d, top, group, target), params)
-        return int(rows[0]["n"]) if rows else 0
+        node = self.node(path) if path else None
+        first = node.level + 1 if node else 0
+        if node is not None and node.hidden:
+            return {COUNT_NAMES[t]: 0 for t in range(first, len(COUNT_NAMES))}
+        return self._counts(node, None, first)[""]
 
     def counts_by_child(self, scope: Node | None, group_level: int) -> dict[str, dict[str, int]]:
         """For every visible node at `group_level` under scope: its descendant counts.
 
-        One query per counted kind, however large the subtree.
+        Two queries (the hierarchy in one traversal, generated data in another), however
+        large the subtree.
         """
+        return self._counts(scope, group_level, group_level + 1)
+
+    def _counts(
+        self, scope: Node | None, group: int | None, first: int
+    ) -> dict[str, dict[str, int]]:
         top = scope.level if scope else None
         params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
         if scope:
             params["id"] = scope.id
         out: dict[str, dict[str, int]] = {}
-        for target in range(group_level + 1, len(COUNT_NAMES)):
-            q = Q.count_below(self.d, top, group_level, target)
-            for row in self.driver.execute(q, params):
-                out.setdefault(row["id"], {})[COUNT_NAMES[target]] = int(row["n"])
+
+        def add(rows: list[Row], levels: range) -> None:
+            for row in rows:
+                counts = out.setdefault(str(row.get("id", "")), {})
+                for lv in levels:
+                    counts[COUNT_NAMES[lv]] = int(row.get(f"c{lv}") or 0)
+
+        last = len(HIERARCHY) - 1
+        if first <= last:
+            query = Q.count_levels(self.d, top, group, last)
+            add(self.driver.execute(query, params), range(first, last + 1))
+        generated = range(max(first, len(HIERARCHY)), len(COUNT_NAMES))
+        session = HIERARCHY.index(SESSION)
+        if generated and (top is None or top <= session) and (group is None or group <= session):
+            add(self.driver.execute(Q.count_generated(self.d, top, group), params), generated)
+        if group is None:
+            total = out.setdefault("", {})
+            for lv in range(first, len(COUNT_NAMES)):
+                total.setdefault(COUNT_NAMES[lv], 0)
         return out
 
     def tree(self, path: str | None = None, depth: int = 3) -> TreeNode:
