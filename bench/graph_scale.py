@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,7 @@ def main() -> None:
         for strategy in (Strategy.BASIC, Strategy.HARD):
             sampler = Sampler(stats, store.syllabi, seed=1)
             results[f"sample_{strategy}_s"], drawn = timed(
-                lambda: sampler.draw(samples_n, strategy)
+                partial(sampler.draw, samples_n, strategy)
             )
             results[f"sample_{strategy}_n"] = len(drawn)
         sampler = Sampler(stats, store.syllabi, seed=2)

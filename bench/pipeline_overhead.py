@@ -34,8 +34,10 @@ from tests.llm_stub import fake_glan_model, run_stub  # noqa: E402
 
 async def ceiling(base_url: str, requests: int, concurrency: int) -> float:
     """Requests per second a bare concurrent client gets from the stub."""
-    body = {"model": "stub", "messages": [{"role": "user", "content": 'Answer as JSON: '
-                                           '{"question": "..."}'}]}
+    body = {
+        "model": "stub",
+        "messages": [{"role": "user", "content": 'Answer as JSON: {"question": "..."}'}],
+    }
     slots = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
 
@@ -52,12 +54,21 @@ async def ceiling(base_url: str, requests: int, concurrency: int) -> float:
 def prepare(store: Store, subjects: int) -> None:
     store.load_taxonomy(SMALL_TAXONOMY)
     disc = store.node("Natural Sciences/Physical Sciences/Physics")
-    ids = store.write_subjects(disc.id, [{"name": f"Subject {i}"} for i in range(subjects)],
-                               {"model": "bench"})
+    ids = store.write_subjects(
+        disc.id, [{"name": f"Subject {i}"} for i in range(subjects)], {"model": "bench"}
+    )
     for sid in ids:
-        store.write_syllabus(sid, [{"title": f"Session {x}", "concepts": [
-            f"concept {sid[-6:]} {x}.{c}" for c in range(5)]} for x in range(10)],
-            {"model": "bench"})
+        store.write_syllabus(
+            sid,
+            [
+                {
+                    "title": f"Session {x}",
+                    "concepts": [f"concept {sid[-6:]} {x}.{c}" for c in range(5)],
+                }
+                for x in range(10)
+            ],
+            {"model": "bench"},
+        )
 
 
 async def pipeline(store: Store, base_url: str, pairs: int, concurrency: int) -> dict[str, Any]:
@@ -66,16 +77,19 @@ async def pipeline(store: Store, base_url: str, pairs: int, concurrency: int) ->
     try:
         start = time.perf_counter()
         results = await run_stages(
-            store, llm, lambda stage: params, ["questions", "answers"],
-            "Natural Sciences/Physical Sciences/Physics", PipelineOptions(n=pairs, seed=1),
+            store,
+            llm,
+            lambda stage: params,
+            ["questions", "answers"],
+            "Natural Sciences/Physical Sciences/Physics",
+            PipelineOptions(n=pairs, seed=1),
             concurrency=concurrency,
         )
         seconds = time.perf_counter() - start
     finally:
         await llm.aclose()
     done = min(r.done for r in results)
-    return {"pairs": done, "seconds": seconds, "pairs_per_s": done / seconds,
-            "calls": llm.calls}
+    return {"pairs": done, "seconds": seconds, "pairs_per_s": done / seconds, "calls": llm.calls}
 
 
 def main() -> None:
@@ -84,9 +98,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
-    with run_stub(fake_glan_model()) as stub, Store.open(
-        StoreConfig(db_path=folder / "p.lbug")
-    ) as store:
+    with (
+        run_stub(fake_glan_model()) as stub,
+        Store.open(StoreConfig(db_path=folder / "p.lbug")) as store,
+    ):
         prepare(store, subjects=max(10, args.pairs // 100))
         assert store.ids_in_scope(None, SUBJECT)
         stub_rps = asyncio.run(ceiling(stub.base_url, args.pairs * 2, args.concurrency))

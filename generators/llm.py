@@ -32,15 +32,15 @@ Messages = list[dict[str, str]]
 class LLMConfig(BaseModel):
     base_url: str
     api_key: SecretStr = SecretStr("not-needed")  # local servers ignore it; the SDK needs one
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(5, ge=0)
-    concurrency: int = Field(8, ge=1)
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    concurrency: int = Field(default=8, ge=1)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
     #: json_schema (OpenAI, vLLM) | json_object_schema (llama.cpp server) | prompt (anything)
     structured: Literal["json_schema", "json_object_schema", "prompt"] = "json_schema"
-    backoff_base_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(30.0, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
 
 
 class StageParams(BaseModel):

@@ -1,27 +1,35 @@
 """Prompts as files, each with the pydantic model of the answer it expects.
 
-A template (generators/prompts/NAME.jinja2) has two blocks, `system` and `user`, rendered
-with StrictUndefined so a missing variable fails loudly. Every node a prompt produces
-records the prompt's name and version: change a template's meaning, bump its version.
+A template (generators/prompts/NAME.jinja2) holds two Jinja blocks, `system` (optional)
+and `user`, and `Prompt.render` turns them into chat messages in that order. One file per
+call keeps the two halves of a prompt side by side, where a reviewer reads them together.
+Templates render with StrictUndefined, so a variable the caller forgot fails loudly instead
+of leaving a hole in the prompt. Every node a prompt produces records the prompt's name and
+version: change what a template asks for, bump its version.
+
+Prompt texts stay short and literal: the bundled 135M-parameter model must follow them too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any
 
 import jinja2
+import jinja2.meta
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-# Bounds keep a grammar-constrained small model from rambling inside one string.
+# Bounds up to 256 characters also reach grammar-constrained servers (see llm.grammar_safe),
+# where they keep a small model from rambling inside one string.
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore")  # models add keys; what we need is checked
 
 
 class ProposedNode(_Model):
@@ -35,8 +43,8 @@ class TaxonomyProposal(_Model):
 
 class SubjectItem(_Model):
     name: Name
-    level: Annotated[str, StringConstraints(strip_whitespace=True, max_length=60)] = ""
-    subtopics: list[Name] = Field(default_factory=list, max_length=20)
+    level: Annotated[str, StringConstraints(strip_whitespace=True, max_length=120)]
+    subtopics: list[Name] = Field(min_length=1, max_length=20)
 
 
 class SubjectList(_Model):
@@ -45,12 +53,13 @@ class SubjectList(_Model):
 
 class SessionItem(_Model):
     title: Name
-    description: Description = ""
+    description: Description
+    #: the method's "3-8 key concepts" per class session
     concepts: list[Name] = Field(min_length=3, max_length=8)
 
 
 class Syllabus(_Model):
-    sessions: list[SessionItem] = Field(min_length=1, max_length=30)
+    sessions: list[SessionItem] = Field(min_length=1, max_length=40)
 
 
 class Question(_Model):
@@ -60,6 +69,8 @@ class Question(_Model):
 
 
 class Answer(_Model):
+    """A free-text answer: the model's whole reply, not JSON."""
+
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20000)]
 
 
@@ -67,50 +78,68 @@ class Answer(_Model):
 class Prompt:
     name: str
     version: str
+    template: str
     response_model: type[BaseModel]
 
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.jinja2"
-
     def render(self, **variables: Any) -> list[dict[str, str]]:
-        """Chat messages: the system block, then the user block."""
-        template = _environment().get_template(self.filename)
+        """Chat messages: the system block (if the template has one), then the user block."""
+        template = _environment().get_template(self.template)
         context = template.new_context(variables)
         messages = []
         for role in ("system", "user"):
-            text = "".join(template.blocks[role](context)).strip()
+            block = template.blocks.get(role)
+            text = "".join(block(context)).strip() if block else ""
             if text:
                 messages.append({"role": role, "content": text})
         return messages
 
+    @property
+    def variables(self) -> frozenset[str]:
+        """The names the template reads: what a caller must pass."""
+        source = _load(self.template)
+        assert source is not None, self.template
+        return frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(source)))
+
+
+def _load(name: str) -> str | None:
+    path = resources.files("generators").joinpath("prompts", name)
+    return path.read_text("utf-8") if path.is_file() else None  # None: TemplateNotFound
+
+
+def _kind(label: str) -> str:
+    """A node kind as prose: "SubField" -> "sub-field", "Discipline" -> "discipline"."""
+    # str() first, so a missing variable raises UndefinedError here like anywhere else
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "-", str(label)).lower()
+
 
 @cache
 def _environment() -> jinja2.Environment:
-    folder = resources.files("generators").joinpath("prompts")
-    return jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: folder.joinpath(name).read_text("utf-8")),
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,
+        autoescape=False,  # chat text, not HTML
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["kind"] = _kind
+    return env
 
 
 PROMPTS: dict[str, Prompt] = {
     p.name: p
     for p in (
-        Prompt("taxonomy", "1", TaxonomyProposal),
-        Prompt("subjects", "1", SubjectList),
-        Prompt("syllabus", "1", Syllabus),
-        Prompt("question", "1", Question),
-        Prompt("answer", "1", Answer),
+        Prompt("taxonomy", "1", "taxonomy.jinja2", TaxonomyProposal),
+        Prompt("subjects", "1", "subjects.jinja2", SubjectList),
+        Prompt("syllabus", "1", "syllabus.jinja2", Syllabus),
+        Prompt("question", "1", "question.jinja2", Question),
+        Prompt("answer", "1", "answer.jinja2", Answer),
     )
 }
 
 
 def get_prompt(name: str) -> Prompt:
+    """The prompt registered as `name`; the error lists the known ones."""
     try:
         return PROMPTS[name]
     except KeyError:

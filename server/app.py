@@ -1,8 +1,9 @@
-"""The ASGI app: GraphQL (with GraphiQL) at /graphql, over one store opened at start.
+"""The ASGI app: GraphQL at /graphql (GraphiQL in a browser, websockets for subscriptions).
 
-`uvicorn server.app:app` serves it with settings from GLAN_* variables, read when the
-server starts (not at import). The embedded engine allows one process: while the server
-runs it owns the store and runs generation jobs in-process.
+`uvicorn server.app:app` serves it with settings from GLAN_* variables, read when the server
+starts, not at import. The embedded engine allows one process, so the server opens the store
+once in the lifespan and owns it while it runs: generation jobs run inside it, sharing one
+LLM client, and everything else goes through its API.
 """
 
 from __future__ import annotations
@@ -10,100 +11,113 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from graphql import GraphQLError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.types import ExecutionContext
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from generators.llm import LLMClient
 from generators.manager import JobManager
 from graph.store import Store
 
+from .auth import DENIED
 from .context import Context, Loaders
-from .schema import schema
+from .graphql import schema
 from .settings import Settings
 
 log = logging.getLogger("glan.server")
 
 
-class _State:
-    """What lives as long as the server: built in the lifespan, shared by requests."""
+@dataclass
+class Resources:
+    """What lives as long as the server: built in the lifespan, shared by every request."""
 
-    store: Store
-    jobs: JobManager
-    llm: LLMClient
     settings: Settings
+    store: Store
+    llm: LLMClient
+    jobs: JobManager
 
 
 class GlanGraphQL(GraphQL[Context, None]):
-    def __init__(self, state: _State) -> None:
-        super().__init__(schema, graphql_ide="graphiql")
-        self.state = state
+    def __init__(self, app: Starlette) -> None:
+        super().__init__(
+            schema,
+            graphql_ide="graphiql",
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        )
+        self.app = app
+
+    @property
+    def resources(self) -> Resources:
+        found: Resources | None = getattr(self.app.state, "glan", None)
+        if found is None:
+            raise RuntimeError("the glan app was not started through its lifespan")
+        return found
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        res = self.resources
         return Context(
-            store=self.state.store,
-            jobs=self.state.jobs,
-            settings=self.state.settings,
-            loaders=Loaders.for_request(self.state.store),
+            store=res.store,
+            jobs=res.jobs,
+            settings=res.settings,
+            loaders=Loaders.for_request(res.store),
             authorization=request.headers.get("authorization"),
             request=request,
             response=response,
         )
 
     async def on_ws_connect(self, context: Context) -> Any:
-        """Subscriptions need the token too: refuse the socket at once without it."""
+        """Refuse a websocket without the token at connection_init (close code 4403), so a
+        client learns at once rather than at its first subscription."""
         if not context.authorized:
-            raise ConnectionRejectionError({"message": "missing or wrong API token"})
+            raise ConnectionRejectionError({"message": DENIED})
         return await super().on_ws_connect(context)
-
-    def process_errors(
-        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
-    ) -> None:
-        for error in errors:
-            if error.original_error is not None and not isinstance(
-                error.original_error, PermissionError
-            ):
-                log.error("unexpected error in %s", error.path, exc_info=error.original_error)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    state = _State()
+    """The app, with the store, LLM client and job manager made when it starts.
+
+    Without `settings`, they are read from the environment at start (not here), so importing
+    this module never touches the environment or the database.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         cfg = settings or Settings()
-        state.settings = cfg
-        state.store = Store.open(cfg.store_config())
-        state.llm = LLMClient(cfg.llm_config())
-        state.jobs = JobManager(
-            state.store, state.llm, cfg.stage_params, concurrency=cfg.llm_concurrency
-        )
+        store = Store.open(cfg.store_config())
+        llm = LLMClient(cfg.llm_config())
+        jobs = JobManager(store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency)
+        app.state.glan = Resources(cfg, store, llm, jobs)
+        log.info("glan API on %s", store.driver.description)
         try:
             yield
         finally:
-            await state.jobs.shutdown()
-            await state.llm.aclose()
-            state.store.close()
+            # running jobs stop after their units in flight; a restart resumes them
+            await jobs.shutdown()
+            await llm.aclose()
+            store.close()
+            app.state.glan = None
 
-    graphql = GlanGraphQL(state)
-    starlette = Starlette(
-        routes=[
-            Route("/", lambda request: RedirectResponse("/graphql")),
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/graphql")
+
+    app = Starlette(lifespan=lifespan)
+    graphql = GlanGraphQL(app)
+    app.router.routes.extend(
+        [
+            Route("/", home),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
-        ],
-        lifespan=lifespan,
+        ]
     )
-    starlette.state.glan = state  # for tests and tools that run the app in-process
-    return starlette
+    return app
 
 
 app = create_app()

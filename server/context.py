@@ -1,22 +1,34 @@
-"""Per-request context: the store, the job manager, auth, and DataLoaders that batch the
-nested fields of a query into one database read per kind."""
+"""Per-request context: the store, the job manager, who is asking, and DataLoaders.
+
+The loaders are built fresh for each request (each websocket connection for subscriptions)
+so their caches never serve one client's stale read to another. Nested fields of a page
+(the concepts, sessions, subject and responses of 50 instructions) each become one batched
+read per kind instead of one query per node.
+
+Store calls are synchronous and run on the event loop's thread, like the jobs' writes:
+the embedded engine has one connection, so reads and writes must not interleave across
+threads.
+"""
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
 from strawberry.dataloader import DataLoader
 
 from generators.manager import JobManager
-from graph.model import ANSWERS, COVERS, FROM
+from graph.model import ANSWERS, COVERS, FROM, RelKind
 from graph.store import Node, Store
 
+from . import reads
+from .auth import authorized, offered_token
 from .settings import Settings
 
+CountsKey = tuple[str, str]  # (node id, path)
 
-def _by_id(store: Store) -> DataLoader[str, Node | None]:
+
+def _nodes(store: Store) -> DataLoader[str, Node | None]:
     async def load(ids: list[str]) -> list[Node | None]:
         found = store.get_many(ids)
         return [found.get(i) for i in ids]
@@ -24,7 +36,7 @@ def _by_id(store: Store) -> DataLoader[str, Node | None]:
     return DataLoader(load_fn=load)
 
 
-def _linked(store: Store, rel: Any, reverse: bool = False) -> DataLoader[str, list[str]]:
+def _linked(store: Store, rel: RelKind, *, reverse: bool = False) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
         found = store.linked(rel, ids, reverse=reverse)
         return [found.get(i, []) for i in ids]
@@ -34,7 +46,24 @@ def _linked(store: Store, rel: Any, reverse: bool = False) -> DataLoader[str, li
 
 def _paths(store: Store) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
-        return [store.paths_of(i) for i in ids]
+        found = reads.paths_of_many(store, ids)
+        return [found[i] for i in ids]
+
+    return DataLoader(load_fn=load)
+
+
+def _children(store: Store) -> DataLoader[str, list[Node]]:
+    async def load(paths: list[str]) -> list[list[Node]]:
+        found = reads.children_of_many(store, paths)
+        return [found[p] for p in paths]
+
+    return DataLoader(load_fn=load)
+
+
+def _counts(store: Store) -> DataLoader[CountsKey, dict[str, int]]:
+    async def load(keys: list[CountsKey]) -> list[dict[str, int]]:
+        found = reads.counts_of_many(store, keys)
+        return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)
 
@@ -42,19 +71,29 @@ def _paths(store: Store) -> DataLoader[str, list[str]]:
 @dataclass
 class Loaders:
     node: DataLoader[str, Node | None]
-    covers: DataLoader[str, list[str]]
+    #: instruction id -> ids of the concepts it covers
+    concepts: DataLoader[str, list[str]]
+    #: instruction id -> ids of the sessions it was sampled from
     sessions: DataLoader[str, list[str]]
+    #: instruction id -> ids of its responses
     responses: DataLoader[str, list[str]]
+    #: hierarchy node id -> every path that reaches it
     paths: DataLoader[str, list[str]]
+    #: path -> children (fields for "")
+    children: DataLoader[str, list[Node]]
+    #: (id, path) of a visible node -> counts of what lies below it
+    counts: DataLoader[CountsKey, dict[str, int]]
 
     @classmethod
     def for_request(cls, store: Store) -> Loaders:
         return cls(
-            node=_by_id(store),
-            covers=_linked(store, COVERS),
+            node=_nodes(store),
+            concepts=_linked(store, COVERS),
             sessions=_linked(store, FROM),
             responses=_linked(store, ANSWERS, reverse=True),
             paths=_paths(store),
+            children=_children(store),
+            counts=_counts(store),
         )
 
 
@@ -64,23 +103,15 @@ class Context:
     jobs: JobManager
     settings: Settings
     loaders: Loaders
+    #: the Authorization header of the request (or of the websocket upgrade)
     authorization: str | None = None
+    #: the connection_init payload of a websocket; strawberry sets it
     connection_params: dict[str, Any] | None = field(default=None)
     request: Any = None
     response: Any = None
 
     @property
     def authorized(self) -> bool:
-        """Whether this request may change things (always, when no API token is set)."""
-        token = self.settings.api_token
-        if token is None or not token.get_secret_value():
-            return True
-        offered = self.authorization
-        if offered is None and self.connection_params:
-            value = self.connection_params.get("Authorization") or self.connection_params.get(
-                "authorization"
-            )
-            offered = str(value) if value is not None else None
-        if not offered or not offered.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(offered[7:].encode(), token.get_secret_value().encode())
+        """Whether this request may run mutations and subscriptions."""
+        offered = offered_token(self.authorization, self.connection_params)
+        return authorized(self.settings.api_token, offered)

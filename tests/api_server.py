@@ -24,8 +24,9 @@ class Api:
     app: Any
     token: str | None = None
 
-    def post(self, query: str, variables: dict[str, Any] | None = None, *,
-             token: str | None = None) -> httpx.Response:
+    def post(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> httpx.Response:
         headers = {}
         bearer = token if token is not None else self.token
         if bearer:
@@ -33,8 +34,7 @@ class Api:
         body = {"query": query, "variables": variables or {}}
         return httpx.post(f"{self.url}/graphql", json=body, headers=headers, timeout=30)
 
-    def gql(self, query: str, variables: dict[str, Any] | None = None, **kw: Any
-            ) -> dict[str, Any]:
+    def gql(self, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
         """Data of a query that must succeed."""
         response = self.post(query, variables, **kw)
         assert response.status_code == 200, response.text
@@ -57,8 +57,9 @@ def _free_port() -> int:
 def run_api(settings: Settings) -> Iterator[Api]:
     app = create_app(settings)
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", ws="websockets-sansio")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="glan-api", daemon=True)
     thread.start()

@@ -97,9 +97,17 @@ class Stub:
     handler: Handler | None = None
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def _completion(body: dict[str, Any], reply: Reply, n: int) -> dict[str, Any]:
@@ -108,11 +116,18 @@ def _completion(body: dict[str, Any], reply: Reply, n: int) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 0,
         "model": body.get("model", "stub"),
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": reply.content}}],
-        "usage": {"prompt_tokens": reply.prompt_tokens,
-                  "completion_tokens": reply.completion_tokens,
-                  "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": reply.content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        },
     }
 
 
@@ -162,8 +177,11 @@ async def _serve_connection(
                 return
             status, extra, payload = answer
             data = json.dumps(payload).encode()
-            out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-                   "content-type: application/json", f"content-length: {len(data)}"]
+            out = [
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+                "content-type: application/json",
+                f"content-length: {len(data)}",
+            ]
             out += [f"{k}: {v}" for k, v in extra.items()]
             writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + data)
             await writer.drain()
@@ -237,18 +255,39 @@ def fake_glan_model(
         user = first_user_message(body)
         tag = _digest(user)
         if '{"items"' in user:
-            return ok_json({"items": [{"name": f"Area {tag} {i}", "description": "an area"}
-                                      for i in range(items)]})
+            return ok_json(
+                {
+                    "items": [
+                        {"name": f"Area {tag} {i}", "description": "an area"} for i in range(items)
+                    ]
+                }
+            )
         if '{"subjects"' in user:
-            return ok_json({"subjects": [
-                {"name": f"Subject {tag}-{n} {i}", "level": "undergraduate",
-                 "subtopics": [f"topic {i}.{j}" for j in range(2)]}
-                for i in range(subjects)]})
+            return ok_json(
+                {
+                    "subjects": [
+                        {
+                            "name": f"Subject {tag}-{n} {i}",
+                            "level": "undergraduate",
+                            "subtopics": [f"topic {i}.{j}" for j in range(2)],
+                        }
+                        for i in range(subjects)
+                    ]
+                }
+            )
         if '{"sessions"' in user:
-            return ok_json({"sessions": [
-                {"title": f"Session {i} ({tag})", "description": f"session {i}",
-                 "concepts": [f"concept {tag} {i}.{j}" for j in range(concepts)]}
-                for i in range(sessions)]})
+            return ok_json(
+                {
+                    "sessions": [
+                        {
+                            "title": f"Session {i} ({tag})",
+                            "description": f"session {i}",
+                            "concepts": [f"concept {tag} {i}.{j}" for j in range(concepts)],
+                        }
+                        for i in range(sessions)
+                    ]
+                }
+            )
         if '{"question"' in user:
             asked = [line[2:] for line in user.splitlines() if line.startswith("- ")]
             return ok_json({"question": "Explain how these relate: " + "; ".join(asked) + "?"})

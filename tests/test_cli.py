@@ -70,11 +70,20 @@ def test_add_review_link_show(env: dict[str, str]) -> None:
     code, out = glan("add", "Natural Sciences/Physical Sciences/Biophysics", "--kind", "discipline")
     assert code == 0, out
     assert "Discipline" in out and "approved" in out
-    code, out = glan("add", "Natural Sciences/Physical Sciences/Biophysics/Protein Folding",
-                     "--level", "graduate", "--subtopic", "energy landscapes")
+    code, out = glan(
+        "add",
+        "Natural Sciences/Physical Sciences/Biophysics/Protein Folding",
+        "--level",
+        "graduate",
+        "--subtopic",
+        "energy landscapes",
+    )
     assert code == 0, out
-    code, out = glan("link", "Formal Sciences/Mathematics/Algebra",
-                     "Natural Sciences/Physical Sciences/Biophysics/Protein Folding")
+    code, out = glan(
+        "link",
+        "Formal Sciences/Mathematics/Algebra",
+        "Natural Sciences/Physical Sciences/Biophysics/Protein Folding",
+    )
     assert code == 0 and "2 discipline(s)" in out
     code, out = glan("review", "Natural Sciences/Physical Sciences/Biophysics", "--reject")
     assert code == 0 and "rejected" in out
@@ -98,17 +107,27 @@ def test_bad_input_exits_non_zero_with_a_message(env: dict[str, str]) -> None:
 def test_second_process_is_told_the_store_is_taken(env: dict[str, str], tmp_path: Path) -> None:
     assert glan("init")[0] == 0
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from graph.store import Store; from graph.config import StoreConfig;"
-         f"s = Store.open(StoreConfig(db_path={env['GLAN_DB_PATH']!r})); print('open', flush=True);"
-         "time.sleep(60)"],
-        env=env, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+        [
+            sys.executable,
+            "-c",
+            "import time; from graph.store import Store; from graph.config import StoreConfig;"
+            f"s = Store.open(StoreConfig(db_path={env['GLAN_DB_PATH']!r}));"
+            "print('open', flush=True); time.sleep(60)",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", "tree"], env=env, capture_output=True,
-            text=True, cwd=Path(__file__).parents[1], timeout=60,
+            [sys.executable, "-m", "server.cli", "tree"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+            timeout=60,
         )
         assert proc.returncode == 1
         assert "already open in another process" in proc.stderr

@@ -33,23 +33,27 @@ QUESTIONS = {
     "q1": "What is the derivative of x squared with respect to x?",
     "q2": "what is the Derivative of x-squared, with respect to x??",  # exact dup of q1
     "q3": "Explain in detail why the sky appears blue during the day and red at sunset, "
-          "using Rayleigh scattering and the path length of sunlight through the air.",
+    "using Rayleigh scattering and the path length of sunlight through the air.",
     "q4": "Explain in detail why the sky appears blue during the day and red at sunset, "
-          "using Rayleigh scattering and the path length of sunlight through our air.",  # ~q3
+    "using Rayleigh scattering and the path length of sunlight through our air.",  # ~q3
     "q5": "Solve this: a train leaves the station at noon travelling at sixty miles per hour "
-          "towards a city two hundred miles away. When does it arrive?",  # benchmark b1
+    "towards a city two hundred miles away. When does it arrive?",  # benchmark b1
     "q6": "Describe the water cycle and its main stages.",  # its answer is contaminated
     "q7": "State Newton's three laws of motion.",  # no answer
     "q8": "Prove that the square root of two is irrational using a proof by contradiction "
-          "with integers p and q that share no factor.",  # benchmark c1 (CSV)
+    "with integers p and q that share no factor.",  # benchmark c1 (CSV)
     "q9": "Compare the energy stored in a capacitor with that in an inductor.",
 }
 ANSWERS = {
-    "q1": "2x", "q2": "2x", "q3": "Shorter wavelengths scatter more.", "q4": "Scattering.",
+    "q1": "2x",
+    "q2": "2x",
+    "q3": "Shorter wavelengths scatter more.",
+    "q4": "Scattering.",
     "q5": "At 3:20 pm.",
     "q6": "Recall: which gas do plants absorb from the atmosphere during photosynthesis in "
-          "order to build sugars? Carbon dioxide; and water evaporates.",
-    "q8": "Assume sqrt 2 = p/q ...", "q9": "Both store energy: CV^2/2 and LI^2/2.",
+    "order to build sugars? Carbon dioxide; and water evaporates.",
+    "q8": "Assume sqrt 2 = p/q ...",
+    "q9": "Both store energy: CV^2/2 and LI^2/2.",
 }
 
 
@@ -65,16 +69,36 @@ def build(store: Store) -> dict[str, str]:
         iid = f"ins_{name}"
         ids[name] = iid
         store.write_instructions(
-            [{"id": iid, "text": text, "strategy": "basic", "seed": 1, "combo_key": name,
-              "subject_id": sid, "model": "qm", "prompt_name": "question",
-              "prompt_version": "1", "created_at": f"2026-01-01T00:00:0{n}"}],
-            [(iid, session.concepts[0].id)], [(iid, session.id)],
+            [
+                {
+                    "id": iid,
+                    "text": text,
+                    "strategy": "basic",
+                    "seed": 1,
+                    "combo_key": name,
+                    "subject_id": sid,
+                    "model": "qm",
+                    "prompt_name": "question",
+                    "prompt_version": "1",
+                    "created_at": f"2026-01-01T00:00:0{n}",
+                }
+            ],
+            [(iid, session.concepts[0].id)],
+            [(iid, session.id)],
         )
         if name in ANSWERS:
-            store.write_responses([{
-                "id": f"rsp_{name}", "text": ANSWERS[name], "instruction_id": iid,
-                "model": "am", "prompt_name": "answer", "prompt_version": "1",
-            }])
+            store.write_responses(
+                [
+                    {
+                        "id": f"rsp_{name}",
+                        "text": ANSWERS[name],
+                        "instruction_id": iid,
+                        "model": "am",
+                        "prompt_name": "answer",
+                        "prompt_version": "1",
+                    }
+                ]
+            )
     return ids
 
 
@@ -115,23 +139,29 @@ def test_exact_only(built: tuple[Store, dict[str, str]]) -> None:
 
 def test_decontamination_marks_exactly_the_overlaps(built: tuple[Store, dict[str, str]]) -> None:
     store, ids = built
-    result = decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question"),
-                                         (FIXTURES / "benchmark.csv", "prompt")])
-    assert result.instructions == {ids["q5"]: ["benchmark.jsonl"],
-                                   ids["q8"]: ["benchmark.csv"]}
+    result = decontaminate(
+        store,
+        None,
+        [(FIXTURES / "benchmark.jsonl", "question"), (FIXTURES / "benchmark.csv", "prompt")],
+    )
+    assert result.instructions == {ids["q5"]: ["benchmark.jsonl"], ids["q8"]: ["benchmark.csv"]}
     assert result.responses == {"rsp_q6": ["benchmark.jsonl"]}
     assert store.get(ids["q5"]).props["contaminated"] == "benchmark.jsonl"  # type: ignore[union-attr]
     # a short benchmark question counts when it appears whole ("name the capital of france")
     subject = store.ids_in_scope(None, SUBJECT)[0]
     session = store.syllabi([subject])[subject][0].id
-    store.write_instructions([{"id": "ins_short", "text": "Quick: name the capital of France.",
-                               "subject_id": subject}], [], [("ins_short", session)])
+    store.write_instructions(
+        [{"id": "ins_short", "text": "Quick: name the capital of France.", "subject_id": subject}],
+        [],
+        [("ins_short", session)],
+    )
     short = decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question")], n=13)
     assert "ins_short" in short.instructions
 
 
-def test_bad_benchmarks_get_clear_errors(tmp_path: Path, built: tuple[Store, dict[str, str]]
-                                         ) -> None:
+def test_bad_benchmarks_get_clear_errors(
+    tmp_path: Path, built: tuple[Store, dict[str, str]]
+) -> None:
     store, _ = built
     with pytest.raises(InvalidInput, match="has no column 'text'; its columns: answer, id"):
         load_benchmark(FIXTURES / "benchmark.jsonl", "text")
@@ -146,8 +176,10 @@ def test_bad_benchmarks_get_clear_errors(tmp_path: Path, built: tuple[Store, dic
     # nothing is marked when one of several files is bad
     with pytest.raises(InvalidInput):
         decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question"), (bad, "question")])
-    assert all(not n.props.get("contaminated")
-               for n in store.get_many(store.instruction_ids_in_scope(None)).values())
+    assert all(
+        not n.props.get("contaminated")
+        for n in store.get_many(store.instruction_ids_in_scope(None)).values()
+    )
 
 
 def _touch(path: Path) -> Path:
@@ -167,8 +199,18 @@ def test_parquet_benchmark(tmp_path: Path) -> None:
 def validate(record: dict[str, Any], fmt: str) -> tuple[str, str]:
     """Check a record against its format; return (question, answer)."""
     meta = record["metadata"]
-    for key in ("disciplines", "subject", "level", "sessions", "concepts", "strategy",
-                "question_model", "answer_model", "question_prompt", "answer_prompt"):
+    for key in (
+        "disciplines",
+        "subject",
+        "level",
+        "sessions",
+        "concepts",
+        "strategy",
+        "question_model",
+        "answer_model",
+        "question_prompt",
+        "answer_prompt",
+    ):
         assert key in meta
     assert meta["disciplines"] == [PHYSICS] and meta["question_prompt"] == "question@1"
     if fmt == "chat":
@@ -190,8 +232,11 @@ def test_export_keeps_exactly_the_clean_answered_pairs(
 ) -> None:
     store, _ = built
     dedup(store, None, threshold=0.7)
-    decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question"),
-                                (FIXTURES / "benchmark.csv", "prompt")])
+    decontaminate(
+        store,
+        None,
+        [(FIXTURES / "benchmark.jsonl", "question"), (FIXTURES / "benchmark.csv", "prompt")],
+    )
     out = tmp_path / "pairs.jsonl"
     result = export_jsonl(store, PHYSICS, out, fmt=fmt)
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -200,17 +245,24 @@ def test_export_keeps_exactly_the_clean_answered_pairs(
     kept = min(("q3", "q4"), key=lambda q: order.index(f"ins_{q}"))
     assert questions == {QUESTIONS[q] for q in ("q1", kept, "q9")}
     assert result.counts == {"train": 3, "test": 0}
-    assert (result.skipped.duplicates, result.skipped.contaminated,
-            result.skipped.unanswered) == (2, 3, 1)
+    assert (result.skipped.duplicates, result.skipped.contaminated, result.skipped.unanswered) == (
+        2,
+        3,
+        1,
+    )
 
 
-def test_split_by_subject_and_hf_dataset(built: tuple[Store, dict[str, str]], tmp_path: Path
-                                         ) -> None:
+def test_split_by_subject_and_hf_dataset(
+    built: tuple[Store, dict[str, str]], tmp_path: Path
+) -> None:
     import datasets
 
     store, _ = built
-    seed = next(s for s in range(100) if 0 < sum(
-        in_test_split(x, 0.4, s) for x in store.ids_in_scope(None, SUBJECT)) < 3)
+    seed = next(
+        s
+        for s in range(100)
+        if 0 < sum(in_test_split(x, 0.4, s) for x in store.ids_in_scope(None, SUBJECT)) < 3
+    )
     result = export_jsonl(store, None, tmp_path / "d.jsonl", test_fraction=0.4, seed=seed)
     train = [json.loads(x) for x in (tmp_path / "d.train.jsonl").read_text().splitlines()]
     test = [json.loads(x) for x in (tmp_path / "d.test.jsonl").read_text().splitlines()]
@@ -226,12 +278,22 @@ def test_split_by_subject_and_hf_dataset(built: tuple[Store, dict[str, str]], tm
     assert row["messages"][0]["role"] == "user" and row["metadata"]["answer_model"] == "am"
 
 
-def test_export_all_responses_and_only_approved(built: tuple[Store, dict[str, str]],
-                                                tmp_path: Path) -> None:
+def test_export_all_responses_and_only_approved(
+    built: tuple[Store, dict[str, str]], tmp_path: Path
+) -> None:
     store, ids = built
-    store.write_responses([{"id": "rsp_q9b", "text": "Another answer.", "model": "other",
-                            "instruction_id": ids["q9"], "prompt_name": "answer",
-                            "prompt_version": "1"}])
+    store.write_responses(
+        [
+            {
+                "id": "rsp_q9b",
+                "text": "Another answer.",
+                "model": "other",
+                "instruction_id": ids["q9"],
+                "prompt_name": "answer",
+                "prompt_version": "1",
+            }
+        ]
+    )
     out = tmp_path / "all.jsonl"
     assert export_jsonl(store, None, out, responses="all").counts["train"] == 9
     store.review(PHYSICS, Status.REJECTED)
@@ -261,8 +323,9 @@ def test_cli_export_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("GLAN_DB_PATH", str(db))
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    out = runner.invoke(app, ["decontaminate", "--benchmark", str(FIXTURES / "benchmark.jsonl"),
-                              "--column", "nope"])
+    out = runner.invoke(
+        app, ["decontaminate", "--benchmark", str(FIXTURES / "benchmark.jsonl"), "--column", "nope"]
+    )
     assert out.exit_code == 1 and "its columns: answer, id, question" in out.output
     out = runner.invoke(app, ["dedup"])
     assert out.exit_code == 0 and "1 exact" in out.output

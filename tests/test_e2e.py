@@ -89,15 +89,32 @@ def test_glan_generate_all_on_the_real_model(
 
     def glan(*args: str) -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env,
-            capture_output=True, text=True, timeout=900,
+            [sys.executable, "-m", "server.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
     glan("init")
-    out = glan("generate", "all", DISCIPLINE, "--rounds", "1", "--per-call", "3",
-               "--sessions", "3", "--n", "3", "--seed", "1")
+    out = glan(
+        "generate",
+        "all",
+        DISCIPLINE,
+        "--rounds",
+        "1",
+        "--per-call",
+        "3",
+        "--sessions",
+        "3",
+        "--n",
+        "3",
+        "--seed",
+        "1",
+    )
     for stage in ("subjects", "syllabus", "questions", "answers"):
         assert stage in out
 

@@ -82,14 +82,19 @@ def test_completion_sends_the_stage_params_and_counts_usage() -> None:
     assert llm.usage == Usage(5, 3) and llm.calls == 1
     sent = stub.requests[0]
     assert (sent["model"], sent["temperature"], sent["top_p"], sent["max_tokens"]) == (
-        "m", 1.0, 0.95, 64
+        "m",
+        1.0,
+        0.95,
+        64,
     )
     assert sent["messages"] == HELLO and "response_format" not in sent and "seed" not in sent
 
 
 def test_usage_adds_up_over_calls() -> None:
-    replies = [ok("a", prompt_tokens=5, completion_tokens=3), ok("b", prompt_tokens=2,
-                                                                completion_tokens=1)]
+    replies = [
+        ok("a", prompt_tokens=5, completion_tokens=3),
+        ok("b", prompt_tokens=2, completion_tokens=1),
+    ]
 
     async def twice(llm: LLMClient) -> None:
         await hello(llm)
@@ -146,9 +151,8 @@ def test_dropped_connection_is_a_connection_error_in_httpx() -> None:
 
 
 def test_retries_run_out_into_one_error() -> None:
-    with run_stub(sequence([error(502, "upstream down")])) as stub:
-        with pytest.raises(LLMError) as info:
-            use(stub.base_url, hello, max_retries=2)
+    with run_stub(sequence([error(502, "upstream down")])) as stub, pytest.raises(LLMError) as info:
+        use(stub.base_url, hello, max_retries=2)
     assert stub.calls == 3 and info.value.status_code == 502 and info.value.attempts == 3
     message = str(info.value)
     assert "upstream down" in message and "3 attempts" in message and "m at http" in message
@@ -156,24 +160,30 @@ def test_retries_run_out_into_one_error() -> None:
 
 
 def test_timeouts_run_out_into_one_error() -> None:
-    with run_stub(sequence([hang(1.0)])) as stub:
-        with pytest.raises(LLMError, match=r"2 attempts.*no answer within 0\.3 s") as info:
-            use(stub.base_url, hello, max_retries=1, timeout_s=0.3)
+    with (
+        run_stub(sequence([hang(1.0)])) as stub,
+        pytest.raises(LLMError, match=r"2 attempts.*no answer within 0\.3 s") as info,
+    ):
+        use(stub.base_url, hello, max_retries=1, timeout_s=0.3)
     assert stub.calls == 2 and info.value.status_code is None and info.value.attempts == 2
 
 
 def test_dropped_connections_run_out_into_one_error() -> None:
-    with run_stub(sequence([dropped()])) as stub:
-        with pytest.raises(LLMError, match="connection failed") as info:
-            use(stub.base_url, hello, max_retries=1)
+    with (
+        run_stub(sequence([dropped()])) as stub,
+        pytest.raises(LLMError, match="connection failed") as info,
+    ):
+        use(stub.base_url, hello, max_retries=1)
     assert stub.calls == 2 and info.value.status_code is None
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
 def test_client_errors_fail_at_once(status: int) -> None:
-    with run_stub(sequence([error(status, "bad request body")])) as stub:
-        with pytest.raises(LLMError, match="bad request body") as info:
-            use(stub.base_url, hello)
+    with (
+        run_stub(sequence([error(status, "bad request body")])) as stub,
+        pytest.raises(LLMError, match="bad request body") as info,
+    ):
+        use(stub.base_url, hello)
     assert stub.calls == 1 and info.value.status_code == status and info.value.attempts == 1
     assert "not retried" in str(info.value)
 
@@ -292,17 +302,20 @@ def test_structured_failure_keeps_the_raw_text() -> None:
 
 
 def test_structured_lets_transport_errors_through() -> None:
-    with run_stub(sequence([error(400, "no such model")])) as stub:
-        with pytest.raises(LLMError, match="no such model"):
-            use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
+    with (
+        run_stub(sequence([error(400, "no such model")])) as stub,
+        pytest.raises(LLMError, match="no such model"),
+    ):
+        use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
 
 
 @pytest.mark.parametrize("mode", ["json_schema", "json_object_schema", "prompt"])
 def test_structured_modes_send_the_right_request(mode: str) -> None:
     asked = [{"role": "system", "content": "You are terse."}, *HELLO]
     with run_stub(sequence([ok_json({"a": 1, "b": "x"})])) as stub:
-        result, _ = use(stub.base_url, lambda llm: llm.structured(asked, Pair, PARAMS),
-                        structured=mode)
+        result, _ = use(
+            stub.base_url, lambda llm: llm.structured(asked, Pair, PARAMS), structured=mode
+        )
     assert result.value == Pair(a=1, b="x")
     sent = stub.requests[0]
     fmt = sent.get("response_format")
@@ -328,8 +341,11 @@ def test_long_string_bounds_are_not_sent_to_grammar_engines() -> None:
         long: str = Field(max_length=4000)
 
     with run_stub(sequence([ok_json({"short": "s", "long": "l" * 300})])) as stub:
-        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Long, PARAMS),
-                        structured="json_object_schema")
+        result, _ = use(
+            stub.base_url,
+            lambda llm: llm.structured(HELLO, Long, PARAMS),
+            structured="json_object_schema",
+        )
     props = stub.requests[0]["response_format"]["schema"]["properties"]
     assert props["short"]["maxLength"] == 50 and "maxLength" not in props["long"]
     assert result.value is not None and len(result.value.long) == 300

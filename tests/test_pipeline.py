@@ -42,13 +42,18 @@ def params_for(stage: str) -> StageParams:
     return StageParams(model=model, temperature=0.7 if stage == "answers" else 1.0, top_p=0.95)
 
 
-def run(store: Store, stub: Stub, stages: list[str], path: str | None = ALGEBRA,
-        options: PipelineOptions = OPTIONS, **config: Any) -> list[Any]:
+def run(
+    store: Store,
+    stub: Stub,
+    stages: list[str],
+    path: str | None = ALGEBRA,
+    options: PipelineOptions = OPTIONS,
+    **config: Any,
+) -> list[Any]:
     async def main() -> list[Any]:
         llm = LLMClient(LLMConfig(base_url=stub.base_url, backoff_base_s=0.01, **config))
         try:
-            return await run_stages(store, llm, params_for, stages, path, options,
-                                    concurrency=4)
+            return await run_stages(store, llm, params_for, stages, path, options, concurrency=4)
         finally:
             await llm.aclose()
 
@@ -121,13 +126,15 @@ def test_rerun_resumes_and_duplicates_nothing(store: Store, model: Stub) -> None
     results = run(store, model, ALL)
     assert model.calls == calls  # nothing asked again
     assert [r.skipped for r in results] == [r.total for r in results]
-    assert counts == {k.label: store.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION,
-                                                               RESPONSE)}
+    assert counts == {
+        k.label: store.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION, RESPONSE)
+    }
     # a new seed asks new questions and avoids the combinations already asked
     more = run(store, model, ["questions"], options=PipelineOptions(n=8, seed=4))
     assert more[0].done == 8 and store.count_kind(INSTRUCTION) == 16
-    keys = [n.props["combo_key"] for n in store.get_many(
-        store.instruction_ids_in_scope(None)).values()]
+    keys = [
+        n.props["combo_key"] for n in store.get_many(store.instruction_ids_in_scope(None)).values()
+    ]
     assert len(set(keys)) == 16
 
 
@@ -157,8 +164,12 @@ def test_malformed_output_fails_the_unit_and_keeps_the_raw_text(store: Store) ->
 
 def test_transient_errors_are_retried_until_done(store: Store) -> None:
     good = fake_glan_model()
-    faults = [error(429, headers={"retry-after": "0"}), error(500), Reply(drop=True),
-              Reply(delay_s=2.0)]
+    faults = [
+        error(429, headers={"retry-after": "0"}),
+        error(500),
+        Reply(drop=True),
+        Reply(delay_s=2.0),
+    ]
 
     def unreliable(body: dict[str, Any], n: int) -> Reply:
         return faults[n % 8] if n % 8 < len(faults) else good(body, n)
@@ -191,17 +202,28 @@ def test_generation_refuses_unapproved_scopes(store: Store, model: Stub) -> None
 def test_taxonomy_proposals_wait_for_review(store: Store, model: Stub) -> None:
     res = run(store, model, ["taxonomy"], path="Formal Sciences/Mathematics")[0]
     assert res.status == JobStatus.COMPLETED
-    proposed = [c for c in store.children("Formal Sciences/Mathematics")
-                if c.status == Status.PROPOSED]
+    proposed = [
+        c for c in store.children("Formal Sciences/Mathematics") if c.status == Status.PROPOSED
+    ]
     assert len(proposed) == 3 and all(c.props["source"] == "llm" for c in proposed)
     assert all(c.kind is DISCIPLINE for c in proposed)
     # subjects are generated only under approved disciplines
-    run(store, model, ["subjects"], path="Formal Sciences/Mathematics",
-        options=PipelineOptions(rounds=1))
+    run(
+        store,
+        model,
+        ["subjects"],
+        path="Formal Sciences/Mathematics",
+        options=PipelineOptions(rounds=1),
+    )
     assert store.count_kind(SUBJECT) == 6  # 2 seed disciplines x 3, none under proposals
     store.review(proposed[0].path or "", Status.APPROVED)
-    run(store, model, ["subjects"], path="Formal Sciences/Mathematics",
-        options=PipelineOptions(rounds=1))
+    run(
+        store,
+        model,
+        ["subjects"],
+        path="Formal Sciences/Mathematics",
+        options=PipelineOptions(rounds=1),
+    )
     assert store.count_kind(SUBJECT) == 9
     # a root expansion proposes fields
     run(store, model, ["taxonomy"], path=None)

@@ -36,9 +36,23 @@ def generate(db: Path, base_url: str) -> subprocess.Popen[str]:
         "GLAN_LLM_CONCURRENCY": "4",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "generate", "questions", SCOPE,
-         "--n", str(N), "--seed", "11"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "generate",
+            "questions",
+            SCOPE,
+            "--n",
+            str(N),
+            "--seed",
+            "11",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -32,11 +32,17 @@ def snapshot(store: Store) -> dict[str, int]:
 
 def build_syllabus(store: Store) -> None:
     store.load_taxonomy(SMALL_TAXONOMY)
-    store.add_node(PHYSICS, SUBJECT, "Calculus", props={"level": "undergraduate",
-                                                        "subtopics": ["limits", "series"]})
+    store.add_node(
+        PHYSICS,
+        SUBJECT,
+        "Calculus",
+        props={"level": "undergraduate", "subtopics": ["limits", "series"]},
+    )
     store.add_node(PURE, SUBJECT, "calculus")  # the same subject, linked again
-    for title, concepts in [("Limits", ["epsilon-delta", "continuity"]),
-                            ("Derivatives", ["chain rule", "product rule", "mean value theorem"])]:
+    for title, concepts in [
+        ("Limits", ["epsilon-delta", "continuity"]),
+        ("Derivatives", ["chain rule", "product rule", "mean value theorem"]),
+    ]:
         session = store.add_node(f"{PHYSICS}/Calculus", SESSION, title)
         for c in concepts:
             store.add_node(session.path, CONCEPT, c)
@@ -70,8 +76,14 @@ def test_reload_keeps_review_decisions(store: Store) -> None:
 
 def test_upsert_creates_then_updates_by_deterministic_id(store: Store) -> None:
     fid = hierarchy_id(FIELD, "Arts", None)
-    row = {"id": fid, "name": "Arts", "key": "arts", "status": "approved", "source": "user",
-           "path": "Arts"}
+    row = {
+        "id": fid,
+        "name": "Arts",
+        "key": "arts",
+        "status": "approved",
+        "source": "user",
+        "path": "Arts",
+    }
     res = store.upsert_nodes(FIELD, [row])
     assert (res.created, res.updated) == (1, 0)
     res = store.upsert_nodes(FIELD, [{**row, "description": "the arts"}])
@@ -81,8 +93,17 @@ def test_upsert_creates_then_updates_by_deterministic_id(store: Store) -> None:
     assert store.count_kind(FIELD) == 1
     # batches larger than one statement
     store.batch_size = 7
-    rows = [{"id": hierarchy_id(FIELD, f"F{i}", None), "name": f"F{i}", "key": f"f{i}",
-             "status": "approved", "source": "user", "path": f"F{i}"} for i in range(30)]
+    rows = [
+        {
+            "id": hierarchy_id(FIELD, f"F{i}", None),
+            "name": f"F{i}",
+            "key": f"f{i}",
+            "status": "approved",
+            "source": "user",
+            "path": f"F{i}",
+        }
+        for i in range(30)
+    ]
     assert store.upsert_nodes(FIELD, rows).created == 30
     assert store.upsert_nodes(FIELD, rows, update_existing=False).unchanged == 30
     assert store.count_kind(FIELD) == 31
@@ -96,7 +117,9 @@ def test_edges_are_upserted_once(store: Store) -> None:
 
     assert store.upsert_edges(HAS_SUBFIELD, [(fid, sid), (fid, sid)]) == 0
     assert [c.name for c in store.children("Natural Sciences")] == [
-        "Life Sciences", "Physical Sciences"]
+        "Life Sciences",
+        "Physical Sciences",
+    ]
 
 
 def test_path_lookup_ignores_case_and_spacing(store: Store) -> None:
@@ -121,20 +144,39 @@ def test_unknown_path_names_the_missing_part(store: Store) -> None:
 
 def test_tree_and_counts(store: Store) -> None:
     build_syllabus(store)
-    assert store.counts() == {"fields": 2, "subfields": 3, "disciplines": 5, "subjects": 1,
-                              "sessions": 2, "concepts": 5, "instructions": 0, "responses": 0}
+    assert store.counts() == {
+        "fields": 2,
+        "subfields": 3,
+        "disciplines": 5,
+        "subjects": 1,
+        "sessions": 2,
+        "concepts": 5,
+        "instructions": 0,
+        "responses": 0,
+    }
     assert store.counts("Natural Sciences")["concepts"] == 5
     tree = store.tree("Natural Sciences/Physical Sciences", depth=4)
     physics = next(c for c in tree.children if c.node and c.node.name == "Physics")
-    assert physics.counts == {"subjects": 1, "sessions": 2, "concepts": 5, "instructions": 0,
-                              "responses": 0}
+    assert physics.counts == {
+        "subjects": 1,
+        "sessions": 2,
+        "concepts": 5,
+        "instructions": 0,
+        "responses": 0,
+    }
     calculus = physics.children[0]
     assert [s.node.name for s in calculus.children if s.node] == ["Limits", "Derivatives"]
     assert [len(s.children) for s in calculus.children] == [2, 3]
     chem = next(c for c in tree.children if c.node and c.node.name == "Chemistry")
     assert chem.children == [] and set(chem.counts.values()) == {0}
-    assert store.tree("Natural Sciences/Physical Sciences", depth=3).children[1].children[0] \
-        .children[0].children == []  # depth 3 stops at sessions
+    assert (
+        store.tree("Natural Sciences/Physical Sciences", depth=3)
+        .children[1]
+        .children[0]
+        .children[0]
+        .children
+        == []
+    )  # depth 3 stops at sessions
 
 
 def test_shared_subject_is_one_node_under_two_disciplines(store: Store) -> None:
@@ -197,8 +239,12 @@ def test_bad_input_is_refused_and_changes_nothing(store: Store) -> None:
 
 def test_hostile_names_are_stored_verbatim(store: Store) -> None:
     store.load_taxonomy(SMALL_TAXONOMY)
-    names = ["Input/Output Systems", "x'}) MATCH (n) DETACH DELETE n //", 'Quote " and \\ back',
-             "Ünïcödé 数学"]
+    names = [
+        "Input/Output Systems",
+        "x'}) MATCH (n) DETACH DELETE n //",
+        'Quote " and \\ back',
+        "Ünïcödé 数学",
+    ]
     for name in names:
         node = store.add_node("Formal Sciences/Mathematics", DISCIPLINE, name)
         assert node.name == name
@@ -221,8 +267,13 @@ def test_delete_subtree_keeps_subjects_shared_elsewhere(store: Store) -> None:
     build_syllabus(store)
     removed = store.delete_subtree("Natural Sciences")
     assert removed["Field"] == 1 and removed["Discipline"] == 3 and removed["Subject"] == 0
-    assert store.counts(PURE) == {"subjects": 1, "sessions": 2, "concepts": 5,
-                                  "instructions": 0, "responses": 0}
+    assert store.counts(PURE) == {
+        "subjects": 1,
+        "sessions": 2,
+        "concepts": 5,
+        "instructions": 0,
+        "responses": 0,
+    }
     removed = store.delete_subtree(PURE)
     assert removed["Subject"] == 1 and removed["Concept"] == 5
     assert store.count_kind(CONCEPT) == 0 and store.count_kind(SESSION) == 0
@@ -239,8 +290,14 @@ def test_delete_shared_subject_through_one_path_unlinks_it(store: Store) -> None
 def test_transaction_rolls_back(store: Store) -> None:
     store.load_taxonomy(SMALL_TAXONOMY)
     before = snapshot(store)
-    row = {"id": hierarchy_id(FIELD, "Temp", None), "name": "Temp", "key": "temp",
-           "status": "approved", "source": "user", "path": "Temp"}
+    row = {
+        "id": hierarchy_id(FIELD, "Temp", None),
+        "name": "Temp",
+        "key": "temp",
+        "status": "approved",
+        "source": "user",
+        "path": "Temp",
+    }
     with pytest.raises(RuntimeError), store.driver.transaction() as tx:
         store.upsert_nodes(FIELD, [row], tx=tx)
         raise RuntimeError("boom")
@@ -256,15 +313,19 @@ def test_hierarchy_levels_match_paths(store: Store) -> None:
     build_syllabus(store)
     concept = store.node(f"{PHYSICS}/Calculus/Derivatives/Chain Rule")
     assert concept.kind is CONCEPT and concept.level == len(HIERARCHY) - 1
-    assert store.paths_of(concept.id) == [f"{PURE}/Calculus/Derivatives/chain rule",
-                                          f"{PHYSICS}/Calculus/Derivatives/chain rule"]
+    assert store.paths_of(concept.id) == [
+        f"{PURE}/Calculus/Derivatives/chain rule",
+        f"{PHYSICS}/Calculus/Derivatives/chain rule",
+    ]
 
 
 def test_large_writes_take_the_bulk_path_and_stay_upserts(store: Store) -> None:
     store.load_taxonomy(SMALL_TAXONOMY)
     physics = store.node(PHYSICS)
-    subjects = [{"name": f"Topic {i}", "level": "undergraduate", "subtopics": [f"t{i}", "x"]}
-                for i in range(600)]
+    subjects = [
+        {"name": f"Topic {i}", "level": "undergraduate", "subtopics": [f"t{i}", "x"]}
+        for i in range(600)
+    ]
     ids = store.write_subjects(physics.id, subjects, {"model": "m"})
     assert len(ids) == 600 and store.counts(PHYSICS)["subjects"] == 600
     node = store.node(f"{PHYSICS}/Topic 599")

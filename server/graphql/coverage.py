@@ -1,0 +1,51 @@
+"""Coverage of a node and of each child, as Store.coverage computes it in the database."""
+
+from __future__ import annotations
+
+import strawberry
+
+from graph.store import Coverage as StoreCoverage
+from graph.store import CoverageRow as StoreCoverageRow
+
+from .node import Counts, TaxonomyNode
+
+
+@strawberry.type(description="Where the data under one node stands.")
+class CoverageRow:
+    node: TaxonomyNode | None = strawberry.field(description="Null for the whole store.")
+    path: str
+    counts: Counts
+    covered_concepts: int = strawberry.field(
+        description="Concepts at least one instruction covers."
+    )
+    concept_coverage: float = strawberry.field(
+        description="coveredConcepts / concepts (0 when there are no concepts)."
+    )
+    combinations: int = strawberry.field(
+        description="Distinct concept combinations instructions were written for."
+    )
+    subjects_without_syllabus: int
+    disciplines_without_subjects: int
+
+    @classmethod
+    def of(cls, r: StoreCoverageRow) -> CoverageRow:
+        return cls(
+            node=TaxonomyNode.of(r.node, r.counts) if r.node else None,
+            path=r.path,
+            counts=Counts.of(r.counts),
+            covered_concepts=r.covered_concepts,
+            concept_coverage=r.concept_coverage,
+            combinations=r.combinations,
+            subjects_without_syllabus=r.subjects_without_syllabus,
+            disciplines_without_subjects=r.disciplines_without_subjects,
+        )
+
+
+@strawberry.type
+class Coverage:
+    total: CoverageRow
+    children: list[CoverageRow]
+
+    @classmethod
+    def of(cls, c: StoreCoverage) -> Coverage:
+        return cls(total=CoverageRow.of(c.total), children=[CoverageRow.of(r) for r in c.children])

@@ -1,0 +1,173 @@
+"""Generation jobs: one stage over one scope, resumable; their progress and units."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from generators.jobs import JobStatus, Progress, UnitStatus
+
+from ..context import Context
+from .pagination import Connection, paginate
+
+
+@strawberry.enum(name="Stage", description="A GLAN stage, run as a job.")
+class StageName(Enum):
+    TAXONOMY = "taxonomy"
+    SUBJECTS = "subjects"
+    SYLLABUS = "syllabus"
+    QUESTIONS = "questions"
+    ANSWERS = "answers"
+
+
+@strawberry.enum
+class JobState(Enum):
+    RUNNING = JobStatus.RUNNING
+    COMPLETED = JobStatus.COMPLETED
+    COMPLETED_WITH_FAILURES = JobStatus.COMPLETED_WITH_FAILURES
+    CANCELLED = JobStatus.CANCELLED
+    FAILED = JobStatus.FAILED
+
+
+@strawberry.enum
+class UnitState(Enum):
+    PENDING = UnitStatus.PENDING
+    DONE = UnitStatus.DONE
+    FAILED = UnitStatus.FAILED
+
+
+def _int(row: dict[str, Any], key: str) -> int:
+    value = row.get(key)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+@strawberry.type(description="One resumable piece of a job (a discipline round, a subject...).")
+class JobUnit:
+    id: strawberry.ID
+    target_id: strawberry.ID
+    status: UnitState | None
+    error: str | None
+    raw: str | None = strawberry.field(description="The model's text when it could not be used.")
+    payload: str | None = strawberry.field(description="The unit's inputs, as JSON.")
+    prompt_tokens: int
+    completion_tokens: int
+    updated_at: str | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> JobUnit:
+        try:
+            status: UnitState | None = UnitState(row.get("status"))
+        except ValueError:
+            status = None
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            target_id=strawberry.ID(str(row.get("target_id") or "")),
+            status=status,
+            error=row.get("error"),
+            raw=row.get("raw"),
+            payload=row.get("payload"),
+            prompt_tokens=_int(row, "prompt_tokens"),
+            completion_tokens=_int(row, "completion_tokens"),
+            updated_at=row.get("updated_at"),
+        )
+
+
+@strawberry.type(
+    description="A stage over a scope. Its id is a hash of stage, scope and options,"
+    " so starting the same job again resumes it."
+)
+class Job:
+    id: strawberry.ID
+    kind: StageName
+    scope: str = strawberry.field(description="The path it runs under ('' for everything).")
+    status: JobState
+    live: bool = strawberry.field(
+        description="Running in this server now. A stored RUNNING job that is not live was "
+        "interrupted: start it again to resume."
+    )
+    total: int
+    done: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None
+    row: strawberry.Private[dict[str, Any] | None] = None
+
+    @classmethod
+    def of(cls, p: Progress, *, live: bool, row: dict[str, Any] | None = None) -> Job:
+        return cls(
+            id=strawberry.ID(p.job_id),
+            kind=StageName(p.stage),
+            scope=p.scope,
+            status=_state(p.status),
+            live=live and p.status == JobStatus.RUNNING,
+            total=p.total,
+            done=p.done,
+            failed=p.failed,
+            prompt_tokens=p.prompt_tokens,
+            completion_tokens=p.completion_tokens,
+            error=p.error,
+            row=row,
+        )
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            kind=StageName(row.get("kind")),
+            scope=str(row.get("scope") or ""),
+            status=_state(row.get("status")),
+            live=False,
+            total=_int(row, "total"),
+            done=_int(row, "done"),
+            failed=_int(row, "failed"),
+            prompt_tokens=_int(row, "prompt_tokens"),
+            completion_tokens=_int(row, "completion_tokens"),
+            error=row.get("error"),
+            row=row,
+        )
+
+    def stored(self, info: Info[Context, None]) -> dict[str, Any]:
+        if self.row is None:
+            self.row = info.context.store.job(str(self.id)) or {}
+        return self.row
+
+    @strawberry.field(description="The stage options that, with stage and scope, identify it.")
+    def params(self, info: Info[Context, None]) -> str | None:
+        return self.stored(info).get("params")
+
+    @strawberry.field
+    def created_at(self, info: Info[Context, None]) -> str | None:
+        return self.stored(info).get("created_at")
+
+    @strawberry.field
+    def updated_at(self, info: Info[Context, None]) -> str | None:
+        return self.stored(info).get("updated_at")
+
+    @strawberry.field(description="Its units, e.g. status: FAILED with the model's raw output.")
+    def units(
+        self,
+        info: Info[Context, None],
+        status: UnitState | None = None,
+        first: int = 100,
+        after: str | None = None,
+    ) -> Connection[JobUnit]:
+        rows = sorted(info.context.store.job_units(str(self.id)), key=lambda r: str(r["id"]))
+        if status is not None:
+            rows = [r for r in rows if r.get("status") == status.value]
+        return paginate(rows, first, after, key=lambda r: str(r["id"]), wrap=JobUnit.of)
+
+
+def _state(value: Any) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError:  # not written by this version of glan
+        return JobState.FAILED
+
+
+@strawberry.type(description="A job a mutation started, stopped or looked up.")
+class JobPayload:
+    job: Job

@@ -1,0 +1,329 @@
+"""Taxonomy edits and generation jobs. With an API token set, each needs the bearer token.
+
+Generation mutations start a job inside the server (an asyncio task with the server's one
+LLM client) and return it at once, running; follow it with the jobProgress subscription or
+the job query. A job's id is a hash of stage, scope and options, so asking again for a job
+that stopped (cancelled, failed, server restarted) resumes it where it was.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.permission import BasePermission
+from strawberry.types import Info
+
+from generators.pipeline import PipelineOptions
+from graph.errors import GlanError, InvalidInput
+from graph.model import Status
+from graph.store import COUNT_NAMES
+
+from ..auth import IsAuthorized
+from ..context import Context
+from .errors import (
+    InvalidInputError,
+    JobConflictError,
+    NotApprovedError,
+    NotFoundError,
+    WrongKindError,
+    problem,
+)
+from .instruction import Strategy
+from .job import Job, JobPayload
+from .node import Counts, Kind, ReviewStatus, TaxonomyNode
+from .query import job_view
+
+#: Bounds on generation options: beyond them a typo would start an enormous paid job.
+LIMITS = {
+    "n": (1, 100_000),
+    "taxonomy n": (1, 100),
+    "rounds": (1, 100),
+    "perCall": (1, 100),
+    "sessions": (1, 60),
+}
+
+
+@strawberry.enum(description="A review decision: rejecting hides the node's whole subtree.")
+class Decision(Enum):
+    APPROVE = Status.APPROVED.value
+    REJECT = Status.REJECTED.value
+    PROPOSE = Status.PROPOSED.value
+
+
+@strawberry.type
+class NodePayload:
+    node: TaxonomyNode
+
+
+@strawberry.type(description="What a delete removed; a shared subject is only unlinked.")
+class DeletePayload:
+    path: str
+    unlinked: bool = strawberry.field(
+        description="The node is a subject other disciplines keep: only this link was removed."
+    )
+    removed: Counts
+
+
+AddNodeResult = Annotated[
+    NodePayload | NotFoundError | WrongKindError | InvalidInputError,
+    strawberry.union("AddNodeResult"),
+]
+UpdateNodeResult = Annotated[
+    NodePayload | NotFoundError | InvalidInputError, strawberry.union("UpdateNodeResult")
+]
+ReviewNodeResult = Annotated[
+    NodePayload | NotFoundError | InvalidInputError, strawberry.union("ReviewNodeResult")
+]
+LinkSubjectResult = Annotated[
+    NodePayload | NotFoundError | WrongKindError | InvalidInputError,
+    strawberry.union("LinkSubjectResult"),
+]
+DeleteNodeResult = Annotated[
+    DeletePayload | NotFoundError | InvalidInputError, strawberry.union("DeleteNodeResult")
+]
+StartJobResult = Annotated[
+    JobPayload
+    | NotFoundError
+    | NotApprovedError
+    | WrongKindError
+    | JobConflictError
+    | InvalidInputError,
+    strawberry.union("StartJobResult"),
+]
+CancelJobResult = Annotated[JobPayload | NotFoundError, strawberry.union("CancelJobResult")]
+
+_REMOVED_NAMES = {
+    "Field": "fields",
+    "SubField": "subfields",
+    "Discipline": "disciplines",
+    "Subject": "subjects",
+    "Session": "sessions",
+    "Concept": "concepts",
+    "Instruction": "instructions",
+    "Response": "responses",
+}
+
+
+def _check(name: str, value: int | float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _bounded(**values: int) -> None:
+    for name, value in values.items():
+        low, high = LIMITS[name.replace("_", " ")]
+        _check(name, value, low, high)
+
+
+def _start(
+    info: Info[Context, None], stage: str, path: str | None, options: PipelineOptions
+) -> Any:
+    """Start a job (refused when an overlapping one of the same stage runs)."""
+    try:
+        started = info.context.jobs.start(stage, path or None, options)
+    except GlanError as exc:
+        return problem(exc)
+    return JobPayload(job=Job.of(started, live=True))
+
+
+def _props(**values: Any) -> dict[str, Any]:
+    """The properties a client set (null included: it clears); omitted ones stay."""
+    return {k: v for k, v in values.items() if v is not strawberry.UNSET}
+
+
+AUTH: list[type[BasePermission]] = [IsAuthorized]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Add a node under a parent (a Field needs none). Adding it again changes "
+        "nothing; a subject that exists elsewhere is linked, not copied.",
+    )
+    def add_node(
+        self,
+        info: Info[Context, None],
+        kind: Kind,
+        name: str,
+        parent_path: str | None = None,
+        description: str | None = None,
+        level: str | None = None,
+        subtopics: list[str] | None = None,
+        status: ReviewStatus = ReviewStatus.APPROVED,
+    ) -> AddNodeResult:
+        props = {
+            k: v
+            for k, v in (("description", description), ("level", level), ("subtopics", subtopics))
+            if v is not None
+        }
+        try:
+            node = info.context.store.add_node(
+                parent_path or None, kind.node_kind, name, props=props, status=Status(status.value)
+            )
+        except GlanError as exc:
+            return problem(exc)
+        return NodePayload(node=TaxonomyNode.of(node))
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Change a node's description, level or subtopics (null clears one; an "
+        "omitted one stays). The name cannot change: it makes the node's id.",
+    )
+    def update_node(
+        self,
+        info: Info[Context, None],
+        path: str,
+        description: str | None = strawberry.UNSET,
+        level: str | None = strawberry.UNSET,
+        subtopics: list[str] | None = strawberry.UNSET,
+    ) -> UpdateNodeResult:
+        props = _props(description=description, level=level, subtopics=subtopics)
+        try:
+            return NodePayload(node=TaxonomyNode.of(info.context.store.update_node(path, props)))
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Approve, reject or re-propose a node. Nothing is deleted: a rejected "
+        "subtree is hidden from generation and counts until approved again.",
+    )
+    def review_node(
+        self, info: Info[Context, None], path: str, decision: Decision
+    ) -> ReviewNodeResult:
+        try:
+            node = info.context.store.review(path, Status(decision.value))
+        except GlanError as exc:
+            return problem(exc)
+        return NodePayload(node=TaxonomyNode.of(node))
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Put an existing subject under one more discipline.",
+    )
+    def link_subject(
+        self, info: Info[Context, None], parent_path: str, subject_path: str
+    ) -> LinkSubjectResult:
+        try:
+            node = info.context.store.link(parent_path, subject_path)
+        except GlanError as exc:
+            return problem(exc)
+        return NodePayload(node=TaxonomyNode.of(node))
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Delete a node and everything below it that has no other parent, "
+        "with the instructions and responses generated from it.",
+    )
+    def delete_node(self, info: Info[Context, None], path: str) -> DeleteNodeResult:
+        try:
+            removed = info.context.store.delete_subtree(path)
+        except GlanError as exc:
+            return problem(exc)
+        counts = {_REMOVED_NAMES[k]: v for k, v in removed.items() if k in _REMOVED_NAMES}
+        return DeletePayload(
+            path=path,
+            unlinked=bool(removed.get("unlinked")),
+            removed=Counts.of({k: counts.get(k, 0) for k in COUNT_NAMES}),
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Propose children of a Field or SubField (or new fields at the root) "
+        "for review (approved at once when the server runs with GLAN_AUTO_APPROVE).",
+    )
+    def generate_taxonomy(
+        self, info: Info[Context, None], path: str | None = None, n: int = 10
+    ) -> StartJobResult:
+        try:
+            _check("n", n, *LIMITS["taxonomy n"])
+        except InvalidInput as exc:
+            return problem(exc)
+        options = PipelineOptions(taxonomy_n=n, auto_approve=info.context.settings.auto_approve)
+        return _start(info, "taxonomy", path, options)
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Subjects for every approved discipline under a path: `rounds` calls per "
+        "discipline (the paper: 10; default: GLAN_SUBJECT_ROUNDS), `perCall` subjects each.",
+    )
+    def generate_subjects(
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        rounds: int | None = None,
+        per_call: int = 10,
+    ) -> StartJobResult:
+        rounds = rounds if rounds is not None else info.context.settings.subject_rounds
+        try:
+            _bounded(rounds=rounds, perCall=per_call)
+        except InvalidInput as exc:
+            return problem(exc)
+        return _start(info, "subjects", path, PipelineOptions(rounds=rounds, per_call=per_call))
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="A syllabus (class sessions with key concepts) for every subject under a "
+        "path that has none yet.",
+    )
+    def generate_syllabus(
+        self, info: Info[Context, None], path: str | None = None, sessions: int = 12
+    ) -> StartJobResult:
+        try:
+            _bounded(sessions=sessions)
+        except InvalidInput as exc:
+            return problem(exc)
+        return _start(info, "syllabus", path, PipelineOptions(sessions=sessions))
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="`n` homework questions under a path from sampled key concepts: BASIC (one "
+        "session, 1-5 concepts), HARD (two sessions, 2-5), or MIXED (`basicRatio` basic).",
+    )
+    def generate_instructions(
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        n: int = 10,
+        strategy: Strategy = Strategy.MIXED,
+        seed: int = 0,
+        basic_ratio: float = 0.5,
+    ) -> StartJobResult:
+        try:
+            _bounded(n=n)
+            _check("basicRatio", basic_ratio, 0.0, 1.0)
+        except InvalidInput as exc:
+            return problem(exc)
+        options = PipelineOptions(n=n, strategy=strategy.value, seed=seed, basic_ratio=basic_ratio)
+        return _start(info, "questions", path, options)
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="An answer for every instruction under a path that has none from the "
+        "answer model yet.",
+    )
+    def generate_answers(
+        self, info: Info[Context, None], path: str | None = None
+    ) -> StartJobResult:
+        return _start(info, "answers", path, PipelineOptions())
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Stop a running job after the units in flight; what is done stays done, "
+        "and starting the same job again resumes it.",
+    )
+    def cancel_job(self, info: Info[Context, None], id: strawberry.ID) -> CancelJobResult:
+        if job_view(info.context, str(id)) is None:
+            return NotFoundError(message=f"no job {str(id)!r} (see the jobs query)", id=id)
+        try:
+            info.context.jobs.cancel(str(id))
+        except GlanError as exc:
+            return problem(exc)
+        job = job_view(info.context, str(id))
+        assert job is not None  # jobs are never deleted
+        return JobPayload(job=job)

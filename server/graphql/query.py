@@ -1,0 +1,244 @@
+"""Read-only queries. They stay open when an API token is set."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+from strawberry.types import Info
+
+from graph.errors import GlanError, InvalidInput
+from graph.model import HIERARCHY
+from graph.store import Node
+
+from .. import reads
+from ..context import Context
+from .coverage import Coverage
+from .errors import (
+    InvalidInputError,
+    NotApprovedError,
+    NotFoundError,
+    WrongKindError,
+    problem,
+)
+from .instruction import Instruction, InstructionFilter, InstructionSample
+from .job import Job, JobState, StageName
+from .node import Kind, TaxonomyNode
+from .pagination import (
+    MAX_PAGE,
+    Connection,
+    connection,
+    decode_cursor,
+    page_size,
+    paginate,
+)
+from .tree import TreeNode
+
+#: How many levels `subtree` returns at once: from the root, fields to disciplines; from a
+#: discipline, subjects to concepts. Deeper views page through `children`.
+MAX_SUBTREE_DEPTH = 3
+
+NodeResult = Annotated[
+    TaxonomyNode | NotFoundError | InvalidInputError, strawberry.union("NodeResult")
+]
+ChildrenResult = Annotated[
+    Connection[TaxonomyNode] | NotFoundError | InvalidInputError,
+    strawberry.union("ChildrenResult"),
+]
+SubtreeResult = Annotated[
+    TreeNode | NotFoundError | InvalidInputError, strawberry.union("SubtreeResult")
+]
+SearchResult = Annotated[
+    Connection[TaxonomyNode] | InvalidInputError, strawberry.union("SearchResult")
+]
+CoverageResult = Annotated[
+    Coverage | NotFoundError | InvalidInputError, strawberry.union("CoverageResult")
+]
+InstructionsResult = Annotated[
+    Connection[Instruction] | NotFoundError | NotApprovedError | WrongKindError | InvalidInputError,
+    strawberry.union("InstructionsResult"),
+]
+SampleResult = Annotated[
+    InstructionSample | NotFoundError | NotApprovedError | WrongKindError | InvalidInputError,
+    strawberry.union("SampleResult"),
+]
+JobsResult = Annotated[Connection[Job] | InvalidInputError, strawberry.union("JobsResult")]
+JobResult = Annotated[Job | NotFoundError, strawberry.union("JobResult")]
+
+
+def job_view(ctx: Context, job_id: str) -> Job | None:
+    """A job as it stands: live progress while this server runs it, else the stored row."""
+    entry = ctx.jobs.running.get(job_id)
+    if entry is not None:
+        return Job.of(entry.latest, live=True)
+    row = ctx.store.job(job_id) if job_id.startswith("job_") else None
+    return Job.of_row(row) if row else None
+
+
+def _node_by_id(ctx: Context, node_id: str) -> TaxonomyNode | NotFoundError:
+    node = ctx.store.get(node_id)
+    if node is None or node.kind not in HIERARCHY:
+        return NotFoundError(
+            message=f"no taxonomy node with id {node_id!r}", id=strawberry.ID(node_id)
+        )
+    paths = ctx.store.paths_of(node.id)
+    # reached by its first path, so `hidden` and `path` are as that path sees them
+    return TaxonomyNode.of(ctx.store.node(paths[0]) if paths else node)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A node by id or by path (give exactly one).")
+    def node(
+        self, info: Info[Context, None], id: strawberry.ID | None = None, path: str | None = None
+    ) -> NodeResult:
+        try:
+            if (id is None) == (path is None):
+                raise InvalidInput("give exactly one of id and path")
+            if path is not None:
+                return TaxonomyNode.of(info.context.store.node(path))
+            return _node_by_id(info.context, str(id))
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(description="Children of a path in syllabus or name order (no path: fields).")
+    def children(
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        first: int = 100,
+        after: str | None = None,
+    ) -> ChildrenResult:
+        try:
+            kids = info.context.store.children(path or None)
+            return paginate(kids, first, after, key=lambda n: n.id, wrap=TaxonomyNode.of)
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(
+        description=f"The tree below a path with counts at every node, up to "
+        f"{MAX_SUBTREE_DEPTH} levels deep."
+    )
+    def subtree(
+        self, info: Info[Context, None], path: str | None = None, depth: int = 2
+    ) -> SubtreeResult:
+        try:
+            if not 0 <= depth <= MAX_SUBTREE_DEPTH:
+                raise InvalidInput(
+                    f"depth must be between 0 and {MAX_SUBTREE_DEPTH}; for deeper levels ask "
+                    "for the subtree of a lower path"
+                )
+            return TreeNode.of(info.context.store.tree(path or None, depth))
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(description="Nodes whose name contains the text, case ignored, by id.")
+    def search(
+        self,
+        info: Info[Context, None],
+        text: str,
+        kind: Kind | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> SearchResult:
+        try:
+            first = page_size(first)
+            kinds = [kind.node_kind] if kind else list(HIERARCHY)
+            found = info.context.store.search(
+                text, kinds, limit=first + 1, after=decode_cursor(after) or ""
+            )
+            return connection(
+                found[:first], has_next=len(found) > first, key=_id, wrap=TaxonomyNode.of
+            )
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(
+        description="Where the data stands under a path and under each of its children: "
+        "counts, concept and combination coverage, gaps."
+    )
+    def coverage(self, info: Info[Context, None], path: str | None = None) -> CoverageResult:
+        try:
+            return Coverage.of(info.context.store.coverage(path or None))
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(description="Instructions under an approved path (session or above), by id.")
+    def instructions(
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        filter: InstructionFilter | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> InstructionsResult:
+        store = info.context.store
+        try:
+            first = page_size(first)
+            flt = filter.to_filter() if filter else reads.InstructionFilter()
+            scope = store.scope(path)
+            page, more = reads.instruction_page(store, scope, flt, first, decode_cursor(after))
+            return connection(
+                page,
+                has_next=more,
+                key=_id,
+                wrap=Instruction.of,
+                count=lambda: reads.instruction_count(store, scope, flt),
+            )
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(
+        description="A random sample of the instructions under a path: the same seed gives "
+        "the same sample while the data is unchanged."
+    )
+    def sample_instructions(
+        self, info: Info[Context, None], path: str | None = None, n: int = 5, seed: int = 0
+    ) -> SampleResult:
+        store = info.context.store
+        try:
+            if not 1 <= n <= MAX_PAGE:
+                raise InvalidInput(f"n must be between 1 and {MAX_PAGE}, got {n}")
+            chosen = reads.sample_instructions(store, store.scope(path), n, seed)
+            return InstructionSample(seed=seed, instructions=[Instruction.of(i) for i in chosen])
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(description="Jobs, newest first; those this server runs show live progress.")
+    def jobs(
+        self,
+        info: Info[Context, None],
+        status: JobState | None = None,
+        kind: StageName | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> JobsResult:
+        ctx = info.context
+        try:
+            stored = {str(r["id"]): r for r in ctx.store.jobs()}
+            live = ctx.jobs.running
+            # a job just started may not have written its row yet: newest, so first
+            jobs = [Job.of(e.latest, live=True) for i, e in live.items() if i not in stored]
+            jobs += [
+                Job.of(live[i].latest, live=True, row=row) if i in live else Job.of_row(row)
+                for i, row in stored.items()
+            ]
+            jobs = [
+                j
+                for j in jobs
+                if (status is None or j.status == status) and (kind is None or j.kind == kind)
+            ]
+            return paginate(jobs, first, after, key=lambda j: str(j.id), wrap=lambda j: j)
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field
+    def job(self, info: Info[Context, None], id: strawberry.ID) -> JobResult:
+        found = job_view(info.context, str(id))
+        if found is None:
+            return NotFoundError(message=f"no job {str(id)!r} (see the jobs query)", id=id)
+        return found
+
+
+def _id(node: Node) -> str:
+    return node.id
