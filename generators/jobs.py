@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from graph.driver import Tx
-from graph.errors import GlanError
-from graph.model import JOB, UNIT, node_id
+from graph.errors import GlanError, WrongKind
+from graph.model import JOB, UNIT, NodeKind, node_id
 from graph.store import Node, Store, now_iso
 
 from .llm import LLMClient, LLMError, StageParams, Usage
@@ -106,6 +106,8 @@ class Stage(ABC):
     """One GLAN stage: how to split a scope into units, run one, and store its output."""
 
     name: ClassVar[str]
+    #: the kinds of node this stage may run under (None, the whole store, always may)
+    scope_kinds: ClassVar[tuple[NodeKind, ...]]
 
     def __init__(
         self, store: Store, llm: LLMClient, params: StageParams, options: Mapping[str, Any]
@@ -115,6 +117,15 @@ class Stage(ABC):
         self.params = params
         self.options = dict(options)
         self.job_id = ""
+
+    def check_scope(self, scope: Node | None) -> None:
+        """Refuse a scope this stage cannot run under, before any job is stored or started."""
+        if scope is not None and scope.kind not in self.scope_kinds:
+            wanted = ", ".join(k.label for k in self.scope_kinds)
+            raise WrongKind(
+                f"{scope.path!r} is a {scope.kind.label}; {self.name} generation runs under "
+                f"the whole store or a {wanted}"
+            )
 
     def job_key(self) -> dict[str, Any]:
         """The parameters that identify a job of this stage (besides stage and scope)."""
@@ -163,6 +174,7 @@ class JobRunner:
         cancel: asyncio.Event | None = None,
     ) -> Progress:
         scope = self.store.scope(scope_path)
+        stage.check_scope(scope)
         scope_text = scope.path or "" if scope else ""
         key = stage.job_key()
         params = json.dumps(key, sort_keys=True)
@@ -175,7 +187,14 @@ class JobRunner:
         else:
             self.store.save_job({**state.as_row(params), "created_at": now_iso()})
 
-        units = stage.plan(scope)
+        try:
+            units = stage.plan(scope)
+        except GlanError as exc:  # stored as failed, so the job does not look alive forever
+            state.status, state.error = JobStatus.FAILED, str(exc)
+            self.store.save_job(state.as_row(params))
+            if progress:
+                progress(state)
+            raise
         statuses = self.store.unit_statuses([u.id for u in units])
         todo = [u for u in units if statuses.get(u.id) != UnitStatus.DONE]
         state.total = len(units)

@@ -76,6 +76,7 @@ class JobManager:
         stage = STAGES[stage_name](
             self.store, self.llm, self.params_for(stage_name), options.for_stage(stage_name)
         )
+        stage.check_scope(scope)
         job_id = job_id_for(stage_name, scope_text, stage.job_key())
         for other_id, other in self.running.items():
             if other.stage == stage_name and _overlaps(other.scope, scope_text):
@@ -102,10 +103,13 @@ class JobManager:
         entry = self.running.pop(job_id, None)
         if entry is None:
             return
-        if not task.cancelled() and task.exception() is None:
+        error = None if task.cancelled() else task.exception()
+        if not task.cancelled() and error is None:
             entry.latest = replace(task.result())
         elif entry.latest.status == JobStatus.RUNNING:
-            entry.latest = replace(entry.latest, status=JobStatus.FAILED)
+            entry.latest = replace(
+                entry.latest, status=JobStatus.FAILED, error=str(error) if error else None
+            )
         for q in entry.watchers:
             q.put_nowait(entry.latest)
 

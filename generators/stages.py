@@ -10,14 +10,14 @@ import json
 from typing import Any, ClassVar
 
 from graph.driver import Tx
-from graph.errors import WrongKind
 from graph.model import (
     CHILD_REL,
     DISCIPLINE,
     FIELD,
-    HIERARCHY,
     INSTRUCTION,
     RESPONSE,
+    SESSION,
+    SUBFIELD,
     SUBJECT,
     Source,
     Status,
@@ -59,10 +59,9 @@ class TaxonomyStage(PromptStage):
 
     name = "taxonomy"
     prompt_name = "taxonomy"
+    scope_kinds = (FIELD, SUBFIELD)
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
-        if scope is not None and scope.kind not in HIERARCHY[:2]:
-            raise_wrong_scope(scope, "a Field or SubField (or the root)")
         target = scope.id if scope else "root"
         rounds = int(self.options.get("rounds", 1))
         return [
@@ -123,6 +122,7 @@ class SubjectsStage(PromptStage):
 
     name = "subjects"
     prompt_name = "subjects"
+    scope_kinds = (FIELD, SUBFIELD, DISCIPLINE)
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         rounds = int(self.options.get("rounds", 10))
@@ -152,6 +152,7 @@ class SyllabusStage(PromptStage):
 
     name = "syllabus"
     prompt_name = "syllabus"
+    scope_kinds = (FIELD, SUBFIELD, DISCIPLINE, SUBJECT)
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         # Subjects whose syllabus came from elsewhere (added by hand) are left alone.
@@ -187,6 +188,7 @@ class QuestionsStage(PromptStage):
 
     name = "questions"
     prompt_name = "question"
+    scope_kinds = (FIELD, SUBFIELD, DISCIPLINE, SUBJECT)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -293,6 +295,7 @@ class AnswersStage(PromptStage):
 
     name = "answers"
     prompt_name = "answer"
+    scope_kinds = (FIELD, SUBFIELD, DISCIPLINE, SUBJECT, SESSION)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -340,7 +343,3 @@ STAGES: dict[str, type[Stage]] = {
     s.name: s for s in (TaxonomyStage, SubjectsStage, SyllabusStage, QuestionsStage, AnswersStage)
 }
 PIPELINE = ("subjects", "syllabus", "questions", "answers")
-
-
-def raise_wrong_scope(scope: Node, wanted: str) -> None:
-    raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; this stage runs under {wanted}")

@@ -615,18 +615,18 @@ def test_generation_refusals_are_typed_results(api: Api) -> None:
     assert api.gql("{ jobs { ... on JobConnection { totalCount } } }")["jobs"]["totalCount"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generators: a stage whose plan refuses the scope (taxonomy under a Discipline) "
-    "fails inside the job task; JobManager keeps no error and the stored job stays 'running'",
-)
 def test_a_stage_that_refuses_its_scope_is_reported(api: Api) -> None:
-    result = start(api, "generateTaxonomy(path: $p)", {"p": ALGEBRA})
-    if "id" not in result:  # refused up front
-        assert result["__typename"] == "WrongKindError"
-        return
-    finished = api.wait_for(result["id"])  # or started, and then it must end saying why
-    assert finished["status"] == "FAILED" and "Discipline" in (finished["error"] or "")
+    from graph.model import SUBJECT
+
+    api.store.add_node(ALGEBRA, SUBJECT, "Linear Algebra")
+    for mutation, path in (
+        ("generateTaxonomy(path: $p)", ALGEBRA),
+        ("generateSubjects(path: $p)", ALGEBRA + "/Linear Algebra"),
+    ):
+        result = start(api, mutation, {"p": path})
+        assert result["__typename"] == "WrongKindError", result
+        assert "runs under" in result["message"]
+    assert api.gql("{ jobs { ... on JobConnection { totalCount } } }")["jobs"]["totalCount"] == 0
 
 
 def test_job_conflict_and_cancel(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from generators.jobs import JobStatus
 from generators.llm import LLMClient, LLMConfig, StageParams
 from generators.pipeline import PipelineOptions, run_stages
-from graph.errors import ScopeNotApproved
+from graph.errors import ScopeNotApproved, WrongKind
 from graph.model import (
     ANSWERS,
     CONCEPT,
@@ -197,6 +197,12 @@ def test_generation_refuses_unapproved_scopes(store: Store, model: Stub) -> None
     with pytest.raises(ScopeNotApproved):
         run(store, model, ["subjects"])
     assert model.calls == 0
+
+
+def test_a_stage_refuses_a_scope_below_its_targets(store: Store, model: Stub) -> None:
+    with pytest.raises(WrongKind, match="taxonomy generation runs under"):
+        run(store, model, ["taxonomy"], path=ALGEBRA)
+    assert model.calls == 0 and store.jobs() == []  # refused before a job is stored
 
 
 def test_taxonomy_proposals_wait_for_review(store: Store, model: Stub) -> None:
