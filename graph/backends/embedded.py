@@ -116,10 +116,17 @@ class EmbeddedDriver:
         if isinstance(result, list):  # several statements: keep the last result
             result = result[-1]
         cols = result.get_column_names()
-        rows: list[Row] = []
-        while result.has_next():
-            values = result.get_next()
-            rows.append({c: _plain(v) for c, v in zip(cols, values, strict=True)})
+        rows: list[Row] = [dict(zip(cols, values, strict=True)) for values in result.get_all()]
+        # Only columns holding nodes or relationships need their engine-internal keys
+        # dropped; checking the column types once spares a call per value of a large read.
+        graph_cols = [
+            c
+            for c, t in zip(cols, result.get_column_data_types(), strict=True)
+            if t.startswith(("NODE", "REL"))
+        ]
+        for row in rows:
+            for c in graph_cols:
+                row[c] = _plain(row[c])
         return rows
 
     def execute(self, query: str, params: Params | None = None) -> list[Row]:
