@@ -48,9 +48,29 @@ class Sample:
 
 @dataclass
 class _Subject:
+    """A syllabus being sampled, with its coverage kept up to date as samples are accepted,
+    so that preferring uncovered concepts costs O(sessions) per draw, not O(concepts)."""
+
     id: str
     sessions: list[SessionView]
     covered: dict[str, int] = field(default_factory=dict)  # concept id -> instructions
+    owner: dict[str, str] = field(default_factory=dict)  # concept id -> session id
+    uncovered: dict[str, int] = field(default_factory=dict)  # session id -> concepts left
+    left: int = 0  # concepts of the subject no instruction covers yet
+
+    @classmethod
+    def of(cls, subject_id: str, sessions: list[SessionView]) -> _Subject:
+        covered = {c.id: c.covered for s in sessions for c in s.concepts}
+        owner = {c.id: s.id for s in sessions for c in s.concepts}
+        uncovered = {s.id: sum(1 for c in s.concepts if covered[c.id] == 0) for s in sessions}
+        return cls(subject_id, sessions, covered, owner, uncovered, sum(uncovered.values()))
+
+    def cover(self, concept_ids: Iterable[str]) -> None:
+        for c in concept_ids:
+            if self.covered.get(c, 0) == 0:
+                self.uncovered[self.owner[c]] -= 1
+                self.left -= 1
+            self.covered[c] = self.covered.get(c, 0) + 1
 
 
 SyllabusLoader = Callable[[Sequence[str]], Mapping[str, list[SessionView]]]
@@ -93,8 +113,7 @@ class Sampler:
             loaded = self.load(missing)
             for sid in missing:
                 sessions = [s for s in loaded.get(sid, []) if s.concepts]
-                covered = {c.id: c.covered for s in sessions for c in s.concepts}
-                self._cache[sid] = _Subject(sid, sessions, covered)
+                self._cache[sid] = _Subject.of(sid, sessions)
         return [self._cache[i] for i in ids]
 
     def _pick_subject_ids(self, k: int) -> list[str]:
@@ -157,10 +176,8 @@ class Sampler:
 
     def _accept(self, subject: _Subject, sample: Sample) -> Sample:
         self.drawn.add(sample.combo_key)
-        for c in sample.concept_ids:
-            subject.covered[c] = subject.covered.get(c, 0) + 1
-        fully_covered = all(v > 0 for v in subject.covered.values())
-        if self.prefer_uncovered and fully_covered and subject.id in self._open:
+        subject.cover(sample.concept_ids)
+        if self.prefer_uncovered and subject.left == 0 and subject.id in self._open:
             self._open.discard(subject.id)
             self.open_ids.remove(subject.id)
         return sample
@@ -179,9 +196,7 @@ class Sampler:
         self, subject: _Subject, options: Sequence[SessionView], prefer: bool
     ) -> SessionView:
         if prefer:
-            fresh = [
-                s for s in options if any(subject.covered.get(c.id, 0) == 0 for c in s.concepts)
-            ]
+            fresh = [s for s in options if subject.uncovered[s.id] > 0]
             if fresh:
                 return self.rng.choice(fresh)
         return self.rng.choice(list(options))
