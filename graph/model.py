@@ -96,8 +96,27 @@ _PROVENANCE = (
 FIELD = NodeKind("Field", "fld", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 SUBFIELD = NodeKind("SubField", "sub", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 DISCIPLINE = NodeKind("Discipline", "dis", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
+# What a subject's own subtree holds (visible sessions and concepts, instructions asked from
+# them, their responses, covered concepts, distinct combinations), kept on the subject so
+# that coverage of a large subtree sums one row per subject instead of walking every
+# concept and instruction. Everything below a subject belongs to it alone, so these add up.
+# A write below a subject bumps `rollup_dirty`; the rollup is current when `rollup_clean`
+# equals it, and is recomputed on the next coverage read otherwise (see Store.coverage).
+ROLLUPS: tuple[str, ...] = (
+    "rollup_sessions",
+    "rollup_concepts",
+    "rollup_instructions",
+    "rollup_responses",
+    "rollup_covered",
+    "rollup_combos",
+)
 SUBJECT = NodeKind(
-    "Subject", "sbj", _HIERARCHY + (Prop("level"), Prop("subtopics", LIST)) + _PROVENANCE
+    "Subject",
+    "sbj",
+    _HIERARCHY
+    + (Prop("level"), Prop("subtopics", LIST))
+    + _PROVENANCE
+    + tuple(Prop(name, INT) for name in (*ROLLUPS, "rollup_dirty", "rollup_clean")),
 )
 SESSION = NodeKind("Session", "ses", _HIERARCHY + (Prop("position", INT),) + _PROVENANCE)
 CONCEPT = NodeKind("Concept", "con", _HIERARCHY + (Prop("position", INT),) + _PROVENANCE)

@@ -18,6 +18,7 @@ from .model import (
     INSTRUCTION,
     JOB,
     RESPONSE,
+    ROLLUPS,
     SESSION,
     SUBJECT,
     UNIT,
@@ -322,6 +323,88 @@ def childless(d: Dialect, top: int | None, group: int | None, *, level: int) -> 
         f"WITH {grouped}n{level}.id AS node, count(x) AS k WHERE k = 0 "
         f"RETURN {keep}count(DISTINCT node) AS n"
     )
+
+
+# ---------------------------------------------------------------------- subject rollups
+
+
+def _rollup_dirty(var: str) -> str:
+    return f"{var}.rollup_dirty = coalesce({var}.rollup_dirty, 0) + 1"
+
+
+def mark_subjects_dirty(d: Dialect) -> str:
+    """Say that something below the subjects $ids changed: their rollups are stale."""
+    return f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}}) SET {_rollup_dirty('s')}"
+
+
+def mark_subjects_of_instructions_dirty(d: Dialect) -> str:
+    """The same for the subjects the instructions $ids were asked in."""
+    return (
+        f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)} {{id: x}}) "
+        f"MATCH (s:{d.q(SUBJECT.label)} {{id: i.subject_id}}) SET {_rollup_dirty('s')}"
+    )
+
+
+def stale_rollups(d: Dialect, top: int | None) -> str:
+    """Subjects under the scope whose rollup is missing or older than their last write, with
+    the write count it will be current for."""
+    start = 0 if top is None else top
+    where = "coalesce(n3.rollup_clean, -1) <> coalesce(n3.rollup_dirty, 0)"
+    if top is not None:
+        where = f"n{top}.id = $id AND {where}"
+    return (
+        f"MATCH {chain(d, start, 3)} WHERE {where} "
+        "RETURN DISTINCT n3.id AS id, coalesce(n3.rollup_dirty, 0) AS dirty"
+    )
+
+
+def rollup_syllabus(d: Dialect) -> str:
+    """Visible sessions and concepts of each subject of $ids (a subject with none gives a row
+    of zeros)."""
+    has_session = d.q(CHILD_REL[SUBJECT.label].type)
+    has_concept = d.q(CHILD_REL[SESSION.label].type)
+    return (
+        f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}}) "
+        f"OPTIONAL MATCH (s)-[:{has_session}]->(ss:{d.q(SESSION.label)}) "
+        "WHERE ss.status <> $rejected "
+        f"OPTIONAL MATCH (ss)-[:{has_concept}]->(c:{d.q(HIERARCHY[5].label)}) "
+        "WHERE c.status <> $rejected "
+        "RETURN x AS id, count(DISTINCT ss.id) AS rollup_sessions, "
+        "count(DISTINCT c.id) AS rollup_concepts"
+    )
+
+
+def rollup_generated(d: Dialect) -> str:
+    """Per subject of $ids that has any: instructions asked from its visible sessions, their
+    responses and distinct concept combinations."""
+    has_session = d.q(CHILD_REL[SUBJECT.label].type)
+    return (
+        f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}})-[:{has_session}]->"
+        f"(ss:{d.q(SESSION.label)})<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
+        "WHERE ss.status <> $rejected "
+        f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
+        "RETURN x AS id, count(DISTINCT i.id) AS rollup_instructions, "
+        "count(DISTINCT r.id) AS rollup_responses, count(DISTINCT i.combo_key) AS rollup_combos"
+    )
+
+
+def rollup_covered(d: Dialect) -> str:
+    """Per subject of $ids that has any: visible concepts at least one instruction covers."""
+    return (
+        f"UNWIND $ids AS x MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
+        f"(i:{d.q(INSTRUCTION.label)}) WHERE n3.id = x AND {visible(4, 5)} "
+        "RETURN x AS id, count(DISTINCT n5.id) AS rollup_covered"
+    )
+
+
+def sum_rollups(d: Dialect, top: int | None, group: int | None) -> str:
+    """The rollups of the distinct visible subjects under the scope, summed (per group node
+    with a group). A subject under two disciplines of one group counts once for it."""
+    pattern, where, _ = _scoped(d, top, group, 3)
+    keep = f"n{group}.id AS id, " if group is not None else ""
+    head = "id, " if group is not None else ""
+    sums = ", ".join(f"sum(coalesce(n3.{d.q(r)}, 0)) AS {r}" for r in ROLLUPS)
+    return f"MATCH {pattern} WHERE {where} WITH DISTINCT {keep}n3 RETURN {head}{sums}"
 
 
 # ---------------------------------------------------------------------- datasets

@@ -32,6 +32,7 @@ from .model import (
     NODE_KINDS,
     PARENT_REL,
     RESPONSE,
+    ROLLUPS,
     SESSION,
     SHARED_KINDS,
     SUBJECT,
@@ -49,6 +50,13 @@ from .model import (
 )
 
 _KIND_BY_PREFIX = {k.id_prefix: k for k in NODE_KINDS}
+#: Count names filled from subject rollups, and the rollup each sums.
+_ROLLUP_COUNTS = {
+    "sessions": "rollup_sessions",
+    "concepts": "rollup_concepts",
+    "instructions": "rollup_instructions",
+    "responses": "rollup_responses",
+}
 #: Names of the count columns, by level below a node (6 = instructions, 7 = responses).
 COUNT_NAMES = (
     "fields",
@@ -441,8 +449,10 @@ class Store:
         if kind not in HIERARCHY:
             raise WrongKind(f"{kind.label} is not part of the knowledge hierarchy", kind=kind.label)
         parent: Node | None = None
+        above: list[Node] = []
         if parent_path:
-            parent = self.node(parent_path)
+            above = self.resolve(parent_path)
+            parent = above[-1]
             expected = child_kind(parent.kind)
             if expected is not kind:
                 raise WrongKind(
@@ -477,6 +487,7 @@ class Store:
             self.upsert_nodes(kind, [row], update_existing=False, tx=tx)
             if parent is not None:
                 self.upsert_edges(CHILD_REL[parent.kind.label], [(parent.id, node_id)], tx=tx)
+            self._rollups_stale(_subject_above(above, len(above)), tx=tx)
         path = join_path([*(split_path(parent.path or "") if parent else []), name])
         return self.node(path)
 
@@ -547,11 +558,14 @@ class Store:
 
     def review(self, path: str, status: Status) -> Node:
         """Approve, reject or re-propose a node. Rejecting hides its subtree; nothing is lost."""
-        node = self.node(path)
-        self.driver.execute(
-            Q.set_status(self.d, node.kind),
-            {"id": node.id, "status": str(status), "now": now_iso()},
-        )
+        nodes = self.resolve(path)
+        node = nodes[-1]
+        with self.driver.transaction() as tx:
+            tx.execute(
+                Q.set_status(self.d, node.kind),
+                {"id": node.id, "status": str(status), "now": now_iso()},
+            )
+            self._rollups_stale(_subject_above(nodes, len(nodes) - 1), tx=tx)
         return self.node(path)
 
     def delete_subtree(self, path: str) -> dict[str, int]:
@@ -596,6 +610,7 @@ class Store:
                 for batch in batched(ids, self.batch_size):
                     tx.execute(Q.delete_nodes(self.d, kind), {"ids": batch})
                 counts[kind.label] = len(ids)
+            self._rollups_stale(_subject_above(nodes, len(nodes) - 1), tx=tx)
         return counts
 
     def _ids_below(self, parent_ids: list[str], parent_kind: NodeKind) -> list[str]:
@@ -768,9 +783,81 @@ class Store:
         """Where a dataset stands: counts, concept and combination coverage, gaps.
 
         For the node and each child, computed in the database with a fixed number of
-        grouped queries whatever the size of the subtree.
+        grouped queries whatever the size of the subtree. Above subjects, what lies below
+        each subject comes from its rollup (recomputed first where a write made it stale),
+        so the queries walk the taxonomy down to subjects, not every concept and
+        instruction; a subject or session is small enough to walk whole.
         """
         scope = self.node(path) if path else None
+        if scope is not None and scope.level >= HIERARCHY.index(SUBJECT):
+            return self._coverage_walk(scope)
+        self.refresh_rollups(scope)
+        top = scope.level if scope else None
+        group = top + 1 if top is not None else 0
+        total = CoverageRow(scope, scope.path or "" if scope else "")
+        children = self.children(path)
+        rows = {c.id: CoverageRow(c, c.path or "") for c in children if not c.hidden}
+        hidden = scope is not None and scope.hidden
+        if hidden:
+            rows = {}
+        params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
+        if scope:
+            params["id"] = scope.id
+        subject = HIERARCHY.index(SUBJECT)
+        found: dict[str, dict[str, int]] = {}
+        if not hidden:
+            levels = range(group, subject + 1)
+            query = Q.count_levels(self.d, top, None, subject)
+            found[""] = {
+                f"c{lv}": r[f"c{lv}"] for r in self.driver.execute(query, params) for lv in levels
+            }
+            found[""].update(self.driver.execute(Q.sum_rollups(self.d, top, None), params)[0])
+            if rows and group < subject:
+                for r in self.driver.execute(Q.count_levels(self.d, top, group, subject), params):
+                    found.setdefault(r["id"], {}).update(r)
+            if rows:
+                for r in self.driver.execute(Q.sum_rollups(self.d, top, group), params):
+                    found.setdefault(r["id"], {}).update(r)
+        for key, row in [("", total), *rows.items()]:
+            values = found.get(key, {})
+            first = (row.node.level + 1) if row.node else 0
+            row.counts = {
+                COUNT_NAMES[lv]: int(values.get(f"c{lv}") or 0) for lv in range(first, subject + 1)
+            }
+            for name, rollup in _ROLLUP_COUNTS.items():
+                row.counts[name] = int(values.get(rollup) or 0)
+            row.covered_concepts = int(values.get("rollup_covered") or 0)
+            row.combinations = int(values.get("rollup_combos") or 0)
+        if not hidden:
+            self._gaps(top, group, params, total, rows)
+        ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
+        return Coverage(total, sorted([*rows.values(), *ordered], key=_row_order))
+
+    def _gaps(
+        self,
+        top: int | None,
+        group: int,
+        params: Mapping[str, Any],
+        total: CoverageRow,
+        rows: Mapping[str, CoverageRow],
+    ) -> None:
+        """Subjects without a syllabus and disciplines without subjects, for the total and
+        per child: whether a node has children at all, which no rollup holds."""
+        for name, level in (("subjects_without_syllabus", 3), ("disciplines_without_subjects", 2)):
+            if top is not None and top > level:
+                continue
+            found = self.driver.execute(Q.childless(self.d, top, None, level=level), params)
+            setattr(total, name, int(found[0]["n"]) if found else 0)
+            if rows and group <= level:
+                query = Q.childless(self.d, top, group, level=level)
+                for r in self.driver.execute(query, params):
+                    if r["id"] in rows:
+                        setattr(rows[r["id"]], name, int(r["n"]))
+
+    def _coverage_walk(self, scope: Node | None) -> Coverage:
+        """Coverage by walking every node and instruction below the scope: what the rollups
+        must add up to, and how a subject or session is covered."""
+        path = scope.path if scope else None
         top = scope.level if scope else None
         group = scope.level + 1 if scope else 0
         params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
@@ -805,6 +892,43 @@ class Store:
                             setattr(rows[r["id"]], name, int(r["n"]))
         ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
         return Coverage(total, sorted([*rows.values(), *ordered], key=_row_order))
+
+    # ------------------------------------------------------------------ subject rollups
+
+    def _rollups_stale(self, subject_ids: Sequence[str], *, tx: Tx | None = None) -> None:
+        """Mark the rollups of these subjects stale, in the caller's transaction, so a write
+        below a subject and the mark commit together (or not at all)."""
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
+            runner.execute(Q.mark_subjects_dirty(self.d), {"ids": batch})
+
+    def refresh_rollups(self, scope: Node | None = None) -> int:
+        """Recompute the stale subject rollups under a scope (everything when None); returns
+        how many were stale.
+
+        Each is stamped with the write count it was computed for, inside one transaction,
+        so a write that lands meanwhile leaves it stale rather than lost.
+        """
+        top = scope.level if scope else None
+        if top is not None and top > HIERARCHY.index(SUBJECT):
+            return 0
+        params: dict[str, Any] = {"id": scope.id} if scope else {}
+        stale = {
+            r["id"]: int(r["dirty"])
+            for r in self.driver.execute(Q.stale_rollups(self.d, top), params)
+        }
+        for batch in batched(sorted(stale), self.batch_size):
+            with self.driver.transaction() as tx:
+                values: dict[str, dict[str, Any]] = {
+                    i: {"id": i, **dict.fromkeys(ROLLUPS, 0), "rollup_clean": stale[i]}
+                    for i in batch
+                }
+                args = {"ids": batch, "rejected": str(Status.REJECTED)}
+                for build in (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered):
+                    for r in tx.execute(build(self.d), args):
+                        values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
+                self.update_existing(SUBJECT, list(values.values()), tx=tx)
+        return len(stale)
 
     # ------------------------------------------------------------------ generation
 
@@ -930,6 +1054,7 @@ class Store:
         self.upsert_nodes(CONCEPT, list(concept_rows.values()), tx=tx)
         self.upsert_edges(CHILD_REL[SUBJECT.label], has_session, tx=tx)
         self.upsert_edges(CHILD_REL[SESSION.label], has_concept, tx=tx)
+        self._rollups_stale([subject_id], tx=tx)
         return [r["id"] for r in session_rows]
 
     def concept_stats(self, subject_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -985,6 +1110,7 @@ class Store:
         res = self.upsert_nodes(INSTRUCTION, rows, tx=tx)
         self.upsert_edges(COVERS, covers, new_sources=res.new_ids, tx=tx)
         self.upsert_edges(FROM, sessions, new_sources=res.new_ids, tx=tx)
+        self._rollups_stale([str(r["subject_id"]) for r in rows if r.get("subject_id")], tx=tx)
         return res
 
     def write_responses(
@@ -993,6 +1119,9 @@ class Store:
         res = self.upsert_nodes(RESPONSE, rows, tx=tx)
         pairs = [(r["id"], r["instruction_id"]) for r in rows]
         self.upsert_edges(ANSWERS, pairs, new_sources=res.new_ids, tx=tx)
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        for batch in batched(list(dict.fromkeys(i for _, i in pairs)), self.batch_size):
+            runner.execute(Q.mark_subjects_of_instructions_dirty(self.d), {"ids": batch})
         return res
 
     def instruction_ids_in_scope(self, scope: Node | None) -> list[str]:
@@ -1107,6 +1236,13 @@ class Store:
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
         for batch in batched([dict(r) for r in rows], self.batch_size):
             runner.execute(Q.update_nodes(self.d, kind, list(batch[0])), {"rows": batch})
+
+
+def _subject_above(path: Sequence[Node], level: int) -> list[str]:
+    """The subject on a resolved path whose rollup a change at `level` makes stale: a change
+    to a session or concept; none for a change at the subject or above."""
+    subject = HIERARCHY.index(SUBJECT)
+    return [path[subject].id] if level > subject else []
 
 
 def _row_order(row: CoverageRow) -> tuple[int, str]:

@@ -335,3 +335,93 @@ def test_large_writes_take_the_bulk_path_and_stay_upserts(store: Store) -> None:
     store.write_subjects(physics.id, subjects, {"model": "m"})
     assert store.count_kind(SUBJECT) == 600 and store.counts(PHYSICS)["subjects"] == 600
     assert len(store.linked(HAS_SUBJECT, [physics.id])[physics.id]) == 600
+
+
+def _coverage_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
+    cov = store.coverage(path)
+    return [
+        (r.path, r.counts, r.covered_concepts, r.combinations, r.subjects_without_syllabus,
+         r.disciplines_without_subjects)
+        for r in [cov.total, *cov.children]
+    ]  # fmt: skip
+
+
+def _walked_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
+    cov = store._coverage_walk(store.node(path) if path else None)
+    return [
+        (r.path, r.counts, r.covered_concepts, r.combinations, r.subjects_without_syllabus,
+         r.disciplines_without_subjects)
+        for r in [cov.total, *cov.children]
+    ]  # fmt: skip
+
+
+def _ask(store: Store, subject: str, concepts: list[str], n: int, answered: bool) -> None:
+    """Store `n` instructions over these concepts of one subject (one combination)."""
+    from generators.sampling import combo_key
+    from graph.model import INSTRUCTION, RESPONSE, node_id
+
+    sessions = sorted({store.paths_of(c)[0].rsplit("/", 1)[0] for c in concepts})
+    session_ids = [store.node(p).id for p in sessions]
+    rows = [
+        {"id": node_id(INSTRUCTION, subject, str(k), *concepts), "text": f"q{k}",
+         "combo_key": combo_key(concepts), "subject_id": subject, "strategy": "basic"}
+        for k in range(n)
+    ]  # fmt: skip
+    store.write_instructions(
+        rows,
+        [(r["id"], c) for r in rows for c in concepts],
+        [(r["id"], s) for r in rows for s in session_ids],
+    )
+    if answered:
+        store.write_responses(
+            [{"id": node_id(RESPONSE, r["id"]), "text": "a", "instruction_id": r["id"]}
+             for r in rows]
+        )  # fmt: skip
+
+
+def test_coverage_from_subject_rollups_equals_a_full_walk(store: Store) -> None:
+    """Coverage above subjects sums rollups kept on each subject; every kind of write below a
+    subject must leave them equal to what walking every node and instruction finds."""
+    from tests.test_sampling import fill
+
+    fill(store, subjects=3, sessions=3, concepts=4)
+    scopes = [None, "Natural Sciences", "Natural Sciences/Physical Sciences", PHYSICS]
+
+    def check() -> None:
+        for path in scopes:
+            assert _coverage_rows(store, path) == _walked_rows(store, path), path
+
+    physics = store.children(PHYSICS)
+    s0, s1 = physics[0], physics[1]
+    sessions = store.children(s0.path)
+    c00 = [c.id for c in store.children(sessions[0].path)]
+    c01 = [c.id for c in store.children(sessions[1].path)]
+    check()
+    assert store.coverage(PHYSICS).total.counts["concepts"] == 36
+
+    _ask(store, s0.id, c00[:2], 2, answered=True)
+    _ask(store, s0.id, [c00[0], c01[0]], 1, answered=False)
+    _ask(store, s1.id, [c.id for c in store.children(store.children(s1.path)[0].path)][:1], 1,
+         answered=True)  # fmt: skip
+    check()
+    total = store.coverage(PHYSICS).total
+    assert (total.counts["instructions"], total.counts["responses"]) == (4, 3)
+    assert (total.covered_concepts, total.combinations) == (4, 3)
+
+    store.review(sessions[1].path, Status.REJECTED)  # its concepts and the hard question go
+    check()
+    after = store.coverage(PHYSICS).total
+    assert after.counts["concepts"] == 32 and after.covered_concepts == 3
+    store.review(store.children(sessions[0].path)[0].path, Status.REJECTED)  # one concept
+    check()
+    assert store.coverage(PHYSICS).total.covered_concepts == 2
+    store.review(sessions[1].path, Status.APPROVED)
+    store.add_node(sessions[1].path, CONCEPT, "a concept added by hand")
+    check()
+    store.delete_subtree(sessions[2].path)
+    check()
+    store.link(PURE, s0.path)  # a shared subject counts under both, once in their common total
+    scopes.append("Formal Sciences")
+    check()
+    assert store.coverage(None).total.counts["subjects"] == 3
+    assert store.refresh_rollups(None) == 0  # every read above left them current
