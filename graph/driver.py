@@ -23,6 +23,10 @@ class Dialect:
     name = "cypher"
     #: function returning a uniform random float in [0, 1)
     random_fn = "rand()"
+    #: Up to this many ids, a query that walks out from nodes given by id runs once per id.
+    #: Some engines look a single `{id: $id}` up by key but plan a list of ids as a scan of
+    #: every table on the way: cheap for thousands of ids, ruinous for one in a hot path.
+    few_ids = 0
 
     @staticmethod
     def q(identifier: str) -> str:

@@ -27,6 +27,12 @@ from .model import (
 )
 
 
+def each_id(one: bool) -> tuple[str, str]:
+    """The head of a query over the ids $ids, or over the one id $id, and how its body names
+    the id: `UNWIND $ids AS x ... x`, or `... $id`, which engines look up by key."""
+    return ("", "$id") if one else ("UNWIND $ids AS x ", "x")
+
+
 def _props_map(d: Dialect, props: Sequence[str], var: str = "r") -> str:
     return "{" + ", ".join(f"{d.q(p)}: {var}.{d.q(p)}" for p in props) + "}"
 
@@ -52,11 +58,12 @@ def get_nodes(d: Dialect, kind: NodeKind) -> str:
     return f"UNWIND $ids AS x MATCH (n:{d.q(kind.label)} {{id: x}}) RETURN n"
 
 
-def existing_edges(d: Dialect, rel: RelKind) -> str:
-    """Every `rel` edge leaving the sources $ids. Reading a source's few edges is many times
-    faster on the embedded engine than matching both ends of each pair."""
+def existing_edges(d: Dialect, rel: RelKind, one: bool = False) -> str:
+    """Every `rel` edge leaving the sources $ids (or $id). Reading a source's few edges is many
+    times faster on the embedded engine than matching both ends of each pair."""
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH (a:{d.q(rel.src.label)} {{id: x}})"
+        f"{head}MATCH (a:{d.q(rel.src.label)} {{id: {x}}})"
         f"-[:{d.q(rel.type)}]->(b:{d.q(rel.dst.label)}) RETURN a.id AS src, b.id AS dst"
     )
 
@@ -225,24 +232,26 @@ def subject_names(d: Dialect) -> str:
     )
 
 
-def subject_concept_stats(d: Dialect) -> str:
+def subject_concept_stats(d: Dialect, one: bool = False) -> str:
     """Per subject: approved concepts, and how many an instruction already covers."""
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH {chain(d, 3, 5)} WHERE n3.id = x AND {approved(4, 5)} "
+        f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
         f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
-        "WITH x, n5.id AS c, count(i) AS k "
+        "WITH n3.id AS x, n5.id AS c, count(i) AS k "
         "RETURN x AS id, count(c) AS concepts, sum(CASE WHEN k > 0 THEN 1 ELSE 0 END) AS covered"
     )
 
 
-def syllabi(d: Dialect) -> str:
+def syllabi(d: Dialect, one: bool = False) -> str:
     """Sessions and concepts of the subjects $ids, with each concept's instruction count."""
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH {chain(d, 3, 5)} WHERE n3.id = x AND {approved(4, 5)} "
+        f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
         f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
-        "RETURN x AS subject, n4.id AS session, n4.name AS title, n4.description AS description, "
-        "n4.position AS session_pos, n5.id AS concept, n5.name AS concept_name, "
-        "n5.position AS concept_pos, count(i) AS covered"
+        "RETURN n3.id AS subject, n4.id AS session, n4.name AS title, "
+        "n4.description AS description, n4.position AS session_pos, n5.id AS concept, "
+        "n5.name AS concept_name, n5.position AS concept_pos, count(i) AS covered"
     )
 
 
@@ -358,42 +367,45 @@ def stale_rollups(d: Dialect, top: int | None) -> str:
     )
 
 
-def rollup_syllabus(d: Dialect) -> str:
+def rollup_syllabus(d: Dialect, one: bool = False) -> str:
     """Visible sessions and concepts of each subject of $ids (a subject with none gives a row
     of zeros)."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
     has_concept = d.q(CHILD_REL[SESSION.label].type)
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}}) "
+        f"{head}MATCH (s:{d.q(SUBJECT.label)} {{id: {x}}}) "
         f"OPTIONAL MATCH (s)-[:{has_session}]->(ss:{d.q(SESSION.label)}) "
         "WHERE ss.status <> $rejected "
         f"OPTIONAL MATCH (ss)-[:{has_concept}]->(c:{d.q(HIERARCHY[5].label)}) "
         "WHERE c.status <> $rejected "
-        "RETURN x AS id, count(DISTINCT ss.id) AS rollup_sessions, "
+        "RETURN s.id AS id, count(DISTINCT ss.id) AS rollup_sessions, "
         "count(DISTINCT c.id) AS rollup_concepts"
     )
 
 
-def rollup_generated(d: Dialect) -> str:
+def rollup_generated(d: Dialect, one: bool = False) -> str:
     """Per subject of $ids that has any: instructions asked from its visible sessions, their
     responses and distinct concept combinations."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}})-[:{has_session}]->"
+        f"{head}MATCH (s:{d.q(SUBJECT.label)} {{id: {x}}})-[:{has_session}]->"
         f"(ss:{d.q(SESSION.label)})<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
         "WHERE ss.status <> $rejected "
         f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
-        "RETURN x AS id, count(DISTINCT i.id) AS rollup_instructions, "
+        "RETURN s.id AS id, count(DISTINCT i.id) AS rollup_instructions, "
         "count(DISTINCT r.id) AS rollup_responses, count(DISTINCT i.combo_key) AS rollup_combos"
     )
 
 
-def rollup_covered(d: Dialect) -> str:
+def rollup_covered(d: Dialect, one: bool = False) -> str:
     """Per subject of $ids that has any: visible concepts at least one instruction covers."""
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
-        f"(i:{d.q(INSTRUCTION.label)}) WHERE n3.id = x AND {visible(4, 5)} "
-        "RETURN x AS id, count(DISTINCT n5.id) AS rollup_covered"
+        f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
+        f"(i:{d.q(INSTRUCTION.label)}) WHERE n3.id = {x} AND {visible(4, 5)} "
+        "RETURN n3.id AS id, count(DISTINCT n5.id) AS rollup_covered"
     )
 
 

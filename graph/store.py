@@ -233,6 +233,29 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _by_ids(
+        self,
+        build: Callable[[bool], str],
+        ids: Iterable[str],
+        params: Mapping[str, Any] | None = None,
+        *,
+        tx: Tx | None = None,
+    ) -> list[Row]:
+        """Rows of a query that walks out from nodes given by id, `build(one)` giving its
+        text over one $id or a list of $ids: a few ids go one at a time where the engine
+        looks one up by key but scans for a list (`Dialect.few_ids`), more go in batches."""
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        unique = list(dict.fromkeys(ids))
+        base = dict(params or {})
+        if len(unique) <= self.d.few_ids:
+            query = build(True)
+            return [r for i in unique for r in runner.execute(query, {**base, "id": i})]
+        query = build(False)
+        rows: list[Row] = []
+        for batch in batched(unique, self.batch_size):
+            rows += runner.execute(query, {**base, "ids": batch})
+        return rows
+
     # ------------------------------------------------------------------ batch writes
 
     def upsert_nodes(
@@ -309,11 +332,9 @@ class Store:
         created = 0
         unique = list(dict.fromkeys(pairs))
         for batch in batched(unique, self.batch_size):
-            sources = list(dict.fromkeys(s for s, _ in batch if s not in new_sources))
-            have: set[tuple[str, str]] = set()
-            if sources:
-                found = runner.execute(Q.existing_edges(self.d, rel), {"ids": sources})
-                have = {(r["src"], r["dst"]) for r in found}
+            sources = [s for s, _ in batch if s not in new_sources]
+            found = self._by_ids(partial(Q.existing_edges, self.d, rel), sources, tx=tx)
+            have = {(r["src"], r["dst"]) for r in found}
             todo = [p for p in batch if p not in have]
             if todo:
                 runner.create_edges(rel, todo)
@@ -923,9 +944,9 @@ class Store:
                     i: {"id": i, **dict.fromkeys(ROLLUPS, 0), "rollup_clean": stale[i]}
                     for i in batch
                 }
-                args = {"ids": batch, "rejected": str(Status.REJECTED)}
+                args = {"rejected": str(Status.REJECTED)}
                 for build in (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered):
-                    for r in tx.execute(build(self.d), args):
+                    for r in self._by_ids(partial(build, self.d), batch, args, tx=tx):
                         values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
                 self.update_existing(SUBJECT, list(values.values()), tx=tx)
         return len(stale)
@@ -1059,30 +1080,26 @@ class Store:
 
     def concept_stats(self, subject_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """Per subject: (approved concepts, concepts covered by an instruction)."""
-        out: dict[str, tuple[int, int]] = {}
-        for batch in batched(list(subject_ids), self.batch_size):
-            params = {"ids": batch, "approved": str(Status.APPROVED)}
-            for r in self.driver.execute(Q.subject_concept_stats(self.d), params):
-                out[r["id"]] = (int(r["concepts"]), int(r["covered"] or 0))
-        return out
+        params = {"approved": str(Status.APPROVED)}
+        rows = self._by_ids(partial(Q.subject_concept_stats, self.d), subject_ids, params)
+        return {r["id"]: (int(r["concepts"]), int(r["covered"] or 0)) for r in rows}
 
     def syllabi(self, subject_ids: Sequence[str]) -> dict[str, list[SessionView]]:
         """The approved sessions (in order) and concepts of each subject, with coverage."""
         sessions: dict[str, dict[str, SessionView]] = {}
-        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
-            params = {"ids": batch, "approved": str(Status.APPROVED)}
-            for r in self.driver.execute(Q.syllabi(self.d), params):
-                by_id = sessions.setdefault(r["subject"], {})
-                view = by_id.get(r["session"])
-                if view is None:
-                    view = by_id[r["session"]] = SessionView(
-                        r["session"], r["title"], r["description"] or "", r["session_pos"] or 0
-                    )
-                view.concepts.append(
-                    ConceptView(
-                        r["concept"], r["concept_name"], r["concept_pos"] or 0, int(r["covered"])
-                    )
+        params = {"approved": str(Status.APPROVED)}
+        for r in self._by_ids(partial(Q.syllabi, self.d), subject_ids, params):
+            by_id = sessions.setdefault(r["subject"], {})
+            view = by_id.get(r["session"])
+            if view is None:
+                view = by_id[r["session"]] = SessionView(
+                    r["session"], r["title"], r["description"] or "", r["session_pos"] or 0
                 )
+            view.concepts.append(
+                ConceptView(
+                    r["concept"], r["concept_name"], r["concept_pos"] or 0, int(r["covered"])
+                )
+            )
         out: dict[str, list[SessionView]] = {}
         for sid, by_id in sessions.items():
             views = sorted(by_id.values(), key=lambda v: (v.position, v.id))
