@@ -194,6 +194,7 @@ def browser() -> Iterator[Any]:
         "--window-size=1400,950",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -229,10 +230,11 @@ def click_arc(driver: Any, target: str | Any) -> None:
     lie on another slice)."""
     from selenium.webdriver.common.action_chains import ActionChains
 
+    chart = driver.find_element("css selector", "#chart")
+    wait_until(lambda: chart.get_attribute("data-animating") is None, what="the zoom to end")
     element = arc(driver, target) if isinstance(target, str) else target
     centroid = element.get_attribute("data-centroid") or ""
     x, y = (int(v) for v in centroid.split(","))
-    chart = driver.find_element("css selector", "#chart")
     ActionChains(driver).move_to_element_with_offset(chart, x, y).click().perform()
 
 
@@ -243,6 +245,10 @@ def panel_ready(driver: Any, path: str) -> bool:
 
 def figure(driver: Any, key: str) -> str:
     return str(driver.find_element("css selector", f'#panel dd[data-figure="{key}"]').text)
+
+
+def console_errors(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def shot(driver: Any, name: str) -> Path:
@@ -272,6 +278,7 @@ def test_the_seed_with_nothing_generated_shows_the_next_command(
         assert empty.is_displayed() and "Nothing generated yet" in empty.text
         assert "glan generate" in empty.text
         assert figure(browser, "concepts") == "0" and figure(browser, "conceptCoverage") == "0%"
+        assert console_errors(browser) == []
         shot(browser, "dashboard-seed.png")
 
 
@@ -285,6 +292,7 @@ def test_the_chart_zooms_into_a_discipline_and_fills_the_panel(browser: Any, dat
     assert "rejected" in (arc(browser, BIOLOGY).get_attribute("class") or "")
     # the subjects are not loaded until the chart zooms in
     assert not browser.find_elements("css selector", "#chart path.kind-subject")
+    shot(browser, "dashboard-root.png")
 
     click_arc(browser, PHYSICS)
     wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel")
@@ -327,6 +335,7 @@ def test_the_chart_zooms_into_a_discipline_and_fills_the_panel(browser: Any, dat
     wait_until(
         lambda: panel_ready(browser, "Natural Sciences/Physical Sciences"), what="zooming out"
     )
+    assert console_errors(browser) == []
 
 
 def test_a_job_started_from_the_panel_reports_progress_live(browser: Any, dataset: Api) -> None:

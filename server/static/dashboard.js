@@ -292,6 +292,7 @@ function render() {
   const ring = radius / (RINGS + 1);
   svg.attr("viewBox", [-radius, -radius, size, size]).attr("width", size).attr("height", size);
   svg.selectAll("*").remove();
+  svg.attr("data-animating", null);
   const defs = svg.append("defs");
   const hatch = defs
     .append("pattern")
@@ -318,8 +319,10 @@ function render() {
     .outerRadius((d) => Math.max(d.y0 * ring, d.y1 * ring - 1));
 
   const nodes = hier.descendants().slice(1);
+  const starts = zoomStarts(hier, nodes);
   const g = svg.append("g").attr("class", "arcs");
-  g.selectAll("path")
+  const paths = g
+    .selectAll("path")
     .data(nodes)
     .join("path")
     .attr("class", (d) => {
@@ -338,7 +341,8 @@ function render() {
     .attr("data-status", (d) => d.data.data.status)
     // where a click lands on this slice, from the chart's centre (the browser test uses it)
     .attr("data-centroid", (d) => arc.centroid(d).map(Math.round).join(","))
-    .on("click", (event, d) => onArcClick(d.data))
+    .on("click", (event, d) => onArcClick(d.data));
+  paths
     .append("title")
     .text((d) => {
       const n = d.data.data;
@@ -349,7 +353,7 @@ function render() {
           : "");
     });
 
-  svg
+  const labels = svg
     .append("g")
     .attr("class", "labels")
     .attr("pointer-events", "none")
@@ -393,6 +397,72 @@ function render() {
     label.append("tspan").attr("x", 0).attr("dy", "1.4em").attr("class", "small hint").text("click to zoom out");
   }
   renderCrumbs();
+  state.layout = new Map(hier.descendants().map((d) => [d.data.data, d]));
+  state.focusY1 = hier.y1;
+  if (starts) animate(svg, paths, arc, starts, labels);
+}
+
+/**
+ * Where each new slice starts its zoom animation, or null when there is nothing to animate
+ * from. Zooming in, the slices grow out of the one that was clicked; zooming out, they
+ * shrink back from the whole circle into the focus they leave.
+ */
+function zoomStarts(hier, nodes) {
+  const old = state.layout;
+  if (!old || !state.previousFocus || state.previousFocus === state.focus) return null;
+  if (window.matchMedia("(prefers-reduced-motion: reduce)").matches) return null;
+  const full = 2 * Math.PI;
+  const was = old.get(state.focus); // zooming in: where the new focus was drawn
+  if (was) {
+    const sx = (was.x1 - was.x0) / full;
+    const sy = (was.y1 - was.y0) / hier.y1;
+    return new Map(
+      nodes.map((d) => [
+        d,
+        { x0: was.x0 + d.x0 * sx, x1: was.x0 + d.x1 * sx, y0: was.y0 + d.y0 * sy, y1: was.y0 + d.y1 * sy },
+      ])
+    );
+  }
+  const left = nodes.find((d) => d.data.data === state.previousFocus); // zooming out
+  if (!left) return null;
+  const sx = full / (left.x1 - left.x0);
+  const sy = state.focusY1 / Math.max(1e-6, left.y1 - left.y0);
+  const cx = (x) => Math.max(0, Math.min(full, (x - left.x0) * sx));
+  const cy = (y) => Math.max(0, (y - left.y0) * sy);
+  return new Map(
+    nodes.map((d) => [d, { x0: cx(d.x0), x1: cx(d.x1), y0: cy(d.y0), y1: cy(d.y1) }])
+  );
+}
+
+function animate(svg, paths, arc, starts, labels) {
+  const duration = 450;
+  const t0 = performance.now();
+  const ease = (t) => (t < 0.5 ? 4 * t * t * t : 1 - Math.pow(-2 * t + 2, 3) / 2);
+  const token = (state.animation = {});
+  labels.attr("opacity", 0);
+  svg.attr("data-animating", "1");
+  const frame = (now) => {
+    if (state.animation !== token) return; // a newer render took over
+    const t = Math.min(1, (now - t0) / duration);
+    const k = ease(t);
+    paths.attr("d", (d) => {
+      const a = starts.get(d);
+      if (!a) return arc(d);
+      return arc({
+        x0: a.x0 + (d.x0 - a.x0) * k,
+        x1: a.x1 + (d.x1 - a.x1) * k,
+        // rings start past the edge when the focus was not at the centre: keep them inside
+        y0: Math.min(RINGS + 1, a.y0 + (d.y0 - a.y0) * k),
+        y1: Math.min(RINGS + 1, a.y1 + (d.y1 - a.y1) * k),
+      });
+    });
+    if (t < 1) requestAnimationFrame(frame);
+    else {
+      labels.attr("opacity", 1);
+      svg.attr("data-animating", null);
+    }
+  };
+  requestAnimationFrame(frame);
 }
 
 function clip(text, px) {
@@ -433,8 +503,10 @@ async function zoomTo(node) {
     showError(err);
     return;
   }
+  state.previousFocus = state.focus;
   state.focus = node;
   render();
+  state.previousFocus = null; // later redraws (selection, resize) do not animate
   if (node.pseudo) selectGroup(node);
   else select(node);
 }
@@ -450,6 +522,11 @@ function el(tag, attrs = {}, ...children) {
   }
   for (const c of children) if (c !== null && c !== undefined) e.append(c);
   return e;
+}
+
+function markSelected() {
+  const node = state.selected && state.selected.node;
+  d3.selectAll("#chart path.arc").classed("selected", (d) => d.data.data === node);
 }
 
 /** The panel of an aggregated slice: its members, each a link to zoom in or select. */
@@ -488,7 +565,7 @@ function selectGroup(group) {
 async function select(node) {
   const seq = ++state.selectedSeq;
   state.selected = { node };
-  render();
+  markSelected(); // not a redraw: that would cut a zoom animation short
   const panel = document.getElementById("panel");
   panel.setAttribute("data-path", node.path || "");
   panel.setAttribute("data-state", "loading");
