@@ -18,7 +18,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from graph.model import Status
+from graph.model import SUBJECT, Status
+from graph.store import Store
 from tests.api_helpers import Api, run_api, seed_taxonomy
 from tests.conftest import SMALL_TAXONOMY
 from tests.llm_stub import Stub, fake_glan_model, run_stub
@@ -28,6 +29,7 @@ from tests.test_sampling import PHYSICS, fill
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 CHEMISTRY = "Natural Sciences/Physical Sciences/Chemistry"
 BIOLOGY = "Natural Sciences/Life Sciences/Biology"
+PURE = "Formal Sciences/Mathematics/Pure Mathematics"
 TOKEN = "dashboard-token"
 
 COVERAGE = """query($p: String) { coverage(path: $p) { ... on Coverage { total {
@@ -141,6 +143,49 @@ def test_subtree_coverage_costs_one_query_per_level_only_when_asked(dataset: Api
         dataset.gql(SUBTREE, {"p": None, "d": 3})
     # the root's covered concepts and one grouped query for each of the three levels
     assert with_coverage.count - without.count == 4
+
+
+def test_store_gaps_and_tree_coverage_on_every_backend(store: Store) -> None:
+    """The new Cypher on each backend, with a subject shared by two disciplines: every
+    concept and instruction is counted once however many paths reach it."""
+    fill(store, subjects=2, sessions=2, concepts=3)
+    store.link(PURE, f"{PHYSICS}/Subject 0")
+    store.add_node(PHYSICS, SUBJECT, "Optics")
+    syllabi = store.syllabi(store.ids_in_scope(None, SUBJECT))
+    by_name = {store.get(sid).name: ss for sid, ss in syllabi.items()}  # type: ignore[union-attr]
+    twice = by_name["Subject 0"][0].concepts[0]
+    once = by_name["Subject 1"][1].concepts[2]
+    for iid, concept, session in (
+        ("ins_a", twice, by_name["Subject 0"][0]),
+        ("ins_b", twice, by_name["Subject 0"][0]),
+        ("ins_c", once, by_name["Subject 1"][1]),
+    ):
+        row = {"id": iid, "text": f"question {iid}", "combo_key": iid, "strategy": "basic"}
+        store.write_instructions([row], [(iid, concept.id)], [(iid, session.id)])
+
+    least = store.gaps(None, 100).least_covered
+    assert len(least) == len({g.node.id for g in least}) == 2 * 2 * 3
+    assert [g.instructions for g in least] == [0] * 10 + [1, 2]
+    assert (least[-1].node.id, least[-1].subject) == (twice.id, "Subject 0")
+    assert (least[-2].node.name, least[-2].session) == (once.name, "S1 session 1")
+    assert [g.instructions for g in store.gaps(PHYSICS, 3).least_covered] == [0, 0, 0]
+    assert [n.name for n in store.gaps(None).subjects_without_syllabus] == ["Optics"]
+    assert store.gaps(PURE).subjects_without_syllabus == []
+
+    tree = store.tree(None, 3, covered=True)
+    assert tree.covered_concepts == store.coverage().total.covered_concepts == 2
+    disciplines = {
+        d.path: d.covered_concepts for f in tree.children for s in f.children for d in s.children
+    }
+    assert disciplines[PHYSICS] == 2 and disciplines[PURE] == 1
+    assert sum(disciplines.values()) == 3  # the shared subject counts under both
+    subjects = store.tree(PHYSICS, 1, covered=True).children
+    assert {t.node.name: t.covered_concepts for t in subjects if t.node} == {
+        "Subject 0": 1,
+        "Subject 1": 1,
+        "Optics": 0,
+    }
+    assert store.tree(None, 3).covered_concepts == 0  # not asked for: not computed
 
 
 # ---------------------------------------------------------------------- the page served
