@@ -232,6 +232,7 @@ function groups(parent, small, total) {
   const wanted = Math.ceil(small.length / GROUP);
   const fit = Math.floor(weight / (MIN_FRACTION * total));
   const count = Math.max(1, Math.min(wanted, fit));
+  const weightOf = new Map(small.map((k) => [k.data, k.weight]));
   const members = small.map((k) => k.data).sort((a, b) => a.name.localeCompare(b.name));
   const out = [];
   for (let i = 0; i < count; i++) {
@@ -261,7 +262,7 @@ function groups(parent, small, total) {
       },
       covered: sum((d) => d.covered),
     };
-    const share = small.filter((k) => part.includes(k.data)).reduce((s, k) => s + k.weight, 0);
+    const share = part.reduce((s, d) => s + weightOf.get(d), 0);
     out.push({ other: true, members: part, weight: share, data: group });
   }
   return out;
@@ -755,6 +756,7 @@ function report(key, update) {
 
 async function startJob(node, stageKey, n) {
   sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+  if (!node.path && !window.confirm(`Generate ${stageKey} across the whole store?`)) return;
   const key = node.path || "";
   const stage = STAGES[stageKey];
   const vars = stageKey === "questions" ? "$p: String, $n: Int!" : "$p: String";
