@@ -169,6 +169,7 @@ class ConceptGap:
 class Gaps:
     """What is missing under a node: the least covered concepts, subjects with no syllabus."""
 
+    path: str  # the node's path as stored ("" for the whole store)
     least_covered: list[ConceptGap]
     subjects_without_syllabus: list[Node]
 
@@ -850,8 +851,9 @@ class Store:
         if limit < 1:
             raise InvalidInput("limit must be 1 or more")
         scope = self.node(path) if path else None
+        where = scope.path or "" if scope else ""
         if scope is not None and scope.hidden:
-            return Gaps([], [])
+            return Gaps(where, [], [])
         top = scope.level if scope else None
         params: dict[str, Any] = {"rejected": str(Status.REJECTED), "limit": limit}
         if scope:
@@ -864,7 +866,7 @@ class Store:
         if top is None or top <= HIERARCHY.index(SUBJECT):
             rows = self.driver.execute(Q.subjects_without_syllabus(self.d, top), params)
             without = [Node.from_row(r["s"]) for r in rows]
-        return Gaps(least, without)
+        return Gaps(where, least, without)
 
     # ------------------------------------------------------------------ generation
 

@@ -101,7 +101,8 @@ def test_gaps_lists_least_covered_concepts_and_subjects_without_syllabus(dataset
     assert sum(1 for g in everything if g["instructions"]) == cov["coveredConcepts"] > 0
 
     # a subject: its own concepts; a rejected discipline: nothing; a bad path: typed error
-    one = dataset.gql(GAPS, {"p": f"{PHYSICS}/Subject 1", "first": 50})["gaps"]
+    one = dataset.gql(GAPS, {"p": f"{PHYSICS.lower()}/subject 1", "first": 50})["gaps"]
+    assert one["path"] == f"{PHYSICS}/Subject 1"  # as stored, whatever the case asked
     assert {g["subject"] for g in one["leastCoveredConcepts"]} == {"Subject 1"}
     assert one["subjectsWithoutSyllabus"] == []
     hidden = dataset.gql(GAPS, {"p": BIOLOGY, "first": 5})["gaps"]

@@ -29,7 +29,7 @@ class ConceptGap:
 
 @strawberry.type(description="The least covered concepts and the subjects without a syllabus.")
 class Gaps:
-    path: str
+    path: str = strawberry.field(description="The node's path as stored (empty: everything).")
     least_covered_concepts: list[ConceptGap] = strawberry.field(
         description="Fewest instructions first (uncovered ones first of all), then by id."
     )
@@ -38,9 +38,9 @@ class Gaps:
     )
 
     @classmethod
-    def of(cls, path: str, g: StoreGaps) -> Gaps:
+    def of(cls, g: StoreGaps) -> Gaps:
         return cls(
-            path=path,
+            path=g.path,
             least_covered_concepts=[ConceptGap.of(c) for c in g.least_covered],
             subjects_without_syllabus=[TaxonomyNode.of(n) for n in g.subjects_without_syllabus],
         )

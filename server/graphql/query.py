@@ -177,7 +177,7 @@ class Query:
     ) -> GapsResult:
         try:
             first = page_size(first)
-            return Gaps.of(path or "", info.context.store.gaps(path or None, first))
+            return Gaps.of(info.context.store.gaps(path or None, first))
         except GlanError as exc:
             return problem(exc)
 
