@@ -419,6 +419,41 @@ def sum_rollups(d: Dialect, top: int | None, group: int | None) -> str:
     return f"MATCH {pattern} WHERE {where} WITH DISTINCT {keep}n3 RETURN {head}{sums}"
 
 
+def least_covered_concepts(d: Dialect, top: int | None) -> str:
+    """The visible concepts under the scope covered by the fewest instructions, with the
+    subject and session they belong to; at most $limit, fewest first then by id."""
+    start = 0 if top is None else top
+    where = [visible(start, 5)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    # a shared subject reaches its concepts by several paths: grouping by concept (and its
+    # subject and session) counts each instruction once
+    subject = "n3.name" if start <= 3 else "''"
+    session = "n4.name" if start <= 4 else "''"
+    return (
+        f"MATCH {chain(d, start, 5)} WHERE {' AND '.join(where)} "
+        f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
+        f"WITH n5, {subject} AS subject, {session} AS session, count(DISTINCT i.id) AS k "
+        "RETURN n5 AS c, subject, session, k ORDER BY k, n5.id LIMIT $limit"
+    )
+
+
+def subjects_without_syllabus(d: Dialect, top: int | None) -> str:
+    """Visible subjects under the scope (a Discipline or above) with no session yet, by
+    name; at most $limit."""
+    start = 0 if top is None else top
+    where = [visible(start, 3)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    rel = CHILD_REL[SUBJECT.label]
+    return (
+        f"MATCH {chain(d, start, 3)} WHERE {' AND '.join(where)} "
+        f"OPTIONAL MATCH (n3)-[:{d.q(rel.type)}]->(x:{d.q(rel.dst.label)}) "
+        "WITH n3, count(x) AS k WHERE k = 0 "
+        "RETURN n3 AS s ORDER BY n3.name, n3.id LIMIT $limit"
+    )
+
+
 # ---------------------------------------------------------------------- datasets
 
 

@@ -118,6 +118,8 @@ class TreeNode:
     path: str
     counts: dict[str, int] = field(default_factory=dict)
     children: list[TreeNode] = field(default_factory=list)
+    #: concepts below with at least one instruction (set when tree() is asked for coverage)
+    covered_concepts: int = 0
 
 
 @dataclass
@@ -159,6 +161,25 @@ class CoverageRow:
 class Coverage:
     total: CoverageRow
     children: list[CoverageRow]
+
+
+@dataclass
+class ConceptGap:
+    """A concept and how many instructions cover it (see Store.gaps)."""
+
+    node: Node
+    subject: str
+    session: str
+    instructions: int
+
+
+@dataclass
+class Gaps:
+    """What is missing under a node: the least covered concepts, subjects with no syllabus."""
+
+    path: str  # the node's path as stored ("" for the whole store)
+    least_covered: list[ConceptGap]
+    subjects_without_syllabus: list[Node]
 
 
 @dataclass
@@ -745,14 +766,39 @@ class Store:
                 total.setdefault(COUNT_NAMES[lv], 0)
         return out
 
-    def tree(self, path: str | None = None, depth: int = 3) -> TreeNode:
-        """The subtree below a path (or all fields), `depth` levels deep, with counts."""
+    def tree(self, path: str | None = None, depth: int = 3, *, covered: bool = False) -> TreeNode:
+        """The subtree below a path (or all fields), `depth` levels deep, with counts.
+
+        With `covered`, every node also gets its covered concepts: one more grouped query
+        per level, so a chart can colour a whole tree by coverage without a query per node.
+        """
         if depth < 0:
             raise InvalidInput("depth must be 0 or more")
         scope = self.node(path) if path else None
         root = TreeNode(scope, scope.path or "" if scope else "")
         root.counts = self.counts(path)
         top_level = scope.level if scope else -1
+        top = scope.level if scope else None
+        params: dict[str, Any] = {"rejected": str(Status.REJECTED)}
+        if scope:
+            params["id"] = scope.id
+        shown = not (scope and scope.hidden)
+        subject = HIERARCHY.index(SUBJECT)
+        if covered and shown and (top is None or top <= subject):
+            self.refresh_rollups(scope)
+
+        def covered_by(group: int | None) -> dict[str, int]:
+            """Covered concepts per node at `group` (or of the scope): summed from subject
+            rollups down to subjects, walked below them."""
+            if (top is None or top <= subject) and (group is None or group <= subject):
+                query, column = Q.sum_rollups(self.d, top, group), "rollup_covered"
+            else:
+                query, column = Q.covered_concepts(self.d, top, group), "n"
+            rows = self.driver.execute(query, params)
+            return {str(r.get("id", "")): int(r[column] or 0) for r in rows}
+
+        if covered and shown:
+            root.covered_concepts = covered_by(None).get("", 0)
         frontier: list[TreeNode] = [root]
         for level in range(top_level + 1, min(top_level + 1 + depth, len(HIERARCHY))):
             if not frontier:
@@ -770,7 +816,10 @@ class Store:
                     q = Q.children_of_many(self.d, parent_kind)
                     for r in self.driver.execute(q, {"ids": batch}):
                         children.setdefault(r["parent"], []).append(Node.from_row(r["c"]))
-            counts = self.counts_by_child(scope, level) if not (scope and scope.hidden) else {}
+            counts = self.counts_by_child(scope, level) if shown else {}
+            covers: dict[str, int] = {}
+            if covered and shown and level <= HIERARCHY.index(CONCEPT):
+                covers = covered_by(level)
             for t in frontier:
                 key = t.node.id if t.node else ""
                 for shared in sorted(children.get(key, []), key=_order):
@@ -791,6 +840,7 @@ class Store:
                             COUNT_NAMES[t]: found.get(COUNT_NAMES[t], 0)
                             for t in range(level + 1, len(COUNT_NAMES))
                         }
+                        node.covered_concepts = covers.get(child.id, 0)
                     t.children.append(node)
                     kids.append(node)
             frontier = kids
@@ -950,6 +1000,30 @@ class Store:
                         values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
                 self.update_existing(SUBJECT, list(values.values()), tx=tx)
         return len(stale)
+
+    def gaps(self, path: str | None = None, limit: int = 10) -> Gaps:
+        """The least covered concepts under a path and its subjects without a syllabus,
+        `limit` of each, in two queries whatever the size of the subtree: what a reviewer
+        looks at to decide where to generate next."""
+        if limit < 1:
+            raise InvalidInput("limit must be 1 or more")
+        scope = self.node(path) if path else None
+        where = scope.path or "" if scope else ""
+        if scope is not None and scope.hidden:
+            return Gaps(where, [], [])
+        top = scope.level if scope else None
+        params: dict[str, Any] = {"rejected": str(Status.REJECTED), "limit": limit}
+        if scope:
+            params["id"] = scope.id
+        least = [
+            ConceptGap(Node.from_row(r["c"]), r["subject"] or "", r["session"] or "", int(r["k"]))
+            for r in self.driver.execute(Q.least_covered_concepts(self.d, top), params)
+        ]
+        without: list[Node] = []
+        if top is None or top <= HIERARCHY.index(SUBJECT):
+            rows = self.driver.execute(Q.subjects_without_syllabus(self.d, top), params)
+            without = [Node.from_row(r["s"]) for r in rows]
+        return Gaps(where, least, without)
 
     # ------------------------------------------------------------------ generation
 

@@ -1,4 +1,5 @@
-"""The ASGI app: GraphQL at /graphql (GraphiQL in a browser, websockets for subscriptions).
+"""The ASGI app: GraphQL at /graphql (GraphiQL in a browser, websockets for subscriptions),
+and the coverage dashboard at /dashboard (`/` leads there), a static page over that API.
 
 `uvicorn server.app:app` serves it with settings from GLAN_* variables, read when the server
 starts, not at import. The embedded engine allows one process, so the server opens the store
@@ -12,12 +13,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -33,6 +36,10 @@ from .graphql import schema
 from .settings import Settings
 
 log = logging.getLogger("glan.server")
+
+#: The dashboard: plain HTML, CSS and JS with vendored d3 modules, shipped as package data so
+#: an installed glan serves it offline.
+STATIC = Path(__file__).parent / "static"
 
 
 @dataclass
@@ -106,13 +113,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.glan = None
 
     async def home(request: Request) -> Response:
-        return RedirectResponse("/graphql")
+        return RedirectResponse("/dashboard")
+
+    async def dashboard(request: Request) -> Response:
+        # no-cache: a browser revalidates, so a new glan's page never runs with stale scripts
+        return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})
 
     app = Starlette(lifespan=lifespan)
     graphql = GlanGraphQL(app)
     app.router.routes.extend(
         [
             Route("/", home),
+            Route("/dashboard", dashboard),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ]

@@ -776,7 +776,7 @@ def test_graphiql_and_the_root_redirect(api: Api) -> None:
     page = httpx.get(f"{api.url}/graphql", headers={"accept": "text/html"})
     assert page.status_code == 200 and "graphiql" in page.text.lower()
     root = httpx.get(api.url + "/", follow_redirects=False)
-    assert root.status_code in (302, 307) and root.headers["location"] == "/graphql"
+    assert root.status_code in (302, 307) and root.headers["location"] == "/dashboard"
     got = httpx.get(
         f"{api.url}/graphql",
         params={"query": '{ node(path: "Arts") { ... on TaxonomyNode { kind } } }'},

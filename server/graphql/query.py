@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
@@ -21,6 +22,7 @@ from .errors import (
     WrongKindError,
     problem,
 )
+from .gaps import Gaps
 from .instruction import Instruction, InstructionFilter, InstructionSample
 from .job import Job, JobState, StageName
 from .node import Kind, TaxonomyNode
@@ -62,6 +64,7 @@ SampleResult = Annotated[
     InstructionSample | NotFoundError | NotApprovedError | WrongKindError | InvalidInputError,
     strawberry.union("SampleResult"),
 ]
+GapsResult = Annotated[Gaps | NotFoundError | InvalidInputError, strawberry.union("GapsResult")]
 JobsResult = Annotated[Connection[Job] | InvalidInputError, strawberry.union("JobsResult")]
 JobResult = Annotated[Job | NotFoundError, strawberry.union("JobResult")]
 
@@ -128,7 +131,9 @@ class Query:
                     f"depth must be between 0 and {MAX_SUBTREE_DEPTH}; for deeper levels ask "
                     "for the subtree of a lower path"
                 )
-            return TreeNode.of(info.context.store.tree(path or None, depth))
+            # coverage costs a query per level: only when the selection asks for it
+            covered = _selects(info.selected_fields, {"coveredConcepts", "conceptCoverage"})
+            return TreeNode.of(info.context.store.tree(path or None, depth, covered=covered))
         except GlanError as exc:
             return problem(exc)
 
@@ -160,6 +165,19 @@ class Query:
     def coverage(self, info: Info[Context, None], path: str | None = None) -> CoverageResult:
         try:
             return Coverage.of(info.context.store.coverage(path or None))
+        except GlanError as exc:
+            return problem(exc)
+
+    @strawberry.field(
+        description="Under a path: the `first` least covered concepts and the first subjects "
+        "without a syllabus (each list at most `first` long)."
+    )
+    def gaps(
+        self, info: Info[Context, None], path: str | None = None, first: int = 10
+    ) -> GapsResult:
+        try:
+            first = page_size(first)
+            return Gaps.of(info.context.store.gaps(path or None, first))
         except GlanError as exc:
             return problem(exc)
 
@@ -242,3 +260,13 @@ class Query:
 
 def _id(node: Node) -> str:
     return node.id
+
+
+def _selects(selections: Sequence[Any], names: set[str]) -> bool:
+    """Whether any field named in `names` is selected anywhere below (fragments included)."""
+    for sel in selections:
+        if getattr(sel, "name", None) in names:
+            return True
+        if _selects(getattr(sel, "selections", None) or [], names):
+            return True
+    return False

@@ -15,6 +15,13 @@ class TreeNode:
     path: str
     counts: Counts
     children: list[TreeNode]
+    covered_concepts: int = strawberry.field(
+        description="Concepts below at least one instruction covers (as `coverage` counts them)."
+    )
+
+    @strawberry.field(description="coveredConcepts / concepts (0 when there are no concepts).")
+    def concept_coverage(self) -> float:
+        return self.covered_concepts / self.counts.concepts if self.counts.concepts else 0.0
 
     @classmethod
     def of(cls, t: StoreTreeNode) -> TreeNode:
@@ -23,4 +30,5 @@ class TreeNode:
             path=t.path,
             counts=Counts.of(t.counts),
             children=[cls.of(c) for c in t.children],
+            covered_concepts=t.covered_concepts,
         )

@@ -1,0 +1,471 @@
+"""The coverage dashboard: the GraphQL reads it needs, and the page in a real browser.
+
+The browser tests serve the real app on loopback over a small generated dataset and drive
+the system Chromium headless through its chromedriver (Debian `chromium` and
+`chromium-driver`; `.ci/run` installs them). Screenshots go to artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from graph.model import SUBJECT, Status
+from graph.store import Store
+from tests.api_helpers import Api, run_api, seed_taxonomy
+from tests.conftest import SMALL_TAXONOMY
+from tests.llm_stub import Stub, fake_glan_model, run_stub
+from tests.test_api import settings, start
+from tests.test_sampling import PHYSICS, fill
+
+ARTIFACTS = Path(__file__).parents[1] / "artifacts"
+CHEMISTRY = "Natural Sciences/Physical Sciences/Chemistry"
+BIOLOGY = "Natural Sciences/Life Sciences/Biology"
+PURE = "Formal Sciences/Mathematics/Pure Mathematics"
+TOKEN = "dashboard-token"
+
+COVERAGE = """query($p: String) { coverage(path: $p) { ... on Coverage { total {
+  coveredConcepts conceptCoverage combinations subjectsWithoutSyllabus disciplinesWithoutSubjects
+  counts { subjects sessions concepts instructions responses } } children {
+  path coveredConcepts counts { concepts } } } } }"""
+
+GAPS = """query($p: String, $first: Int!) { gaps(path: $p, first: $first) {
+  __typename
+  ... on Gaps { path
+    leastCoveredConcepts { concept { kind name } subject session instructions }
+    subjectsWithoutSyllabus { kind name paths } }
+  ... on Problem { message } } }"""
+
+SUBTREE = """query($p: String, $d: Int!) { subtree(path: $p, depth: $d) {
+  ... on TreeNode { path coveredConcepts conceptCoverage counts { concepts }
+    children { path coveredConcepts conceptCoverage counts { concepts }
+      children { path coveredConcepts counts { concepts }
+        children { path coveredConcepts counts { concepts } } } } } } }"""
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[Stub]:
+    with run_stub(fake_glan_model()) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, stub: Stub) -> Iterator[Api]:
+    """The small taxonomy, three Physics subjects with a syllabus each and one without,
+    Chemistry proposed, Biology rejected; then questions and answers generated under
+    Physics through the API (a token set), so part of the concepts are covered."""
+    db = tmp_path_factory.mktemp("dashboard") / "api.lbug"
+    with run_api(settings(db, stub, api_token=SecretStr(TOKEN))) as api:
+        fill(api.store, subjects=3, sessions=3, concepts=4)
+        physics = api.store.node(PHYSICS)
+        api.store.write_subjects(physics.id, [{"name": "Quantum Optics"}], {"model": "test"})
+        api.store.review(CHEMISTRY, Status.PROPOSED)
+        api.store.review(BIOLOGY, Status.REJECTED)
+        for mutation in (
+            "generateInstructions(path: $p, n: 8, seed: 3)",
+            "generateAnswers(path: $p)",
+        ):
+            job = start(api, mutation, {"p": PHYSICS}, token=TOKEN)
+            assert api.wait_for(job["id"])["status"] == "COMPLETED"
+        yield api
+
+
+# ---------------------------------------------------------------------- the API it reads
+
+
+def test_gaps_lists_least_covered_concepts_and_subjects_without_syllabus(dataset: Api) -> None:
+    gaps = dataset.gql(GAPS, {"p": PHYSICS, "first": 5})["gaps"]
+    assert gaps["__typename"] == "Gaps" and gaps["path"] == PHYSICS
+    least = gaps["leastCoveredConcepts"]
+    assert len(least) == 5 and all(g["concept"]["kind"] == "CONCEPT" for g in least)
+    counts = [g["instructions"] for g in least]
+    assert counts == sorted(counts) and counts[0] == 0
+    assert {g["subject"] for g in least} <= {"Subject 0", "Subject 1", "Subject 2"}
+    assert all(g["session"].startswith(f"S{g['subject'][-1]} session") for g in least)
+    assert gaps["subjectsWithoutSyllabus"] == [
+        {"kind": "SUBJECT", "name": "Quantum Optics", "paths": [f"{PHYSICS}/Quantum Optics"]}
+    ]
+
+    # the most covered concept is at the end of the full list, with what coverage counts
+    everything = dataset.gql(GAPS, {"p": PHYSICS, "first": 500})["gaps"]["leastCoveredConcepts"]
+    cov = dataset.gql(COVERAGE, {"p": PHYSICS})["coverage"]["total"]
+    assert len(everything) == cov["counts"]["concepts"] == 3 * 3 * 4
+    assert sum(1 for g in everything if g["instructions"]) == cov["coveredConcepts"] > 0
+
+    # a subject: its own concepts; a rejected discipline: nothing; a bad path: typed error
+    one = dataset.gql(GAPS, {"p": f"{PHYSICS.lower()}/subject 1", "first": 50})["gaps"]
+    assert one["path"] == f"{PHYSICS}/Subject 1"  # as stored, whatever the case asked
+    assert {g["subject"] for g in one["leastCoveredConcepts"]} == {"Subject 1"}
+    assert one["subjectsWithoutSyllabus"] == []
+    hidden = dataset.gql(GAPS, {"p": BIOLOGY, "first": 5})["gaps"]
+    assert hidden["leastCoveredConcepts"] == hidden["subjectsWithoutSyllabus"] == []
+    assert dataset.gql(GAPS, {"p": "Nope", "first": 5})["gaps"]["__typename"] == "NotFoundError"
+    bad = dataset.gql(GAPS, {"p": PHYSICS, "first": 0})["gaps"]
+    assert bad["__typename"] == "InvalidInputError"
+
+
+def test_subtree_carries_the_coverage_query_numbers_at_every_level(dataset: Api) -> None:
+    tree = dataset.gql(SUBTREE, {"p": None, "d": 3})["subtree"]
+    root = dataset.gql(COVERAGE, {"p": None})["coverage"]
+    assert tree["coveredConcepts"] == root["total"]["coveredConcepts"] > 0
+    assert tree["conceptCoverage"] == pytest.approx(root["total"]["conceptCoverage"])
+    seen = 0
+    for field in tree["children"]:
+        for sub in field["children"]:
+            cov = dataset.gql(COVERAGE, {"p": sub["path"]})["coverage"]
+            expected = {c["path"]: c["coveredConcepts"] for c in cov["children"]}
+            got = {d["path"]: d["coveredConcepts"] for d in sub["children"]}
+            assert got == expected
+            seen += sum(got.values())
+    assert seen == root["total"]["coveredConcepts"]
+    subjects = dataset.gql(SUBTREE, {"p": PHYSICS, "d": 1})["subtree"]["children"]
+    assert sorted(s["coveredConcepts"] for s in subjects)[-1] > 0
+    assert {s["path"].rsplit("/", 1)[1] for s in subjects} == {
+        "Subject 0",
+        "Subject 1",
+        "Subject 2",
+        "Quantum Optics",
+    }
+
+
+def test_subtree_coverage_costs_one_query_per_level_only_when_asked(dataset: Api) -> None:
+    plain = "{ subtree(depth: 3) { ... on TreeNode { path children { children { path } } } } }"
+    with dataset.counting() as without:
+        dataset.gql(plain)
+    dataset.gql(SUBTREE, {"p": None, "d": 3})  # the first read brings subject rollups up to date
+    with dataset.counting() as with_coverage:
+        dataset.gql(SUBTREE, {"p": None, "d": 3})
+    # a check for stale subject rollups, the root's covered concepts and one grouped query
+    # for each of the three levels
+    assert with_coverage.count - without.count == 5
+
+
+def test_store_gaps_and_tree_coverage_on_every_backend(store: Store) -> None:
+    """The new Cypher on each backend, with a subject shared by two disciplines: every
+    concept and instruction is counted once however many paths reach it."""
+    fill(store, subjects=2, sessions=2, concepts=3)
+    store.link(PURE, f"{PHYSICS}/Subject 0")
+    store.add_node(PHYSICS, SUBJECT, "Optics")
+    syllabi = store.syllabi(store.ids_in_scope(None, SUBJECT))
+    by_name = {store.get(sid).name: ss for sid, ss in syllabi.items()}  # type: ignore[union-attr]
+    twice = by_name["Subject 0"][0].concepts[0]
+    once = by_name["Subject 1"][1].concepts[2]
+    for iid, concept, session in (
+        ("ins_a", twice, by_name["Subject 0"][0]),
+        ("ins_b", twice, by_name["Subject 0"][0]),
+        ("ins_c", once, by_name["Subject 1"][1]),
+    ):
+        row = {"id": iid, "text": f"question {iid}", "combo_key": iid, "strategy": "basic"}
+        store.write_instructions([row], [(iid, concept.id)], [(iid, session.id)])
+
+    least = store.gaps(None, 100).least_covered
+    assert len(least) == len({g.node.id for g in least}) == 2 * 2 * 3
+    assert [g.instructions for g in least] == [0] * 10 + [1, 2]
+    assert (least[-1].node.id, least[-1].subject) == (twice.id, "Subject 0")
+    assert (least[-2].node.name, least[-2].session) == (once.name, "S1 session 1")
+    assert [g.instructions for g in store.gaps(PHYSICS, 3).least_covered] == [0, 0, 0]
+    assert [n.name for n in store.gaps(None).subjects_without_syllabus] == ["Optics"]
+    assert store.gaps(PURE).subjects_without_syllabus == []
+
+    tree = store.tree(None, 3, covered=True)
+    assert tree.covered_concepts == store.coverage().total.covered_concepts == 2
+    disciplines = {
+        d.path: d.covered_concepts for f in tree.children for s in f.children for d in s.children
+    }
+    assert disciplines[PHYSICS] == 2 and disciplines[PURE] == 1
+    assert sum(disciplines.values()) == 3  # the shared subject counts under both
+    subjects = store.tree(PHYSICS, 1, covered=True).children
+    assert {t.node.name: t.covered_concepts for t in subjects if t.node} == {
+        "Subject 0": 1,
+        "Subject 1": 1,
+        "Optics": 0,
+    }
+    assert store.tree(None, 3).covered_concepts == 0  # not asked for: not computed
+
+
+# ---------------------------------------------------------------------- the page served
+
+
+def test_root_leads_to_the_dashboard_and_its_assets_are_served(dataset: Api) -> None:
+    root = httpx.get(dataset.url + "/", follow_redirects=False)
+    assert root.status_code in (302, 307) and root.headers["location"] == "/dashboard"
+    page = httpx.get(dataset.url + "/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    scripts = [s.split('"')[0] for s in page.text.split('<script src="')[1:]]
+    assert "/static/dashboard.js" in scripts and len(scripts) >= 6
+    for src in [*scripts, "/static/dashboard.css"]:
+        asset = httpx.get(dataset.url + src)
+        assert asset.status_code == 200 and len(asset.content) > 500, src
+        assert "://" not in page.text.split(src)[0].rsplit('"', 1)[-1]  # nothing remote
+
+
+# ---------------------------------------------------------------------- a real browser
+
+
+def _chromium() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
+    if not browser or not driver:
+        reason = (
+            "no system Chromium and chromedriver (apt-get install chromium chromium-driver; "
+            ".ci/run installs them)"
+        )
+        if os.environ.get("CI"):  # .ci/run installed them: their absence is a failure there
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    binary, driver_path = _chromium()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,950",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except Exception:  # the DOM may be mid-render: try again until the deadline
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def arcs(driver: Any) -> list[Any]:
+    return list(driver.find_elements("css selector", "#chart path.arc"))
+
+
+def arc(driver: Any, path: str) -> Any:
+    return driver.find_element("css selector", f'#chart path.arc[data-path="{path}"]')
+
+
+def click_arc(driver: Any, target: str | Any) -> None:
+    """Click a slice where a user would: at its centroid (the centre of its bounding box can
+    lie on another slice)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    chart = driver.find_element("css selector", "#chart")
+    wait_until(lambda: chart.get_attribute("data-animating") is None, what="the zoom to end")
+    element = arc(driver, target) if isinstance(target, str) else target
+    centroid = element.get_attribute("data-centroid") or ""
+    x, y = (int(v) for v in centroid.split(","))
+    ActionChains(driver).move_to_element_with_offset(chart, x, y).click().perform()
+
+
+def panel_ready(driver: Any, path: str) -> bool:
+    panel = driver.find_element("css selector", "#panel")
+    return panel.get_attribute("data-path") == path and panel.get_attribute("data-state") == "ready"
+
+
+def figure(driver: Any, key: str) -> str:
+    return str(driver.find_element("css selector", f'#panel dd[data-figure="{key}"]').text)
+
+
+def console_errors(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def shot(driver: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    out = ARTIFACTS / name
+    assert driver.save_screenshot(str(out)) and out.stat().st_size > 10_000
+    return out
+
+
+def test_the_seed_with_nothing_generated_shows_the_next_command(
+    browser: Any, tmp_path: Path, stub: Stub
+) -> None:
+    with run_api(settings(tmp_path / "seed.lbug", stub)) as api:
+        api.store.load_taxonomy(seed_taxonomy())
+        browser.get(api.url + "/")
+        assert browser.current_url.endswith("/dashboard")
+        wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+        tree = api.gql(SUBTREE, {"p": None, "d": 3})["subtree"]
+        expected = sum(
+            1 + len(f["children"]) + sum(len(s["children"]) for s in f["children"])
+            for f in tree["children"]
+        )
+        assert expected > 100
+        # nothing is generated: every discipline weighs the same, none is merged away
+        assert len(arcs(browser)) == expected
+        empty = browser.find_element("css selector", "#empty")
+        assert empty.is_displayed() and "Nothing generated yet" in empty.text
+        assert "glan generate" in empty.text
+        assert figure(browser, "concepts") == "0" and figure(browser, "conceptCoverage") == "0%"
+        assert console_errors(browser) == []
+        shot(browser, "dashboard-seed.png")
+
+
+def test_the_chart_zooms_into_a_discipline_and_fills_the_panel(browser: Any, dataset: Api) -> None:
+    browser.get(dataset.url + "/dashboard")
+    wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+    first = arcs(browser)
+    assert len(first) == 2 + 3 + 5  # fields, sub-fields, disciplines of the small taxonomy
+    assert not browser.find_element("css selector", "#empty").is_displayed()
+    assert "proposed" in (arc(browser, CHEMISTRY).get_attribute("class") or "")
+    assert "rejected" in (arc(browser, BIOLOGY).get_attribute("class") or "")
+    # the subjects are not loaded until the chart zooms in
+    assert not browser.find_elements("css selector", "#chart path.kind-subject")
+    shot(browser, "dashboard-root.png")
+
+    click_arc(browser, PHYSICS)
+    wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel")
+    center = browser.find_element("css selector", "#chart .center circle")
+    assert center.get_attribute("data-path") == PHYSICS
+    subjects = browser.find_elements("css selector", "#chart path.kind-subject")
+    assert {s.get_attribute("data-name") for s in subjects} == {
+        "Subject 0",
+        "Subject 1",
+        "Subject 2",
+        "Quantum Optics",
+    }
+    crumbs = browser.find_element("css selector", "#crumbs").text
+    assert crumbs.endswith("Physical Sciences › Physics")
+
+    cov = dataset.gql(COVERAGE, {"p": PHYSICS})["coverage"]["total"]
+    numbers = {
+        "concepts": cov["counts"]["concepts"],
+        "coveredConcepts": cov["coveredConcepts"],
+        "instructions": cov["counts"]["instructions"],
+        "responses": cov["counts"]["responses"],
+        "subjects": cov["counts"]["subjects"],
+        "sessions": cov["counts"]["sessions"],
+        "combinations": cov["combinations"],
+        "subjectsWithoutSyllabus": cov["subjectsWithoutSyllabus"],
+    }
+    assert numbers["instructions"] == 8 and numbers["subjectsWithoutSyllabus"] == 1
+    assert {k: int(figure(browser, k).replace(",", "")) for k in numbers} == numbers
+    assert figure(browser, "conceptCoverage") == f"{round(100 * cov['conceptCoverage'])}%"
+    panel = browser.find_element("css selector", "#panel")
+    no_syllabus = panel.find_elements("css selector", "ul.no-syllabus li")
+    assert [li.text for li in no_syllabus] == ["Quantum Optics"]
+    least = panel.find_elements("css selector", "ul.least-covered li")
+    assert len(least) == 8 and least[0].text.startswith("0 ")
+    assert len(panel.find_elements("css selector", "details.pair")) == 3
+    shot(browser, "dashboard-physics.png")
+
+    # clicking the centre zooms back out to the sub-field
+    center.click()
+    wait_until(
+        lambda: panel_ready(browser, "Natural Sciences/Physical Sciences"), what="zooming out"
+    )
+    assert console_errors(browser) == []
+
+
+def test_a_job_started_from_the_panel_reports_progress_live(browser: Any, dataset: Api) -> None:
+    subject = f"{PHYSICS}/Subject 1"
+    browser.get(dataset.url + "/dashboard")
+    wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+    click_arc(browser, PHYSICS)
+    wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel")
+    click_arc(browser, subject)
+    wait_until(lambda: panel_ready(browser, subject), what="the subject's panel")
+    before = int(figure(browser, "instructions"))
+
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("css selector", "#stage")).select_by_value("questions")
+    n = browser.find_element("css selector", "#gen-n")
+    n.clear()
+    n.send_keys("5")
+
+    def status() -> str:
+        return str(browser.find_element("css selector", "#panel .job-status").text)
+
+    browser.find_element("css selector", "#start-job").click()
+    # no token yet: the server refuses, and the panel says why
+    wait_until(lambda: "GLAN_API_TOKEN" in status(), what="the refusal")
+
+    browser.find_element("css selector", "#token").send_keys(TOKEN)
+    browser.find_element("css selector", "#start-job").click()
+    wait_until(lambda: "completed" in status(), what="the job to complete")
+    assert "questions completed: 5 of 5 done" in status()
+    # the page reloads what changed: the panel shows the new instructions, and the job
+    wait_until(
+        lambda: (
+            panel_ready(browser, subject) and int(figure(browser, "instructions")) == before + 5
+        ),
+        what="the refreshed panel",
+    )
+    assert "5 of 5 done" in status()
+    bar = browser.find_element("css selector", "#job-progress")
+    assert bar.is_displayed() and bar.get_attribute("value") == bar.get_attribute("max") == "5"
+    total = dataset.gql(COVERAGE, {"p": subject})["coverage"]["total"]["counts"]
+    assert total["instructions"] == before + 5
+
+
+def test_thousands_of_subjects_are_aggregated_and_stay_responsive(
+    browser: Any, tmp_path: Path, stub: Stub
+) -> None:
+    many = 3000
+    with run_api(settings(tmp_path / "big.lbug", stub)) as api:
+        api.store.load_taxonomy(SMALL_TAXONOMY)
+        physics = api.store.node(PHYSICS)
+        names = [{"name": f"Topic {i:04d}"} for i in range(many)]
+        api.store.write_subjects(physics.id, names, {"model": "test"})
+        browser.get(api.url + "/dashboard")
+        wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+        started = time.monotonic()
+        click_arc(browser, PHYSICS)
+        wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel")
+        elapsed = time.monotonic() - started
+        drawn = arcs(browser)
+        groups = browser.find_elements("css selector", "#chart path.arc.other")
+        # 3000 equal slices are too thin to draw: 50 slices of 60 subjects in name order
+        assert len(drawn) == len(groups) == many // 60
+        assert groups[0].get_attribute("data-name") == "Topic 0000 – Topic 0059 (60)"
+        assert elapsed < 10, f"zooming into {many} subjects took {elapsed:.1f}s"
+        assert figure(browser, "subjects") == f"{many:,}"
+
+        click_arc(browser, groups[0])  # a group zooms in like a node, listing its members
+        wait_until(
+            lambda: (
+                browser.find_element("css selector", "#panel").get_attribute("data-state")
+                == "group"
+            ),
+            what="the group's panel",
+        )
+        members = browser.find_elements("css selector", "#panel ul.members li")
+        assert len(members) == 60 and members[0].text.startswith("Topic 0000")
+        subjects = browser.find_elements("css selector", "#chart path.kind-subject")
+        assert [s.get_attribute("data-name") for s in subjects] == [
+            f"Topic {i:04d}" for i in range(60)
+        ]
+        shot(browser, "dashboard-scale.png")
+        click_arc(browser, f"{PHYSICS}/Topic 0007")
+        wait_until(lambda: panel_ready(browser, f"{PHYSICS}/Topic 0007"), what="a subject")
+        assert figure(browser, "subjects") == "0" and figure(browser, "concepts") == "0"
