@@ -344,11 +344,18 @@ def _instruction_scope(d: Dialect, top: int | None, flt: InstructionFilter) -> t
 
 
 def instructions_page(d: Dialect, top: int | None, flt: InstructionFilter, *, after: bool) -> str:
-    """Up to $limit instructions under the scope in id order, after the id $after if given."""
+    """Up to $limit instructions under the scope in id order, after the id $after if given.
+
+    Only ids are sorted; the page's nodes are then read by id (about 2x faster on the
+    embedded engine than sorting whole nodes), and sorted again, as a MATCH keeps no order.
+    """
     pattern, where = _instruction_scope(d, top, flt)
     if after:
         where += " AND i.id > $after"
-    return f"MATCH {pattern} WHERE {where} RETURN DISTINCT i ORDER BY i.id LIMIT $limit"
+    return (
+        f"MATCH {pattern} WHERE {where} WITH DISTINCT i.id AS id ORDER BY id LIMIT $limit "
+        f"MATCH (x:{d.q(INSTRUCTION.label)} {{id: id}}) RETURN x ORDER BY x.id"
+    )
 
 
 def count_instructions(d: Dialect, top: int | None, flt: InstructionFilter) -> str:

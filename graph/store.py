@@ -1118,7 +1118,7 @@ class Store:
         if after:
             params["after"] = after
         query = Q.instructions_page(self.d, top, flt, after=bool(after))
-        nodes = [Node.from_row(r["i"]) for r in self.driver.execute(query, params)]
+        nodes = [Node.from_row(r["x"]) for r in self.driver.execute(query, params)]
         return nodes[:first], len(nodes) > first
 
     def count_instructions(self, scope: Node | None, flt: InstructionFilter | None = None) -> int:
