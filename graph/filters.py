@@ -24,7 +24,3 @@ class InstructionFilter:
     duplicate: bool | None = None
     contaminated: bool | None = None
     answered: bool | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self == InstructionFilter()
