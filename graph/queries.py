@@ -113,13 +113,18 @@ def _names_and_states(levels: range) -> str:
     return ", ".join(f"n{lv}.name AS name{lv}, n{lv}.status AS status{lv}" for lv in levels)
 
 
-def paths_of_many(d: Dialect, level: int) -> str:
+def paths_of_many(d: Dialect, level: int, *, each: bool = True) -> str:
     """Every chain from a Field down to each node of $ids at `level` (several for a shared
-    subject), one row per chain: the names and review states on the way, the node's own last.
-    Walked up from the node, as discipline_paths does."""
+    subject), one row per chain: the names and review states on the way, the node's own last,
+    and the id of its `parent` on that chain. Without `each`, the chains of the one node $id
+    (an index lookup on every engine, where an UNWIND makes the embedded engine join a scan
+    of the level)."""
+    head, where = _scope_head(level, each)
+    node = "x" if each else "$id"
+    parent = f"n{level - 1}.id AS parent, " if level else ""
     return (
-        f"UNWIND $ids AS x MATCH {chain(d, 0, level)} WHERE n{level}.id = x "
-        f"RETURN x AS id, {_names_and_states(range(level + 1))}"
+        f"{head}MATCH {chain(d, 0, level)} WHERE {where[0]} "
+        f"RETURN {node} AS id, {parent}{_names_and_states(range(level + 1))}"
     )
 
 

@@ -450,11 +450,11 @@ class Store:
     def paths_of_many(self, ids: Sequence[str]) -> dict[str, list[str]]:
         """Every path of each hierarchy node, sorted; [] for an id that names no node or a
         node outside the hierarchy. One query per level present, however many ids."""
-        return {i: sorted(found) for i, found in self._paths_hidden(ids).items()}
+        return {i: sorted(found) for i, found in self._paths_seen(ids).items()}
 
-    def _paths_hidden(self, ids: Sequence[str]) -> dict[str, dict[str, bool]]:
-        """For each id: each of its paths -> whether a node on that path is rejected."""
-        out: dict[str, dict[str, bool]] = {i: {} for i in ids}
+    def _paths_seen(self, ids: Sequence[str]) -> dict[str, dict[str, _PathSeen]]:
+        """For each id: each of its paths -> whether it is hidden there, and its parent."""
+        out: dict[str, dict[str, _PathSeen]] = {i: {} for i in ids}
         by_level: dict[int, list[str]] = {}
         for i in out:
             level = _hierarchy_level(i)
@@ -462,10 +462,12 @@ class Store:
                 by_level.setdefault(level, []).append(i)
         for level, level_ids in sorted(by_level.items()):
             for batch in batched(level_ids, self.batch_size):
-                for r in self.driver.execute(Q.paths_of_many(self.d, level), {"ids": batch}):
+                query = Q.paths_of_many(self.d, level, each=len(batch) > 1)
+                for r in self.driver.execute(query, _ids_params(batch)):
                     levels = range(level + 1)
                     path = join_path([r[f"name{lv}"] for lv in levels])
-                    out[r["id"]][path] = any(r[f"status{lv}"] == Status.REJECTED for lv in levels)
+                    hidden = any(r[f"status{lv}"] == Status.REJECTED for lv in levels)
+                    out[r["id"]][path] = _PathSeen(hidden, r.get("parent"))
         return out
 
     # ------------------------------------------------------------------ taxonomy edits
@@ -739,41 +741,70 @@ class Store:
         the node). Keyed by path as well as id because a shared subject can be hidden along
         one path and not the other.
 
-        At most three queries per level present, however many nodes: their paths' review
-        states, then the hierarchy and the generated data below every visible one, grouped
-        by node (count_levels and count_generated over $ids).
+        At most three queries per level present, however many nodes: their paths (review
+        states and parents), then the hierarchy and the generated data below every visible
+        one (see _counts_at). A Concept has nothing below it to count: concepts cost none.
         """
         keys = list(dict.fromkeys(nodes))
-        hidden = self._paths_hidden([i for i, _ in keys])
-        level_of = {i: _hierarchy_level(i) for i, _ in keys}
-        shown = {(i, p) for i, p in keys if hidden[i].get(p, True) is False}
-        by_level: dict[int, list[str]] = {}
-        for node_id, path in keys:
-            level = level_of[node_id]
-            if level is not None and (node_id, path) in shown:
-                by_level.setdefault(level, []).append(node_id)
-        found: dict[str, dict[str, int]] = {}
         last = len(HIERARCHY) - 1
-        session = HIERARCHY.index(SESSION)
-        for level, ids in sorted(by_level.items()):
-            for batch in batched(list(dict.fromkeys(ids)), self.batch_size):
-                params: dict[str, Any] = {"rejected": str(Status.REJECTED), "ids": batch}
-                if level < last:
-                    query = Q.count_levels(self.d, level, level, last, each=True)
-                    rows = self.driver.execute(query, params)
-                    _add_counts(found, rows, range(level + 1, last + 1))
-                if level <= session:
-                    query = Q.count_generated(self.d, level, level, each=True)
-                    rows = self.driver.execute(query, params)
-                    _add_counts(found, rows, range(LEVEL_INSTRUCTION, len(COUNT_NAMES)))
+        level_of = {i: _hierarchy_level(i) for i, _ in keys}
+        countable = [i for i, lv in level_of.items() if lv is not None and lv < last]
+        seen = self._paths_seen(countable)
+        shown: dict[tuple[str, str], str | None] = {}  # visible key -> its parent's id
+        for node_id, path in keys:
+            where = seen.get(node_id, {}).get(path)
+            if where is not None and not where.hidden:
+                shown[(node_id, path)] = where.parent
+        by_level: dict[int, dict[str, str | None]] = {}
+        for (node_id, _), parent in shown.items():
+            by_level.setdefault(level_of[node_id] or 0, {})[node_id] = parent
+        found: dict[str, dict[str, int]] = {}
+        for level, parent_of in sorted(by_level.items()):
+            found.update(self._counts_at(level, parent_of))
         out: dict[tuple[str, str], dict[str, int]] = {}
         for key in keys:
-            level = level_of[key[0]]
-            if level is None:  # not a hierarchy node: nothing lies below it
+            at = level_of[key[0]]
+            if at is None:  # not a hierarchy node: nothing lies below it
                 out[key] = {}
             else:
                 below = found.get(key[0], {}) if key in shown else {}
-                out[key] = {**zero_counts(level), **below}
+                out[key] = {**zero_counts(at), **below}
+        return out
+
+    def _counts_at(
+        self, level: int, parent_of: Mapping[str, str | None]
+    ) -> dict[str, dict[str, int]]:
+        """Counts below visible nodes of one level (id -> parent id on the path they were
+        reached by). Nodes that share one parent, as a node's children do, are counted
+        under it as counts_by_child does: a walk down from one node every engine finds by
+        index. Any other set is one UNWIND over the ids, which the embedded engine answers
+        by expanding the level and joining, slower for a few nodes but a fixed cost for
+        many."""
+        parents = set(parent_of.values())
+        if len(parents) == 1 and None not in parents:
+            (parent,) = parents
+            grouped = self._counts_grouped(level, {"id": parent}, top=level - 1)
+            return {i: c for i, c in grouped.items() if i in parent_of}
+        out: dict[str, dict[str, int]] = {}
+        for batch in batched(list(parent_of), self.batch_size):
+            out.update(self._counts_grouped(level, _ids_params(batch), each=len(batch) > 1))
+        return out
+
+    def _counts_grouped(
+        self, level: int, ids: dict[str, Any], *, top: int | None = None, each: bool = False
+    ) -> dict[str, dict[str, int]]:
+        """count_levels and count_generated grouped by the nodes at `level`, under the scope
+        node $id at level `top` (default: the nodes themselves) or each node of $ids."""
+        top = level if top is None else top
+        params = {"rejected": str(Status.REJECTED), **ids}
+        last = len(HIERARCHY) - 1
+        out: dict[str, dict[str, int]] = {}
+        query = Q.count_levels(self.d, top, level, last, each=each)
+        _add_counts(out, self.driver.execute(query, params), range(level + 1, last + 1))
+        if level <= HIERARCHY.index(SESSION):
+            query = Q.count_generated(self.d, top, level, each=each)
+            generated = range(LEVEL_INSTRUCTION, len(COUNT_NAMES))
+            _add_counts(out, self.driver.execute(query, params), generated)
         return out
 
     def _counts(
@@ -1260,10 +1291,25 @@ class Store:
             runner.execute(Q.update_nodes(self.d, kind, list(batch[0])), {"rows": batch})
 
 
+@dataclass(frozen=True)
+class _PathSeen:
+    """A node as one of its paths sees it."""
+
+    hidden: bool
+    #: id of the node above it on that path (None for a Field)
+    parent: str | None
+
+
 def _hierarchy_level(node_id: str) -> int | None:
     """0 (Field) .. 5 (Concept) for the id of a hierarchy node; None for any other kind."""
     kind = kind_of_id(node_id)
     return HIERARCHY.index(kind) if kind in HIERARCHY else None
+
+
+def _ids_params(batch: list[str]) -> dict[str, Any]:
+    """$ids for a batch, or $id for a single node: the queries built with each=False look
+    it up by index, where an UNWIND can cost the embedded engine a scan of its kind."""
+    return {"ids": batch} if len(batch) > 1 else {"id": batch[0]}
 
 
 def _add_counts(out: dict[str, dict[str, int]], rows: list[Row], levels: range) -> None:

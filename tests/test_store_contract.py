@@ -534,6 +534,13 @@ def test_paths_of_many_one_call_for_every_level(store: Store) -> None:
         "sbj_nope": [],
     }
     assert store.paths_of_many([]) == {}
+    # several of one level are read together, one alone by its id: the same answers
+    disciplines = [store.node(PHYSICS).id, store.node(PURE).id]
+    assert store.paths_of_many(disciplines) == {
+        disciplines[0]: [PHYSICS],
+        disciplines[1]: [PURE],
+    }
+    assert store.paths_of_many([subject.id, concept.id, field.id])[subject.id] == found[subject.id]
     # a rejected parent hides a path, it does not remove it
     store.review(PHYSICS, Status.REJECTED)
     assert store.paths_of_many([subject.id])[subject.id] == [f"{PURE}/Calculus", CALCULUS]
@@ -598,3 +605,17 @@ def test_counts_many_matches_counts(store: Store) -> None:
     # a path that does not reach the node counts nothing
     assert set(store.counts_many([(subject.id, PURE)])[(subject.id, PURE)].values()) == {0}
     assert store.counts_many([]) == {}
+    # nodes of one level under different parents (one query over them all), and alone
+    scattered = [
+        "Natural Sciences",
+        "Formal Sciences",
+        PHYSICS,
+        "Formal Sciences/Mathematics/Applied Mathematics",
+        "Natural Sciences/Life Sciences/Biology",
+        CALCULUS,
+        f"{PHYSICS}/Optics",
+    ]
+    keys = [(store.node(p).id, p) for p in scattered]
+    together = store.counts_many(keys)
+    for key in keys:
+        assert together[key] == store.counts(key[1]) == store.counts_many([key])[key], key
