@@ -247,6 +247,10 @@ def main() -> None:
         store = Store.open(StoreConfig(db_path=db))
         results["coverage_after_pairs_cold_s"], _ = timed(lambda: store.coverage(None))
         results["coverage_after_pairs_s"], _ = timed(lambda: store.coverage(None))
+        # what the API's instructions query and sampleInstructions cost on the whole store
+        results["instructions_page_s"], _ = timed(lambda: store.instructions_page(None, first=50))
+        results["instructions_count_s"], _ = timed(lambda: store.count_instructions(None))
+        results["sample_100_s"], _ = timed(lambda: store.sample_instructions(None, 100, seed=1))
     finally:
         store.close()
     results["db_size_mb"] = round(

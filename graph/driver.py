@@ -33,6 +33,17 @@ class Dialect:
         """Quote a label, relationship type or property name taken from graph/model.py."""
         return "`" + identifier.replace("`", "``") + "`"
 
+    def sorted_list(self, value: str, alias: str) -> str:
+        """Clauses gathering the rows' `value` into one list `alias`, in ascending order.
+
+        Neo4j-style engines keep the order of an ORDER BY in the `collect` after it.
+        """
+        return f"WITH {value} AS v ORDER BY v WITH collect(v) AS {alias}"
+
+    def list_item(self, items: str, index: str) -> str:
+        """The element of list `items` at the 0-based position `index`."""
+        return f"{items}[{index}]"
+
     def schema_statements(self) -> list[str]:
         """DDL that makes the schema exist; each statement safe to run at every start."""
         raise NotImplementedError

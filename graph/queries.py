@@ -7,8 +7,10 @@ every value is a `$parameter`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .driver import Dialect
+from .filters import InstructionFilter
 from .model import (
     ANSWERS,
     CHILD_REL,
@@ -115,10 +117,40 @@ def resolve_path(d: Dialect, depth: int) -> str:
     return f"MATCH {pattern} WHERE {where} RETURN {ret}"
 
 
-def paths_to(d: Dialect, level: int) -> str:
-    """Every chain from a Field down to the node $id at `level` (several for a shared subject)."""
-    ret = ", ".join(f"n{lv}.name AS name{lv}, n{lv}.status AS status{lv}" for lv in range(level))
-    return f"MATCH {chain(d, 0, level)} WHERE n{level}.id = $id RETURN {ret}"
+def _names_and_states(levels: range) -> str:
+    return ", ".join(f"n{lv}.name AS name{lv}, n{lv}.status AS status{lv}" for lv in levels)
+
+
+def paths_of_many(d: Dialect, level: int, *, each: bool = True) -> str:
+    """Every chain from a Field down to each node of $ids at `level` (several for a shared
+    subject), one row per chain: the names and review states on the way, the node's own last,
+    and the id of its `parent` on that chain. Without `each`, the chains of the one node $id
+    (an index lookup on every engine, where an UNWIND makes the embedded engine join a scan
+    of the level)."""
+    head, where = _scope_head(level, each)
+    node = "x" if each else "$id"
+    parent = f"n{level - 1}.id AS parent, " if level else ""
+    return (
+        f"{head}MATCH {chain(d, 0, level)} WHERE {where[0]} "
+        f"RETURN {node} AS id, {parent}{_names_and_states(range(level + 1))}"
+    )
+
+
+def children_at_paths(d: Dialect, depth: int) -> str:
+    """For each row of $rows (its `path`, and the name keys k0.. of the nodes on it), the
+    names and review states on that path and, a row each, the children of its last node
+    (c: null when it has none; no c at all for a Concept). resolve_path's walk, batched."""
+    where = " AND ".join(f"n{lv}.key = r.k{lv}" for lv in range(depth))
+    ret = _names_and_states(range(depth))
+    rel = CHILD_REL.get(HIERARCHY[depth - 1].label)
+    children = ""
+    if rel is not None:
+        children = f" OPTIONAL MATCH (n{depth - 1})-[:{d.q(rel.type)}]->(c:{d.q(rel.dst.label)})"
+        ret += ", c"
+    return (
+        f"UNWIND $rows AS r MATCH {chain(d, 0, depth - 1)} WHERE {where}{children} "
+        f"RETURN r.path AS path, {ret}"
+    )
 
 
 def children(d: Dialect, parent: NodeKind) -> str:
@@ -274,14 +306,90 @@ def unit_status(d: Dialect) -> str:
 
 
 def instructions_in_scope(d: Dialect, top: int | None) -> str:
-    """Instructions FROM approved sessions under the scope, with the subject they belong to."""
+    """Instructions FROM approved sessions under the scope."""
+    pattern, where = _instruction_scope(d, top, InstructionFilter())
+    return f"MATCH {pattern} WHERE {where} RETURN DISTINCT i.id AS id"
+
+
+# ---------------------------------------------------------------------- instruction listings
+
+_SESSION = HIERARCHY.index(SESSION)
+#: filter fields compared for equality with a parameter of the same name
+_EQUAL = ("strategy", "model", "job_id")
+#: filter fields that test whether a text flag is set (not null, not empty)
+_FLAGS = ("duplicate", "contaminated")
+
+
+def instruction_conditions(d: Dialect, flt: InstructionFilter, var: str = "i") -> list[str]:
+    """The filter as conditions on the instruction `var`; instruction_params gives their
+    values. A flag counts as set when not null and not empty, as Python's truth does."""
+    conds = [f"{var}.{d.q(name)} = ${name}" for name in _EQUAL if getattr(flt, name) is not None]
+    for name in _FLAGS:
+        flag = getattr(flt, name)
+        if flag is not None:
+            conds.append(f"coalesce({var}.{d.q(name)}, $blank) {'<>' if flag else '='} $blank")
+    if flt.answered is not None:
+        exists = f"EXISTS {{ MATCH (:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->({var}) }}"
+        conds.append(exists if flt.answered else f"NOT {exists}")
+    return conds
+
+
+def instruction_params(flt: InstructionFilter) -> dict[str, Any]:
+    """The parameters instruction_conditions refers to."""
+    params: dict[str, Any] = {n: getattr(flt, n) for n in _EQUAL if getattr(flt, n) is not None}
+    if any(getattr(flt, n) is not None for n in _FLAGS):
+        params["blank"] = ""
+    return params
+
+
+def _instruction_scope(d: Dialect, top: int | None, flt: InstructionFilter) -> tuple[str, str]:
+    """Pattern and WHERE clause of the instructions (var i) FROM approved sessions under the
+    scope $id (top: its level; None: every Field) that the filter keeps. An instruction
+    from two sessions matches twice: callers take DISTINCT i."""
     start = 0 if top is None else top
-    where = [approved(start, 4)]
+    where = [approved(start, _SESSION)]
     if top is not None:
         where.append(f"n{top}.id = $id")
+    where += instruction_conditions(d, flt)
+    pattern = (
+        f"{chain(d, start, _SESSION)}, "
+        f"(i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n{_SESSION})"
+    )
+    return pattern, " AND ".join(where)
+
+
+def instructions_page(d: Dialect, top: int | None, flt: InstructionFilter, *, after: bool) -> str:
+    """Up to $limit instructions under the scope in id order, after the id $after if given.
+
+    Only ids are sorted; the page's nodes are then read by id (about 2x faster on the
+    embedded engine than sorting whole nodes), and sorted again, as a MATCH keeps no order.
+    """
+    pattern, where = _instruction_scope(d, top, flt)
+    if after:
+        where += " AND i.id > $after"
     return (
-        f"MATCH {chain(d, start, 4)}, (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n4) "
-        f"WHERE {' AND '.join(where)} RETURN DISTINCT i.id AS id"
+        f"MATCH {pattern} WHERE {where} WITH DISTINCT i.id AS id ORDER BY id LIMIT $limit "
+        f"MATCH (x:{d.q(INSTRUCTION.label)} {{id: id}}) RETURN x ORDER BY x.id"
+    )
+
+
+def count_instructions(d: Dialect, top: int | None, flt: InstructionFilter) -> str:
+    pattern, where = _instruction_scope(d, top, flt)
+    return f"MATCH {pattern} WHERE {where} RETURN count(DISTINCT i.id) AS n"
+
+
+def pick_instructions(d: Dialect, top: int | None) -> str:
+    """The instructions at the 0-based positions $offsets of the scope's ids in ascending
+    order, each with its position `o`. The ids are gathered and sorted inside the database,
+    so only the picked nodes travel; a position past the end (the scope shrank since it was
+    counted) picks nothing."""
+    pattern, where = _instruction_scope(d, top, InstructionFilter())
+    return (
+        f"MATCH {pattern} WHERE {where} WITH DISTINCT i.id AS id "
+        f"{d.sorted_list('id', 'ids')} "
+        "UNWIND $offsets AS o WITH o, ids WHERE o < size(ids) "
+        f"WITH o, {d.list_item('ids', 'o')} AS pick "
+        f"MATCH (x:{d.q(INSTRUCTION.label)} {{id: pick}}) RETURN o, x"
     )
 
 
@@ -496,19 +604,30 @@ def table_columns(d: Dialect, label: str) -> str:
     return f"CALL table_info('{label}') RETURN *"
 
 
-def count_levels(d: Dialect, top: int | None, group: int | None, bottom: int) -> str:
+def _scope_head(top: int | None, each: bool) -> tuple[str, list[str]]:
+    """What binds the scope: the node $id, or with `each` every node of $ids (an UNWIND)."""
+    if top is None:
+        return "", []
+    if each:
+        return "UNWIND $ids AS x ", [f"n{top}.id = x"]
+    return "", [f"n{top}.id = $id"]
+
+
+def count_levels(
+    d: Dialect, top: int | None, group: int | None, bottom: int, *, each: bool = False
+) -> str:
     """Distinct visible nodes of every level from below the group down to `bottom`, in one
     traversal: the levels under the group are OPTIONAL MATCHes, so a node without children
     still counts, and a rejected node drops out with everything under it.
 
-    Returns columns c<level>; with a group, one row per group node (its `id`).
+    Returns columns c<level>; with a group, one row per group node (its `id`). With `each`,
+    the scopes are the nodes $ids (group them by themselves: group = top).
     """
     start = 0 if top is None else top
     first = start if group is None else group
-    where = [visible(start, first)]
-    if top is not None:
-        where.append(f"n{top}.id = $id")
-    parts = [f"MATCH {chain(d, start, first)} WHERE {' AND '.join(where)}"]
+    head, where = _scope_head(top, each)
+    where.insert(0, visible(start, first))
+    parts = [f"{head}MATCH {chain(d, start, first)} WHERE {' AND '.join(where)}"]
     for level in range(first + 1, bottom + 1):
         rel = CHILD_REL[HIERARCHY[level - 1].label]
         parts.append(
@@ -521,17 +640,17 @@ def count_levels(d: Dialect, top: int | None, group: int | None, bottom: int) ->
     return " ".join(parts) + f" RETURN {head}{cols}"
 
 
-def count_generated(d: Dialect, top: int | None, group: int | None) -> str:
+def count_generated(d: Dialect, top: int | None, group: int | None, *, each: bool = False) -> str:
     """Distinct instructions (asked from visible sessions) and their responses, in one query.
-    Columns c6 (instructions) and c7 (responses); with a group, per group node `id`."""
+    Columns c6 (instructions) and c7 (responses); with a group, per group node `id`. `each`:
+    as in count_levels."""
     start = 0 if top is None else top
     session = HIERARCHY.index(SESSION)
-    where = [visible(start, session)]
-    if top is not None:
-        where.append(f"n{top}.id = $id")
+    unwind, where = _scope_head(top, each)
+    where.insert(0, visible(start, session))
     head = f"n{group}.id AS id, " if group is not None else ""
     return (
-        f"MATCH {chain(d, start, session)}, "
+        f"{unwind}MATCH {chain(d, start, session)}, "
         f"(i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(n{session}) "
         f"WHERE {' AND '.join(where)} "
         f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "

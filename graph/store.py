@@ -6,6 +6,7 @@ review states and deterministic ids; it never asks which engine it runs on.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from .backends import open_driver
 from .config import StoreConfig
 from .driver import GraphDriver, Row, Tx, batched
 from .errors import CycleError, InvalidInput, NodeNotFound, ScopeNotApproved, WrongKind
+from .filters import InstructionFilter
 from .model import (
     ANSWERS,
     CHILD_REL,
@@ -70,6 +72,11 @@ COUNT_NAMES = (
 )
 LEVEL_INSTRUCTION = len(HIERARCHY)
 LEVEL_RESPONSE = len(HIERARCHY) + 1
+
+
+def zero_counts(level: int) -> dict[str, int]:
+    """The counts of a node at `level` with nothing below it (or hidden): every name 0."""
+    return dict.fromkeys(COUNT_NAMES[level + 1 :], 0)
 
 
 def now_iso() -> str:
@@ -399,14 +406,7 @@ class Store:
 
     def resolve(self, path: str) -> list[Node]:
         """The nodes named by a path, top down. Raises NodeNotFound naming the missing part."""
-        try:
-            names = split_path(path)
-        except ValueError as exc:
-            raise NodeNotFound(path, str(exc)) from exc
-        if not names:
-            raise NodeNotFound(path, "the path is empty")
-        if len(names) > len(HIERARCHY):
-            raise NodeNotFound(path, f"paths are at most {len(HIERARCHY)} deep (Field/.../Concept)")
+        names = _path_names(path)
         params: dict[str, Any] = {f"k{i}": name_key(n) for i, n in enumerate(names)}
         rows = self.driver.execute(Q.resolve_path(self.d, len(names)), params)
         if not rows:
@@ -455,17 +455,70 @@ class Store:
             n.hidden = hidden or n.status == Status.REJECTED
         return sorted(nodes, key=_order)
 
+    def children_of_many(self, paths: Sequence[str]) -> dict[str, list[Node]]:
+        """Children of each path ("": the fields) as `children` gives them, paths and hidden
+        flags included: one query per depth of the parents, each resolving its paths and
+        reading their children in the same walk. A path that names nothing raises
+        NodeNotFound, as `children` does."""
+        out: dict[str, list[Node]] = {}
+        by_depth: dict[int, dict[str, list[str]]] = {}
+        for path in dict.fromkeys(paths):
+            names = _path_names(path) if path else []
+            by_depth.setdefault(len(names), {})[path] = names
+        if 0 in by_depth:
+            fields = self.children(None)
+            out.update(dict.fromkeys(by_depth.pop(0), fields))
+        for depth, named in sorted(by_depth.items()):
+            found: dict[str, list[Node]] = {}
+            for batch in batched(list(named.items()), self.batch_size):
+                rows = [
+                    {"path": path, **{f"k{i}": name_key(n) for i, n in enumerate(names)}}
+                    for path, names in batch
+                ]
+                query = Q.children_at_paths(self.d, depth)
+                for r in self.driver.execute(query, {"rows": rows}):
+                    kids = found.setdefault(r["path"], [])
+                    if r.get("c") is None:
+                        continue
+                    child = Node.from_row(r["c"])
+                    levels = range(depth)
+                    child.path = join_path([*(r[f"name{lv}"] for lv in levels), child.name])
+                    child.hidden = child.status == Status.REJECTED or any(
+                        r[f"status{lv}"] == Status.REJECTED for lv in levels
+                    )
+                    kids.append(child)
+            for path, names in named.items():
+                if path not in found:
+                    raise NodeNotFound(path, self._missing_part(names))
+                out[path] = sorted(found[path], key=_order)
+        return {path: out[path] for path in dict.fromkeys(paths)}
+
     def paths_of(self, node_id: str) -> list[str]:
         """Every path that reaches a hierarchy node (several for a shared subject)."""
-        kind = kind_of_id(node_id)
-        node = self.get(node_id)
-        if node is None or kind not in HIERARCHY:
-            return []
-        level = HIERARCHY.index(kind)
-        if level == 0:
-            return [join_path([node.name])]
-        rows = self.driver.execute(Q.paths_to(self.d, level), {"id": node_id})
-        return sorted(join_path([r[f"name{i}"] for i in range(level)] + [node.name]) for r in rows)
+        return self.paths_of_many([node_id])[node_id]
+
+    def paths_of_many(self, ids: Sequence[str]) -> dict[str, list[str]]:
+        """Every path of each hierarchy node, sorted; [] for an id that names no node or a
+        node outside the hierarchy. One query per level present, however many ids."""
+        return {i: sorted(found) for i, found in self._paths_seen(ids).items()}
+
+    def _paths_seen(self, ids: Sequence[str]) -> dict[str, dict[str, _PathSeen]]:
+        """For each id: each of its paths -> whether it is hidden there, and its parent."""
+        out: dict[str, dict[str, _PathSeen]] = {i: {} for i in ids}
+        by_level: dict[int, list[str]] = {}
+        for i in out:
+            level = _hierarchy_level(i)
+            if level is not None:
+                by_level.setdefault(level, []).append(i)
+        for level, level_ids in sorted(by_level.items()):
+            for batch in batched(level_ids, self.batch_size):
+                query = Q.paths_of_many(self.d, level, each=len(batch) > 1)
+                for r in self.driver.execute(query, _ids_params(batch)):
+                    levels = range(level + 1)
+                    path = join_path([r[f"name{lv}"] for lv in levels])
+                    hidden = any(r[f"status{lv}"] == Status.REJECTED for lv in levels)
+                    out[r["id"]][path] = _PathSeen(hidden, r.get("parent"))
+        return out
 
     # ------------------------------------------------------------------ taxonomy edits
 
@@ -737,6 +790,80 @@ class Store:
         """
         return self._counts(scope, group_level, group_level + 1)
 
+    def counts_many(
+        self, nodes: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, int]]:
+        """Descendant counts of many nodes, each given as (id, path): what `counts(path)`
+        gives, all zero when a node on that path is rejected (or the path does not reach
+        the node). Keyed by path as well as id because a shared subject can be hidden along
+        one path and not the other.
+
+        At most three queries per level present, however many nodes: their paths (review
+        states and parents), then the hierarchy and the generated data below every visible
+        one (see _counts_at). A Concept has nothing below it to count: concepts cost none.
+        """
+        keys = list(dict.fromkeys(nodes))
+        last = len(HIERARCHY) - 1
+        level_of = {i: _hierarchy_level(i) for i, _ in keys}
+        countable = [i for i, lv in level_of.items() if lv is not None and lv < last]
+        seen = self._paths_seen(countable)
+        shown: dict[tuple[str, str], str | None] = {}  # visible key -> its parent's id
+        for node_id, path in keys:
+            where = seen.get(node_id, {}).get(path)
+            if where is not None and not where.hidden:
+                shown[(node_id, path)] = where.parent
+        by_level: dict[int, dict[str, str | None]] = {}
+        for (node_id, _), parent in shown.items():
+            by_level.setdefault(level_of[node_id] or 0, {})[node_id] = parent
+        found: dict[str, dict[str, int]] = {}
+        for level, parent_of in sorted(by_level.items()):
+            found.update(self._counts_at(level, parent_of))
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for key in keys:
+            at = level_of[key[0]]
+            if at is None:  # not a hierarchy node: nothing lies below it
+                out[key] = {}
+            else:
+                below = found.get(key[0], {}) if key in shown else {}
+                out[key] = {**zero_counts(at), **below}
+        return out
+
+    def _counts_at(
+        self, level: int, parent_of: Mapping[str, str | None]
+    ) -> dict[str, dict[str, int]]:
+        """Counts below visible nodes of one level (id -> parent id on the path they were
+        reached by). Nodes that share one parent, as a node's children do, are counted
+        under it as counts_by_child does: a walk down from one node every engine finds by
+        index. Any other set is one UNWIND over the ids, which the embedded engine answers
+        by expanding the level and joining, slower for a few nodes but a fixed cost for
+        many."""
+        parents = set(parent_of.values())
+        if len(parents) == 1 and None not in parents:
+            (parent,) = parents
+            grouped = self._counts_grouped(level, {"id": parent}, top=level - 1)
+            return {i: c for i, c in grouped.items() if i in parent_of}
+        out: dict[str, dict[str, int]] = {}
+        for batch in batched(list(parent_of), self.batch_size):
+            out.update(self._counts_grouped(level, _ids_params(batch), each=len(batch) > 1))
+        return out
+
+    def _counts_grouped(
+        self, level: int, ids: dict[str, Any], *, top: int | None = None, each: bool = False
+    ) -> dict[str, dict[str, int]]:
+        """count_levels and count_generated grouped by the nodes at `level`, under the scope
+        node $id at level `top` (default: the nodes themselves) or each node of $ids."""
+        top = level if top is None else top
+        params = {"rejected": str(Status.REJECTED), **ids}
+        last = len(HIERARCHY) - 1
+        out: dict[str, dict[str, int]] = {}
+        query = Q.count_levels(self.d, top, level, last, each=each)
+        _add_counts(out, self.driver.execute(query, params), range(level + 1, last + 1))
+        if level <= HIERARCHY.index(SESSION):
+            query = Q.count_generated(self.d, top, level, each=each)
+            generated = range(LEVEL_INSTRUCTION, len(COUNT_NAMES))
+            _add_counts(out, self.driver.execute(query, params), generated)
+        return out
+
     def _counts(
         self, scope: Node | None, group: int | None, first: int
     ) -> dict[str, dict[str, int]]:
@@ -745,21 +872,15 @@ class Store:
         if scope:
             params["id"] = scope.id
         out: dict[str, dict[str, int]] = {}
-
-        def add(rows: list[Row], levels: range) -> None:
-            for row in rows:
-                counts = out.setdefault(str(row.get("id", "")), {})
-                for lv in levels:
-                    counts[COUNT_NAMES[lv]] = int(row.get(f"c{lv}") or 0)
-
         last = len(HIERARCHY) - 1
         if first <= last:
             query = Q.count_levels(self.d, top, group, last)
-            add(self.driver.execute(query, params), range(first, last + 1))
+            _add_counts(out, self.driver.execute(query, params), range(first, last + 1))
         generated = range(max(first, len(HIERARCHY)), len(COUNT_NAMES))
         session = HIERARCHY.index(SESSION)
         if generated and (top is None or top <= session) and (group is None or group <= session):
-            add(self.driver.execute(Q.count_generated(self.d, top, group), params), generated)
+            query = Q.count_generated(self.d, top, group)
+            _add_counts(out, self.driver.execute(query, params), generated)
         if group is None:
             total = out.setdefault("", {})
             for lv in range(first, len(COUNT_NAMES)):
@@ -1216,11 +1337,72 @@ class Store:
         return res
 
     def instruction_ids_in_scope(self, scope: Node | None) -> list[str]:
-        top = scope.level if scope else None
-        if scope is not None and scope.level > HIERARCHY.index(SESSION):
-            raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a session or above")
+        top = self._instruction_top(scope)
         rows = self.driver.execute(Q.instructions_in_scope(self.d, top), self._scope_params(scope))
         return sorted(r["id"] for r in rows)
+
+    @staticmethod
+    def _instruction_top(scope: Node | None) -> int | None:
+        """The level instructions are listed under: a session or above (None: everything)."""
+        if scope is not None and scope.level > HIERARCHY.index(SESSION):
+            raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a session or above")
+        return scope.level if scope else None
+
+    def instructions_page(
+        self,
+        scope: Node | None,
+        flt: InstructionFilter | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> tuple[list[Node], bool]:
+        """Instructions under a scope (as instruction_ids_in_scope finds them) that the filter
+        keeps, in id order after the id `after`: up to `first`, and whether more follow.
+
+        One query: the filter is part of its WHERE clause and it asks for first + 1 rows,
+        so a page costs about a page of rows however large the scope.
+        """
+        if first < 0:
+            raise InvalidInput(f"first must be 0 or more, got {first}")
+        flt = flt or InstructionFilter()
+        top = self._instruction_top(scope)
+        params = {**self._scope_params(scope), **Q.instruction_params(flt), "limit": first + 1}
+        if after:
+            params["after"] = after
+        query = Q.instructions_page(self.d, top, flt, after=bool(after))
+        nodes = [Node.from_row(r["x"]) for r in self.driver.execute(query, params)]
+        return nodes[:first], len(nodes) > first
+
+    def count_instructions(self, scope: Node | None, flt: InstructionFilter | None = None) -> int:
+        """How many instructions under a scope the filter keeps: one COUNT query."""
+        flt = flt or InstructionFilter()
+        top = self._instruction_top(scope)
+        params = {**self._scope_params(scope), **Q.instruction_params(flt)}
+        rows = self.driver.execute(Q.count_instructions(self.d, top, flt), params)
+        return int(rows[0]["n"]) if rows else 0
+
+    def sample_instructions(self, scope: Node | None, n: int, seed: int) -> list[Node]:
+        """`n` instructions under a scope drawn without replacement (all of them when there
+        are fewer), in the order drawn: the same ones for the same seed and data.
+
+        Two queries, and no id list in Python: count the scope, draw that many positions
+        with `random.Random(seed)` (over a range, so nothing the size of the scope is built
+        here), then pick the instructions at those positions of the scope's sorted ids,
+        which the database gathers and indexes itself (pick_instructions). A seeded order
+        in the database (ORDER BY random()) would not repeat; a SKIP per position would
+        sort the scope once per pick. The positions are those `random.sample` would draw
+        from the sorted id list, so the sample is the one the API always gave for a seed.
+        """
+        if n < 0:
+            raise InvalidInput(f"n must be 0 or more, got {n}")
+        top = self._instruction_top(scope)
+        total = self.count_instructions(scope)
+        offsets = random.Random(seed).sample(range(total), min(n, total))
+        picked: dict[int, Node] = {}
+        for batch in batched(offsets, self.batch_size):
+            params = {**self._scope_params(scope), "offsets": batch}
+            for r in self.driver.execute(Q.pick_instructions(self.d, top), params):
+                picked[int(r["o"])] = Node.from_row(r["x"])
+        return [picked[o] for o in offsets if o in picked]
 
     def linked(
         self, rel: RelKind, ids: Sequence[str], *, reverse: bool = False
@@ -1336,6 +1518,48 @@ def _subject_above(path: Sequence[Node], level: int) -> list[str]:
     return [path[subject].id] if level > subject else []
 
 
+@dataclass(frozen=True)
+class _PathSeen:
+    """A node as one of its paths sees it."""
+
+    hidden: bool
+    #: id of the node above it on that path (None for a Field)
+    parent: str | None
+
+
+def _hierarchy_level(node_id: str) -> int | None:
+    """0 (Field) .. 5 (Concept) for the id of a hierarchy node; None for any other kind."""
+    kind = kind_of_id(node_id)
+    return HIERARCHY.index(kind) if kind in HIERARCHY else None
+
+
+def _ids_params(batch: list[str]) -> dict[str, Any]:
+    """$ids for a batch, or $id for a single node: the queries built with each=False look
+    it up by index, where an UNWIND can cost the embedded engine a scan of its kind."""
+    return {"ids": batch} if len(batch) > 1 else {"id": batch[0]}
+
+
+def _add_counts(out: dict[str, dict[str, int]], rows: list[Row], levels: range) -> None:
+    """Put the c<level> columns of count rows under their node's id ("" without one)."""
+    for row in rows:
+        counts = out.setdefault(str(row.get("id", "")), {})
+        for lv in levels:
+            counts[COUNT_NAMES[lv]] = int(row.get(f"c{lv}") or 0)
+
+
+def _path_names(path: str) -> list[str]:
+    """The names of a path, or NodeNotFound saying why it cannot name a node."""
+    try:
+        names = split_path(path)
+    except ValueError as exc:
+        raise NodeNotFound(path, str(exc)) from exc
+    if not names:
+        raise NodeNotFound(path, "the path is empty")
+    if len(names) > len(HIERARCHY):
+        raise NodeNotFound(path, f"paths are at most {len(HIERARCHY)} deep (Field/.../Concept)")
+    return names
+
+
 def _row_order(row: CoverageRow) -> tuple[int, str]:
     return _order(row.node) if row.node else (0, "")
 
@@ -1347,6 +1571,7 @@ def _order(node: Node) -> tuple[int, str]:
 
 __all__ = [
     "COUNT_NAMES",
+    "InstructionFilter",
     "LoadReport",
     "Node",
     "Row",
@@ -1355,5 +1580,6 @@ __all__ = [
     "UpsertResult",
     "kind_of_id",
     "validate_name",
+    "zero_counts",
     "SUBJECT",
 ]

@@ -21,7 +21,6 @@ from generators.manager import JobManager
 from graph.model import ANSWERS, COVERS, FROM, RelKind
 from graph.store import Node, Store
 
-from . import reads
 from .auth import authorized, offered_token
 from .settings import Settings
 
@@ -46,7 +45,7 @@ def _linked(store: Store, rel: RelKind, *, reverse: bool = False) -> DataLoader[
 
 def _paths(store: Store) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
-        found = reads.paths_of_many(store, ids)
+        found = store.paths_of_many(ids)
         return [found[i] for i in ids]
 
     return DataLoader(load_fn=load)
@@ -54,7 +53,7 @@ def _paths(store: Store) -> DataLoader[str, list[str]]:
 
 def _children(store: Store) -> DataLoader[str, list[Node]]:
     async def load(paths: list[str]) -> list[list[Node]]:
-        found = reads.children_of_many(store, paths)
+        found = store.children_of_many(paths)
         return [found[p] for p in paths]
 
     return DataLoader(load_fn=load)
@@ -62,7 +61,7 @@ def _children(store: Store) -> DataLoader[str, list[Node]]:
 
 def _counts(store: Store) -> DataLoader[CountsKey, dict[str, int]]:
     async def load(keys: list[CountsKey]) -> list[dict[str, int]]:
-        found = reads.counts_of_many(store, keys)
+        found = store.counts_many(keys)
         return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)

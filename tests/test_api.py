@@ -519,6 +519,30 @@ def test_instruction_fields_are_batched(generated: dict[str, Any]) -> None:
     assert counted[0] == counted[1], counted
 
 
+def test_an_instruction_page_is_read_in_the_database(generated: dict[str, Any]) -> None:
+    """The page, its filter and its totalCount are one query each after the path's lookup,
+    whatever the filter; a sample is a count and a pick."""
+    api, jobs = generated["api"], generated["jobs"]
+    query = """query($p: String, $f: InstructionFilter) { instructions(path: $p, filter: $f,
+      first: 2) { ... on InstructionConnection { totalCount edges { node { id } } } } }"""
+    every = {
+        "strategy": "HARD",
+        "model": "stub",
+        "jobId": jobs["questions"]["id"],
+        "duplicate": False,
+        "contaminated": False,
+        "answered": True,
+    }
+    for f in (None, {"answered": True}, every):
+        with api.counting() as counter:
+            api.gql(query, {"p": NEW, "f": f})
+        assert counter.count == 3, (f, counter.queries)  # path, page, count
+    sample = "query { sampleInstructions(n: 3, seed: 1) { __typename } }"
+    with api.counting() as counter:
+        api.gql(sample)
+    assert counter.count == 2, counter.queries  # count, pick (no path)
+
+
 def test_sample_instructions_is_reproducible(generated: dict[str, Any]) -> None:
     api = generated["api"]
     query = """query($p: String, $n: Int!, $seed: Int!) { sampleInstructions(path: $p, n: $n,

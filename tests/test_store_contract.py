@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from graph.errors import CycleError, InvalidInput, NodeNotFound, QueryError, WrongKind
@@ -19,7 +21,7 @@ from graph.model import (
     Status,
     hierarchy_id,
 )
-from graph.store import Store
+from graph.store import InstructionFilter, Node, Store
 from tests.conftest import SMALL_TAXONOMY
 
 PHYSICS = "Natural Sciences/Physical Sciences/Physics"
@@ -450,3 +452,285 @@ def test_lookups_by_id_agree_one_at_a_time_and_in_batches(
         assert store.upsert_edges(HAS_SUBJECT, [(store.node(PHYSICS).id, i) for i in ids]) == 0
     assert seen[0] == seen[1]
     assert seen[0][1][subjects[0].id] == (12, 2)
+
+
+# ---------------------------------------------------------------------- listings for the API
+
+CALCULUS = f"{PHYSICS}/Calculus"
+#: twelve instructions under Calculus, one under Optics; some answered
+ANSWERED = {"ins_01", "ins_04", "ins_07", "ins_20"}
+
+
+def build_instructions(store: Store) -> dict[str, dict[str, Any]]:
+    """build_syllabus, a second Physics subject, and instructions whose properties cover
+    every filter field both ways (an empty flag text counts as unset). Every third one is
+    asked from both Calculus sessions, as a hard one is."""
+    build_syllabus(store)
+    calculus = store.node(CALCULUS)
+    limits, derivatives = store.children(CALCULUS)
+    store.add_node(PHYSICS, SUBJECT, "Optics")
+    lenses = store.add_node(f"{PHYSICS}/Optics", SESSION, "Lenses")
+    rows: dict[str, dict[str, Any]] = {}
+    froms: list[tuple[str, str]] = []
+    for i in [*range(12), 20]:
+        iid = f"ins_{i:02d}"
+        rows[iid] = {
+            "id": iid,
+            "text": f"question {i}",
+            "strategy": "hard" if i % 3 == 0 else "basic",
+            "model": "m1" if i % 2 else "m2",
+            "job_id": "job_a" if i < 6 else "job_b",
+            "duplicate": "exact" if i % 4 == 1 else ("" if i == 2 else None),
+            "contaminated": "gsm8k" if i % 5 == 0 else None,
+            "subject_id": calculus.id,
+        }
+        if i == 20:
+            froms.append((iid, lenses.id))
+            continue
+        froms.append((iid, (limits if i % 2 == 0 else derivatives).id))
+        if i % 3 == 0:
+            froms.append((iid, (derivatives if i % 2 == 0 else limits).id))
+    store.write_instructions(list(rows.values()), [], froms)
+    store.write_responses(
+        [{"id": f"rsp_{i[4:]}", "text": "answer", "instruction_id": i} for i in sorted(ANSWERED)]
+    )
+    return rows
+
+
+def kept(rows: dict[str, dict[str, Any]], flt: InstructionFilter) -> list[str]:
+    """The filter's meaning, spelled out in Python: the reference the store must match."""
+    return sorted(
+        i
+        for i, p in rows.items()
+        if (flt.strategy is None or p["strategy"] == flt.strategy)
+        and (flt.model is None or p["model"] == flt.model)
+        and (flt.job_id is None or p["job_id"] == flt.job_id)
+        and (flt.duplicate is None or bool(p["duplicate"]) == flt.duplicate)
+        and (flt.contaminated is None or bool(p["contaminated"]) == flt.contaminated)
+        and (flt.answered is None or (i in ANSWERED) == flt.answered)
+    )
+
+
+def all_pages(store: Store, scope: Node | None, flt: InstructionFilter, first: int) -> list[str]:
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page, more = store.instructions_page(scope, flt, first, after)
+        assert len(page) <= first
+        seen += [n.id for n in page]
+        if not more:
+            return seen
+        assert len(page) == first
+        after = page[-1].id
+
+
+def test_instructions_page_by_id_cursor(store: Store) -> None:
+    rows = build_instructions(store)
+    calculus = store.node(CALCULUS)
+    everything = InstructionFilter()
+    page, more = store.instructions_page(calculus, everything, 5)
+    assert [n.id for n in page] == [f"ins_{i:02d}" for i in range(5)] and more
+    assert page[0].props["text"] == "question 0" and page[0].kind.label == "Instruction"
+    page, more = store.instructions_page(calculus, everything, 5, after="ins_04")
+    assert [n.id for n in page] == [f"ins_{i:02d}" for i in range(5, 10)] and more
+    page, more = store.instructions_page(calculus, everything, 5, after="ins_09")
+    assert [n.id for n in page] == ["ins_10", "ins_11"] and not more
+    assert store.instructions_page(calculus, everything, 2, after="ins_11") == ([], False)
+    # a page that ends exactly at the last one says nothing follows
+    page, more = store.instructions_page(calculus, everything, 12)
+    assert len(page) == 12 and not more
+    # an instruction from two sessions is listed once; the cursor needs no stored id
+    assert all_pages(store, calculus, everything, 5) == sorted(set(rows) - {"ins_20"})
+    assert [n.id for n in store.instructions_page(None, everything, 3, "ins_105")[0]] == [
+        "ins_11",
+        "ins_20",
+    ]
+    for scope in (None, store.node("Natural Sciences"), store.node(PHYSICS), calculus):
+        listed = all_pages(store, scope, everything, 4)
+        assert listed == store.instruction_ids_in_scope(scope)
+        assert store.count_instructions(scope, everything) == len(listed)
+    session = store.children(CALCULUS)[0]
+    assert all_pages(store, session, everything, 50) == [
+        f"ins_{i:02d}" for i in (0, 2, 3, 4, 6, 8, 9, 10)
+    ]
+    with pytest.raises(WrongKind):
+        store.instructions_page(store.node(f"{CALCULUS}/Limits/continuity"), everything, 5)
+    with pytest.raises(WrongKind):
+        store.count_instructions(store.node(f"{CALCULUS}/Limits/continuity"), everything)
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        InstructionFilter(strategy="hard"),
+        InstructionFilter(strategy="basic"),
+        InstructionFilter(model="m1"),
+        InstructionFilter(job_id="job_b"),
+        InstructionFilter(job_id="job_none"),
+        InstructionFilter(duplicate=True),
+        InstructionFilter(duplicate=False),
+        InstructionFilter(contaminated=True),
+        InstructionFilter(contaminated=False),
+        InstructionFilter(answered=True),
+        InstructionFilter(answered=False),
+        InstructionFilter(strategy="basic", model="m1", duplicate=False, answered=True),
+        InstructionFilter(job_id="job_a", contaminated=False, answered=False),
+    ],
+    ids=repr,
+)
+def test_instruction_filters_run_in_the_query(store: Store, flt: InstructionFilter) -> None:
+    rows = build_instructions(store)
+    expected = kept(rows, flt)
+    assert 0 < len(expected) < len(rows) or flt.job_id == "job_none", expected
+    assert all_pages(store, None, flt, 3) == expected
+    assert store.count_instructions(None, flt) == len(expected)
+    physics = store.node(PHYSICS)
+    assert store.count_instructions(physics, flt) == len(expected)
+    calculus = [i for i in expected if i != "ins_20"]
+    assert all_pages(store, store.node(CALCULUS), flt, 2) == calculus
+
+
+def test_hidden_subtrees_leave_instruction_listings(store: Store) -> None:
+    build_instructions(store)
+    everything = InstructionFilter()
+    store.review(f"{CALCULUS}/Limits", Status.REJECTED)
+    from_derivatives = [f"ins_{i:02d}" for i in (0, 1, 3, 5, 6, 7, 9, 11)]
+    assert all_pages(store, None, everything, 5) == [*from_derivatives, "ins_20"]
+    assert store.count_instructions(None, everything) == 9
+    assert {n.id for n in store.sample_instructions(None, 50, 1)} == {*from_derivatives, "ins_20"}
+    store.review(f"{CALCULUS}/Limits", Status.APPROVED)
+    # Calculus stays reachable through Pure Mathematics when Physics is rejected
+    store.review(PHYSICS, Status.REJECTED)
+    assert store.count_instructions(None, everything) == 12
+    assert store.count_instructions(store.node("Natural Sciences"), everything) == 0
+    assert store.instructions_page(store.node("Natural Sciences"), everything, 5) == ([], False)
+    assert len(all_pages(store, store.node(PURE), everything, 5)) == 12
+    store.review(PURE, Status.REJECTED)
+    assert store.count_instructions(None, everything) == 0
+    assert store.instructions_page(None, everything, 5) == ([], False)
+    assert store.sample_instructions(None, 5, 1) == []
+
+
+def test_sample_instructions_is_reproducible_without_repeats(store: Store) -> None:
+    rows = build_instructions(store)
+    calculus = store.node(CALCULUS)
+    first = [n.id for n in store.sample_instructions(calculus, 5, seed=7)]
+    assert len(first) == len(set(first)) == 5
+    assert set(first) <= set(rows) - {"ins_20"}
+    assert [n.id for n in store.sample_instructions(calculus, 5, seed=7)] == first
+    others = [[n.id for n in store.sample_instructions(calculus, 5, seed=s)] for s in range(8, 14)]
+    assert any(o != first for o in others)
+    # more than there are: every one, once; the order is the draw's
+    every = [n.id for n in store.sample_instructions(None, 100, seed=3)]
+    assert sorted(every) == sorted(rows) and len(every) == len(set(every))
+    assert [n.id for n in store.sample_instructions(None, 100, seed=3)] == every
+    assert store.sample_instructions(calculus, 0, seed=1) == []
+    session = store.children(CALCULUS)[1]
+    picked = store.sample_instructions(session, 3, seed=2)
+    assert {n.id for n in picked} <= set(store.instruction_ids_in_scope(session))
+    assert all(n.props["text"] == rows[n.id]["text"] for n in picked)
+    with pytest.raises(InvalidInput):
+        store.sample_instructions(None, -1, seed=1)
+
+
+def test_paths_of_many_one_call_for_every_level(store: Store) -> None:
+    build_syllabus(store)
+    subject = store.node(CALCULUS)
+    concept = store.node(f"{CALCULUS}/Derivatives/chain rule")
+    field = store.node("Natural Sciences")
+    found = store.paths_of_many([subject.id, concept.id, field.id, "sbj_nope", subject.id])
+    assert found == {
+        subject.id: [f"{PURE}/Calculus", CALCULUS],
+        concept.id: [
+            f"{PURE}/Calculus/Derivatives/chain rule",
+            f"{CALCULUS}/Derivatives/chain rule",
+        ],
+        field.id: ["Natural Sciences"],
+        "sbj_nope": [],
+    }
+    assert store.paths_of_many([]) == {}
+    # several of one level are read together, one alone by its id: the same answers
+    disciplines = [store.node(PHYSICS).id, store.node(PURE).id]
+    assert store.paths_of_many(disciplines) == {
+        disciplines[0]: [PHYSICS],
+        disciplines[1]: [PURE],
+    }
+    assert store.paths_of_many([subject.id, concept.id, field.id])[subject.id] == found[subject.id]
+    # a rejected parent hides a path, it does not remove it
+    store.review(PHYSICS, Status.REJECTED)
+    assert store.paths_of_many([subject.id])[subject.id] == [f"{PURE}/Calculus", CALCULUS]
+
+
+def test_children_of_many_matches_children(store: Store) -> None:
+    build_syllabus(store)
+    store.review(PURE, Status.REJECTED)
+    paths = [
+        "",
+        "Natural Sciences",
+        PURE,
+        CALCULUS,
+        f"{PURE}/calculus",
+        f"{CALCULUS}/Limits/continuity",
+    ]
+    found = store.children_of_many(paths)
+    assert list(found) == paths
+    for path in paths:
+        expected = store.children(path or None)
+        assert [(n.id, n.path, n.hidden) for n in found[path]] == [
+            (n.id, n.path, n.hidden) for n in expected
+        ], path
+    # the shared subject's sessions, by each of its paths: hidden along one only
+    assert {n.path for n in found[f"{PURE}/calculus"]} == {
+        f"{PURE}/Calculus/Limits",
+        f"{PURE}/Calculus/Derivatives",
+    }
+    assert all(n.hidden for n in found[f"{PURE}/calculus"])
+    assert not any(n.hidden for n in found[CALCULUS])
+    assert [n.name for n in found[CALCULUS]] == ["Limits", "Derivatives"]
+    assert found[f"{CALCULUS}/Limits/continuity"] == []
+    with pytest.raises(NodeNotFound):
+        store.children_of_many([PURE, "Natural Sciences/Nope"])
+
+
+def test_counts_many_matches_counts(store: Store) -> None:
+    build_instructions(store)
+    store.review(f"{CALCULUS}/Limits", Status.REJECTED)
+    store.review(PURE, Status.REJECTED)
+    subject = store.node(CALCULUS)
+    paths = [
+        "Natural Sciences",
+        PHYSICS,
+        PURE,
+        CALCULUS,
+        f"{PURE}/Calculus",
+        f"{CALCULUS}/Limits",
+        f"{CALCULUS}/Derivatives",
+        f"{CALCULUS}/Derivatives/chain rule",
+        f"{PHYSICS}/Optics",
+    ]
+    keys = [(store.node(p).id, p) for p in paths]
+    found = store.counts_many([*keys, keys[0]])
+    assert list(found) == keys
+    for node_id, path in keys:
+        assert found[(node_id, path)] == store.counts(path), path
+    # the shared subject: counted along its visible path, zero along the rejected one
+    assert found[(subject.id, CALCULUS)]["instructions"] == 8
+    assert found[(subject.id, CALCULUS)]["responses"] == 2
+    assert set(found[(subject.id, f"{PURE}/Calculus")].values()) == {0}
+    # a path that does not reach the node counts nothing
+    assert set(store.counts_many([(subject.id, PURE)])[(subject.id, PURE)].values()) == {0}
+    assert store.counts_many([]) == {}
+    # nodes of one level under different parents (one query over them all), and alone
+    scattered = [
+        "Natural Sciences",
+        "Formal Sciences",
+        PHYSICS,
+        "Formal Sciences/Mathematics/Applied Mathematics",
+        "Natural Sciences/Life Sciences/Biology",
+        CALCULUS,
+        f"{PHYSICS}/Optics",
+    ]
+    keys = [(store.node(p).id, p) for p in scattered]
+    together = store.counts_many(keys)
+    for key in keys:
+        assert together[key] == store.counts(key[1]) == store.counts_many([key])[key], key

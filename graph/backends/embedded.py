@@ -40,6 +40,14 @@ class LadybugDialect(Dialect):
     # key lookup (~1 ms).
     few_ids = 32
 
+    def sorted_list(self, value: str, alias: str) -> str:
+        # ORDER BY in a WITH needs a SKIP or LIMIT here, and `collect` promises no order:
+        # the list is sorted as a list instead.
+        return f"WITH list_sort(collect({value})) AS {alias}"
+
+    def list_item(self, items: str, index: str) -> str:
+        return f"{items}[{index} + 1]"  # lists are 1-based here
+
     def schema_statements(self) -> list[str]:
         q = self.q
         stmts: list[str] = []

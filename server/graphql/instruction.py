@@ -11,10 +11,10 @@ from enum import Enum
 import strawberry
 from strawberry.types import Info
 
+from graph.store import InstructionFilter as Filter
 from graph.store import Node
 
 from ..context import Context
-from ..reads import InstructionFilter as Filter
 from .node import Provenance, TaxonomyNode
 
 

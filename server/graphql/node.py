@@ -9,10 +9,9 @@ import strawberry
 from strawberry.types import Info
 
 from graph.model import KIND_BY_LABEL, NodeKind, Status
-from graph.store import COUNT_NAMES, Node
+from graph.store import COUNT_NAMES, Node, zero_counts
 
 from ..context import Context
-from ..reads import zero_counts
 from .pagination import Connection, paginate
 
 

@@ -10,9 +10,9 @@ from strawberry.types import Info
 
 from graph.errors import GlanError, InvalidInput
 from graph.model import HIERARCHY
+from graph.store import InstructionFilter as Filter
 from graph.store import Node
 
-from .. import reads
 from ..context import Context
 from .coverage import Coverage
 from .errors import (
@@ -193,15 +193,15 @@ class Query:
         store = info.context.store
         try:
             first = page_size(first)
-            flt = filter.to_filter() if filter else reads.InstructionFilter()
+            flt = filter.to_filter() if filter else Filter()
             scope = store.scope(path)
-            page, more = reads.instruction_page(store, scope, flt, first, decode_cursor(after))
+            page, more = store.instructions_page(scope, flt, first, decode_cursor(after))
             return connection(
                 page,
                 has_next=more,
                 key=_id,
                 wrap=Instruction.of,
-                count=lambda: reads.instruction_count(store, scope, flt),
+                count=lambda: store.count_instructions(scope, flt),
             )
         except GlanError as exc:
             return problem(exc)
@@ -217,7 +217,7 @@ class Query:
         try:
             if not 1 <= n <= MAX_PAGE:
                 raise InvalidInput(f"n must be between 1 and {MAX_PAGE}, got {n}")
-            chosen = reads.sample_instructions(store, store.scope(path), n, seed)
+            chosen = store.sample_instructions(store.scope(path), n, seed)
             return InstructionSample(seed=seed, instructions=[Instruction.of(i) for i in chosen])
         except GlanError as exc:
             return problem(exc)
