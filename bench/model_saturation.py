@@ -147,6 +147,7 @@ def main() -> None:
     results = {
         "pairs": run["pairs"],
         "requests": run["requests"],
+        "replayed_requests": len(bodies),
         "concurrency": args.concurrency,
         "server_threads": args.threads,
         "pipeline_s": round(run["seconds"], 2),

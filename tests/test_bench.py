@@ -1,0 +1,65 @@
+"""The benchmarks' smoke versions run and report consistent figures.
+
+Timings are not asserted (CI machines are noisy); what is asserted is that each script runs
+to its final JSON line and that the work it reports was really done.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generators.local_model import find_bundled_model, llama_server_available
+
+ROOT = Path(__file__).parents[1]
+
+
+def bench(script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("measure")  # the table comes first
+    return dict(json.loads(lines[-1]))
+
+
+def test_graph_scale_smoke() -> None:
+    found = bench("graph_scale.py", "--scale", "0.001")
+    assert found["bench"] == "graph_scale"
+    assert found["concepts"] == found["sessions"] * 5 > 0
+    assert found["sample_basic_n"] == found["sample_hard_n"] == 1000
+    assert found["pairs_written"] == found["exported"] == 1000
+    for key in ("load_s", "coverage_s", "coverage_after_pairs_s", "write_pairs_per_s"):
+        assert found[key] > 0, key
+    assert 0 < found["export_peak_rss_mb"] < 24 * 1024
+
+
+def test_pipeline_overhead_smoke() -> None:
+    found = bench("pipeline_overhead.py", "--pairs", "100", "--concurrency", "4")
+    assert found["pairs"] == 100
+    assert found["stub_ceiling_req_per_s"] > 0 and found["pipeline_pairs_per_s"] > 0
+    assert found["ratio"] == pytest.approx(
+        found["pipeline_pairs_per_s"] / found["stub_ceiling_pairs_per_s"], rel=0.01
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not llama_server_available(), reason="llama-cpp-python[server] missing")
+def test_model_saturation_smoke() -> None:
+    find_bundled_model()  # says how to install the model if it is missing
+    found = bench("model_saturation.py", "--pairs", "1", "--max-tokens", "48", timeout=600)
+    assert found["pairs"] == 1
+    # the replay sends the very requests the pipeline sent: a question and its answer
+    assert found["replayed_requests"] == found["requests"] == 2
+    assert found["pipeline_completion_tokens"] > 0 and found["replay_completion_tokens"] > 0
+    assert found["ratio"] > 0
