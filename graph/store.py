@@ -263,22 +263,27 @@ class Store:
 
     def _by_ids(
         self,
-        build: Callable[[bool], str],
+        build: Callable[..., str],
         ids: Iterable[str],
         params: Mapping[str, Any] | None = None,
         *,
         tx: Tx | None = None,
+        few: int | None = None,
     ) -> list[Row]:
-        """Rows of a query that walks out from nodes given by id, `build(one)` giving its
+        """Rows of a query that walks out from nodes given by id, `build(one=...)` giving its
         text over one $id or a list of $ids: a few ids go one at a time where the engine
-        looks one up by key but scans for a list (`Dialect.few_ids`), more go in batches."""
+        looks one up by key but scans for a list (`Dialect.few_ids`), more go in batches.
+
+        `few=1` keeps a read to one query per batch whatever the number of ids (a single id
+        is still looked up by key): what the API's per-request loaders want, so that a page's
+        cost in queries does not grow with its size."""
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
         unique = list(dict.fromkeys(ids))
         base = dict(params or {})
-        if len(unique) <= self.d.few_ids:
-            query = build(True)
+        if len(unique) <= (self.d.few_ids if few is None else min(few, self.d.few_ids or 1)):
+            query = build(one=True)
             return [r for i in unique for r in runner.execute(query, {**base, "id": i})]
-        query = build(False)
+        query = build(one=False)
         rows: list[Row] = []
         for batch in batched(unique, self.batch_size):
             rows += runner.execute(query, {**base, "ids": batch})
@@ -511,13 +516,12 @@ class Store:
             if level is not None:
                 by_level.setdefault(level, []).append(i)
         for level, level_ids in sorted(by_level.items()):
-            for batch in batched(level_ids, self.batch_size):
-                query = Q.paths_of_many(self.d, level, each=len(batch) > 1)
-                for r in self.driver.execute(query, _ids_params(batch)):
-                    levels = range(level + 1)
-                    path = join_path([r[f"name{lv}"] for lv in levels])
-                    hidden = any(r[f"status{lv}"] == Status.REJECTED for lv in levels)
-                    out[r["id"]][path] = _PathSeen(hidden, r.get("parent"))
+            build = partial(_many, Q.paths_of_many, self.d, level)
+            for r in self._by_ids(build, level_ids, few=1):
+                levels = range(level + 1)
+                path = join_path([r[f"name{lv}"] for lv in levels])
+                hidden = any(r[f"status{lv}"] == Status.REJECTED for lv in levels)
+                out[r["id"]][path] = _PathSeen(hidden, r.get("parent"))
         return out
 
     # ------------------------------------------------------------------ taxonomy edits
@@ -838,31 +842,20 @@ class Store:
         by expanding the level and joining, slower for a few nodes but a fixed cost for
         many."""
         parents = set(parent_of.values())
+        top, ids = level, list(parent_of)
         if len(parents) == 1 and None not in parents:
             (parent,) = parents
-            grouped = self._counts_grouped(level, {"id": parent}, top=level - 1)
-            return {i: c for i, c in grouped.items() if i in parent_of}
-        out: dict[str, dict[str, int]] = {}
-        for batch in batched(list(parent_of), self.batch_size):
-            out.update(self._counts_grouped(level, _ids_params(batch), each=len(batch) > 1))
-        return out
-
-    def _counts_grouped(
-        self, level: int, ids: dict[str, Any], *, top: int | None = None, each: bool = False
-    ) -> dict[str, dict[str, int]]:
-        """count_levels and count_generated grouped by the nodes at `level`, under the scope
-        node $id at level `top` (default: the nodes themselves) or each node of $ids."""
-        top = level if top is None else top
-        params = {"rejected": str(Status.REJECTED), **ids}
+            top, ids = level - 1, [str(parent)]
+        params = {"rejected": str(Status.REJECTED)}
         last = len(HIERARCHY) - 1
         out: dict[str, dict[str, int]] = {}
-        query = Q.count_levels(self.d, top, level, last, each=each)
-        _add_counts(out, self.driver.execute(query, params), range(level + 1, last + 1))
+        build = partial(_many, Q.count_levels, self.d, top, level, last)
+        _add_counts(out, self._by_ids(build, ids, params, few=1), range(level + 1, last + 1))
         if level <= HIERARCHY.index(SESSION):
-            query = Q.count_generated(self.d, top, level, each=each)
-            generated = range(LEVEL_INSTRUCTION, len(COUNT_NAMES))
-            _add_counts(out, self.driver.execute(query, params), generated)
-        return out
+            build = partial(_many, Q.count_generated, self.d, top, level)
+            rows = self._by_ids(build, ids, params, few=1)
+            _add_counts(out, rows, range(LEVEL_INSTRUCTION, len(COUNT_NAMES)))
+        return {i: c for i, c in out.items() if i in parent_of}
 
     def _counts(
         self, scope: Node | None, group: int | None, first: int
@@ -1533,10 +1526,10 @@ def _hierarchy_level(node_id: str) -> int | None:
     return HIERARCHY.index(kind) if kind in HIERARCHY else None
 
 
-def _ids_params(batch: list[str]) -> dict[str, Any]:
-    """$ids for a batch, or $id for a single node: the queries built with each=False look
-    it up by index, where an UNWIND can cost the embedded engine a scan of its kind."""
-    return {"ids": batch} if len(batch) > 1 else {"id": batch[0]}
+def _many(build: Callable[..., str], *args: Any, one: bool) -> str:
+    """A builder taking `each` (an UNWIND over $ids) as Store._by_ids calls one: with `one`
+    (the single node $id)."""
+    return build(*args, each=not one)
 
 
 def _add_counts(out: dict[str, dict[str, int]], rows: list[Row], levels: range) -> None:
