@@ -40,7 +40,7 @@ from tests.test_sampling import fill
 SCOPE = "Natural Sciences/Physical Sciences/Physics"
 PARAMS = StageParams(model="stub", temperature=1.0, top_p=0.95)
 FAULT_RATE = 0.2
-TIMEOUT_S = 0.3
+TIMEOUT_S = 1.0  # a hang lasts three times this; a loaded machine still answers in time
 
 
 def always_off_schema(prompt: str) -> bool:
@@ -109,8 +109,14 @@ def test_a_job_at_twenty_percent_faults_loses_and_duplicates_nothing(
     failed = [u for u in units if u["status"] == "failed"]
     assert failed  # the prompts that are always off the schema
     bad_answers = {malformed().content, off_schema().content}
-    for u in failed:  # each with its reason and what the model said, verbatim
-        assert "did not match" in u["error"] and u["raw"] in bad_answers
+    transport = 0
+    for u in failed:  # each with its reason, and what the model said when it said something
+        if "did not match" in u["error"]:
+            assert u["raw"] in bad_answers  # verbatim
+        else:  # no answer at all, after every retry: nothing to keep but the reason
+            assert "failed after 6 attempts" in u["error"] and not u["raw"], u
+            transport += 1
+    assert transport <= n // 100
     assert result.done >= 0.9 * n  # transient faults were retried away
 
     assert result.prompt_tokens == sum(u["prompt_tokens"] for u in units) == llm.usage.prompt_tokens

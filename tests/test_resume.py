@@ -59,7 +59,7 @@ def read(db: Path) -> tuple[dict[str, Any], list[str]]:
 def test_sigkill_at_seeded_points_then_rerun_equals_an_uninterrupted_run(
     tmp_path: Path, full_reliability: bool
 ) -> None:
-    kills_wanted, n = (40, 120) if full_reliability else (10, 40)
+    kills_wanted, n = (40, 400) if full_reliability else (10, 40)
     slow = fake_glan_model()
 
     def handler(body: dict[str, Any], call: int) -> Reply:
@@ -81,7 +81,8 @@ def test_sigkill_at_seeded_points_then_rerun_equals_an_uninterrupted_run(
         while kills < kills_wanted:
             runs += 1  # a run that finishes before its kill point is not a kill
             assert runs <= kills_wanted * 3, f"only {kills} of {runs} runs were killed"
-            after_calls = 0 if draw.random() < 0.2 else draw.randint(1, max(1, n // 4))
+            # a few units per kill, so that the runs before the last leave work to do
+            after_calls = 0 if draw.random() < 0.2 else draw.randint(1, n // (kills_wanted + 1))
             start = stub.calls
             proc = generate(killed, stub.base_url, n)
             deadline = time.monotonic() + 60

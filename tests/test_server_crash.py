@@ -33,7 +33,7 @@ from tests.test_sampling import fill
 
 ROOT = Path(__file__).parents[1]
 SCOPE = "Natural Sciences/Physical Sciences/Physics"
-N = 40
+N = 60
 
 START = """mutation($p: String) { generateInstructions(path: $p, n: %d, seed: 11) {
   __typename ... on JobPayload { job { id live } } ... on Problem { message } } }"""
@@ -100,11 +100,12 @@ def serve(db: Path, stub: Stub) -> Iterator[Server]:
         proc.wait(30)
 
 
-def wait_for_calls(stub: Stub, since: int, calls: int) -> None:
+def wait_for_done(server: Server, job_id: str, done: int) -> None:
+    """Until the server reports `done` units of the job done."""
     deadline = time.monotonic() + 60
-    while stub.calls - since < calls:
+    while server.job(job_id)["done"] < done:
         assert time.monotonic() < deadline, "the job made no progress"
-        time.sleep(0.002)
+        time.sleep(0.005)
 
 
 def done_ids(server: Server, job_id: str) -> set[str]:
@@ -160,25 +161,27 @@ def test_server_killed_during_a_job_resumes_to_the_same_graph(
     started = time.monotonic()
     with run_stub(slow) as stub:
         run_to_the_end(reference, stub)
-        job_ids, reported_done = set(), 0
+        job_ids, reported_done, durable = set(), 0, 0
         for _ in range(kills):  # forced stops
             with serve(killed, stub) as server:
-                since = stub.calls
-                job_ids.add(server.start_job())
-                wait_for_calls(stub, since, draw.randint(1, N // (kills + 1)))
-                reported = done_ids(server, next(iter(job_ids)))
+                job_id = server.start_job()
+                job_ids.add(job_id)
+                wait_for_done(server, job_id, durable + draw.randint(1, N // (3 * (kills + 1))))
+                reported = done_ids(server, job_id)
+                time.sleep(draw.uniform(0, 0.05))  # anywhere in the units in flight
                 server.proc.send_signal(signal.SIGKILL)
                 server.proc.wait(30)
             _, problems, done, status = stored(killed)
             assert problems == [] and reported <= done and status == "running"
             reported_done += len(reported)
+            durable = len(done)
             assert len(done) < N
 
         with serve(killed, stub) as server:  # a clean stop in the middle of the job
-            since = stub.calls
-            job_ids.add(server.start_job())
-            wait_for_calls(stub, since, 3)
-            reported = done_ids(server, next(iter(job_ids)))
+            job_id = server.start_job()
+            job_ids.add(job_id)
+            wait_for_done(server, job_id, durable + 2)
+            reported = done_ids(server, job_id)
             stop(server)
         _, problems, done, status = stored(killed)
         assert problems == [] and reported <= done and status == "cancelled"
