@@ -116,6 +116,7 @@ def test_a_job_at_twenty_percent_faults_loses_and_duplicates_nothing(
         else:  # no answer at all, after every retry: nothing to keep but the reason
             assert "failed after 6 attempts" in u["error"] and not u["raw"], u
             transport += 1
+    print(f"failed units: {len(failed) - transport} on bad answers, {transport} unanswered")
     assert transport <= n // 100
     assert result.done >= 0.9 * n  # transient faults were retried away
 
