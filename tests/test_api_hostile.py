@@ -145,7 +145,7 @@ def test_a_second_process_on_the_same_store_is_refused(tmp_path: Path) -> None:
 
     def slow(body: dict[str, Any], n: int) -> Reply:
         reply = model(body, n)
-        reply.delay_s = 0.3  # the first run lasts a few seconds
+        reply.delay_s = 0.5  # the first run lasts 5 s: the second starts well inside it
         return reply
 
     with run_stub(slow) as stub:

@@ -23,6 +23,7 @@ from generators.jobs import JobRunner, Progress
 from generators.llm import LLMClient, LLMConfig, StageParams
 from generators.stages import QuestionsStage
 from graph.config import StoreConfig
+from graph.model import JOB
 from graph.store import Store
 from tests.graph_checks import integrity_problems, snapshot, units_by_job
 from tests.llm_stub import (
@@ -132,3 +133,31 @@ def test_a_job_at_twenty_percent_faults_loses_and_duplicates_nothing(
         assert snapshot(store) == before
         done = [u for us in units_by_job(store).values() for u in us if u["status"] == "done"]
         assert len(done) == result.done
+
+
+def test_a_resumed_job_counts_the_tokens_its_units_spent(tmp_path: Path) -> None:
+    """The job row's counters are saved now and then, so a crash leaves them behind the
+    units (each unit stores its tokens with its output). A re-run counts from the units:
+    here the stored counters are set back to zero, as a crash right after the job started
+    would leave them, and a failed unit retried keeps the tokens of both its attempts."""
+    good = fake_glan_model()
+    bad: Counter[str] = Counter()
+
+    def model(body: dict[str, Any], n: int) -> Reply:
+        prompt = first_user_message(body)
+        if (len(bad) < 2 or prompt in bad) and bad[prompt] < 2:
+            bad[prompt] += 1  # the first two prompts: answer and correction off the schema
+            return off_schema()
+        return good(body, n)
+
+    with run_stub(model) as stub, Store.open(StoreConfig(db_path=tmp_path / "t.lbug")) as store:
+        fill(store, subjects=2, sessions=4, concepts=4)
+        first, _ = asyncio.run(run_questions(store, stub.base_url, 20))
+        assert first.failed == 2 and first.prompt_tokens == 11 * stub.calls
+        store.update_existing(JOB, [{"id": first.job_id, "prompt_tokens": 0}])
+        second, _ = asyncio.run(run_questions(store, stub.base_url, 20))
+        (units,) = units_by_job(store).values()
+    assert second.done == 20 and second.failed == 0
+    assert second.prompt_tokens == 11 * stub.calls == sum(u["prompt_tokens"] for u in units)
+    spent = Counter(u["prompt_tokens"] for u in units)
+    assert spent == {11: 18, 33: 2}  # a retried unit: two calls that failed, one that did not
