@@ -94,9 +94,11 @@ def integrity_problems(store: Store) -> list[str]:
         want_covers.update((r["id"], c) for c in payload.get("concept_ids", []))
         want_from.update((r["id"], s) for s in payload.get("session_ids", []))
     if covers != want_covers:
-        problems.append(f"COVERS edges differ from the sampled concepts: {covers ^ want_covers}")
+        extra, missing = covers - want_covers, want_covers - covers
+        problems.append(f"COVERS edges differ from the sampled concepts: +{extra} -{missing}")
     if froms != want_from:
-        problems.append(f"FROM edges differ from the sampled sessions: {froms ^ want_from}")
+        extra, missing = froms - want_from, want_from - froms
+        problems.append(f"FROM edges differ from the sampled sessions: +{extra} -{missing}")
 
     for job in store.jobs():
         mine = [u for u in units.values() if u["job_id"] == job["id"]]

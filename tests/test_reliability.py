@@ -161,3 +161,30 @@ def test_a_resumed_job_counts_the_tokens_its_units_spent(tmp_path: Path) -> None
     assert second.prompt_tokens == 11 * stub.calls == sum(u["prompt_tokens"] for u in units)
     spent = Counter(u["prompt_tokens"] for u in units)
     assert spent == {11: 18, 33: 2}  # a retried unit: two calls that failed, one that did not
+
+
+def test_the_integrity_check_finds_what_it_looks_for(tmp_path: Path) -> None:
+    """The checks the crash tests rely on report a lost output, a stray edge, a second copy
+    and counters that disagree, so an empty list from them means something."""
+    with (
+        run_stub(fake_glan_model()) as stub,
+        Store.open(StoreConfig(db_path=tmp_path / "c.lbug")) as store,
+    ):
+        fill(store, subjects=2, sessions=4, concepts=4)
+        result, _ = asyncio.run(run_questions(store, stub.base_url, 10))
+        assert integrity_problems(store) == []
+        rows = list(store.driver.execute("MATCH (i:Instruction) RETURN i.id AS id ORDER BY id"))
+        first, second = rows[0]["id"], rows[1]["id"]
+
+        store.driver.execute("MATCH (i:Instruction {id: $id}) DETACH DELETE i", {"id": first})
+        assert any("done but has no instruction" in p for p in integrity_problems(store))
+
+        concept = next(iter(store.driver.execute("MATCH (c:Concept) RETURN c.id AS id")))["id"]
+        store.driver.execute(
+            "MATCH (a:Instruction {id: $a}), (b:Concept {id: $b}) CREATE (a)-[:COVERS]->(b)",
+            {"a": second, "b": concept},
+        )
+        assert any("COVERS edges differ" in p for p in integrity_problems(store))
+
+        store.update_existing(JOB, [{"id": result.job_id, "done": result.done + 1}])
+        assert any(f"job {result.job_id} says" in p for p in integrity_problems(store))
