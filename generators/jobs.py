@@ -180,12 +180,16 @@ class JobRunner:
         params = json.dumps(key, sort_keys=True)
         stage.job_id = job_id_for(stage.name, scope_text, key)
         state = Progress(stage.job_id, stage.name, scope_text, JobStatus.RUNNING)
-        previous = self.store.job(stage.job_id)
-        if previous:
-            state.prompt_tokens = int(previous.get("prompt_tokens") or 0)
-            state.completion_tokens = int(previous.get("completion_tokens") or 0)
-        else:
+        if self.store.job(stage.job_id) is None:
             self.store.save_job({**state.as_row(params), "created_at": now_iso()})
+        # Tokens are counted from the units, which store theirs with their output: the job's
+        # own counters are saved only now and then, so after a crash they lag behind.
+        spent = {
+            u["id"]: Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+            for u in self.store.job_units(stage.job_id)
+        }
+        state.prompt_tokens = sum(u.prompt_tokens for u in spent.values())
+        state.completion_tokens = sum(u.completion_tokens for u in spent.values())
 
         try:
             units = stage.plan(scope)
@@ -222,7 +226,7 @@ class JobRunner:
                     outcome = await stage.execute(unit)
                 except LLMError as exc:
                     outcome = Outcome(error=str(exc), raw=getattr(exc, "raw", "") or "")
-                self._finish(stage, unit, outcome, state, params)
+                self._finish(stage, unit, outcome, state, params, spent.get(unit.id, Usage()))
                 if progress:
                     progress(state)
 
@@ -252,11 +256,21 @@ class JobRunner:
         return state
 
     def _finish(
-        self, stage: Stage, unit: UnitSpec, outcome: Outcome, state: Progress, params: str
+        self,
+        stage: Stage,
+        unit: UnitSpec,
+        outcome: Outcome,
+        state: Progress,
+        params: str,
+        earlier: Usage,
     ) -> None:
-        """Write a unit's output, its state and the job counters in one transaction."""
+        """Write a unit's output, its state and the job counters in one transaction.
+
+        The unit keeps the tokens of all its attempts (`earlier` ones, by runs before this),
+        so a job's tokens are always the sum of its units'."""
         state.prompt_tokens += outcome.usage.prompt_tokens
         state.completion_tokens += outcome.usage.completion_tokens
+        outcome.usage = earlier + outcome.usage
         status = UnitStatus.DONE if outcome.ok else UnitStatus.FAILED
         try:
             with self.store.driver.transaction() as tx:

@@ -10,6 +10,7 @@ LLM client, and everything else goes through its API.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -79,6 +80,14 @@ class GlanGraphQL(GraphQL[Context, None]):
             request=request,
             response=response,
         )
+
+    def decode_json(self, data: str | bytes) -> object:
+        """JSON nested past Python's recursion limit is as unreadable as invalid JSON: the
+        client gets a 400 (over HTTP) or a 4400 close (over websockets), not a 500."""
+        try:
+            return super().decode_json(data)
+        except RecursionError as exc:
+            raise json.JSONDecodeError("nested too deeply", "", 0) from exc
 
     async def on_ws_connect(self, context: Context) -> Any:
         """Refuse a websocket without the token at connection_init (close code 4403), so a

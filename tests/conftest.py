@@ -22,6 +22,23 @@ from graph.store import Store
 BACKENDS = ["embedded", "arcadedb", "neo4j", "memgraph"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full-reliability",
+        action="store_true",
+        default=False,
+        help="run the reliability tests at full size (many kills, long fuzzing); "
+        "GLAN_RELIABILITY_FULL=1 does the same",
+    )
+
+
+@pytest.fixture(scope="session")
+def full_reliability(request: pytest.FixtureRequest) -> bool:
+    """Whether the reliability tests run at full size rather than CI's bounded one."""
+    flag = bool(request.config.getoption("--full-reliability"))
+    return flag or os.environ.get("GLAN_RELIABILITY_FULL", "") not in ("", "0")
+
+
 def _external(name: str) -> StoreConfig:
     prefix = f"GLAN_{name.upper()}_"
     uri = os.environ.get(prefix + "URI")

@@ -17,9 +17,10 @@ import hashlib
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -58,6 +59,30 @@ def dropped() -> Reply:
     return Reply(drop=True)
 
 
+def malformed() -> Reply:
+    """A 200 whose content is not JSON at all: cut off mid-object, as a truncated stream is."""
+    return Reply(content='{"question": "What is the relation between')
+
+
+def off_schema() -> Reply:
+    """A 200 with well-formed JSON that matches no glan schema (wrong keys, wrong types)."""
+    return ok_json({"answer": 42, "items": "not a list", "subjects": None, "sessions": {}})
+
+
+def glan_faults(client_timeout_s: float, *, retry_after_s: int = 1) -> dict[str, Reply]:
+    """Every fault an OpenAI-compatible endpoint shows in practice, by name: rate limited
+    with Retry-After, a server error, a hang past the client's timeout, a dropped
+    connection, malformed JSON and JSON that violates the schema."""
+    return {
+        "429": error(429, "rate limited", headers={"retry-after": str(retry_after_s)}),
+        "500": error(500, "internal error"),
+        "hang": hang(client_timeout_s * 3),
+        "dropped": dropped(),
+        "malformed": malformed(),
+        "off_schema": off_schema(),
+    }
+
+
 Handler = Callable[[dict[str, Any], int], Reply]
 
 
@@ -72,17 +97,31 @@ def sequence(replies: Sequence[Reply]) -> Handler:
 
 
 def with_faults(
-    handler: Handler, rate: float, faults: Sequence[Reply], *, seed: int = 0
+    handler: Handler,
+    rate: float,
+    faults: Sequence[Reply] | Mapping[str, Reply],
+    *,
+    seed: int = 0,
+    tally: Counter[str] | None = None,
 ) -> Handler:
     """`handler`, but a share `rate` of calls get one of `faults` instead.
 
     Which calls fail depends only on the seed and the call number, not on timing, so a run
-    with the same requests meets the same faults.
+    with the same requests meets the same faults. With named faults and a `tally`, each
+    fault served is counted by name (and "ok" for the rest).
     """
+    named = list(faults.items()) if isinstance(faults, Mapping) else list(enumerate(faults))
 
     def faulty(body: dict[str, Any], n: int) -> Reply:
         draw = random.Random(f"{seed}:{n}")
-        return draw.choice(list(faults)) if draw.random() < rate else handler(body, n)
+        if draw.random() < rate:
+            name, reply = draw.choice(named)
+            if tally is not None:
+                tally[str(name)] += 1
+            return replace(reply, headers=dict(reply.headers))  # a copy the caller may change
+        if tally is not None:
+            tally["ok"] += 1
+        return handler(body, n)
 
     return faulty
 
@@ -187,6 +226,8 @@ async def _serve_connection(
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the client went away (after a timeout, or at the end of a test)
+    except asyncio.CancelledError:
+        pass  # the stub is stopping: a hanging reply ends here, without a logged traceback
     finally:
         writer.close()
 

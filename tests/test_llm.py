@@ -26,6 +26,7 @@ from tests.llm_stub import (
     Reply,
     dropped,
     error,
+    glan_faults,
     hang,
     ok,
     ok_json,
@@ -395,3 +396,26 @@ def test_text_failure_keeps_the_raw_text() -> None:
         result, _ = use(stub.base_url, lambda llm: llm.text(HELLO, Text, PARAMS))
     assert result.value is None and result.raw == "" and result.attempts == 1
     assert result.error is not None and "did not match Text" in result.error
+
+
+@pytest.mark.parametrize("name", list(glan_faults(0.3)))
+def test_every_glan_fault_kind_is_survived(name: str) -> None:
+    """Each fault the reliability tests inject, once, then a good answer: transport faults
+    are retried by the client, bad JSON by the corrective turn; the value comes through."""
+    fault = glan_faults(0.3, retry_after_s=1)[name]
+    with run_stub(sequence([fault, ok_json({"a": 1, "b": "x"})])) as stub:
+        started = time.monotonic()
+        result, llm = use(
+            stub.base_url,
+            lambda llm: llm.structured(HELLO, Pair, PARAMS),
+            timeout_s=0.3,
+            backoff_max_s=5,
+        )
+        took = time.monotonic() - started
+    assert result.value == Pair(a=1, b="x") and stub.calls == 2
+    if name in ("malformed", "off_schema"):  # the model was shown its mistake
+        assert result.attempts == 2 and len(stub.requests[1]["messages"]) == 3
+    else:  # retried by the client, as the same request
+        assert result.attempts == 1 and stub.requests[1] == stub.requests[0]
+    if name == "429":
+        assert took >= 0.9  # Retry-After: 1 was honoured
