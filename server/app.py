@@ -32,9 +32,10 @@ from generators.manager import JobManager
 from graph.store import Store
 
 from .auth import DENIED
+from .body_limit import BodyLimit
 from .context import Context, Loaders
 from .graphql import schema
-from .settings import Settings
+from .settings import DEFAULT_MAX_BODY_KB, Settings
 
 log = logging.getLogger("glan.server")
 
@@ -129,6 +130,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})
 
     app = Starlette(lifespan=lifespan)
+
+    def body_limit() -> int:
+        running: Resources | None = getattr(app.state, "glan", None)
+        return 1024 * (running.settings.api_max_body_kb if running else DEFAULT_MAX_BODY_KB)
+
+    app.add_middleware(BodyLimit, limit=body_limit)
     graphql = GlanGraphQL(app)
     app.router.routes.extend(
         [

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from generators.llm import LLMConfig, StageParams
 from graph.config import StoreConfig, default_db_path
 
+DEFAULT_MAX_BODY_KB = 1024
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -34,6 +36,8 @@ class Settings(BaseSettings):
     # --- the server, and CLI verbs that go through it while it holds the store
     server_url: str | None = None
     api_token: SecretStr | None = None
+    #: the largest request body the API reads; bigger ones are refused with 413
+    api_max_body_kb: int = Field(default=DEFAULT_MAX_BODY_KB, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
 
