@@ -61,6 +61,15 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Results(dict[str, Any]):
+    """The figures, each also printed to stderr as soon as it is measured: a full-scale run
+    takes a while, and what it measured survives it being stopped."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        print(f"  {key} = {value}", file=sys.stderr, flush=True)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     value = fn()
@@ -210,7 +219,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
     db = args.keep or folder / "bench.lbug"
-    results: dict[str, Any] = {"scale": args.scale, "machine": f"{os.cpu_count()} cores"}
+    results = Results(scale=args.scale, machine=f"{os.cpu_count()} cores")
     store = Store.open(StoreConfig(db_path=db))
     try:
         results["load_s"], shape = timed(
