@@ -1014,30 +1014,38 @@ class Store:
             row.covered_concepts = int(values.get("rollup_covered") or 0)
             row.combinations = int(values.get("rollup_combos") or 0)
         if not hidden:
-            self._gaps(top, group, params, total, rows)
+            self._extras(self._childless(top), top, group, params, total, rows)
         ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
         return Coverage(total, sorted([*rows.values(), *ordered], key=_row_order))
 
-    def _gaps(
+    def _extras(
         self,
+        extras: Sequence[tuple[str, Callable[[int | None], str], int]],
         top: int | None,
         group: int,
         params: Mapping[str, Any],
         total: CoverageRow,
         rows: Mapping[str, CoverageRow],
     ) -> None:
-        """Subjects without a syllabus and disciplines without subjects, for the total and
-        per child: whether a node has children at all, which no rollup holds."""
-        for name, level in (("subjects_without_syllabus", 3), ("disciplines_without_subjects", 2)):
-            if top is not None and top > level:
+        """Fill coverage figures that each take one query for the total and one grouped by
+        child: (attribute, query builder for a grouping level, deepest level it applies to)."""
+        for name, build, deepest in extras:
+            if top is not None and top > deepest:
                 continue
-            found = self.driver.execute(Q.childless(self.d, top, None, level=level), params)
+            found = self.driver.execute(build(None), params)
             setattr(total, name, int(found[0]["n"]) if found else 0)
-            if rows and group <= level:
-                query = Q.childless(self.d, top, group, level=level)
-                for r in self.driver.execute(query, params):
+            if rows and group <= deepest:
+                for r in self.driver.execute(build(group), params):
                     if r["id"] in rows:
                         setattr(rows[r["id"]], name, int(r["n"]))
+
+    def _childless(self, top: int | None) -> list[tuple[str, Callable[[int | None], str], int]]:
+        """Subjects without a syllabus and disciplines without subjects: whether a node has
+        children at all, which no rollup holds."""
+        return [
+            ("subjects_without_syllabus", partial(Q.childless, self.d, top, level=3), 3),
+            ("disciplines_without_subjects", partial(Q.childless, self.d, top, level=2), 2),
+        ]
 
     def _coverage_walk(self, scope: Node | None) -> Coverage:
         """Coverage by walking every node and instruction below the scope: what the rollups
@@ -1059,22 +1067,11 @@ class Store:
                 for cid, counts in self.counts_by_child(scope, group).items():
                     if cid in rows:
                         rows[cid].counts.update(counts)
-            # (attribute, query builder for a grouping level, deepest level it applies to)
-            extras: list[tuple[str, Callable[[int | None], str], int]] = [
+            walked: list[tuple[str, Callable[[int | None], str], int]] = [
                 ("covered_concepts", partial(Q.covered_concepts, self.d, top), 5),
                 ("combinations", partial(Q.covered_combos, self.d, top), 5),
-                ("subjects_without_syllabus", partial(Q.childless, self.d, top, level=3), 3),
-                ("disciplines_without_subjects", partial(Q.childless, self.d, top, level=2), 2),
             ]
-            for name, build, deepest in extras:
-                if top is not None and top > deepest:
-                    continue
-                found = self.driver.execute(build(None), params)
-                setattr(total, name, int(found[0]["n"]) if found else 0)
-                if rows and group <= deepest:
-                    for r in self.driver.execute(build(group), params):
-                        if r["id"] in rows:
-                            setattr(rows[r["id"]], name, int(r["n"]))
+            self._extras(walked + self._childless(top), top, group, params, total, rows)
         ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
         return Coverage(total, sorted([*rows.values(), *ordered], key=_row_order))
 
