@@ -1322,8 +1322,11 @@ class Store:
         pairs = [(r["id"], r["instruction_id"]) for r in rows]
         self.upsert_edges(ANSWERS, pairs, new_sources=res.new_ids, tx=tx)
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        subjects: list[str] = []
         for batch in batched(list(dict.fromkeys(i for _, i in pairs)), self.batch_size):
-            runner.execute(Q.mark_subjects_of_instructions_dirty(self.d), {"ids": batch})
+            found = runner.execute(Q.subjects_of_instructions(self.d), {"ids": batch})
+            subjects += [r["id"] for r in found if r["id"]]
+        self._rollups_stale(subjects, tx=tx)
         return res
 
     def instruction_ids_in_scope(self, scope: Node | None) -> list[str]:
