@@ -1,9 +1,11 @@
 """What glan's own machinery costs per generated pair, against a zero-latency model.
 
-An OpenAI-compatible stub on loopback answers instantly. First a plain concurrent loop
-measures the stub's ceiling (requests/s); then the pipeline generates questions and answers
-through the same stub. One pair takes two calls (question, answer), so the figure is
-pipeline pairs/s against ceiling/2 pairs/s. Prints a table and a final JSON line.
+An OpenAI-compatible stub on loopback answers instantly, in a process of its own (in this
+one it would take the interpreter lock from the pipeline it measures). First a plain
+concurrent loop measures the stub's ceiling (requests/s); then the pipeline generates
+questions and answers through the same stub. One pair takes two calls (question, answer),
+so the figure is pipeline pairs/s against ceiling/2 pairs/s. Prints a table and a final
+JSON line.
 
     python bench/pipeline_overhead.py --pairs 2000
 """
@@ -13,9 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,6 @@ from graph.config import StoreConfig  # noqa: E402
 from graph.model import SUBJECT  # noqa: E402
 from graph.store import Store  # noqa: E402
 from tests.conftest import SMALL_TAXONOMY  # noqa: E402
-from tests.llm_stub import fake_glan_model, run_stub  # noqa: E402
 
 
 async def ceiling(base_url: str, requests: int, concurrency: int) -> float:
@@ -49,6 +53,30 @@ async def ceiling(base_url: str, requests: int, concurrency: int) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(requests)))
         return requests / (time.perf_counter() - start)
+
+
+STUB = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests.llm_stub import fake_glan_model, run_stub
+with run_stub(fake_glan_model()) as stub:
+    print(stub.base_url, flush=True)
+    while True:
+        time.sleep(3600)
+"""
+
+
+@contextmanager
+def stub_process() -> Iterator[str]:
+    """The loopback stub in a child process; its base URL."""
+    code = STUB.format(root=str(Path(__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        yield child.stdout.readline().strip()
+    finally:
+        child.terminate()
+        child.wait(10)
 
 
 def prepare(store: Store, subjects: int) -> None:
@@ -99,13 +127,13 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
     with (
-        run_stub(fake_glan_model()) as stub,
+        stub_process() as base_url,
         Store.open(StoreConfig(db_path=folder / "p.lbug")) as store,
     ):
         prepare(store, subjects=max(10, args.pairs // 100))
         assert store.ids_in_scope(None, SUBJECT)
-        stub_rps = asyncio.run(ceiling(stub.base_url, args.pairs * 2, args.concurrency))
-        run = asyncio.run(pipeline(store, stub.base_url, args.pairs, args.concurrency))
+        stub_rps = asyncio.run(ceiling(base_url, args.pairs * 2, args.concurrency))
+        run = asyncio.run(pipeline(store, base_url, args.pairs, args.concurrency))
     results = {
         "pairs": run["pairs"],
         "stub_ceiling_req_per_s": round(stub_rps, 1),
