@@ -996,7 +996,8 @@ class Store:
             found[""] = {
                 f"c{lv}": r[f"c{lv}"] for r in self.driver.execute(query, params) for lv in levels
             }
-            found[""].update(self.driver.execute(Q.sum_rollups(self.d, top, None), params)[0])
+            for r in self.driver.execute(Q.sum_rollups(self.d, top, None), params):
+                found[""].update(r)
             if rows and group < subject:
                 for r in self.driver.execute(Q.count_levels(self.d, top, group, subject), params):
                     found.setdefault(r["id"], {}).update(r)
