@@ -26,6 +26,7 @@ from graph.driver import QueryCounter
 from graph.store import Store
 from server.app import Resources, create_app
 from server.settings import Settings
+from tests.llm_stub import Stub
 
 SEED = Path(__file__).parents[1] / "graph" / "seed" / "taxonomy.yaml"
 
@@ -156,3 +157,17 @@ def run_api(settings: Settings) -> Iterator[Api]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def settings(db: Path, stub: Stub, **kw: Any) -> Settings:
+    """Settings for a test server over `db` that calls the model stub."""
+    values: dict[str, Any] = {
+        "db_path": db,
+        "llm_base_url": stub.base_url,
+        "model": "stub",
+        "llm_concurrency": 4,
+        "api_token": None,
+        "auto_approve": False,
+        **kw,
+    }
+    return Settings(_env_file=None, **values)

@@ -18,6 +18,8 @@ import pytest
 
 from graph.config import StoreConfig
 from graph.store import Store
+from tests.api_helpers import Api, run_api, seed_taxonomy, settings
+from tests.llm_stub import Stub, fake_glan_model, run_stub
 
 BACKENDS = ["embedded", "arcadedb", "neo4j", "memgraph"]
 
@@ -121,3 +123,18 @@ SMALL_TAXONOMY = {
         "Formal Sciences": {"Mathematics": ["Pure Mathematics", "Applied Mathematics"]},
     }
 }
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    """An OpenAI-compatible model stub on loopback that answers every glan prompt."""
+    with run_stub(fake_glan_model()) as s:
+        yield s
+
+
+@pytest.fixture
+def api(tmp_path: Path, stub: Stub) -> Iterator[Api]:
+    """The real app under uvicorn over a fresh store holding the seed taxonomy."""
+    with run_api(settings(tmp_path / "api.lbug", stub)) as running:
+        running.store.load_taxonomy(seed_taxonomy())
+        yield running

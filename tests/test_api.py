@@ -24,42 +24,13 @@ from typer.testing import CliRunner
 
 from graph.model import FIELD
 from server.graphql.errors import UNEXPECTED
-from tests.api_helpers import Api, free_port, run_api, seed_taxonomy, subscribe
+from tests.api_helpers import Api, free_port, run_api, seed_taxonomy, settings, subscribe
 from tests.llm_stub import Reply, Stub, fake_glan_model, run_stub
 
 ALGEBRA = "Formal Sciences/Mathematics/Algebra"
 MATHEMATICS = "Formal Sciences/Mathematics"
 NEW = "Formal Sciences/Mathematics/Category Theory"
 SEED_DISCIPLINES = sum(len(d) for sub in seed_taxonomy()["fields"].values() for d in sub.values())
-
-
-def settings(db: Path, stub: Stub, **kw: Any) -> Any:
-    from server.settings import Settings
-
-    values: dict[str, Any] = {
-        "db_path": db,
-        "llm_base_url": stub.base_url,
-        "model": "stub",
-        "llm_concurrency": 4,
-        "api_token": None,
-        "auto_approve": False,
-        **kw,
-    }
-    return Settings(_env_file=None, **values)
-
-
-@pytest.fixture
-def stub() -> Iterator[Stub]:
-    with run_stub(fake_glan_model()) as s:
-        yield s
-
-
-@pytest.fixture
-def api(tmp_path: Path, stub: Stub) -> Iterator[Api]:
-    """A server over a fresh store holding the seed taxonomy."""
-    with run_api(settings(tmp_path / "api.lbug", stub)) as running:
-        running.store.load_taxonomy(seed_taxonomy())
-        yield running
 
 
 NODE = """query($path: String, $id: ID) {

@@ -40,11 +40,11 @@ from graph.model import HIERARCHY, JOB, UNIT, clean_name
 from graph.store import Store
 from server.auth import DENIED
 from server.graphql.errors import UNEXPECTED
-from tests.api_helpers import Api, run_api, seed_taxonomy, subscribe
+from tests.api_helpers import Api, run_api, seed_taxonomy, settings, subscribe
 from tests.conftest import SMALL_TAXONOMY
 from tests.graph_checks import integrity_problems
 from tests.llm_stub import Reply, Stub, error, fake_glan_model, run_stub
-from tests.test_api import PROGRESS, settings
+from tests.test_api import PROGRESS
 from tests.test_sampling import fill
 
 ROOT = Path(__file__).parents[1]
@@ -56,19 +56,6 @@ NODE_BY_ID = """query($id: ID) { node(id: $id) { __typename
   ... on TaxonomyNode { id name path description } } }"""
 NODE = """query($path: String) { node(path: $path) { __typename
   ... on TaxonomyNode { id name path } ... on Problem { message } } }"""
-
-
-@pytest.fixture
-def stub() -> Iterator[Stub]:
-    with run_stub(fake_glan_model()) as s:
-        yield s
-
-
-@pytest.fixture
-def api(tmp_path: Path, stub: Stub) -> Iterator[Api]:
-    with run_api(settings(tmp_path / "api.lbug", stub)) as running:
-        running.store.load_taxonomy(seed_taxonomy())
-        yield running
 
 
 def counts(store: Store) -> dict[str, int]:

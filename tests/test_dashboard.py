@@ -20,10 +20,10 @@ from pydantic import SecretStr
 
 from graph.model import SUBJECT, Status
 from graph.store import Store
-from tests.api_helpers import Api, run_api, seed_taxonomy
+from tests.api_helpers import Api, run_api, seed_taxonomy, settings
 from tests.conftest import SMALL_TAXONOMY
 from tests.llm_stub import Stub, fake_glan_model, run_stub
-from tests.test_api import settings, start
+from tests.test_api import start
 from tests.test_sampling import PHYSICS, fill
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
