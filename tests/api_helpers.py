@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +108,10 @@ def subscribe(
     *,
     init_payload: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    on_first: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every `next` payload of one subscription over graphql-transport-ws, until `complete`."""
+    """Every `next` payload of one subscription over graphql-transport-ws, until `complete`;
+    `on_first` is called once the first payload has arrived."""
 
     async def run() -> list[dict[str, Any]]:
         async with websockets.connect(
@@ -127,6 +129,8 @@ def subscribe(
                     return seen
                 assert msg["type"] == "next", msg
                 seen.append(msg["payload"])
+                if on_first is not None and len(seen) == 1:
+                    on_first()
 
     return asyncio.run(run())
 

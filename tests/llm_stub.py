@@ -34,6 +34,7 @@ class Reply:
     body: dict[str, Any] | None = None  # the JSON body of an error reply
     delay_s: float = 0.0  # wait before answering (a hang when past the client's timeout)
     drop: bool = False  # close the connection without answering
+    hold: threading.Event | None = None  # answer only once this is set (at most 30 s)
     prompt_tokens: int = 11
     completion_tokens: int = 7
 
@@ -181,6 +182,8 @@ async def _chat(stub: Stub, raw: bytes) -> tuple[int, dict[str, str], Any] | Non
     stub.in_flight += 1
     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
     try:
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, 30)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
     finally:

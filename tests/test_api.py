@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 from graph.model import FIELD
 from server.graphql.errors import UNEXPECTED
 from tests.api_helpers import Api, free_port, run_api, seed_taxonomy, settings, subscribe
-from tests.llm_stub import Reply, Stub, fake_glan_model, run_stub
+from tests.llm_stub import Reply, Stub, fake_glan_model, first_user_message, run_stub
 
 ALGEBRA = "Formal Sciences/Mathematics/Algebra"
 MATHEMATICS = "Formal Sciences/Mathematics"
@@ -344,14 +345,24 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     generated under it alone, each as a job started by a mutation (the first one followed
     over the subscription)."""
     db = tmp_path_factory.mktemp("generated") / "api.lbug"
-    with run_stub(fake_glan_model()) as stub, run_api(settings(db, stub)) as api:
+    model, subscribed = fake_glan_model(), threading.Event()
+
+    def held(body: dict[str, Any], n: int) -> Reply:
+        """Subjects are answered only once the subscription is live, so that it sees the
+        job running whatever the machine's speed."""
+        reply = model(body, n)
+        if '{"subjects"' in first_user_message(body):
+            reply.hold = subscribed
+        return reply
+
+    with run_stub(held) as stub, run_api(settings(db, stub)) as api:
         api.store.load_taxonomy(seed_taxonomy())
         added = api.gql(ADD, {"p": MATHEMATICS, "k": "DISCIPLINE", "n": "Category Theory"})
         assert added["addNode"]["__typename"] == "NodePayload"
         jobs = {
             "subjects": start(api, "generateSubjects(path: $p, rounds: 2, perCall: 3)", {"p": NEW})
         }
-        updates = subscribe(api, PROGRESS, {"id": jobs["subjects"]["id"]})
+        updates = subscribe(api, PROGRESS, {"id": jobs["subjects"]["id"]}, on_first=subscribed.set)
         for stage, mutation in (
             ("syllabus", "generateSyllabus(path: $p, sessions: 3)"),
             ("questions", "generateInstructions(path: $p, n: 6, seed: 2, strategy: MIXED)"),
