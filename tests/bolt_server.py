@@ -262,3 +262,22 @@ def shutdown() -> None:
     with _lock:
         _pinned = False
         _release_if_unused()
+
+
+def detach_jvm() -> None:
+    """Leave the JVM now, from the main thread, instead of from the interpreter's exit hooks.
+
+    Left to the exit hooks, leaving it runs while the interpreter is half torn down, and a
+    JVM thread waiting for the interpreter lock then crashes the process now and then, after
+    every test has passed. It is detached, not destroyed (destroying waits for the engine's
+    leftover non-daemon threads); the process's exit ends it. Call it once, last.
+    """
+    import jpype
+    import jpype.config
+
+    with _lock:
+        if not jpype.isJVMStarted() or _server is not None:
+            return
+        jpype.config.destroy_jvm = False
+        jpype.shutdownJVM()
+        jpype.config.onexit = False  # nothing is left for the exit hook to do

@@ -96,9 +96,10 @@ def make_store(backend: str, tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture(scope="session", autouse=True)
 def _stop_bolt_server_at_the_end() -> Iterator[None]:
     yield
-    from tests.bolt_server import shutdown
+    from tests.bolt_server import detach_jvm, shutdown
 
     shutdown()
+    detach_jvm()
 
 
 @pytest.fixture(params=BACKENDS)
