@@ -2,18 +2,20 @@
 
 A job is one stage over one scope (a subtree path) with its parameters; its id is a hash of
 those, so running the same command again finds the same job. The job is split into units
-with deterministic ids. Each unit's outputs, its own state and the job's counters are
-written in one transaction, so a process killed at any point leaves either all of a unit
-or none of it, and the next run does exactly the units not yet done.
+with deterministic ids. Finished units are written in small groups: their outputs, their own
+states and the job's counters in one transaction, so a process killed at any point leaves
+either all of a unit or none of it, and the next run does exactly the units not yet done
+(a kill loses at most the group still waiting to be written, whose units run again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +29,10 @@ from .llm import LLMClient, LLMError, StageParams, Usage
 #: How often the job node's counters are written while units finish (each unit's own state
 #: is written with its output, always).
 JOB_SAVE_EVERY_S = 0.5
+#: Finished units wait at most this long to be written, and are written at once when this
+#: many are waiting: one transaction per group instead of one per unit.
+WRITE_AFTER_S = 0.1
+WRITE_GROUP = 64
 
 
 class JobStatus:
@@ -143,6 +149,12 @@ class Stage(ABC):
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         """Store a successful unit's output (inside the unit's transaction)."""
 
+    def write_many(self, done: Sequence[tuple[UnitSpec, Outcome]], tx: Tx) -> None:
+        """Store the outputs of several successful units in one transaction. Stages whose
+        outputs batch well write them in a few statements; by default, one unit at a time."""
+        for unit, outcome in done:
+            self.write(unit, outcome, tx)
+
     def provenance(self, unit: UnitSpec, prompt_name: str, prompt_version: str) -> dict[str, Any]:
         return {
             "model": self.params.model,
@@ -216,6 +228,15 @@ class JobRunner:
         queue: asyncio.Queue[UnitSpec] = asyncio.Queue()
         for u in todo:
             queue.put_nowait(u)
+        waiting: list[tuple[UnitSpec, Outcome]] = []  # finished, not yet written
+
+        def write_waiting() -> None:
+            group = waiting[:]
+            waiting.clear()  # a group that fails to write is not tried again: it runs again
+            if group:
+                self._write_group(stage, group, state, params)
+                if progress:
+                    progress(state)
 
         async def worker() -> None:
             while not queue.empty():
@@ -226,16 +247,33 @@ class JobRunner:
                     outcome = await stage.execute(unit)
                 except LLMError as exc:
                     outcome = Outcome(error=str(exc), raw=getattr(exc, "raw", "") or "")
-                self._finish(stage, unit, outcome, state, params, spent.get(unit.id, Usage()))
-                if progress:
-                    progress(state)
+                # the unit keeps the tokens of all its attempts, by earlier runs too, so a
+                # job's tokens are always the sum of its units'
+                state.prompt_tokens += outcome.usage.prompt_tokens
+                state.completion_tokens += outcome.usage.completion_tokens
+                outcome.usage = spent.get(unit.id, Usage()) + outcome.usage
+                waiting.append((unit, outcome))
+                if len(waiting) >= WRITE_GROUP:
+                    write_waiting()
 
         workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
+
+        async def writer() -> None:
+            while not all(w.done() for w in workers):
+                await asyncio.sleep(WRITE_AFTER_S)
+                write_waiting()
+
+        tasks = [*workers, asyncio.create_task(writer())]
         try:
-            await asyncio.gather(*workers)
+            await asyncio.gather(*tasks)
+            write_waiting()
         except BaseException as exc:
-            for w in workers:
-                w.cancel()
+            for t in tasks:
+                t.cancel()
+            # what the model already answered is kept if it can be; if not, the error that
+            # stopped the job is still the one reported
+            with contextlib.suppress(Exception):
+                write_waiting()
             state.status = (
                 JobStatus.CANCELLED
                 if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
@@ -255,67 +293,59 @@ class JobRunner:
             progress(state)
         return state
 
-    def _finish(
+    def _write_group(
         self,
         stage: Stage,
-        unit: UnitSpec,
-        outcome: Outcome,
+        group: Sequence[tuple[UnitSpec, Outcome]],
         state: Progress,
         params: str,
-        earlier: Usage,
     ) -> None:
-        """Write a unit's output, its state and the job counters in one transaction.
-
-        The unit keeps the tokens of all its attempts (`earlier` ones, by runs before this),
-        so a job's tokens are always the sum of its units'."""
-        state.prompt_tokens += outcome.usage.prompt_tokens
-        state.completion_tokens += outcome.usage.completion_tokens
-        outcome.usage = earlier + outcome.usage
-        status = UnitStatus.DONE if outcome.ok else UnitStatus.FAILED
+        """Write finished units' outputs, their states and the job's counters in one
+        transaction. A group the store refuses (e.g. an empty name in one output) is written
+        again a unit at a time, so only the unit at fault fails."""
+        counted = [(unit, outcome, _status(outcome)) for unit, outcome in group]
+        for _, _, status in counted:
+            self._count(state, status, +1)
         try:
             with self.store.driver.transaction() as tx:
-                if outcome.ok:
-                    stage.write(unit, outcome, tx)
-                self._count(state, status)
-                self._save_unit(stage, unit, status, outcome, state, params, tx)
-        except GlanError as exc:  # the output could not be stored (e.g. an empty name)
-            self._uncount(state, status)
+                stage.write_many([(u, o) for u, o, _ in counted if o.ok], tx)
+                self._save_units(stage, counted, state, params, tx)
+        except GlanError as exc:
+            for _, _, status in counted:
+                self._count(state, status, -1)
+            if len(group) > 1:
+                for one in group:
+                    self._write_group(stage, [one], state, params)
+                return
+            unit, outcome = group[0]
             outcome.error = f"could not store the output: {exc}"
+            self._count(state, UnitStatus.FAILED, +1)
             with self.store.driver.transaction() as tx:
-                self._count(state, UnitStatus.FAILED)
-                self._save_unit(stage, unit, UnitStatus.FAILED, outcome, state, params, tx)
+                self._save_units(stage, [(unit, outcome, UnitStatus.FAILED)], state, params, tx)
 
-    def _save_unit(
+    def _save_units(
         self,
         stage: Stage,
-        unit: UnitSpec,
-        status: str,
-        outcome: Outcome,
+        counted: Sequence[tuple[UnitSpec, Outcome, str]],
         state: Progress,
         params: str,
         tx: Tx,
     ) -> None:
-        """The unit's new state (its node exists since planning) and, at most every
+        """The units' new states (their nodes exist since planning) and, at most every
         JOB_SAVE_EVERY_S, the job's counters: a re-run recounts them from the units."""
-        self.store.update_existing(UNIT, [self._unit_row(stage, unit, status, outcome)], tx=tx)
+        rows = [self._unit_row(stage, u, status, o) for u, o, status in counted]
+        self.store.update_existing(UNIT, rows, tx=tx)
         now = time.monotonic()
         if now - self._last_job_save >= JOB_SAVE_EVERY_S:
             self.store.update_existing(JOB, [state.as_row(params)], tx=tx)
             self._last_job_save = now
 
     @staticmethod
-    def _count(state: Progress, status: str) -> None:
+    def _count(state: Progress, status: str, by: int) -> None:
         if status == UnitStatus.DONE:
-            state.done += 1
+            state.done += by
         else:
-            state.failed += 1
-
-    @staticmethod
-    def _uncount(state: Progress, status: str) -> None:
-        if status == UnitStatus.DONE:
-            state.done -= 1
-        else:
-            state.failed -= 1
+            state.failed += by
 
     @staticmethod
     def _unit_row(
@@ -338,6 +368,10 @@ class JobRunner:
                 completion_tokens=outcome.usage.completion_tokens,
             )
         return row
+
+
+def _status(outcome: Outcome) -> str:
+    return UnitStatus.DONE if outcome.ok else UnitStatus.FAILED
 
 
 def unit_id(stage: str, *parts: str) -> str:

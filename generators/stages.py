@@ -7,6 +7,7 @@ writes its outputs back with provenance (model, prompt name and version, job, un
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from graph.driver import Tx
@@ -268,26 +269,30 @@ class QuestionsStage(PromptStage):
         )
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
-        p = unit.payload
-        iid = node_id(INSTRUCTION, unit.id)
-        row = {
-            "id": iid,
-            "text": outcome.value.question.strip(),
-            "strategy": p["strategy"],
-            "seed": int(self.options.get("seed", 0)),
-            "combo_key": p["combo_key"],
-            "subject_id": p["subject_id"],
-            "temperature": self.params.temperature,
-            "top_p": self.params.top_p,
-            "created_at": None,
-            **self.stamp(unit),
-        }
-        self.store.write_instructions(
-            [row],
-            [(iid, c) for c in p["concept_ids"]],
-            [(iid, s) for s in p["session_ids"]],
-            tx=tx,
-        )
+        self.write_many([(unit, outcome)], tx)
+
+    def write_many(self, done: Sequence[tuple[UnitSpec, Outcome]], tx: Tx) -> None:
+        rows, covers, sessions = [], [], []
+        for unit, outcome in done:
+            p = unit.payload
+            iid = node_id(INSTRUCTION, unit.id)
+            rows.append(
+                {
+                    "id": iid,
+                    "text": outcome.value.question.strip(),
+                    "strategy": p["strategy"],
+                    "seed": int(self.options.get("seed", 0)),
+                    "combo_key": p["combo_key"],
+                    "subject_id": p["subject_id"],
+                    "temperature": self.params.temperature,
+                    "top_p": self.params.top_p,
+                    "created_at": None,
+                    **self.stamp(unit),
+                }
+            )
+            covers += [(iid, c) for c in p["concept_ids"]]
+            sessions += [(iid, s) for s in p["session_ids"]]
+        self.store.write_instructions(rows, covers, sessions, tx=tx)
 
 
 class AnswersStage(PromptStage):
@@ -300,6 +305,7 @@ class AnswersStage(PromptStage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subjects: dict[str, Node | None] = {}
+        self._asked_in: dict[str, str | None] = {}  # instruction id -> its subject's id
 
     def job_key(self) -> dict[str, Any]:
         return {**self.options, "model": self.params.model}
@@ -314,6 +320,7 @@ class AnswersStage(PromptStage):
         instruction = self.store.get(unit.target_id)
         assert instruction is not None
         sid = instruction.props["subject_id"]
+        self._asked_in[instruction.id] = sid
         if sid not in self._subjects:
             self._subjects[sid] = self.store.get(sid) if sid else None
         subject = self._subjects[sid]
@@ -327,16 +334,26 @@ class AnswersStage(PromptStage):
         return Outcome(value=result.value, raw=result.raw, error=result.error, usage=result.usage)
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
-        row = {
-            "id": node_id(RESPONSE, unit.target_id, self.params.model),
-            "text": outcome.value.text,
-            "instruction_id": unit.target_id,
-            "temperature": self.params.temperature,
-            "top_p": self.params.top_p,
-            "created_at": None,
-            **self.stamp(unit),
-        }
-        self.store.write_responses([row], tx=tx)
+        self.write_many([(unit, outcome)], tx)
+
+    def write_many(self, done: Sequence[tuple[UnitSpec, Outcome]], tx: Tx) -> None:
+        rows = [
+            {
+                "id": node_id(RESPONSE, unit.target_id, self.params.model),
+                "text": outcome.value.text,
+                "instruction_id": unit.target_id,
+                "temperature": self.params.temperature,
+                "top_p": self.params.top_p,
+                "created_at": None,
+                **self.stamp(unit),
+            }
+            for unit, outcome in done
+        ]
+        # the subjects were read with the questions; the store looks up any not seen here
+        seen = all(unit.target_id in self._asked_in for unit, _ in done)
+        asked_in = [self._asked_in.get(unit.target_id) for unit, _ in done]
+        subject_ids = [s for s in asked_in if s] if seen else None
+        self.store.write_responses(rows, subject_ids=subject_ids, tx=tx)
 
 
 STAGES: dict[str, type[Stage]] = {

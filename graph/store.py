@@ -1317,17 +1317,24 @@ class Store:
         return res
 
     def write_responses(
-        self, rows: Sequence[Mapping[str, Any]], *, tx: Tx | None = None
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        subject_ids: Sequence[str] | None = None,
+        tx: Tx | None = None,
     ) -> UpsertResult:
+        """Store answers. `subject_ids`, the subjects their instructions were asked in, saves
+        looking them up when the caller already knows them."""
         res = self.upsert_nodes(RESPONSE, rows, tx=tx)
         pairs = [(r["id"], r["instruction_id"]) for r in rows]
         self.upsert_edges(ANSWERS, pairs, new_sources=res.new_ids, tx=tx)
-        runner: Tx | GraphDriver = tx if tx is not None else self.driver
-        subjects: list[str] = []
-        for batch in batched(list(dict.fromkeys(i for _, i in pairs)), self.batch_size):
-            found = runner.execute(Q.subjects_of_instructions(self.d), {"ids": batch})
-            subjects += [r["id"] for r in found if r["id"]]
-        self._rollups_stale(subjects, tx=tx)
+        if subject_ids is None:
+            runner: Tx | GraphDriver = tx if tx is not None else self.driver
+            subject_ids = []
+            for batch in batched(list(dict.fromkeys(i for _, i in pairs)), self.batch_size):
+                found = runner.execute(Q.subjects_of_instructions(self.d), {"ids": batch})
+                subject_ids += [r["id"] for r in found if r["id"]]
+        self._rollups_stale(subject_ids, tx=tx)
         return res
 
     def instruction_ids_in_scope(self, scope: Node | None) -> list[str]:

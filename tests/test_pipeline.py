@@ -162,6 +162,38 @@ def test_malformed_output_fails_the_unit_and_keeps_the_raw_text(store: Store) ->
     assert again.status == JobStatus.COMPLETED and again.done == again.total
 
 
+def test_an_output_the_store_refuses_fails_its_unit_alone(store: Store) -> None:
+    """Finished units are written in groups; one output the store refuses (a title of
+    control characters only, which the schema lets through) fails its own unit, not the
+    others written with it."""
+    good = fake_glan_model()
+
+    def refused(body: dict[str, Any], n: int) -> Reply:
+        reply = good(body, n)
+        if re.search(r'course "Subject [^"]* 1"', first_user_message(body)):
+            syllabus = json.loads(reply.content)
+            syllabus["sessions"][0]["title"] = "\u0001\u0002"
+            reply.content = json.dumps(syllabus)
+        return reply
+
+    with run_stub(fake_glan_model()) as stub:
+        run(store, stub, ["subjects"])
+    with run_stub(refused) as stub:
+        res = run(store, stub, ["syllabus"])[0]
+    assert res.status == JobStatus.COMPLETED_WITH_FAILURES
+    assert (res.total, res.done, res.failed) == (6, 4, 2)
+    units = store.job_units(res.job_id)
+    failed = [u for u in units if u["status"] == "failed"]
+    assert len(failed) == 2 and sum(u["status"] == "done" for u in units) == 4
+    for u in failed:
+        assert u["error"].startswith("could not store the output: session title is empty")
+        assert "\\u0001" in u["raw"]
+        # nothing of the refused syllabus was stored
+        assert store.concept_stats([u["target_id"]]).get(u["target_id"], (0, 0))[0] == 0
+    stored = store.job(res.job_id)
+    assert stored is not None and (stored["done"], stored["failed"]) == (4, 2)
+
+
 def test_transient_errors_are_retried_until_done(store: Store) -> None:
     good = fake_glan_model()
     faults = [
