@@ -275,15 +275,32 @@ def subject_concept_stats(d: Dialect, one: bool = False) -> str:
     )
 
 
-def syllabi(d: Dialect, one: bool = False) -> str:
-    """Sessions and concepts of the subjects $ids, with each concept's instruction count."""
+def syllabus_sessions(d: Dialect, one: bool = False) -> str:
+    """The approved sessions of the subjects $ids."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH {chain(d, 3, 4)} WHERE n3.id = {x} AND {approved(4, 4)} "
+        "RETURN n3.id AS subject, n4.id AS session, n4.name AS title, "
+        "n4.description AS description, n4.position AS position"
+    )
+
+
+def syllabus_concepts(d: Dialect, one: bool = False) -> str:
+    """The approved concepts of the approved sessions of the subjects $ids."""
     head, x = each_id(one)
     return (
         f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
-        f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
-        "RETURN n3.id AS subject, n4.id AS session, n4.name AS title, "
-        "n4.description AS description, n4.position AS session_pos, n5.id AS concept, "
-        "n5.name AS concept_name, n5.position AS concept_pos, count(i) AS covered"
+        "RETURN n4.id AS session, n5.id AS concept, n5.name AS name, n5.position AS position"
+    )
+
+
+def syllabus_coverage(d: Dialect, one: bool = False) -> str:
+    """How many instructions cover each covered concept of the subjects $ids (a separate
+    read: counting in the read of the concepts groups by every column of every row)."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-(i:{d.q(INSTRUCTION.label)}) "
+        f"WHERE n3.id = {x} RETURN n5.id AS concept, count(i) AS covered"
     )
 
 

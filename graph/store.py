@@ -7,6 +7,7 @@ review states and deterministic ids; it never asks which engine it runs on.
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -288,6 +289,31 @@ class Store:
         for batch in batched(unique, self.batch_size):
             rows += runner.execute(query, {**base, "ids": batch})
         return rows
+
+    def _columns_by_ids(
+        self,
+        build: Callable[..., str],
+        ids: Iterable[str],
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[Any]]:
+        """`_by_ids` for reads of plain values, by column (see GraphDriver.columns); a column
+        of no values is an empty list whether or not the engine named it."""
+        unique = list(dict.fromkeys(ids))
+        base = dict(params or {})
+        if len(unique) <= self.d.few_ids:
+            parts = [self.driver.columns(build(one=True), {**base, "id": i}) for i in unique]
+        else:
+            query = build(one=False)
+            parts = [
+                self.driver.columns(query, {**base, "ids": batch})
+                for batch in batched(unique, self.batch_size)
+            ]
+        # a column no part names is empty (a Bolt server may name none when no row is found)
+        merged: defaultdict[str, list[Any]] = defaultdict(list)
+        for part in parts:
+            for name, values in part.items():
+                merged[name] += values
+        return merged
 
     # ------------------------------------------------------------------ batch writes
 
@@ -1271,27 +1297,34 @@ class Store:
         return {r["id"]: (int(r["concepts"]), int(r["covered"] or 0)) for r in rows}
 
     def syllabi(self, subject_ids: Sequence[str]) -> dict[str, list[SessionView]]:
-        """The approved sessions (in order) and concepts of each subject, with coverage."""
-        sessions: dict[str, dict[str, SessionView]] = {}
-        params = {"approved": str(Status.APPROVED)}
-        for r in self._by_ids(partial(Q.syllabi, self.d), subject_ids, params):
-            by_id = sessions.setdefault(r["subject"], {})
-            view = by_id.get(r["session"])
-            if view is None:
-                view = by_id[r["session"]] = SessionView(
-                    r["session"], r["title"], r["description"] or "", r["session_pos"] or 0
-                )
-            view.concepts.append(
-                ConceptView(
-                    r["concept"], r["concept_name"], r["concept_pos"] or 0, int(r["covered"])
-                )
+        """The approved sessions (in order, those with approved concepts) and concepts of
+        each subject, with coverage.
+
+        Three reads by column (sessions, concepts, coverage): the sampler reads every
+        syllabus of a scope at once, millions of concepts at GLAN scale."""
+        approved = {"approved": str(Status.APPROVED)}
+        s = self._columns_by_ids(partial(Q.syllabus_sessions, self.d), subject_ids, approved)
+        c = self._columns_by_ids(partial(Q.syllabus_concepts, self.d), subject_ids, approved)
+        k = self._columns_by_ids(partial(Q.syllabus_coverage, self.d), subject_ids)
+        covered = dict(zip(k["concept"], k["covered"], strict=True))
+        concepts: dict[str, list[ConceptView]] = {}
+        for session, cid, name, position in zip(
+            c["session"], c["concept"], c["name"], c["position"], strict=True
+        ):
+            concepts.setdefault(session, []).append(
+                ConceptView(cid, name, position or 0, int(covered.get(cid, 0)))
             )
         out: dict[str, list[SessionView]] = {}
-        for sid, by_id in sessions.items():
-            views = sorted(by_id.values(), key=lambda v: (v.position, v.id))
+        for subject, sid, title, description, position in zip(
+            s["subject"], s["session"], s["title"], s["description"], s["position"], strict=True
+        ):
+            if sid in concepts:
+                view = SessionView(sid, title, description or "", position or 0, concepts[sid])
+                out.setdefault(subject, []).append(view)
+        for views in out.values():
+            views.sort(key=lambda v: (v.position, v.id))
             for v in views:
                 v.concepts.sort(key=lambda c: (c.position, c.id))
-            out[sid] = views
         return out
 
     def combo_keys(self, subject_ids: Sequence[str]) -> set[str]:

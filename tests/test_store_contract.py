@@ -311,6 +311,20 @@ def test_bad_query_becomes_query_error(store: Store) -> None:
         store.driver.execute("THIS IS NOT CYPHER")
 
 
+def test_a_read_by_column_gives_the_rows_of_execute(store: Store) -> None:
+    build_syllabus(store)
+    label = store.d.q(CONCEPT.label)
+    query = f"MATCH (c:{label}) RETURN c.id AS id, c.name AS name, c.position AS position"
+    rows = sorted(store.driver.execute(query), key=lambda r: r["id"])
+    cols = store.driver.columns(query)
+    assert len(rows) > 3
+    values = zip(*cols.values(), strict=True)
+    by_column = [dict(zip(cols, row, strict=True)) for row in values]
+    assert sorted(by_column, key=lambda r: r["id"]) == rows
+    with pytest.raises(QueryError):
+        store.driver.columns("THIS IS NOT CYPHER")
+
+
 def test_hierarchy_levels_match_paths(store: Store) -> None:
     build_syllabus(store)
     concept = store.node(f"{PHYSICS}/Calculus/Derivatives/Chain Rule")

@@ -264,6 +264,17 @@ class BoltDriver:
         with self._errors(query), self._session() as session:
             return _rows(session.run(query, dict(params or {})))
 
+    def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
+        self._count(query)
+        with self._errors(query), self._session() as session:
+            result = session.run(query, dict(params or {}))
+            keys = list(result.keys())
+            out: dict[str, list[Any]] = {k: [] for k in keys}
+            for record in result:
+                for k in keys:
+                    out[k].append(_plain(record[k]))
+            return out
+
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             self.execute(*_create_nodes(self.dialect, kind, rows))

@@ -145,6 +145,19 @@ class EmbeddedDriver:
         with self._lock:
             return self._run(query, params)
 
+    def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
+        with self._lock:
+            if self.counter is not None:
+                self.counter.add(query)
+            try:
+                result = self._conn.execute(query, dict(params) if params else {})
+            except RuntimeError as exc:
+                raise QueryError(f"{exc} (query: {query[:200]})") from exc
+            if isinstance(result, list):
+                result = result[-1]
+            table = result.get_as_arrow(chunk_size=-1)
+            return {name: table.column(name).to_pylist() for name in table.column_names}
+
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         with self._lock:
             self._create_nodes(kind, rows)
