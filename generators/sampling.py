@@ -10,13 +10,16 @@ The graph is traversed lazily: subjects are drawn first, then only their syllabi
 
 from __future__ import annotations
 
+import gc
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from graph.model import stable_hash
-from graph.store import ConceptView, SessionView
+from graph.store import SessionView
 
 MAX_CONCEPTS = 5
 #: tries for a combination not seen before, per draw, before giving the draw up
@@ -41,36 +44,55 @@ class Sample:
     session_ids: tuple[str, ...]  # in syllabus order; the last is "learned up to"
     concept_ids: tuple[str, ...]
 
-    @property
+    @cached_property
     def combo_key(self) -> str:
         return combo_key(self.concept_ids)
 
 
-@dataclass
 class _Subject:
-    """A syllabus being sampled, with its coverage kept up to date as samples are accepted,
-    so that preferring uncovered concepts costs O(sessions) per draw, not O(concepts)."""
+    """A syllabus being sampled, in syllabus order, with its coverage kept up to date as
+    samples are accepted, so that preferring uncovered concepts costs O(sessions) per draw,
+    not O(concepts). Sessions and concepts are referred to by their index in that order."""
 
-    id: str
-    sessions: list[SessionView]
-    covered: dict[str, int] = field(default_factory=dict)  # concept id -> instructions
-    owner: dict[str, str] = field(default_factory=dict)  # concept id -> session id
-    uncovered: dict[str, int] = field(default_factory=dict)  # session id -> concepts left
-    left: int = 0  # concepts of the subject no instruction covers yet
+    __slots__ = ("id", "session_ids", "concepts", "covered", "uncovered", "fresh", "left")
 
-    @classmethod
-    def of(cls, subject_id: str, sessions: list[SessionView]) -> _Subject:
-        covered = {c.id: c.covered for s in sessions for c in s.concepts}
-        owner = {c.id: s.id for s in sessions for c in s.concepts}
-        uncovered = {s.id: sum(1 for c in s.concepts if covered[c.id] == 0) for s in sessions}
-        return cls(subject_id, sessions, covered, owner, uncovered, sum(uncovered.values()))
+    def __init__(self, subject_id: str, sessions: Sequence[SessionView]) -> None:
+        ordered = sorted(sessions, key=lambda s: (s.position, s.id))
+        self.id = subject_id
+        self.session_ids = [s.id for s in ordered]
+        self.concepts: list[list[str]] = []  # per session, its concept ids in order
+        self.covered: list[list[int]] = []  # per session, instructions covering each
+        for s in ordered:
+            concepts = sorted(s.concepts, key=lambda c: (c.position, c.id))
+            self.concepts.append([c.id for c in concepts])
+            self.covered.append([c.covered for c in concepts])
+        #: per session, its concepts no instruction covers yet
+        self.uncovered = [counts.count(0) for counts in self.covered]
+        #: the sessions with concepts no instruction covers yet
+        self.fresh = [i for i, n in enumerate(self.uncovered) if n]
+        self.left = sum(self.uncovered)  # concepts of the subject no instruction covers yet
 
-    def cover(self, concept_ids: Iterable[str]) -> None:
-        for c in concept_ids:
-            if self.covered.get(c, 0) == 0:
-                self.uncovered[self.owner[c]] -= 1
+    def cover(self, picked: Iterable[tuple[int, int]]) -> None:
+        for si, ci in picked:
+            if self.covered[si][ci] == 0:
+                self.uncovered[si] -= 1
                 self.left -= 1
-            self.covered[c] = self.covered.get(c, 0) + 1
+                if self.uncovered[si] == 0:
+                    self.fresh.remove(si)
+            self.covered[si][ci] += 1
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cycle collector while building many small acyclic containers: each of its
+    passes would walk every object built so far."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 SyllabusLoader = Callable[[Sequence[str]], Mapping[str, list[SessionView]]]
@@ -113,7 +135,7 @@ class Sampler:
             loaded = self.load(missing)
             for sid in missing:
                 sessions = [s for s in loaded.get(sid, []) if s.concepts]
-                self._cache[sid] = _Subject.of(sid, sessions)
+                self._cache[sid] = _Subject(sid, sessions)
         return [self._cache[i] for i in ids]
 
     def _pick_subject_ids(self, k: int) -> list[str]:
@@ -129,6 +151,12 @@ class Sampler:
         """Up to n samples with distinct combinations (fewer only when the scope runs out)."""
         if n < 0:
             raise ValueError("n must be 0 or more")
+        # A large draw builds millions of small containers with no cycles among them; each
+        # pass of the cycle collector meanwhile would walk all of them.
+        with _collector_paused():
+            return self._draw(n, strategy)
+
+    def _draw(self, n: int, strategy: Strategy) -> list[Sample]:
         out: list[Sample] = []
         # Read the syllabi of a first round of subjects in one batch, then top up as needed.
         picks = self._pick_subject_ids(n)
@@ -138,9 +166,13 @@ class Sampler:
             sid = picks[len(out) + misses] if len(out) + misses < len(picks) else None
             if sid is None or (self.prefer_uncovered and self.open_ids and sid not in self._open):
                 sid = self._pick_subject_ids(1)[0]  # the pre-drawn subject is fully covered
-            subject = self._subjects([sid])[0]
+            subject = self._cache.get(sid) or self._subjects([sid])[0]
             chosen = self._strategy(strategy)
-            if chosen is Strategy.HARD and len(subject.sessions) < 2 and strategy is Strategy.MIXED:
+            if (
+                chosen is Strategy.HARD
+                and len(subject.session_ids) < 2
+                and strategy is Strategy.MIXED
+            ):
                 chosen = Strategy.BASIC  # a one-session syllabus can only give basic samples
             sample = self._draw_one(subject, chosen)
             if sample is None:
@@ -154,85 +186,100 @@ class Sampler:
 
     def _draw_one(self, subject: _Subject, strategy: Strategy) -> Sample | None:
         needed = 2 if strategy is Strategy.HARD else 1
-        if len(subject.sessions) < needed:
+        if len(subject.session_ids) < needed:
             return None
-        fallback: Sample | None = None
+        fallback: tuple[Sample, list[tuple[int, int]]] | None = None
         for attempt in range(MAX_TRIES):
             prefer = self.prefer_uncovered and attempt < MAX_TRIES // 2
             if strategy is Strategy.BASIC:
-                sample = self._basic(subject, prefer)
+                picked = self._basic(subject, prefer)
             else:
-                sample = self._hard(subject, prefer)
+                picked = self._hard(subject, prefer)
+            sample = self._sample(subject, strategy, picked)
             key = sample.combo_key
             if key in self.drawn:
                 continue
             if key in self.existing and self.prefer_uncovered:
-                fallback = fallback or sample
+                fallback = fallback or (sample, picked)
                 continue
-            return self._accept(subject, sample)
+            return self._accept(subject, sample, picked)
         if fallback is not None:
-            return self._accept(subject, fallback)
+            return self._accept(subject, *fallback)
         return None
 
-    def _accept(self, subject: _Subject, sample: Sample) -> Sample:
+    def _accept(self, subject: _Subject, sample: Sample, picked: list[tuple[int, int]]) -> Sample:
         self.drawn.add(sample.combo_key)
-        subject.cover(sample.concept_ids)
+        subject.cover(picked)
         if self.prefer_uncovered and subject.left == 0 and subject.id in self._open:
             self._open.discard(subject.id)
             self.open_ids.remove(subject.id)
         return sample
 
-    def _ordered(
-        self, subject: _Subject, concepts: Sequence[ConceptView], prefer: bool
-    ) -> list[ConceptView]:
-        """Concepts in random order, the uncovered ones first when preferring them."""
-        shuffled = list(concepts)
-        self.rng.shuffle(shuffled)
-        if prefer:
-            shuffled.sort(key=lambda c: subject.covered.get(c.id, 0) > 0)
-        return shuffled
+    # The draws below take their randomness from rng.random() alone: the library's integer
+    # helpers cost several Python calls each, which at 100k draws was most of the time.
 
-    def _session(
-        self, subject: _Subject, options: Sequence[SessionView], prefer: bool
-    ) -> SessionView:
-        if prefer:
-            fresh = [s for s in options if subject.uncovered[s.id] > 0]
-            if fresh:
-                return self.rng.choice(fresh)
-        return self.rng.choice(list(options))
+    def _below(self, n: int) -> int:
+        """An integer in [0, n)."""
+        return int(self.rng.random() * n)
 
-    def _basic(self, subject: _Subject, prefer: bool) -> Sample:
-        session = self._session(subject, subject.sessions, prefer)
-        k = self.rng.randint(1, min(MAX_CONCEPTS, len(session.concepts)))
-        chosen = self._ordered(subject, session.concepts, prefer)[:k]
-        return self._sample(subject, Strategy.BASIC, [session], chosen)
+    def _some(self, pool: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+        """k items of the pool, at random (a partial shuffle of a copy)."""
+        pool, rand, m = pool[:], self.rng.random, len(pool)
+        for i in range(k):
+            j = i + int(rand() * (m - i))
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
 
-    def _hard(self, subject: _Subject, prefer: bool) -> Sample:
-        first = self._session(subject, subject.sessions, prefer)
-        second = self._session(subject, [s for s in subject.sessions if s.id != first.id], prefer)
-        pool_size = len(first.concepts) + len(second.concepts)
-        k = self.rng.randint(2, min(MAX_CONCEPTS, pool_size))
-        a = self._ordered(subject, first.concepts, prefer)
-        b = self._ordered(subject, second.concepts, prefer)
-        chosen = [a[0], b[0]]
-        rest = self._ordered(subject, a[1:] + b[1:], prefer)
-        chosen += rest[: k - 2]
-        return self._sample(subject, Strategy.HARD, [first, second], chosen)
+    def _session(self, subject: _Subject, prefer: bool, other_than: int = -1) -> int:
+        """A session's index: one with concepts left uncovered when preferring them."""
+        fresh = subject.fresh
+        if prefer and other_than in fresh:
+            if len(fresh) > 1:
+                i, skip = self._below(len(fresh) - 1), fresh.index(other_than)
+                return fresh[i + (i >= skip)]
+        elif prefer and fresh:
+            return fresh[self._below(len(fresh))]
+        i = self._below(len(subject.session_ids) - (other_than >= 0))
+        return i + (0 <= other_than <= i)
+
+    def _pick(
+        self, subject: _Subject, pool: list[tuple[int, int]], k: int, prefer: bool
+    ) -> list[tuple[int, int]]:
+        """k concepts of the pool at random, the uncovered ones first when preferring them."""
+        if not prefer:
+            return self._some(pool, k)
+        covered = subject.covered
+        fresh = [p for p in pool if covered[p[0]][p[1]] == 0]
+        if len(fresh) >= k:
+            return self._some(fresh, k)
+        stale = [p for p in pool if covered[p[0]][p[1]]]
+        return fresh + self._some(stale, k - len(fresh))
+
+    def _basic(self, subject: _Subject, prefer: bool) -> list[tuple[int, int]]:
+        si = self._session(subject, prefer)
+        n = len(subject.concepts[si])
+        k = 1 + self._below(min(MAX_CONCEPTS, n))
+        return self._pick(subject, [(si, j) for j in range(n)], k, prefer)
+
+    def _hard(self, subject: _Subject, prefer: bool) -> list[tuple[int, int]]:
+        first = self._session(subject, prefer)
+        second = self._session(subject, prefer, other_than=first)
+        a = [(first, j) for j in range(len(subject.concepts[first]))]
+        b = [(second, j) for j in range(len(subject.concepts[second]))]
+        k = 2 + self._below(min(MAX_CONCEPTS, len(a) + len(b)) - 1)
+        # at least one concept of each session, then any of the rest
+        heads = self._pick(subject, a, 1, prefer) + self._pick(subject, b, 1, prefer)
+        rest = [p for p in a + b if p not in heads]
+        return heads + self._pick(subject, rest, k - 2, prefer)
 
     @staticmethod
-    def _sample(
-        subject: _Subject,
-        strategy: Strategy,
-        sessions: Sequence[SessionView],
-        concepts: Sequence[ConceptView],
-    ) -> Sample:
-        ordered_sessions = sorted(sessions, key=lambda s: (s.position, s.id))
-        rank = {s.id: i for i, s in enumerate(ordered_sessions)}
-        owner = {c.id: s.id for s in ordered_sessions for c in s.concepts}
-        ordered = sorted(concepts, key=lambda c: (rank[owner[c.id]], c.position, c.id))
+    def _sample(subject: _Subject, strategy: Strategy, picked: list[tuple[int, int]]) -> Sample:
+        """The sample of the picked (session, concept) indices, in syllabus order."""
+        ordered = sorted(picked)
+        sessions = sorted({si for si, _ in ordered})
         return Sample(
             subject.id,
             strategy,
-            tuple(s.id for s in ordered_sessions),
-            tuple(c.id for c in ordered),
+            tuple(subject.session_ids[si] for si in sessions),
+            tuple(subject.concepts[si][ci] for si, ci in ordered),
         )
