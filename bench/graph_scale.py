@@ -142,7 +142,7 @@ def build(
     }
 
 
-def write_pairs(store: Store, samples: list[Any], batch: int = 10_000) -> int:
+def write_pairs(store: Store, samples: list[Any], batch: int = 50_000) -> int:
     """Instructions with COVERS and FROM edges, and one answer each, in batches."""
     written = 0
     for start in range(0, len(samples), batch):
@@ -176,7 +176,7 @@ def write_pairs(store: Store, samples: list[Any], batch: int = 10_000) -> int:
                 }
             )
         store.write_instructions(rows, covers, froms)
-        store.write_responses(answers)
+        store.write_responses(answers, subject_ids=[s.subject_id for s in chunk])
         written += len(chunk)
     return written
 

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 
 class PropType(StrEnum):
@@ -47,7 +48,7 @@ class NodeKind:
     id_prefix: str
     props: tuple[Prop, ...]
 
-    @property
+    @cached_property
     def prop_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.props)
 
