@@ -128,16 +128,10 @@ def _pairs(
 ) -> Iterator[Pair]:
     ids = [i for _, i in chunk]
     instructions = store.get_many(ids)
-    covers = store.linked(COVERS, ids)
-    sessions = store.linked(FROM, ids)
+    covers = store.linked_names(COVERS, ids)
+    sessions = store.linked_names(FROM, ids)
     answers = store.linked(ANSWERS, ids, reverse=True)
-    names = store.get_many(
-        sorted(
-            {x for v in covers.values() for x in v}
-            | {x for v in sessions.values() for x in v}
-            | {x for v in answers.values() for x in v}
-        )
-    )
+    names = store.get_many(sorted({x for v in answers.values() for x in v}))
     for subject_id, iid in chunk:
         ins = instructions[iid]
         if ins.props.get("duplicate"):
@@ -157,18 +151,16 @@ def _pairs(
             else:
                 skipped.unanswered += 1
             continue
-        session_nodes = sorted(
-            (names[s] for s in sessions[iid]), key=lambda n: (n.props.get("position") or 0, n.id)
-        )
-        concept_names = [names[c].name for c in covers[iid]]
+        session_names = [name for _, name, _ in sorted(sessions[iid], key=lambda s: (s[2], s[0]))]
+        concept_names = sorted(name for _, name, _ in covers[iid])
         for response in clean if responses == "all" else clean[:1]:
             yield Pair(
                 ins,
                 response,
                 subjects[subject_id],
                 paths.get(subject_id, []),
-                [s.name for s in session_nodes],
-                sorted(concept_names),
+                session_names,
+                concept_names,
             )
 
 

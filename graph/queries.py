@@ -228,6 +228,17 @@ def linked_from(d: Dialect, rel: RelKind) -> str:
     )
 
 
+def linked_from_names(d: Dialect, rel: RelKind, one: bool = False) -> str:
+    """For each source id in $ids, the id, name and position of what its `rel` edges point to
+    (for targets that have a name and position: sessions, concepts)."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (a:{d.q(rel.src.label)} {{id: {x}}})-[:{d.q(rel.type)}]->"
+        f"(b:{d.q(rel.dst.label)}) RETURN {x} AS src, b.id AS dst, b.name AS name, "
+        "b.position AS position"
+    )
+
+
 def linked_to(d: Dialect, rel: RelKind) -> str:
     """For each target id in $ids, the ids of the nodes whose `rel` edges point at it."""
     return (

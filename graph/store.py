@@ -1455,6 +1455,21 @@ class Store:
             v.sort()
         return out
 
+    def linked_names(
+        self, rel: RelKind, ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str, int]]]:
+        """What each id points to through `rel`, as (id, name, position), sorted: `linked`
+        with the names the caller would otherwise read node by node (sessions, concepts)."""
+        out: dict[str, list[tuple[str, str, int]]] = {i: [] for i in ids}
+        cols = self._columns_by_ids(partial(Q.linked_from_names, self.d, rel), ids)
+        for src, dst, name, position in zip(
+            cols["src"], cols["dst"], cols["name"], cols["position"], strict=True
+        ):
+            out[src].append((dst, name, position or 0))
+        for v in out.values():
+            v.sort()
+        return out
+
     # ------------------------------------------------------------------ datasets
 
     def instructions_by_subject(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
