@@ -130,7 +130,7 @@ class TreeNode:
     covered_concepts: int = 0
 
 
-@dataclass
+@dataclass(slots=True)  # millions of them when the sampler reads a whole store
 class ConceptView:
     id: str
     name: str
@@ -139,7 +139,7 @@ class ConceptView:
     covered: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionView:
     id: str
     title: str
@@ -297,7 +297,10 @@ class Store:
         params: Mapping[str, Any] | None = None,
     ) -> dict[str, list[Any]]:
         """`_by_ids` for reads of plain values, by column (see GraphDriver.columns); a column
-        of no values is an empty list whether or not the engine named it."""
+        of no values is an empty list whether or not the engine named it.
+
+        These are reads of many rows, whose batches of ids each cost the embedded engine a
+        scan of the tables on the way: they take as many ids at once as bulk writes do."""
         unique = list(dict.fromkeys(ids))
         base = dict(params or {})
         if len(unique) <= self.d.few_ids:
@@ -306,7 +309,7 @@ class Store:
             query = build(one=False)
             parts = [
                 self.driver.columns(query, {**base, "ids": batch})
-                for batch in batched(unique, self.batch_size)
+                for batch in batched(unique, self.bulk_batch_size)
             ]
         # a column no part names is empty (a Bolt server may name none when no row is found)
         merged: defaultdict[str, list[Any]] = defaultdict(list)
