@@ -118,15 +118,18 @@ class EmbeddedDriver:
         self._lock = threading.RLock()
         self._column_cache: dict[str, list[tuple[str, str]]] = {}
 
-    def _run(self, query: str, params: Params | None = None) -> list[Row]:
+    def _result(self, query: str, params: Params | None) -> Any:
+        """The engine's result of one statement (of the last, given several)."""
         if self.counter is not None:
             self.counter.add(query)
         try:
             result = self._conn.execute(query, dict(params) if params else {})
         except RuntimeError as exc:
             raise QueryError(f"{exc} (query: {query[:200]})") from exc
-        if isinstance(result, list):  # several statements: keep the last result
-            result = result[-1]
+        return result[-1] if isinstance(result, list) else result
+
+    def _run(self, query: str, params: Params | None = None) -> list[Row]:
+        result = self._result(query, params)
         cols = result.get_column_names()
         rows: list[Row] = [dict(zip(cols, values, strict=True)) for values in result.get_all()]
         # Only columns holding nodes or relationships need their engine-internal keys
@@ -147,15 +150,7 @@ class EmbeddedDriver:
 
     def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
         with self._lock:
-            if self.counter is not None:
-                self.counter.add(query)
-            try:
-                result = self._conn.execute(query, dict(params) if params else {})
-            except RuntimeError as exc:
-                raise QueryError(f"{exc} (query: {query[:200]})") from exc
-            if isinstance(result, list):
-                result = result[-1]
-            table = result.get_as_arrow(chunk_size=-1)
+            table = self._result(query, params).get_as_arrow(chunk_size=-1)
             return {name: table.column(name).to_pylist() for name in table.column_names}
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
