@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -262,6 +262,30 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _id_reads(
+        self,
+        build: Callable[..., str],
+        ids: Iterable[str],
+        params: Mapping[str, Any] | None,
+        *,
+        few: int,
+        batch: int,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The statements of a read that walks out from nodes given by id, `build(one=...)`
+        giving its text over one $id or a list of $ids: up to `few` ids go one at a time
+        (where the engine looks one up by key but scans for a list: `Dialect.few_ids`),
+        more go `batch` at a time."""
+        unique = list(dict.fromkeys(ids))
+        base = dict(params or {})
+        if len(unique) <= few:
+            query = build(one=True)
+            for i in unique:
+                yield query, {**base, "id": i}
+        else:
+            query = build(one=False)
+            for part in batched(unique, batch):
+                yield query, {**base, "ids": part}
+
     def _by_ids(
         self,
         build: Callable[..., str],
@@ -271,24 +295,15 @@ class Store:
         tx: Tx | None = None,
         few: int | None = None,
     ) -> list[Row]:
-        """Rows of a query that walks out from nodes given by id, `build(one=...)` giving its
-        text over one $id or a list of $ids: a few ids go one at a time where the engine
-        looks one up by key but scans for a list (`Dialect.few_ids`), more go in batches.
+        """Rows of a read from nodes given by id (see `_id_reads`), in batches of batch_size.
 
         `few=1` keeps a read to one query per batch whatever the number of ids (a single id
         is still looked up by key): what the API's per-request loaders want, so that a page's
         cost in queries does not grow with its size."""
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
-        unique = list(dict.fromkeys(ids))
-        base = dict(params or {})
-        if len(unique) <= (self.d.few_ids if few is None else min(few, self.d.few_ids or 1)):
-            query = build(one=True)
-            return [r for i in unique for r in runner.execute(query, {**base, "id": i})]
-        query = build(one=False)
-        rows: list[Row] = []
-        for batch in batched(unique, self.batch_size):
-            rows += runner.execute(query, {**base, "ids": batch})
-        return rows
+        few = self.d.few_ids if few is None else min(few, self.d.few_ids or 1)
+        reads = self._id_reads(build, ids, params, few=few, batch=self.batch_size)
+        return [r for query, args in reads for r in runner.execute(query, args)]
 
     def _columns_by_ids(
         self,
@@ -301,20 +316,11 @@ class Store:
 
         These are reads of many rows, whose batches of ids each cost the embedded engine a
         scan of the tables on the way: they take as many ids at once as bulk writes do."""
-        unique = list(dict.fromkeys(ids))
-        base = dict(params or {})
-        if len(unique) <= self.d.few_ids:
-            parts = [self.driver.columns(build(one=True), {**base, "id": i}) for i in unique]
-        else:
-            query = build(one=False)
-            parts = [
-                self.driver.columns(query, {**base, "ids": batch})
-                for batch in batched(unique, self.bulk_batch_size)
-            ]
+        reads = self._id_reads(build, ids, params, few=self.d.few_ids, batch=self.bulk_batch_size)
         # a column no part names is empty (a Bolt server may name none when no row is found)
         merged: defaultdict[str, list[Any]] = defaultdict(list)
-        for part in parts:
-            for name, values in part.items():
+        for query, args in reads:
+            for name, values in self.driver.columns(query, args).items():
                 merged[name] += values
         return merged
 
