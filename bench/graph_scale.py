@@ -235,7 +235,7 @@ def main() -> None:
             reading = [0.0]
 
             def read(ids: Sequence[str], spent: list[float] = reading) -> Any:
-                seconds, syllabi = timed(partial(store.syllabi, ids))
+                seconds, syllabi = timed(partial(store.syllabus_index, ids))
                 spent[0] += seconds
                 return syllabi
 
@@ -246,7 +246,7 @@ def main() -> None:
             # of which reading the syllabi the draws need (one pass over their concepts)
             results[f"sample_{strategy}_read_s"] = reading[0]
             results[f"sample_{strategy}_n"] = len(drawn)
-        sampler = Sampler(stats, store.syllabi, seed=2)
+        sampler = Sampler(stats, store.syllabus_index, seed=2)
         written, seconds = 0, 0.0
         while written < pairs:  # drawn and written in slices: memory stays bounded
             chunk = sampler.draw(min(100_000, pairs - written), Strategy.MIXED)

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 
+import numpy as np
+
 from graph.model import stable_hash
-from graph.store import SessionView
+from graph.store import SyllabusIndex
 
 MAX_CONCEPTS = 5
 #: tries for a combination not seen before, per draw, before giving the draw up
@@ -50,36 +52,20 @@ class Sample:
 
 
 class _Subject:
-    """A syllabus being sampled, in syllabus order, with its coverage kept up to date as
-    samples are accepted, so that preferring uncovered concepts costs O(sessions) per draw,
-    not O(concepts). Sessions and concepts are referred to by their index in that order."""
+    """A syllabus being sampled: its sessions are `first` up to `first + n` in the
+    sampler's lists, and preferring uncovered concepts costs O(sessions) per draw, not
+    O(concepts), because each session keeps count of its uncovered concepts."""
 
-    __slots__ = ("id", "session_ids", "concepts", "covered", "uncovered", "fresh", "left")
+    __slots__ = ("id", "first", "n", "fresh", "left")
 
-    def __init__(self, subject_id: str, sessions: Sequence[SessionView]) -> None:
-        ordered = sorted(sessions, key=lambda s: (s.position, s.id))
+    def __init__(self, subject_id: str, first: int, n: int, uncovered: list[int]) -> None:
         self.id = subject_id
-        self.session_ids = [s.id for s in ordered]
-        self.concepts: list[list[str]] = []  # per session, its concept ids in order
-        self.covered: list[list[int]] = []  # per session, instructions covering each
-        for s in ordered:
-            concepts = sorted(s.concepts, key=lambda c: (c.position, c.id))
-            self.concepts.append([c.id for c in concepts])
-            self.covered.append([c.covered for c in concepts])
-        #: per session, its concepts no instruction covers yet
-        self.uncovered = [counts.count(0) for counts in self.covered]
+        self.first = first
+        self.n = n
         #: the sessions with concepts no instruction covers yet
-        self.fresh = [i for i, n in enumerate(self.uncovered) if n]
-        self.left = sum(self.uncovered)  # concepts of the subject no instruction covers yet
-
-    def cover(self, picked: Iterable[tuple[int, int]]) -> None:
-        for si, ci in picked:
-            if self.covered[si][ci] == 0:
-                self.uncovered[si] -= 1
-                self.left -= 1
-                if self.uncovered[si] == 0:
-                    self.fresh.remove(si)
-            self.covered[si][ci] += 1
+        self.fresh = [i for i in range(first, first + n) if uncovered[i]]
+        #: concepts of the subject no instruction covers yet
+        self.left = sum(uncovered[first : first + n])
 
 
 @contextmanager
@@ -95,7 +81,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-SyllabusLoader = Callable[[Sequence[str]], Mapping[str, list[SessionView]]]
+SyllabusLoader = Callable[[Sequence[str]], SyllabusIndex]
 
 
 class Sampler:
@@ -128,15 +114,39 @@ class Sampler:
         self._open = set(self.open_ids)
         self._cache: dict[str, _Subject] = {}
         self.given_up = 0
+        # The syllabi read so far, flat and in syllabus order (as SyllabusIndex has them):
+        # a sample is drawn as indices into these lists.
+        self.session_ids: list[str] = []
+        self.concept_start: list[int] = [0]  # session i's concepts: [start[i], start[i + 1])
+        self.uncovered: list[int] = []  # per session, its concepts no instruction covers
+        self.concept_ids: list[str] = []
+        self.session_of: list[int] = []  # per concept, its session
+        self.covered: list[int] = []  # per concept, the instructions covering it
 
     def _subjects(self, ids: Sequence[str]) -> list[_Subject]:
         missing = [i for i in dict.fromkeys(ids) if i not in self._cache]
         if missing:
-            loaded = self.load(missing)
-            for sid in missing:
-                sessions = [s for s in loaded.get(sid, []) if s.concepts]
-                self._cache[sid] = _Subject(sid, sessions)
+            self._add(self.load(missing))
+            for sid in missing:  # a subject with no approved concepts has no sessions
+                self._cache.setdefault(sid, _Subject(sid, 0, 0, self.uncovered))
         return [self._cache[i] for i in ids]
+
+    def _add(self, index: SyllabusIndex) -> None:
+        """Append the syllabi of a read to the lists, and make their subjects."""
+        sessions, concepts = len(self.session_ids), len(self.concept_ids)
+        starts = np.asarray(index.concept_start, dtype=np.int64)
+        sizes = np.diff(starts)
+        fresh = (np.asarray(index.covered, dtype=np.int64) == 0).astype(np.int64)
+        self.session_ids += index.session_ids
+        self.concept_start += (starts[1:] + concepts).tolist()
+        self.uncovered += np.add.reduceat(fresh, starts[:-1]).tolist() if len(sizes) else []
+        self.concept_ids += index.concept_ids
+        self.session_of += np.repeat(np.arange(len(sizes)) + sessions, sizes).tolist()
+        self.covered += index.covered
+        bounds = index.session_start
+        for i, sid in enumerate(index.subject_ids):
+            first = sessions + bounds[i]
+            self._cache[sid] = _Subject(sid, first, bounds[i + 1] - bounds[i], self.uncovered)
 
     def _pick_subject_ids(self, k: int) -> list[str]:
         pool = self.open_ids if self.prefer_uncovered and self.open_ids else self.all_ids
@@ -168,11 +178,7 @@ class Sampler:
                 sid = self._pick_subject_ids(1)[0]  # the pre-drawn subject is fully covered
             subject = self._cache.get(sid) or self._subjects([sid])[0]
             chosen = self._strategy(strategy)
-            if (
-                chosen is Strategy.HARD
-                and len(subject.session_ids) < 2
-                and strategy is Strategy.MIXED
-            ):
+            if chosen is Strategy.HARD and subject.n < 2 and strategy is Strategy.MIXED:
                 chosen = Strategy.BASIC  # a one-session syllabus can only give basic samples
             sample = self._draw_one(subject, chosen)
             if sample is None:
@@ -186,16 +192,16 @@ class Sampler:
 
     def _draw_one(self, subject: _Subject, strategy: Strategy) -> Sample | None:
         needed = 2 if strategy is Strategy.HARD else 1
-        if len(subject.session_ids) < needed:
+        if subject.n < needed:
             return None
-        fallback: tuple[Sample, list[tuple[int, int]]] | None = None
+        fallback: tuple[Sample, list[int]] | None = None
         for attempt in range(MAX_TRIES):
             prefer = self.prefer_uncovered and attempt < MAX_TRIES // 2
             if strategy is Strategy.BASIC:
                 picked = self._basic(subject, prefer)
             else:
                 picked = self._hard(subject, prefer)
-            sample = self._sample(subject, strategy, picked)
+            sample = self._sample(subject.id, strategy, picked)
             key = sample.combo_key
             if key in self.drawn:
                 continue
@@ -207,9 +213,17 @@ class Sampler:
             return self._accept(subject, *fallback)
         return None
 
-    def _accept(self, subject: _Subject, sample: Sample, picked: list[tuple[int, int]]) -> Sample:
+    def _accept(self, subject: _Subject, sample: Sample, picked: list[int]) -> Sample:
         self.drawn.add(sample.combo_key)
-        subject.cover(picked)
+        covered, uncovered, session_of = self.covered, self.uncovered, self.session_of
+        for c in picked:
+            if covered[c] == 0:
+                si = session_of[c]
+                uncovered[si] -= 1
+                subject.left -= 1
+                if uncovered[si] == 0:
+                    subject.fresh.remove(si)
+            covered[c] += 1
         if self.prefer_uncovered and subject.left == 0 and subject.id in self._open:
             self._open.discard(subject.id)
             self.open_ids.remove(subject.id)
@@ -217,12 +231,13 @@ class Sampler:
 
     # The draws below take their randomness from rng.random() alone: the library's integer
     # helpers cost several Python calls each, which at 100k draws was most of the time.
+    # Sessions and concepts are indices into the sampler's lists.
 
     def _below(self, n: int) -> int:
         """An integer in [0, n)."""
         return int(self.rng.random() * n)
 
-    def _some(self, pool: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+    def _some(self, pool: list[int], k: int) -> list[int]:
         """k items of the pool, at random (a partial shuffle of a copy)."""
         pool, rand, m = pool[:], self.rng.random, len(pool)
         for i in range(k):
@@ -231,7 +246,7 @@ class Sampler:
         return pool[:k]
 
     def _session(self, subject: _Subject, prefer: bool, other_than: int = -1) -> int:
-        """A session's index: one with concepts left uncovered when preferring them."""
+        """A session: one with concepts left uncovered when preferring them."""
         fresh = subject.fresh
         if prefer and other_than in fresh:
             if len(fresh) > 1:
@@ -239,47 +254,48 @@ class Sampler:
                 return fresh[i + (i >= skip)]
         elif prefer and fresh:
             return fresh[self._below(len(fresh))]
-        i = self._below(len(subject.session_ids) - (other_than >= 0))
-        return i + (0 <= other_than <= i)
+        other = other_than - subject.first if other_than >= 0 else -1
+        i = self._below(subject.n - (other >= 0))
+        return subject.first + i + (0 <= other <= i)
 
-    def _pick(
-        self, subject: _Subject, pool: list[tuple[int, int]], k: int, prefer: bool
-    ) -> list[tuple[int, int]]:
+    def _concepts(self, si: int) -> list[int]:
+        return list(range(self.concept_start[si], self.concept_start[si + 1]))
+
+    def _pick(self, pool: list[int], k: int, prefer: bool) -> list[int]:
         """k concepts of the pool at random, the uncovered ones first when preferring them."""
         if not prefer:
             return self._some(pool, k)
-        covered = subject.covered
-        fresh = [p for p in pool if covered[p[0]][p[1]] == 0]
+        covered = self.covered
+        fresh = [c for c in pool if covered[c] == 0]
         if len(fresh) >= k:
             return self._some(fresh, k)
-        stale = [p for p in pool if covered[p[0]][p[1]]]
+        stale = [c for c in pool if covered[c]]
         return fresh + self._some(stale, k - len(fresh))
 
-    def _basic(self, subject: _Subject, prefer: bool) -> list[tuple[int, int]]:
-        si = self._session(subject, prefer)
-        n = len(subject.concepts[si])
-        k = 1 + self._below(min(MAX_CONCEPTS, n))
-        return self._pick(subject, [(si, j) for j in range(n)], k, prefer)
+    def _basic(self, subject: _Subject, prefer: bool) -> list[int]:
+        pool = self._concepts(self._session(subject, prefer))
+        k = 1 + self._below(min(MAX_CONCEPTS, len(pool)))
+        return self._pick(pool, k, prefer)
 
-    def _hard(self, subject: _Subject, prefer: bool) -> list[tuple[int, int]]:
+    def _hard(self, subject: _Subject, prefer: bool) -> list[int]:
         first = self._session(subject, prefer)
         second = self._session(subject, prefer, other_than=first)
-        a = [(first, j) for j in range(len(subject.concepts[first]))]
-        b = [(second, j) for j in range(len(subject.concepts[second]))]
+        a, b = self._concepts(first), self._concepts(second)
         k = 2 + self._below(min(MAX_CONCEPTS, len(a) + len(b)) - 1)
         # at least one concept of each session, then any of the rest
-        heads = self._pick(subject, a, 1, prefer) + self._pick(subject, b, 1, prefer)
-        rest = [p for p in a + b if p not in heads]
-        return heads + self._pick(subject, rest, k - 2, prefer)
+        heads = self._pick(a, 1, prefer) + self._pick(b, 1, prefer)
+        rest = [c for c in a + b if c not in heads]
+        return heads + self._pick(rest, k - 2, prefer)
 
-    @staticmethod
-    def _sample(subject: _Subject, strategy: Strategy, picked: list[tuple[int, int]]) -> Sample:
-        """The sample of the picked (session, concept) indices, in syllabus order."""
+    def _sample(self, subject_id: str, strategy: Strategy, picked: list[int]) -> Sample:
+        """The sample of the picked concepts, in syllabus order (the order of the lists)."""
         ordered = sorted(picked)
-        sessions = sorted({si for si, _ in ordered})
+        session_of, ids = self.session_of, self.session_ids
+        sessions = sorted({session_of[c] for c in ordered})
+        concept_ids = self.concept_ids
         return Sample(
-            subject.id,
+            subject_id,
             strategy,
-            tuple(subject.session_ids[si] for si in sessions),
-            tuple(subject.concepts[si][ci] for si, ci in ordered),
+            tuple(ids[si] for si in sessions),
+            tuple(concept_ids[c] for c in ordered),
         )

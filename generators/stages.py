@@ -218,7 +218,7 @@ class QuestionsStage(PromptStage):
         stats = self.store.concept_stats(subjects)
         sampler = Sampler(
             stats,
-            self.store.syllabi,
+            self.store.syllabus_index,
             seed=int(self.options.get("seed", 0)),
             prefer_uncovered=bool(self.options.get("prefer_uncovered", True)),
             existing_keys=self.store.combo_keys(list(stats)),

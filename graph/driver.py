@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import pyarrow as pa
+
 from .model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
 
 Row = dict[str, Any]
@@ -85,6 +87,11 @@ class GraphDriver(Protocol):
         """A read of plain values (no nodes) as one list per column, every column present
         even when no row is: for reads of many rows, which engines hand over by column
         many times faster than row by row."""
+        ...
+
+    def table(self, query: str, params: Params | None = None) -> pa.Table:
+        """`columns` as an Arrow table: for reads the caller sorts and joins by column, with
+        no Python object per value. A read of no rows may have no columns."""
         ...
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None: ...

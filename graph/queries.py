@@ -305,6 +305,17 @@ def syllabus_concepts(d: Dialect, one: bool = False) -> str:
     )
 
 
+def syllabus_outline(d: Dialect, one: bool = False) -> str:
+    """The approved concepts of the approved sessions of the subjects $ids, by id and
+    position only: what sampling needs of a syllabus, without its text."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
+        "RETURN n3.id AS subject, n4.id AS session, n4.position AS session_position, "
+        "n5.id AS concept, n5.position AS position"
+    )
+
+
 def syllabus_coverage(d: Dialect, one: bool = False) -> str:
     """How many instructions cover each covered concept of the subjects $ids (a separate
     read: counting in the read of the concepts groups by every column of every row)."""

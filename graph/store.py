@@ -14,6 +14,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from . import queries as Q
 from .backends import open_driver
 from .config import StoreConfig
@@ -146,6 +150,27 @@ class SessionView:
     description: str
     position: int
     concepts: list[ConceptView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyllabusIndex:
+    """The syllabi of many subjects as flat lists in syllabus order, for sampling: subject
+    i's sessions are `session_start[i]` up to `session_start[i + 1]`, session j's concepts
+    `concept_start[j]` up to `concept_start[j + 1]`. Only approved sessions with approved
+    concepts are in it. One list per field, not an object per concept: at GLAN scale a
+    scope has millions of concepts."""
+
+    subject_ids: list[str]
+    session_start: list[int]
+    session_ids: list[str]
+    concept_start: list[int]
+    concept_ids: list[str]
+    #: instructions covering each concept
+    covered: list[int]
+
+    @classmethod
+    def empty(cls) -> SyllabusIndex:
+        return cls([], [0], [], [0], [], [])
 
 
 @dataclass
@@ -323,6 +348,17 @@ class Store:
             for name, values in self.driver.columns(query, args).items():
                 merged[name] += values
         return merged
+
+    def _table_by_ids(
+        self,
+        build: Callable[..., str],
+        ids: Iterable[str],
+        params: Mapping[str, Any] | None = None,
+    ) -> pa.Table | None:
+        """`_columns_by_ids` as one Arrow table (GraphDriver.table); None for no rows."""
+        reads = self._id_reads(build, ids, params, few=self.d.few_ids, batch=self.bulk_batch_size)
+        parts = [t for query, args in reads if (t := self.driver.table(query, args)).num_rows]
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
     # ------------------------------------------------------------------ batch writes
 
@@ -1337,6 +1373,44 @@ class Store:
             for v in views:
                 v.concepts.sort(key=lambda c: (c.position, c.id))
         return out
+
+    def syllabus_index(self, subject_ids: Sequence[str]) -> SyllabusIndex:
+        """The syllabi of these subjects for sampling (see SyllabusIndex): two reads by
+        column, sorted and joined as Arrow arrays, so that no Python object is made per
+        concept but its id."""
+        approved = {"approved": str(Status.APPROVED)}
+        rows = self._table_by_ids(partial(Q.syllabus_outline, self.d), subject_ids, approved)
+        if rows is None:
+            return SyllabusIndex.empty()
+        rows = rows.select(["subject", "session_position", "session", "position", "concept"])
+        for i in (1, 3):  # positions: a missing one sorts as 0
+            rows = rows.set_column(i, rows.field(i).name, pc.fill_null(rows[i].cast(pa.int64()), 0))
+        rows = rows.take(pc.sort_indices(rows, [(name, "ascending") for name in rows.column_names]))
+        subject, session = rows["subject"].combine_chunks(), rows["session"].combine_chunks()
+        concept = rows["concept"].combine_chunks()
+        # rows where a session (or subject) starts: the first, and each that differs from
+        # the row before it
+        new_session = np.flatnonzero(
+            np.r_[True, pc.not_equal(session[1:], session[:-1]).to_numpy(zero_copy_only=False)]
+        )
+        new_subject = np.flatnonzero(
+            np.r_[True, pc.not_equal(subject[1:], subject[:-1]).to_numpy(zero_copy_only=False)]
+        )
+        covered = pa.nulls(len(concept), pa.int64())
+        counts = self._table_by_ids(partial(Q.syllabus_coverage, self.d), subject_ids)
+        if counts is not None:
+            found = pc.index_in(concept, value_set=counts["concept"].combine_chunks())
+            covered = counts["covered"].combine_chunks().take(found)
+        return SyllabusIndex(
+            subject_ids=subject.take(new_subject).to_pylist(),
+            session_start=np.r_[np.searchsorted(new_session, new_subject), len(new_session)]
+            .astype(int)
+            .tolist(),
+            session_ids=session.take(new_session).to_pylist(),
+            concept_start=np.r_[new_session, len(concept)].astype(int).tolist(),
+            concept_ids=concept.to_pylist(),
+            covered=pc.fill_null(covered, 0).to_pylist(),
+        )
 
     def combo_keys(self, subject_ids: Sequence[str]) -> set[str]:
         """Concept combinations (sorted-id hashes) already asked about in these subjects."""

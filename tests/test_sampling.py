@@ -29,7 +29,7 @@ def fill(store: Store, subjects: int = 3, sessions: int = 4, concepts: int = 5) 
 
 def sampler(store: Store, seed: int, **kw: object) -> Sampler:
     subjects = store.ids_in_scope(None, SUBJECT)
-    return Sampler(store.concept_stats(subjects), store.syllabi, seed=seed, **kw)  # type: ignore[arg-type]
+    return Sampler(store.concept_stats(subjects), store.syllabus_index, seed=seed, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from graph.model import (
     Status,
     hierarchy_id,
 )
-from graph.store import InstructionFilter, Node, Store
+from graph.store import InstructionFilter, Node, Store, SyllabusIndex
 from tests.conftest import SMALL_TAXONOMY
 
 PHYSICS = "Natural Sciences/Physical Sciences/Physics"
@@ -321,6 +321,7 @@ def test_a_read_by_column_gives_the_rows_of_execute(store: Store) -> None:
     values = zip(*cols.values(), strict=True)
     by_column = [dict(zip(cols, row, strict=True)) for row in values]
     assert sorted(by_column, key=lambda r: r["id"]) == rows
+    assert store.driver.table(query).to_pydict() == cols
     with pytest.raises(QueryError):
         store.driver.columns("THIS IS NOT CYPHER")
 
@@ -462,11 +463,47 @@ def test_lookups_by_id_agree_one_at_a_time_and_in_batches(
         monkeypatch.setattr(store.d, "few_ids", few)
         store._rollups_stale(ids)
         assert store.refresh_rollups(None) == len(ids)
-        seen.append((store.syllabi(ids), store.concept_stats(ids), _coverage_rows(store, None)))
+        seen.append(
+            (
+                store.syllabi(ids),
+                store.syllabus_index(ids),
+                store.concept_stats(ids),
+                _coverage_rows(store, None),
+            )
+        )
         # an edge already there is found, so writing it again creates nothing
         assert store.upsert_edges(HAS_SUBJECT, [(store.node(PHYSICS).id, i) for i in ids]) == 0
     assert seen[0] == seen[1]
-    assert seen[0][1][subjects[0].id] == (12, 2)
+    assert seen[0][2][subjects[0].id] == (12, 2)
+
+
+def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> None:
+    """SyllabusIndex lays out what syllabi() gives, in the same order, with coverage."""
+    from tests.test_sampling import fill
+
+    fill(store, subjects=3, sessions=3, concepts=4)
+    subjects = store.children(PHYSICS)
+    session = store.children(subjects[0].path)[1]
+    concepts = [c.id for c in store.children(session.path)]
+    _ask(store, subjects[0].id, concepts[:2], 1, answered=False)
+    _ask(store, subjects[0].id, concepts[1:3], 2, answered=False)
+    store.review(store.children(subjects[1].path)[0].path, Status.REJECTED)
+    ids = [s.id for s in reversed(subjects)] + ["sub_unknown"]
+    syllabi = store.syllabi(ids)
+    index = store.syllabus_index(ids)
+    flat = SyllabusIndex.empty()
+    for sid in sorted(syllabi):
+        flat.subject_ids.append(sid)
+        for view in syllabi[sid]:
+            flat.session_ids.append(view.id)
+            flat.concept_ids.extend(c.id for c in view.concepts)
+            flat.covered.extend(c.covered for c in view.concepts)
+            flat.concept_start.append(len(flat.concept_ids))
+        flat.session_start.append(len(flat.session_ids))
+    assert index == flat
+    assert len(index.subject_ids) == 3 and len(index.session_ids) == 8  # one rejected
+    assert sorted(index.covered)[-4:] == [0, 1, 2, 3]
+    assert store.syllabus_index([]) == store.syllabus_index(["sub_unknown"]) == flat.empty()
 
 
 # ---------------------------------------------------------------------- listings for the API

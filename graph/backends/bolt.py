@@ -14,6 +14,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import neo4j
+import pyarrow as pa
 from neo4j import exceptions as neo4j_errors
 
 from .. import queries as Q
@@ -274,6 +275,9 @@ class BoltDriver:
                 for k in keys:
                     out[k].append(_plain(record[k]))
             return out
+
+    def table(self, query: str, params: Params | None = None) -> pa.Table:
+        return pa.table(self.columns(query, params))
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:

@@ -149,9 +149,13 @@ class EmbeddedDriver:
             return self._run(query, params)
 
     def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
+        table = self.table(query, params)
+        return {name: table.column(name).to_pylist() for name in table.column_names}
+
+    def table(self, query: str, params: Params | None = None) -> pa.Table:
         with self._lock:
-            table = self._result(query, params).get_as_arrow(chunk_size=-1)
-            return {name: table.column(name).to_pylist() for name in table.column_names}
+            table: pa.Table = self._result(query, params).get_as_arrow(chunk_size=-1)
+            return table
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         with self._lock:
