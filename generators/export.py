@@ -16,8 +16,18 @@ from typing import Any, Literal
 
 from graph.driver import batched
 from graph.errors import InvalidInput, WrongKind
-from graph.model import ANSWERS, COVERS, FROM, HIERARCHY, SUBJECT, stable_hash
-from graph.store import Node, Store
+from graph.model import (
+    ANSWERS,
+    CONCEPT,
+    COVERS,
+    FROM,
+    HIERARCHY,
+    SESSION,
+    SUBJECT,
+    RelKind,
+    stable_hash,
+)
+from graph.store import NameIndex, Node, Store
 
 Format = Literal["chat", "sharegpt", "alpaca"]
 FORMATS: tuple[str, ...] = ("chat", "sharegpt", "alpaca")
@@ -109,13 +119,15 @@ def iter_pairs(
     if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
         raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; export a subject or above")
     skipped = skipped if skipped is not None else Skipped()
+    # the names of concepts and sessions, read once instead of joined into every batch
+    indexes = {COVERS: store.name_index(CONCEPT), FROM: store.name_index(SESSION)}
     for subject_batch in batched(store.ids_in_scope(scope, SUBJECT), subjects_per_batch):
         by_subject = store.instructions_by_subject(subject_batch)
         subjects = store.get_many(subject_batch)
         paths = store.discipline_paths(subject_batch)
         ordered = [(s, i) for s in subject_batch for i in by_subject[s]]
         for chunk in batched(ordered, CHUNK):
-            yield from _pairs(store, chunk, subjects, paths, responses, skipped)
+            yield from _pairs(store, chunk, subjects, paths, indexes, responses, skipped)
 
 
 def _pairs(
@@ -123,13 +135,14 @@ def _pairs(
     chunk: Sequence[tuple[str, str]],
     subjects: dict[str, Node],
     paths: dict[str, list[str]],
+    indexes: dict[RelKind, NameIndex | None],
     responses: str,
     skipped: Skipped,
 ) -> Iterator[Pair]:
     ids = [i for _, i in chunk]
     instructions = store.get_many(ids)
-    covers = store.linked_names(COVERS, ids)
-    sessions = store.linked_names(FROM, ids)
+    covers = store.linked_names(COVERS, ids, indexes[COVERS])
+    sessions = store.linked_names(FROM, ids, indexes[FROM])
     answers = store.linked(ANSWERS, ids, reverse=True)
     names = store.get_many(sorted({x for v in answers.values() for x in v}))
     for subject_id, iid in chunk:

@@ -30,6 +30,12 @@ class Dialect:
     #: every table on the way: cheap for thousands of ids, ruinous for one in a hot path.
     few_ids = 0
 
+    def node_ref(self, var: str) -> str | None:
+        """An expression giving the engine's own integer reference of node `var`, unique in
+        its table, where reading it costs no join (None where the engine has none): for
+        reads that would otherwise join a whole table to fetch a few of its properties."""
+        return None
+
     @staticmethod
     def q(identifier: str) -> str:
         """Quote a label, relationship type or property name taken from graph/model.py."""

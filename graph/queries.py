@@ -239,11 +239,32 @@ def linked_from_names(d: Dialect, rel: RelKind, one: bool = False) -> str:
     )
 
 
-def linked_to(d: Dialect, rel: RelKind) -> str:
-    """For each target id in $ids, the ids of the nodes whose `rel` edges point at it."""
+def linked_refs(d: Dialect, rel: RelKind, ref: str, one: bool = False) -> str:
+    """For each source id in $ids, the engine's references (Dialect.node_ref, given as
+    `ref` over `b`) of what its `rel` edges point to."""
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH (a:{d.q(rel.src.label)})-[:{d.q(rel.type)}]->"
-        f"(b:{d.q(rel.dst.label)} {{id: x}}) RETURN x AS dst, a.id AS src"
+        f"{head}MATCH (a:{d.q(rel.src.label)} {{id: {x}}})-[:{d.q(rel.type)}]->"
+        f"(b:{d.q(rel.dst.label)}) RETURN {x} AS src, {ref} AS ref"
+    )
+
+
+def names_by_ref(d: Dialect, kind: NodeKind, ref: str) -> str:
+    """Every node of a kind: its reference (`ref` over `n`), id, name and position."""
+    return (
+        f"MATCH (n:{d.q(kind.label)}) "
+        f"RETURN {ref} AS ref, n.id AS id, n.name AS name, n.position AS position"
+    )
+
+
+def linked_to(d: Dialect, rel: RelKind) -> str:
+    """For each target id in $ids, the ids of the nodes whose `rel` edges point at it.
+
+    The target is matched first and carried over: matched in one pattern, the embedded
+    engine hashes the sources' whole table (all the answers of the store) per read."""
+    return (
+        f"UNWIND $ids AS x MATCH (b:{d.q(rel.dst.label)} {{id: x}}) WITH b, x "
+        f"MATCH (a:{d.q(rel.src.label)})-[:{d.q(rel.type)}]->(b) RETURN x AS dst, a.id AS src"
     )
 
 

@@ -173,6 +173,33 @@ class SyllabusIndex:
         return cls([], [0], [], [0], [], [])
 
 
+class NameIndex:
+    """Id, name and position of every node of a kind by the engine's reference of each
+    (Dialect.node_ref), held as Arrow arrays (about 70 bytes a node): what `linked_names`
+    looks the far ends of edges up in, where the engine would join their whole table."""
+
+    def __init__(self, table: pa.Table) -> None:
+        table = table.take(pc.sort_indices(table["ref"]))
+        self._refs = table["ref"].to_numpy()
+        self._rows = table.select(["id", "name", "position"])
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def lookup(self, refs: Sequence[int]) -> tuple[list[str], list[str], list[int]] | None:
+        """(ids, names, positions) of these references; None if one is not in the index
+        (a node made since it was read)."""
+        want = np.asarray(refs, dtype=np.int64)
+        if not len(want):
+            return [], [], []
+        at = np.searchsorted(self._refs, want)
+        if (at >= len(self._refs)).any() or (self._refs[at] != want).any():
+            return None
+        rows = self._rows.take(at)
+        position = pc.fill_null(rows["position"].cast(pa.int64()), 0)
+        return rows["id"].to_pylist(), rows["name"].to_pylist(), position.to_pylist()
+
+
 @dataclass
 class CoverageRow:
     node: Node | None  # None: the whole store
@@ -1538,17 +1565,36 @@ class Store:
             v.sort()
         return out
 
+    def name_index(self, kind: NodeKind) -> NameIndex | None:
+        """Every node of a kind by reference, for `linked_names`: one scan of its table.
+        None where the engine has no node references (Dialect.node_ref)."""
+        ref = self.d.node_ref("n")
+        if ref is None:
+            return None
+        table = self.driver.table(Q.names_by_ref(self.d, kind, ref))
+        if not table.num_rows:
+            table = pa.table({"ref": [], "id": [], "name": [], "position": []})
+        return NameIndex(table.set_column(0, "ref", table["ref"].cast(pa.int64())))
+
     def linked_names(
-        self, rel: RelKind, ids: Sequence[str]
+        self, rel: RelKind, ids: Sequence[str], names: NameIndex | None = None
     ) -> dict[str, list[tuple[str, str, int]]]:
         """What each id points to through `rel`, as (id, name, position), sorted: `linked`
-        with the names the caller would otherwise read node by node (sessions, concepts)."""
+        with the names the caller would otherwise read node by node (sessions, concepts).
+
+        Given `names` (name_index of rel's target kind), only the edges are read, and the
+        names looked up there: a caller reading many batches reads the names once."""
         out: dict[str, list[tuple[str, str, int]]] = {i: [] for i in ids}
-        cols = self._columns_by_ids(partial(Q.linked_from_names, self.d, rel), ids)
-        for src, dst, name, position in zip(
-            cols["src"], cols["dst"], cols["name"], cols["position"], strict=True
-        ):
-            out[src].append((dst, name, position or 0))
+        found = None
+        if names is not None and (ref := self.d.node_ref("b")) is not None:
+            edges = self._columns_by_ids(partial(Q.linked_refs, self.d, rel, ref), ids)
+            src, found = edges["src"], names.lookup(edges["ref"])
+        if found is None:  # no index, or nodes made since it was read
+            cols = self._columns_by_ids(partial(Q.linked_from_names, self.d, rel), ids)
+            src = cols["src"]
+            found = cols["dst"], cols["name"], [p or 0 for p in cols["position"]]
+        for s, dst, name, position in zip(src, *found, strict=True):
+            out[s].append((dst, name, position))
         for v in out.values():
             v.sort()
         return out

@@ -477,6 +477,51 @@ def test_lookups_by_id_agree_one_at_a_time_and_in_batches(
     assert seen[0][2][subjects[0].id] == (12, 2)
 
 
+def test_edge_reads_agree_with_or_without_a_name_index(store: Store) -> None:
+    """linked_names gives the same with the names read once (name_index) as joined per read,
+    and an index read before a node was made still finds it; reverse reads of linked too."""
+    from graph.driver import QueryCounter
+    from graph.model import ANSWERS, COVERS, FROM, RESPONSE, node_id
+    from tests.test_sampling import fill
+
+    fill(store, subjects=2, sessions=2, concepts=3)
+    concepts, sessions = store.name_index(CONCEPT), store.name_index(SESSION)
+    disc = store.node(PHYSICS)
+    late = store.write_subjects(disc.id, [{"name": "Late"}], {"model": "test"})[0]
+    store.write_syllabus(late, [{"title": "New", "concepts": ["fresh idea"]}], {"model": "test"})
+    asked = []
+    for subject in [*store.children(PHYSICS), store.get(late)]:
+        assert subject is not None
+        session = store.children(store.paths_of(subject.id)[0])[-1]
+        names = [c.id for c in store.children(session.path)][:2]
+        _ask(store, subject.id, names, 1, answered=True)
+        asked.append((subject.id, session, names))
+    ids = sorted(store.instruction_ids_in_scope(None))
+    early = [i for i in ids if store.get_many([i])[i].props["subject_id"] != late]
+    assert len(ids) == 3 and len(early) == 2
+    for rel, index in ((COVERS, concepts), (FROM, sessions)):
+        plain = store.linked_names(rel, ids)
+        assert store.linked_names(rel, ids, index) == plain  # a late node: joined instead
+        store.driver.counter = counter = QueryCounter()
+        try:
+            assert store.linked_names(rel, early, index) == {i: plain[i] for i in early}
+        finally:
+            store.driver.counter = None
+        if index is not None:  # the names came from the index: no read joined them
+            assert not any("name" in q for q in counter.queries), counter.queries
+    covered = store.linked_names(COVERS, ids, concepts)
+    for subject, session, names in asked:
+        (iid,) = [i for i in ids if store.get_many([i])[i].props["subject_id"] == subject]
+        assert [c for c, _, _ in covered[iid]] == sorted(names)
+        assert all(name for _, name, _ in covered[iid])
+        assert [(s, n) for s, n, _ in store.linked_names(FROM, [iid])[iid]] == [
+            (session.id, session.name)
+        ]
+    answers = store.linked(ANSWERS, ids, reverse=True)
+    assert answers == {i: [node_id(RESPONSE, i)] for i in ids}
+    assert store.linked(ANSWERS, ["ins_unknown"], reverse=True) == {"ins_unknown": []}
+
+
 def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> None:
     """SyllabusIndex lays out what syllabi() gives, in the same order, with coverage."""
     from tests.test_sampling import fill

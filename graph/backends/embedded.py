@@ -40,6 +40,12 @@ class LadybugDialect(Dialect):
     # key lookup (~1 ms).
     few_ids = 32
 
+    def node_ref(self, var: str) -> str:
+        # Returning a property of the far end of an edge read from a list of ids makes this
+        # engine scan and hash the far end's whole table (about 1 GB for the concepts of a
+        # GLAN-scale store, whatever the number of ids); its offset is read off the edge.
+        return f"offset(id({var}))"
+
     def sorted_list(self, value: str, alias: str) -> str:
         # ORDER BY in a WITH needs a SKIP or LIMIT here, and `collect` promises no order:
         # the list is sorted as a list instead.
@@ -130,15 +136,15 @@ class EmbeddedDriver:
 
     def _run(self, query: str, params: Params | None = None) -> list[Row]:
         result = self._result(query, params)
-        cols = result.get_column_names()
-        rows: list[Row] = [dict(zip(cols, values, strict=True)) for values in result.get_all()]
+        try:
+            cols = result.get_column_names()
+            rows: list[Row] = [dict(zip(cols, v, strict=True)) for v in result.get_all()]
+            types = result.get_column_data_types()
+        finally:
+            result.close()  # at once, not whenever the collector gets to it
         # Only columns holding nodes or relationships need their engine-internal keys
         # dropped; checking the column types once spares a call per value of a large read.
-        graph_cols = [
-            c
-            for c, t in zip(cols, result.get_column_data_types(), strict=True)
-            if t.startswith(("NODE", "REL"))
-        ]
+        graph_cols = [c for c, t in zip(cols, types, strict=True) if t.startswith(("NODE", "REL"))]
         for row in rows:
             for c in graph_cols:
                 row[c] = _plain(row[c])
@@ -154,7 +160,11 @@ class EmbeddedDriver:
 
     def table(self, query: str, params: Params | None = None) -> pa.Table:
         with self._lock:
-            table: pa.Table = self._result(query, params).get_as_arrow(chunk_size=-1)
+            result = self._result(query, params)
+            try:
+                table: pa.Table = result.get_as_arrow(chunk_size=-1)
+            finally:
+                result.close()
             return table
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
