@@ -1415,14 +1415,12 @@ class Store:
         rows = rows.take(pc.sort_indices(rows, [(name, "ascending") for name in rows.column_names]))
         subject, session = rows["subject"].combine_chunks(), rows["session"].combine_chunks()
         concept = rows["concept"].combine_chunks()
-        # rows where a session (or subject) starts: the first, and each that differs from
-        # the row before it
-        new_session = np.flatnonzero(
-            np.r_[True, pc.not_equal(session[1:], session[:-1]).to_numpy(zero_copy_only=False)]
-        )
-        new_subject = np.flatnonzero(
-            np.r_[True, pc.not_equal(subject[1:], subject[:-1]).to_numpy(zero_copy_only=False)]
-        )
+        # rows where a subject (or a session) starts: the first, and each whose subject (or
+        # subject or session) differs from the row before it
+        subject_moves = pc.not_equal(subject[1:], subject[:-1]).to_numpy(zero_copy_only=False)
+        session_moves = pc.not_equal(session[1:], session[:-1]).to_numpy(zero_copy_only=False)
+        new_subject = np.flatnonzero(np.r_[True, subject_moves])
+        new_session = np.flatnonzero(np.r_[True, subject_moves | session_moves])
         covered = pa.nulls(len(concept), pa.int64())
         counts = self._table_by_ids(partial(Q.syllabus_coverage, self.d), subject_ids)
         if counts is not None:
