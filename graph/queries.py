@@ -317,23 +317,28 @@ def syllabus_sessions(d: Dialect, one: bool = False) -> str:
     )
 
 
+def _approved_concepts(d: Dialect, one: bool, returns: str) -> str:
+    """`returns` of the approved concepts (n5) of the approved sessions (n4) of the
+    subjects (n3) $ids."""
+    head, x = each_id(one)
+    return f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} RETURN {returns}"
+
+
 def syllabus_concepts(d: Dialect, one: bool = False) -> str:
     """The approved concepts of the approved sessions of the subjects $ids."""
-    head, x = each_id(one)
-    return (
-        f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
-        "RETURN n4.id AS session, n5.id AS concept, n5.name AS name, n5.position AS position"
+    return _approved_concepts(
+        d, one, "n4.id AS session, n5.id AS concept, n5.name AS name, n5.position AS position"
     )
 
 
 def syllabus_outline(d: Dialect, one: bool = False) -> str:
-    """The approved concepts of the approved sessions of the subjects $ids, by id and
-    position only: what sampling needs of a syllabus, without its text."""
-    head, x = each_id(one)
-    return (
-        f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
-        "RETURN n3.id AS subject, n4.id AS session, n4.position AS session_position, "
-        "n5.id AS concept, n5.position AS position"
+    """syllabus_concepts by id and position only, with their subject: what sampling needs
+    of a syllabus, without its text."""
+    return _approved_concepts(
+        d,
+        one,
+        "n3.id AS subject, n4.id AS session, n4.position AS session_position, "
+        "n5.id AS concept, n5.position AS position",
     )
 
 
