@@ -9,31 +9,22 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from graph.driver import batched
 from graph.errors import InvalidInput, WrongKind
-from graph.model import (
-    ANSWERS,
-    CONCEPT,
-    COVERS,
-    FROM,
-    HIERARCHY,
-    SESSION,
-    SUBJECT,
-    RelKind,
-    stable_hash,
-)
-from graph.store import NameIndex, Node, Store
+from graph.model import CONCEPT, HIERARCHY, SESSION, SUBJECT, stable_hash
+from graph.store import InstructionDetail, NameIndex, Node, Store
 
 Format = Literal["chat", "sharegpt", "alpaca"]
 FORMATS: tuple[str, ...] = ("chat", "sharegpt", "alpaca")
 #: Instructions handled at once: bounds memory whatever the dataset size (about 100 MB of
-#: pairs at this size). Large, because on the embedded engine each batched read costs a
-#: scan of the tables it joins: 2,000 made exporting a million pairs a thousand scans.
+#: pairs at this size). Large, because a subject too large for a group is read by id, and
+#: on the embedded engine each of those reads costs a scan of the tables it joins.
 CHUNK = 20_000
 #: Subjects whose instruction ids are listed at once (a few hundred thousand ids at most).
 SUBJECTS_PER_BATCH = 2000
@@ -113,59 +104,106 @@ def iter_pairs(
     responses: Literal["first", "all"] = "first",
     skipped: Skipped | None = None,
     subjects_per_batch: int = SUBJECTS_PER_BATCH,
+    chunk: int = CHUNK,
 ) -> Iterator[Pair]:
-    """Every exportable pair under an approved path, subject by subject, in a stable order."""
+    """Every exportable pair under an approved path, subject by subject, in a stable order.
+
+    Subjects are read a group at a time, a group holding up to `chunk` instructions, each
+    group's instructions and their links read walking down from its subjects. A subject
+    with more instructions than that is read `chunk` instructions at a time, by id."""
     scope = store.scope(path)
     if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
         raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; export a subject or above")
     skipped = skipped if skipped is not None else Skipped()
-    # the names of concepts and sessions, read once instead of joined into every batch
-    indexes = {COVERS: store.name_index(CONCEPT), FROM: store.name_index(SESSION)}
+    names = _NameIndexes(store)
     for subject_batch in batched(store.ids_in_scope(scope, SUBJECT), subjects_per_batch):
         by_subject = store.instructions_by_subject(subject_batch)
         subjects = store.get_many(subject_batch)
         paths = store.discipline_paths(subject_batch)
-        ordered = [(s, i) for s in subject_batch for i in by_subject[s]]
-        for chunk in batched(ordered, CHUNK):
-            yield from _pairs(store, chunk, subjects, paths, indexes, responses, skipped)
+        for group in _groups(subject_batch, by_subject, chunk):
+            for found in _details(store, group, by_subject, chunk, names):
+                yield from _pairs(found, subjects, paths, responses, skipped)
+
+
+def _details(
+    store: Store,
+    group: list[str],
+    by_subject: Mapping[str, list[str]],
+    chunk: int,
+    names: _NameIndexes,
+) -> Iterator[list[tuple[str, InstructionDetail]]]:
+    """A group's instructions with their links, read walking down from its subjects; those
+    of one subject larger than a chunk, a chunk at a time by id."""
+    if len(group) > 1 or len(by_subject[group[0]]) <= chunk:
+        below = store.details_below(group)
+        yield [(s, detail) for s in group for detail in below[s]]
+        return
+    (subject,) = group
+    for ids in batched(by_subject[subject], chunk):
+        by_id = store.details_of(ids, names.concepts, names.sessions)
+        yield [(subject, by_id[i]) for i in ids if i in by_id]
+
+
+def _groups(
+    subject_ids: Sequence[str], by_subject: Mapping[str, list[str]], size: int
+) -> Iterator[list[str]]:
+    """The subjects with instructions, in order, in groups of up to `size` instructions; a
+    subject with more is a group of its own."""
+    group: list[str] = []
+    held = 0
+    for subject in subject_ids:
+        n = len(by_subject[subject])
+        if not n:
+            continue
+        if group and held + n > size:
+            yield group
+            group, held = [], 0
+        group.append(subject)
+        held += n
+    if group:
+        yield group
+
+
+class _NameIndexes:
+    """The names of concepts and sessions (Store.name_index), read on first use: only the
+    reads by id of large subjects need them, and reading them costs a scan of both tables."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @cached_property
+    def concepts(self) -> NameIndex | None:
+        return self.store.name_index(CONCEPT)
+
+    @cached_property
+    def sessions(self) -> NameIndex | None:
+        return self.store.name_index(SESSION)
 
 
 def _pairs(
-    store: Store,
-    chunk: Sequence[tuple[str, str]],
+    found: Sequence[tuple[str, InstructionDetail]],
     subjects: dict[str, Node],
     paths: dict[str, list[str]],
-    indexes: dict[RelKind, NameIndex | None],
     responses: str,
     skipped: Skipped,
 ) -> Iterator[Pair]:
-    ids = [i for _, i in chunk]
-    instructions = store.get_many(ids)
-    covers = store.linked_names(COVERS, ids, indexes[COVERS])
-    sessions = store.linked_names(FROM, ids, indexes[FROM])
-    answers = store.linked(ANSWERS, ids, reverse=True)
-    names = store.get_many(sorted({x for v in answers.values() for x in v}))
-    for subject_id, iid in chunk:
-        ins = instructions[iid]
+    for subject_id, detail in found:
+        ins = detail.instruction
         if ins.props.get("duplicate"):
             skipped.duplicates += 1
             continue
         if ins.props.get("contaminated"):
             skipped.contaminated += 1
             continue
-        usable = sorted(
-            (names[r] for r in answers[iid] if r in names),
-            key=lambda n: (n.props.get("created_at") or "", n.id),
-        )
-        clean = [r for r in usable if not r.props.get("contaminated")]
+        clean = [r for r in detail.responses if not r.props.get("contaminated")]
         if not clean:
-            if usable:
+            if detail.responses:
                 skipped.contaminated += 1
             else:
                 skipped.unanswered += 1
             continue
-        session_names = [name for _, name, _ in sorted(sessions[iid], key=lambda s: (s[2], s[0]))]
-        concept_names = sorted(name for _, name, _ in covers[iid])
+        session_names = [name for _, name, _ in sorted(detail.sessions, key=lambda s: (s[2], s[0]))]
+        concept_names = sorted(name for _, name, _ in detail.concepts)
         for response in clean if responses == "all" else clean[:1]:
             yield Pair(
                 ins,

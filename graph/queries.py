@@ -631,13 +631,53 @@ def subjects_without_syllabus(d: Dialect, top: int | None) -> str:
 # ---------------------------------------------------------------------- datasets
 
 
-def instructions_of_subjects(d: Dialect) -> str:
-    """Instructions asked from approved sessions of the subjects $ids."""
+def _below_subjects(d: Dialect) -> str:
+    """Match `i`, each instruction asked from an approved session `ss` of a subject `s` of
+    $ids, walking down from the subjects.
+
+    Walked this way, from a list matched in the subjects' small table and out along edges,
+    the embedded engine reads only what the walk reaches. Matched by id instead, each
+    instruction is a key of a join that the engine probes with its whole table (all the
+    instructions and answers of the store) on every read. An instruction asked from two of
+    a subject's sessions is reached twice."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
     return (
-        f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}})-[:{has_session}]->"
-        f"(ss:{d.q(SESSION.label)})<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
-        "WHERE ss.status = $approved RETURN DISTINCT x AS subject, i.id AS id"
+        f"MATCH (s:{d.q(SUBJECT.label)})-[:{has_session}]->(ss:{d.q(SESSION.label)})"
+        f"<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
+        "WHERE s.id IN $ids AND ss.status = $approved "
+    )
+
+
+def instructions_of_subjects(d: Dialect) -> str:
+    """Instructions asked from approved sessions of the subjects $ids."""
+    return _below_subjects(d) + "RETURN DISTINCT s.id AS subject, i.id AS id"
+
+
+def _columns_of(d: Dialect, kind: NodeKind, var: str) -> str:
+    """Every property of `var`, a node of `kind`, as a column of its own name."""
+    return ", ".join(f"{var}.{d.q(p)} AS {d.q(p)}" for p in kind.prop_names)
+
+
+def instructions_below(d: Dialect) -> str:
+    """The instructions of `instructions_of_subjects`, a column per property (once per
+    session they are reached through)."""
+    return _below_subjects(d) + f"RETURN s.id AS subject, {_columns_of(d, INSTRUCTION, 'i')}"
+
+
+def linked_names_below(d: Dialect, rel: RelKind) -> str:
+    """`linked_from_names` for the instructions of `instructions_of_subjects`."""
+    return (
+        _below_subjects(d) + f"MATCH (i)-[:{d.q(rel.type)}]->(b:{d.q(rel.dst.label)}) "
+        "RETURN DISTINCT i.id AS src, b.id AS dst, b.name AS name, b.position AS position"
+    )
+
+
+def responses_below(d: Dialect) -> str:
+    """The responses to the instructions of `instructions_of_subjects`, a column per
+    property, and `answers`: the instruction's id."""
+    return (
+        _below_subjects(d) + f"MATCH (i)<-[:{d.q(ANSWERS.type)}]-(r:{d.q(RESPONSE.label)}) "
+        f"RETURN DISTINCT i.id AS answers, {_columns_of(d, RESPONSE, 'r')}"
     )
 
 

@@ -201,6 +201,24 @@ class NameIndex:
 
 
 @dataclass
+class InstructionDetail:
+    """An instruction with what an export reads of its links: the sessions it was asked from
+    and the concepts it covers, as sorted (id, name, position), and its responses, oldest
+    first."""
+
+    instruction: Node
+    sessions: list[tuple[str, str, int]] = field(default_factory=list)
+    concepts: list[tuple[str, str, int]] = field(default_factory=list)
+    responses: list[Node] = field(default_factory=list)
+
+    def sort(self) -> InstructionDetail:
+        self.sessions.sort()
+        self.concepts.sort()
+        self.responses.sort(key=lambda n: (n.props.get("created_at") or "", n.id))
+        return self
+
+
+@dataclass
 class CoverageRow:
     node: Node | None  # None: the whole store
     path: str
@@ -1612,6 +1630,59 @@ class Store:
             v.sort()
         return out
 
+    def details_below(self, subject_ids: Sequence[str]) -> dict[str, list[InstructionDetail]]:
+        """The instructions of each subject (as `instructions_by_subject` finds them, in the
+        same order) with their sessions, concepts and responses: four reads walked down
+        from the subjects, whatever the number of instructions. They are all held at once:
+        a caller sizes its list of subjects by their number of instructions."""
+        params = {"ids": list(dict.fromkeys(subject_ids)), "approved": str(Status.APPROVED)}
+        # read by column: whole nodes, row by row, took most of an export's time
+        cols = self.driver.columns(Q.instructions_below(self.d), params)
+        found: dict[str, InstructionDetail] = {}
+        below: dict[str, set[str]] = {s: set() for s in subject_ids}
+        for subject, node in zip(cols.get("subject", []), _nodes(INSTRUCTION, cols), strict=True):
+            found.setdefault(node.id, InstructionDetail(node))
+            below[subject].add(node.id)
+        for rel in (FROM, COVERS):
+            cols = self.driver.columns(Q.linked_names_below(self.d, rel), params)
+            link_cols = (cols.get(c, []) for c in ("src", "dst", "name", "position"))
+            for src, dst, name, position in zip(*link_cols, strict=True):
+                if (detail := found.get(src)) is not None:  # else asked since
+                    links = detail.sessions if rel is FROM else detail.concepts
+                    links.append((dst, name, position or 0))
+        cols = self.driver.columns(Q.responses_below(self.d), params)
+        for answers, node in zip(cols.get("answers", []), _nodes(RESPONSE, cols), strict=True):
+            if (detail := found.get(answers)) is not None:
+                detail.responses.append(node)
+        for detail in found.values():
+            detail.sort()
+        return {s: [found[i] for i in sorted(ids)] for s, ids in below.items()}
+
+    def details_of(
+        self,
+        ids: Sequence[str],
+        concepts: NameIndex | None = None,
+        sessions: NameIndex | None = None,
+    ) -> dict[str, InstructionDetail]:
+        """`details_below` for instructions given by id (unknown ids are left out): each
+        read is a join over the whole instruction table on the embedded engine. Given name
+        indexes of concepts and sessions, their names are looked up there (`linked_names`)."""
+        instructions = self.get_many(ids)
+        known = [i for i in ids if i in instructions]
+        covers = self.linked_names(COVERS, known, concepts)
+        asked_from = self.linked_names(FROM, known, sessions)
+        answers = self.linked(ANSWERS, known, reverse=True)
+        responses = self.get_many(sorted({r for v in answers.values() for r in v}))
+        return {
+            i: InstructionDetail(
+                instructions[i],
+                asked_from[i],
+                covers[i],
+                [responses[r] for r in answers[i] if r in responses],
+            ).sort()
+            for i in known
+        }
+
     def discipline_paths(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
         """The approved discipline paths each subject sits under."""
         out: dict[str, list[str]] = {s: [] for s in subject_ids}
@@ -1703,6 +1774,13 @@ class _PathSeen:
     hidden: bool
     #: id of the node above it on that path (None for a Field)
     parent: str | None
+
+
+def _nodes(kind: NodeKind, columns: Mapping[str, list[Any]]) -> Iterator[Node]:
+    """Nodes of a kind read a column per property (a column no row named is empty)."""
+    names = kind.prop_names
+    for values in zip(*(columns.get(n, []) for n in names), strict=True):
+        yield Node(kind, dict(zip(names, values, strict=True)))
 
 
 def _hierarchy_level(node_id: str) -> int | None:

@@ -4,6 +4,7 @@ which pairs are marked, exported and left out."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from generators.cleaning import (
     load_benchmark,
     normalize,
 )
-from generators.export import export_hf, export_jsonl, in_test_split
+from generators.export import Skipped, export_hf, export_jsonl, in_test_split, iter_pairs
 from generators.report import build_report
 from graph.config import StoreConfig
 from graph.errors import InvalidInput
@@ -300,6 +301,46 @@ def test_export_all_responses_and_only_approved(
     with pytest.raises(InvalidInput):
         export_jsonl(store, PHYSICS, out)
     assert export_jsonl(store, None, out).counts["train"] == 0
+
+
+def test_a_subject_larger_than_a_chunk_is_read_by_id_to_the_same_pairs(
+    built: tuple[Store, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups of whole subjects are read walking down from them; a subject with more
+    instructions than a chunk, by id in chunks. The pairs, their order and what is skipped
+    are the same either way, and only reads by id need the name indexes."""
+    store, ids = built
+    dedup(store, None, threshold=0.7)
+    decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question")])
+    store.write_responses(
+        [{"id": "rsp_q9b", "text": "Another.", "model": "other", "instruction_id": ids["q9"]}]
+    )
+    calls: Counter[str] = Counter()
+    for method in ("details_below", "details_of", "name_index"):
+        real = getattr(store, method)
+
+        def counted(*args: Any, _real: Any = real, _name: str = method, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(store, method, counted)
+
+    def export(chunk: int) -> tuple[list[dict[str, Any]], Skipped, Counter[str]]:
+        calls.clear()
+        skipped = Skipped()
+        pairs = iter_pairs(store, None, responses="all", skipped=skipped, chunk=chunk)
+        return [p.record("chat") for p in pairs], skipped, Counter(calls)
+
+    # 9 questions over 3 subjects: one group, a group per subject, two chunks per subject
+    whole, skipped, read = export(100)
+    assert read == {"details_below": 1}
+    assert len(whole) == 5 and (skipped.duplicates, skipped.contaminated, skipped.unanswered) == (
+        2,
+        2,
+        1,
+    )
+    assert export(3) == (whole, skipped, {"details_below": 3})
+    assert export(2) == (whole, skipped, {"details_of": 6, "name_index": 2})
 
 
 def test_report(built: tuple[Store, dict[str, str]]) -> None:

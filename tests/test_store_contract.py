@@ -11,6 +11,7 @@ from graph.model import (
     CONCEPT,
     DISCIPLINE,
     FIELD,
+    FROM,
     HAS_SUBJECT,
     HIERARCHY,
     NODE_KINDS,
@@ -520,6 +521,61 @@ def test_edge_reads_agree_with_or_without_a_name_index(store: Store) -> None:
     answers = store.linked(ANSWERS, ids, reverse=True)
     assert answers == {i: [node_id(RESPONSE, i)] for i in ids}
     assert store.linked(ANSWERS, ["ins_unknown"], reverse=True) == {"ins_unknown": []}
+
+
+def test_instruction_details_walked_from_subjects_equal_those_read_by_id(store: Store) -> None:
+    """details_below finds each subject's instructions as instructions_by_subject does, in
+    its order, with the same sessions, concepts and responses as details_of reads by id:
+    a question asked from two sessions once, one from a rejected session not at all."""
+    from graph.model import RESPONSE, node_id
+    from tests.test_sampling import fill
+
+    fill(store, subjects=2, sessions=3, concepts=3)
+    first, second = store.children(PHYSICS)
+    s0, s1, s2 = store.children(first.path)
+    concepts = {s.id: [c.id for c in store.children(s.path)] for s in (s0, s1, s2)}
+    _ask(store, first.id, concepts[s0.id][:2], 2, answered=False)
+    _ask(store, first.id, [concepts[s0.id][2], concepts[s1.id][0]], 1, answered=True)  # hard
+    _ask(store, first.id, [concepts[s2.id][0]], 1, answered=True)
+    _ask(store, first.id, [concepts[s1.id][1], concepts[s2.id][1]], 1, answered=True)
+    other = store.children(store.children(second.path)[0].path)[0].id
+    _ask(store, second.id, [other], 1, answered=True)
+    ids = store.instruction_ids_in_scope(None)
+    late = next(i for i in ids if store.linked(FROM, [i])[i] == sorted([s1.id, s2.id]))
+    store.write_responses(
+        [{"id": node_id(RESPONSE, late, "again"), "text": "b", "instruction_id": late}]
+    )
+    store.review(s2.path, Status.REJECTED)  # the question asked from s2 alone drops out
+
+    subjects = [first.id, second.id, "sub_unknown"]
+    below = store.details_below(subjects)
+    listed = store.instructions_by_subject(subjects)
+    assert {s: [d.instruction.id for d in below[s]] for s in subjects} == listed
+    assert [len(v) for v in listed.values()] == [4, 1, 0]
+
+    def plain(detail: Any) -> tuple[Any, ...]:  # an engine may store a missing value as null
+        def props(n: Node) -> dict[str, Any]:
+            return {k: v for k, v in n.props.items() if v is not None}
+
+        return (
+            props(detail.instruction),
+            detail.sessions,
+            detail.concepts,
+            [props(r) for r in detail.responses],
+        )
+
+    for subject in subjects:
+        by_id = store.details_of(listed[subject])
+        assert [plain(d) for d in below[subject]] == [plain(by_id[i]) for i in listed[subject]]
+    details = {d.instruction.id: d for d in below[first.id]}
+    both = sorted([(s1.id, s1.name), (s2.id, s2.name)])
+    assert [(s, n) for s, n, _ in details[late].sessions] == both  # though one is rejected
+    assert [c for c, _, _ in details[late].concepts] == sorted(
+        [concepts[s1.id][1], concepts[s2.id][1]]
+    )
+    assert len(details[late].responses) == 2
+    assert sum(not d.responses for d in details.values()) == 2
+    assert store.details_of(["ins_unknown"]) == {}
 
 
 def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> None:
