@@ -14,16 +14,17 @@ import csv
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
 
-from graph.driver import batched
-from graph.errors import InvalidInput, WrongKind
-from graph.model import ANSWERS, HIERARCHY, INSTRUCTION, RESPONSE, SUBJECT, stable_hash
+from graph.errors import InvalidInput
+from graph.model import INSTRUCTION, RESPONSE, stable_hash
 from graph.store import Node, Store
+
+from .reading import iter_details
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -39,17 +40,10 @@ def words(text: str) -> list[str]:
     return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
-def iter_instructions(store: Store, path: str | None, chunk: int = 2000) -> Iterator[Node]:
+def iter_instructions(store: Store, path: str | None) -> Iterator[Node]:
     """Instructions under an approved path, subject by subject, in a stable order."""
-    scope = store.scope(path)
-    if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
-        raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a subject or above")
-    for subjects in batched(store.ids_in_scope(scope, SUBJECT), 200):
-        by_subject = store.instructions_by_subject(subjects)
-        ids = [i for s in subjects for i in by_subject[s]]
-        for batch in batched(ids, chunk):
-            nodes = store.get_many(batch)
-            yield from (nodes[i] for i in batch)
+    for found in iter_details(store, path, links=False, responses=False):
+        yield from (detail.instruction for _, detail in found)
 
 
 @dataclass
@@ -222,19 +216,17 @@ def decontaminate(
         for text in load_benchmark(file, column):
             index.add(text, file.name)
     result = ContaminationResult()
-    for chunk in _chunks(iter_instructions(store, path), 2000):
-        ids = [node.id for node in chunk]
-        answers = store.linked(ANSWERS, ids, reverse=True)
-        responses = store.get_many([r for v in answers.values() for r in v])
-        for node in chunk:
+    for found in iter_details(store, path, links=False):
+        for _, detail in found:
+            node = detail.instruction
             result.scanned += 1
             hits = index.hits(node.props.get("text") or "")
             if hits:
                 result.instructions[node.id] = sorted(hits)
-            for rid in answers[node.id]:
-                rhits = index.hits(responses[rid].props.get("text") or "")
+            for response in detail.responses:
+                rhits = index.hits(response.props.get("text") or "")
                 if rhits:
-                    result.responses[rid] = sorted(rhits)
+                    result.responses[response.id] = sorted(rhits)
     store.set_property(
         INSTRUCTION, "contaminated", {k: ",".join(v) for k, v in result.instructions.items()}
     )
@@ -242,14 +234,3 @@ def decontaminate(
         RESPONSE, "contaminated", {k: ",".join(v) for k, v in result.responses.items()}
     )
     return result
-
-
-def _chunks(items: Iterable[Node], size: int) -> Iterator[list[Node]]:
-    chunk: list[Node] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

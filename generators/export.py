@@ -1,6 +1,6 @@
 """Training sets out of the store: instruction/response pairs with their provenance.
 
-Pairs stream from the database a batch of subjects at a time, so memory stays flat
+Pairs stream from the database a chunk of instructions at a time, so memory stays flat
 whatever the size. Only approved subtrees are read; duplicates and contaminated pairs are
 skipped. A train/test split is by subject, so no subject is in both.
 """
@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from graph.driver import batched
-from graph.errors import InvalidInput, WrongKind
-from graph.model import CONCEPT, HIERARCHY, SESSION, SUBJECT, stable_hash
-from graph.store import InstructionDetail, NameIndex, Node, Store
+from graph.errors import InvalidInput
+from graph.model import stable_hash
+from graph.store import InstructionDetail, Node, Store
+
+from .reading import CHUNK, iter_details
 
 Format = Literal["chat", "sharegpt", "alpaca"]
 FORMATS: tuple[str, ...] = ("chat", "sharegpt", "alpaca")
-#: Instructions handled at once: bounds memory whatever the dataset size (about 100 MB of
-#: pairs at this size). Large, because a subject too large for a group is read by id, and
-#: on the embedded engine each of those reads costs a scan of the tables it joins.
-CHUNK = 20_000
-#: Subjects whose instruction ids are listed at once (a few hundred thousand ids at most).
-SUBJECTS_PER_BATCH = 2000
 
 
 @dataclass
@@ -103,81 +97,16 @@ def iter_pairs(
     *,
     responses: Literal["first", "all"] = "first",
     skipped: Skipped | None = None,
-    subjects_per_batch: int = SUBJECTS_PER_BATCH,
     chunk: int = CHUNK,
 ) -> Iterator[Pair]:
-    """Every exportable pair under an approved path, subject by subject, in a stable order.
-
-    Subjects are read a group at a time, a group holding up to `chunk` instructions, each
-    group's instructions and their links read walking down from its subjects. A subject
-    with more instructions than that is read `chunk` instructions at a time, by id."""
-    scope = store.scope(path)
-    if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
-        raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; export a subject or above")
+    """Every exportable pair under an approved path, subject by subject, in a stable order,
+    read a chunk of instructions at a time (`iter_details`)."""
     skipped = skipped if skipped is not None else Skipped()
-    names = _NameIndexes(store)
-    for subject_batch in batched(store.ids_in_scope(scope, SUBJECT), subjects_per_batch):
-        by_subject = store.instructions_by_subject(subject_batch)
-        subjects = store.get_many(subject_batch)
-        paths = store.discipline_paths(subject_batch)
-        for group in _groups(subject_batch, by_subject, chunk):
-            for found in _details(store, group, by_subject, chunk, names):
-                yield from _pairs(found, subjects, paths, responses, skipped)
-
-
-def _details(
-    store: Store,
-    group: list[str],
-    by_subject: Mapping[str, list[str]],
-    chunk: int,
-    names: _NameIndexes,
-) -> Iterator[list[tuple[str, InstructionDetail]]]:
-    """A group's instructions with their links, read walking down from its subjects; those
-    of one subject larger than a chunk, a chunk at a time by id."""
-    if len(group) > 1 or len(by_subject[group[0]]) <= chunk:
-        below = store.details_below(group)
-        yield [(s, detail) for s in group for detail in below[s]]
-        return
-    (subject,) = group
-    for ids in batched(by_subject[subject], chunk):
-        by_id = store.details_of(ids, names.concepts, names.sessions)
-        yield [(subject, by_id[i]) for i in ids if i in by_id]
-
-
-def _groups(
-    subject_ids: Sequence[str], by_subject: Mapping[str, list[str]], size: int
-) -> Iterator[list[str]]:
-    """The subjects with instructions, in order, in groups of up to `size` instructions; a
-    subject with more is a group of its own."""
-    group: list[str] = []
-    held = 0
-    for subject in subject_ids:
-        n = len(by_subject[subject])
-        if not n:
-            continue
-        if group and held + n > size:
-            yield group
-            group, held = [], 0
-        group.append(subject)
-        held += n
-    if group:
-        yield group
-
-
-class _NameIndexes:
-    """The names of concepts and sessions (Store.name_index), read on first use: only the
-    reads by id of large subjects need them, and reading them costs a scan of both tables."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    @cached_property
-    def concepts(self) -> NameIndex | None:
-        return self.store.name_index(CONCEPT)
-
-    @cached_property
-    def sessions(self) -> NameIndex | None:
-        return self.store.name_index(SESSION)
+    for found in iter_details(store, path, chunk=chunk):
+        group = list(dict.fromkeys(s for s, _ in found))
+        subjects = store.get_many(group)
+        paths = store.discipline_paths(group)
+        yield from _pairs(found, subjects, paths, responses, skipped)
 
 
 def _pairs(

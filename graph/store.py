@@ -1630,11 +1630,14 @@ class Store:
             v.sort()
         return out
 
-    def details_below(self, subject_ids: Sequence[str]) -> dict[str, list[InstructionDetail]]:
+    def details_below(
+        self, subject_ids: Sequence[str], *, links: bool = True, responses: bool = True
+    ) -> dict[str, list[InstructionDetail]]:
         """The instructions of each subject (as `instructions_by_subject` finds them, in the
-        same order) with their sessions, concepts and responses: four reads walked down
-        from the subjects, whatever the number of instructions. They are all held at once:
-        a caller sizes its list of subjects by their number of instructions."""
+        same order) with their sessions and concepts (unless not `links`) and responses
+        (unless not `responses`): up to four reads walked down from the subjects, whatever
+        the number of instructions. They are all held at once: a caller sizes its list of
+        subjects by their number of instructions."""
         params = {"ids": list(dict.fromkeys(subject_ids)), "approved": str(Status.APPROVED)}
         # read by column: whole nodes, row by row, took most of an export's time
         cols = self.driver.columns(Q.instructions_below(self.d), params)
@@ -1643,17 +1646,18 @@ class Store:
         for subject, node in zip(cols.get("subject", []), _nodes(INSTRUCTION, cols), strict=True):
             found.setdefault(node.id, InstructionDetail(node))
             below[subject].add(node.id)
-        for rel in (FROM, COVERS):
+        for rel in (FROM, COVERS) if links else ():
             cols = self.driver.columns(Q.linked_names_below(self.d, rel), params)
             link_cols = (cols.get(c, []) for c in ("src", "dst", "name", "position"))
             for src, dst, name, position in zip(*link_cols, strict=True):
                 if (detail := found.get(src)) is not None:  # else asked since
-                    links = detail.sessions if rel is FROM else detail.concepts
-                    links.append((dst, name, position or 0))
-        cols = self.driver.columns(Q.responses_below(self.d), params)
-        for answers, node in zip(cols.get("answers", []), _nodes(RESPONSE, cols), strict=True):
-            if (detail := found.get(answers)) is not None:
-                detail.responses.append(node)
+                    linked = detail.sessions if rel is FROM else detail.concepts
+                    linked.append((dst, name, position or 0))
+        if responses:
+            cols = self.driver.columns(Q.responses_below(self.d), params)
+            for answers, node in zip(cols.get("answers", []), _nodes(RESPONSE, cols), strict=True):
+                if (detail := found.get(answers)) is not None:
+                    detail.responses.append(node)
         for detail in found.values():
             detail.sort()
         return {s: [found[i] for i in sorted(ids)] for s, ids in below.items()}
@@ -1663,25 +1667,29 @@ class Store:
         ids: Sequence[str],
         concepts: NameIndex | None = None,
         sessions: NameIndex | None = None,
+        *,
+        links: bool = True,
+        responses: bool = True,
     ) -> dict[str, InstructionDetail]:
         """`details_below` for instructions given by id (unknown ids are left out): each
         read is a join over the whole instruction table on the embedded engine. Given name
         indexes of concepts and sessions, their names are looked up there (`linked_names`)."""
         instructions = self.get_many(ids)
-        known = [i for i in ids if i in instructions]
-        covers = self.linked_names(COVERS, known, concepts)
-        asked_from = self.linked_names(FROM, known, sessions)
-        answers = self.linked(ANSWERS, known, reverse=True)
-        responses = self.get_many(sorted({r for v in answers.values() for r in v}))
-        return {
-            i: InstructionDetail(
-                instructions[i],
-                asked_from[i],
-                covers[i],
-                [responses[r] for r in answers[i] if r in responses],
-            ).sort()
-            for i in known
-        }
+        found = {i: InstructionDetail(instructions[i]) for i in ids if i in instructions}
+        known = list(found)
+        if links:
+            for i, linked in self.linked_names(COVERS, known, concepts).items():
+                found[i].concepts = linked
+            for i, linked in self.linked_names(FROM, known, sessions).items():
+                found[i].sessions = linked
+        if responses:
+            answers = self.linked(ANSWERS, known, reverse=True)
+            nodes = self.get_many(sorted({r for v in answers.values() for r in v}))
+            for i, rs in answers.items():
+                found[i].responses = [nodes[r] for r in rs if r in nodes]
+        for detail in found.values():
+            detail.sort()
+        return found
 
     def discipline_paths(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
         """The approved discipline paths each subject sits under."""

@@ -576,6 +576,12 @@ def test_instruction_details_walked_from_subjects_equal_those_read_by_id(store: 
     assert len(details[late].responses) == 2
     assert sum(not d.responses for d in details.values()) == 2
     assert store.details_of(["ins_unknown"]) == {}
+    bare = store.details_below(subjects, links=False, responses=False)[first.id]
+    assert [plain(d) for d in bare] == [
+        (props, [], [], []) for props, *_ in map(plain, below[first.id])
+    ]
+    by_id = store.details_of(listed[first.id], links=False, responses=False)
+    assert [plain(by_id[i]) for i in listed[first.id]] == [plain(d) for d in bare]
 
 
 def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> None:

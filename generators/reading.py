@@ -1,0 +1,100 @@
+"""The instructions under a path, read a bounded group at a time: what export, cleaning
+and the report walk through.
+
+Subjects are taken in order, in groups holding up to a chunk of instructions, and each
+group is read walking down from its subjects (`Store.details_below`). A subject with more
+instructions than a chunk is read a chunk at a time by id (`Store.details_of`). Either
+way memory is that of one chunk, whatever the size of the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
+
+from graph.driver import batched
+from graph.errors import WrongKind
+from graph.model import CONCEPT, HIERARCHY, SESSION, SUBJECT
+from graph.store import InstructionDetail, NameIndex, Store
+
+#: Instructions read at once (about 100 MB with their answers at this size). Large,
+#: because a subject with more is read by id, and on the embedded engine each read by id
+#: costs a scan of the tables it joins.
+CHUNK = 20_000
+#: Subjects whose instruction ids are listed at once (a few hundred thousand ids at most).
+SUBJECTS_PER_BATCH = 2000
+
+Found = list[tuple[str, InstructionDetail]]
+
+
+def iter_details(
+    store: Store,
+    path: str | None,
+    *,
+    chunk: int = CHUNK,
+    links: bool = True,
+    responses: bool = True,
+    subjects_per_batch: int = SUBJECTS_PER_BATCH,
+) -> Iterator[Found]:
+    """(subject id, instruction with its links) for each instruction under an approved path,
+    subject by subject and by id within one, a group at a time. Without `links` or
+    `responses`, those lists are left empty and not read."""
+    if chunk < 1:
+        raise ValueError("chunk must be at least 1")
+    scope = store.scope(path)
+    if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
+        raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a subject or above")
+    names = _NameIndexes(store) if links else None
+    for subject_batch in batched(store.ids_in_scope(scope, SUBJECT), subjects_per_batch):
+        by_subject = store.instructions_by_subject(subject_batch)
+        for group in _groups(subject_batch, by_subject, chunk):
+            if len(group) > 1 or len(by_subject[group[0]]) <= chunk:
+                below = store.details_below(group, links=links, responses=responses)
+                yield [(s, detail) for s in group for detail in below[s]]
+                continue
+            (subject,) = group
+            for ids in batched(by_subject[subject], chunk):
+                by_id = store.details_of(
+                    ids,
+                    names.concepts if names else None,
+                    names.sessions if names else None,
+                    links=links,
+                    responses=responses,
+                )
+                yield [(subject, by_id[i]) for i in ids if i in by_id]
+
+
+def _groups(
+    subject_ids: Sequence[str], by_subject: Mapping[str, list[str]], size: int
+) -> Iterator[list[str]]:
+    """The subjects with instructions, in order, in groups of up to `size` instructions; a
+    subject with more is a group of its own."""
+    group: list[str] = []
+    held = 0
+    for subject in subject_ids:
+        n = len(by_subject[subject])
+        if not n:
+            continue
+        if group and held + n > size:
+            yield group
+            group, held = [], 0
+        group.append(subject)
+        held += n
+    if group:
+        yield group
+
+
+class _NameIndexes:
+    """The names of concepts and sessions (Store.name_index), read on first use: only the
+    reads by id of large subjects need them, and reading them costs a scan of both tables."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @cached_property
+    def concepts(self) -> NameIndex | None:
+        return self.store.name_index(CONCEPT)
+
+    @cached_property
+    def sessions(self) -> NameIndex | None:
+        return self.store.name_index(SESSION)
