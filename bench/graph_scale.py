@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from generators.cleaning import decontaminate, iter_instructions  # noqa: E402
 from generators.sampling import Sampler, Strategy  # noqa: E402
 from graph.config import StoreConfig  # noqa: E402
 from graph.model import (  # noqa: E402
@@ -263,6 +264,21 @@ def main() -> None:
         results["exported"] = exported["exported"]
         results["export_peak_rss_mb"] = exported["peak_rss_mb"]
         store = Store.open(StoreConfig(db_path=db))
+        # what dedup and the report walk (every instruction), and decontamination (with
+        # its answers), against a benchmark of 1,000 questions none of which is in the store
+        results["read_instructions_s"], _ = timed(
+            lambda: sum(1 for _ in iter_instructions(store, None))
+        )
+        benchmark = folder / "benchmark.jsonl"
+        benchmark.write_text(
+            "".join(
+                json.dumps({"question": f"Benchmark question {i} on a topic of its own."}) + "\n"
+                for i in range(1000)
+            )
+        )
+        results["decontaminate_s"], _ = timed(
+            lambda: decontaminate(store, None, [(benchmark, "question")])
+        )
         results["coverage_after_pairs_cold_s"], _ = timed(lambda: store.coverage(None))
         results["coverage_after_pairs_s"], _ = timed(lambda: store.coverage(None))
         # what the API's instructions query and sampleInstructions cost on the whole store

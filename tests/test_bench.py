@@ -39,7 +39,13 @@ def test_graph_scale_smoke() -> None:
     assert found["concepts"] == found["sessions"] * 5 > 0
     assert found["sample_basic_n"] == found["sample_hard_n"] == 1000
     assert found["pairs_written"] == found["exported"] == 1000
-    for key in ("load_s", "coverage_s", "coverage_after_pairs_s", "write_pairs_per_s"):
+    for key in (
+        "load_s",
+        "coverage_s",
+        "coverage_after_pairs_s",
+        "write_pairs_per_s",
+        "decontaminate_s",
+    ):
         assert found[key] > 0, key
     assert 0 < found["export_peak_rss_mb"] < 24 * 1024
 
