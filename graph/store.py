@@ -1644,7 +1644,8 @@ class Store:
         found: dict[str, InstructionDetail] = {}
         below: dict[str, set[str]] = {s: set() for s in subject_ids}
         for subject, node in zip(cols.get("subject", []), _nodes(INSTRUCTION, cols), strict=True):
-            found.setdefault(node.id, InstructionDetail(node))
+            if node.id not in found:  # else reached through another of its sessions
+                found[node.id] = InstructionDetail(node)
             below[subject].add(node.id)
         for rel in (FROM, COVERS) if links else ():
             cols = self.driver.columns(Q.linked_names_below(self.d, rel), params)
