@@ -22,7 +22,7 @@ from generators.cleaning import (
 from generators.export import Skipped, export_hf, export_jsonl, in_test_split, iter_pairs
 from generators.report import build_report
 from graph.config import StoreConfig
-from graph.errors import InvalidInput
+from graph.errors import InvalidInput, WrongKind
 from graph.model import DUPLICATE_OF, SUBJECT, Status
 from graph.store import Store
 from tests.test_sampling import fill
@@ -341,6 +341,11 @@ def test_a_subject_larger_than_a_chunk_is_read_by_id_to_the_same_pairs(
     )
     assert export(3) == (whole, skipped, {"details_below": 3})
     assert export(2) == (whole, skipped, {"details_of": 6, "name_index": 2})
+    session = store.children(store.children(PHYSICS)[0].path)[0]
+    with pytest.raises(WrongKind, match="is a Session; choose a subject or above"):
+        next(iter_pairs(store, session.path))
+    with pytest.raises(ValueError, match="chunk"):
+        next(iter_pairs(store, None, chunk=0))
 
 
 def test_report(built: tuple[Store, dict[str, str]]) -> None:
