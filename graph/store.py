@@ -433,7 +433,9 @@ class Store:
         stamp = now_iso()
         by_id = {str(r["id"]): r for r in rows}  # the last row of an id wins, as with any upsert
         found: set[str] = set()
-        for batch in batched(list(by_id), self.batch_size):
+        # In batches as large as creates: where the engine answers a list of ids by joining
+        # it with the whole table (LadybugDialect.few_ids), each batch costs a pass over it.
+        for batch in batched(list(by_id), self.bulk_batch_size):
             found.update(
                 r["id"] for r in runner.execute(Q.existing_ids(self.d, kind), {"ids": batch})
             )
@@ -487,7 +489,7 @@ class Store:
         sources = [s for s in dict.fromkeys(s for s, _ in unique) if s not in new_sources]
         found = self._by_ids(partial(Q.existing_edges, self.d, rel), sources, tx=tx)
         have = {(r["src"], r["dst"]) for r in found}
-        todo = [p for p in unique if p not in have]
+        todo = [p for p in unique if p not in have] if have else unique
         for batch in batched(todo, self.bulk_batch_size):  # as upsert_nodes creates
             runner.create_edges(rel, batch)
         return len(todo)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ladybug
+import numpy as np
 import pyarrow as pa
 
 from .. import queries as Q
@@ -203,7 +204,11 @@ class EmbeddedDriver:
             rows = [{"src": s, "dst": t} for s, t in pairs]
             self._run(Q.create_edges(self.dialect, rel), {"rows": rows})
             return
-        table = pa.table({"from": [s for s, _ in pairs], "to": [t for _, t in pairs]})
+        # Arrow reads the pairs in one call, as lists of two, and splits them: no Python
+        # object is made per end.
+        ends = pa.array(pairs, pa.list_(pa.string(), 2)).flatten()
+        sources = np.arange(0, len(ends), 2)
+        table = pa.table({"from": ends.take(sources), "to": ends.take(sources + 1)})
         self._run(Q.copy_from(self.dialect, rel.type), {"rows": table})
 
     @contextmanager
