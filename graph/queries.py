@@ -317,9 +317,11 @@ def syllabus_sessions(d: Dialect, one: bool = False) -> str:
     )
 
 
-def _approved_concepts(d: Dialect, one: bool, returns: str) -> str:
+def _approved_concepts(d: Dialect, one: bool, returns: str, every: bool = False) -> str:
     """`returns` of the approved concepts (n5) of the approved sessions (n4) of the
-    subjects (n3) $ids."""
+    subjects (n3) $ids, or of every subject."""
+    if every:
+        return f"MATCH {chain(d, 3, 5)} WHERE {approved(4, 5)} RETURN {returns}"
     head, x = each_id(one)
     return f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} RETURN {returns}"
 
@@ -331,24 +333,27 @@ def syllabus_concepts(d: Dialect, one: bool = False) -> str:
     )
 
 
-def syllabus_outline(d: Dialect, one: bool = False) -> str:
+def syllabus_outline(d: Dialect, one: bool = False, every: bool = False) -> str:
     """syllabus_concepts by id and position only, with their subject: what sampling needs
-    of a syllabus, without its text."""
+    of a syllabus, without its text. `every`: of all subjects, not those of $ids."""
     return _approved_concepts(
         d,
         one,
         "n3.id AS subject, n4.id AS session, n4.position AS session_position, "
         "n5.id AS concept, n5.position AS position",
+        every,
     )
 
 
-def syllabus_coverage(d: Dialect, one: bool = False) -> str:
-    """How many instructions cover each covered concept of the subjects $ids (a separate
-    read: counting in the read of the concepts groups by every column of every row)."""
-    head, x = each_id(one)
+def syllabus_coverage(d: Dialect, one: bool = False, every: bool = False) -> str:
+    """How many instructions cover each covered concept of the subjects $ids, or of all
+    subjects (a separate read: counting in the read of the concepts groups by every column
+    of every row)."""
+    head, x = ("", "") if every else each_id(one)
+    where = "" if every else f"WHERE n3.id = {x} "
     return (
         f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-(i:{d.q(INSTRUCTION.label)}) "
-        f"WHERE n3.id = {x} RETURN n5.id AS concept, count(i) AS covered"
+        f"{where}RETURN n5.id AS concept, count(i) AS covered"
     )
 
 

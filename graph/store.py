@@ -302,6 +302,14 @@ def validate_name(name: Any, what: str = "name") -> str:
     return cleaned
 
 
+def _ranks(values: pa.Array) -> pa.Array:
+    """Each value's rank among the distinct values (equal values, equal ranks): integers
+    that sort as the values do."""
+    encoded = pc.dictionary_encode(values)
+    ranks = pc.rank(encoded.dictionary, sort_keys="ascending", tiebreaker="first")
+    return ranks.take(encoded.indices)
+
+
 class Store:
     """Upserts, lookups, review and views over one graph database."""
 
@@ -312,6 +320,8 @@ class Store:
         self.d = driver.dialect
         self.batch_size = batch_size
         self.bulk_batch_size = bulk_batch_size
+        #: a read for at least this share of the store's subjects walks all of them
+        self.whole_read_share = 0.5
 
     @classmethod
     def open(cls, config: StoreConfig, *, ensure_schema: bool = True) -> Store:
@@ -1424,38 +1434,70 @@ class Store:
     def syllabus_index(self, subject_ids: Sequence[str]) -> SyllabusIndex:
         """The syllabi of these subjects for sampling (see SyllabusIndex): two reads by
         column, sorted and joined as Arrow arrays, so that no Python object is made per
-        concept but its id."""
-        approved = {"approved": str(Status.APPROVED)}
-        rows = self._table_by_ids(partial(Q.syllabus_outline, self.d), subject_ids, approved)
-        if rows is None:
+        concept but its id.
+
+        For most of the store's subjects (`whole_read_share`), the reads walk every subject
+        and keep those asked for: the embedded engine joins a list of ids with the whole walk
+        anyway, which costs more than the walk alone."""
+        ids = list(dict.fromkeys(subject_ids))
+        if not ids:
             return SyllabusIndex.empty()
-        rows = rows.select(["subject", "session_position", "session", "position", "concept"])
-        for i in (1, 3):  # positions: a missing one sorts as 0
-            rows = rows.set_column(i, rows.field(i).name, pc.fill_null(rows[i].cast(pa.int64()), 0))
-        rows = rows.take(pc.sort_indices(rows, [(name, "ascending") for name in rows.column_names]))
+        approved = {"approved": str(Status.APPROVED)}
+        if self._reads_whole(ids):
+            rows = self.driver.table(Q.syllabus_outline(self.d, every=True), approved)
+            if rows.num_rows:
+                wanted = pa.array(ids, pa.string())
+                rows = rows.filter(pc.is_in(rows["subject"], value_set=wanted))
+            counts: pa.Table | None = self.driver.table(Q.syllabus_coverage(self.d, every=True))
+        else:
+            rows = self._table_by_ids(partial(Q.syllabus_outline, self.d), ids, approved)
+            counts = self._table_by_ids(partial(Q.syllabus_coverage, self.d), ids)
+        if rows is None or not rows.num_rows:
+            return SyllabusIndex.empty()
         subject, session = rows["subject"].combine_chunks(), rows["session"].combine_chunks()
         concept = rows["concept"].combine_chunks()
+        # Sorted by subject, session position, session, concept position, concept (a missing
+        # position sorts as 0). Subjects and sessions sort by their ids' ranks: sorting
+        # millions of rows by integers costs a fraction of sorting them by strings.
+        keys = pa.table(
+            {
+                "subject": _ranks(subject),
+                "session_position": pc.fill_null(rows["session_position"].cast(pa.int64()), 0),
+                "session": _ranks(session),
+                "position": pc.fill_null(rows["position"].cast(pa.int64()), 0),
+                "concept": concept,
+            }
+        )
+        ascending = [(name, "ascending") for name in keys.column_names]
+        order = pc.sort_indices(keys, ascending).to_numpy()
+        by_subject = keys["subject"].to_numpy()[order]
+        by_session = keys["session"].to_numpy()[order]
         # rows where a subject (or a session) starts: the first, and each whose subject (or
         # subject or session) differs from the row before it
-        subject_moves = pc.not_equal(subject[1:], subject[:-1]).to_numpy(zero_copy_only=False)
-        session_moves = pc.not_equal(session[1:], session[:-1]).to_numpy(zero_copy_only=False)
+        subject_moves = by_subject[1:] != by_subject[:-1]
         new_subject = np.flatnonzero(np.r_[True, subject_moves])
-        new_session = np.flatnonzero(np.r_[True, subject_moves | session_moves])
+        new_session = np.flatnonzero(
+            np.r_[True, subject_moves | (by_session[1:] != by_session[:-1])]
+        )
         covered = pa.nulls(len(concept), pa.int64())
-        counts = self._table_by_ids(partial(Q.syllabus_coverage, self.d), subject_ids)
-        if counts is not None:
+        if counts is not None and counts.num_rows:
             found = pc.index_in(concept, value_set=counts["concept"].combine_chunks())
             covered = counts["covered"].combine_chunks().take(found)
         return SyllabusIndex(
-            subject_ids=subject.take(new_subject).to_pylist(),
+            subject_ids=subject.take(order[new_subject]).to_pylist(),
             session_start=np.r_[np.searchsorted(new_session, new_subject), len(new_session)]
             .astype(int)
             .tolist(),
-            session_ids=session.take(new_session).to_pylist(),
+            session_ids=session.take(order[new_session]).to_pylist(),
             concept_start=np.r_[new_session, len(concept)].astype(int).tolist(),
-            concept_ids=concept.to_pylist(),
-            covered=pc.fill_null(covered, 0).to_pylist(),
+            concept_ids=concept.take(order).to_pylist(),
+            covered=pc.fill_null(covered, 0).cast(pa.int64()).take(order).to_pylist(),
         )
+
+    def _reads_whole(self, subject_ids: Sequence[str]) -> bool:
+        """Whether a read for these subjects walks the whole store (see syllabus_index)."""
+        many = len(subject_ids) > max(self.d.few_ids, 1)
+        return many and len(subject_ids) >= self.whole_read_share * self.count_kind(SUBJECT)
 
     def combo_keys(self, subject_ids: Sequence[str]) -> set[str]:
         """Concept combinations (sorted-id hashes) already asked about in these subjects."""

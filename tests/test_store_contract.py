@@ -613,6 +613,38 @@ def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> N
     assert store.syllabus_index([]) == store.syllabus_index(["sub_unknown"]) == flat.empty()
 
 
+def test_the_sampling_index_is_the_same_walked_from_every_subject_or_from_those_asked(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For most of the store's subjects the index walks all of them and keeps those asked
+    for; for a few it walks from their ids. Both give the same index."""
+    from tests.test_sampling import fill
+
+    fill(store, subjects=4, sessions=3, concepts=4)
+    subjects = store.children(PHYSICS)
+    session = store.children(subjects[0].path)[0]
+    concepts = [c.id for c in store.children(session.path)]
+    _ask(store, subjects[0].id, concepts[:2], 1, answered=False)
+    _ask(store, subjects[3].id, [c.id for c in _concepts_of(store, subjects[3])][:3], 2, False)
+    store.review(store.children(subjects[1].path)[2].path, Status.REJECTED)
+    ids = [s.id for s in subjects[:3]] + ["sub_unknown"]
+    monkeypatch.setattr(store.d, "few_ids", 0)
+    seen = []
+    for share, whole in ((0.0, True), (float("inf"), False)):
+        monkeypatch.setattr(store, "whole_read_share", share)
+        assert store._reads_whole(ids) is whole
+        seen.append(store.syllabus_index(ids))
+    assert seen[0] == seen[1]
+    # the walk over every subject keeps only those asked for, with their coverage
+    assert sorted(seen[0].subject_ids) == sorted(ids[:3])
+    assert len(seen[0].session_ids) == 8 and len(seen[0].concept_ids) == 32
+    assert sorted(seen[0].covered)[-2:] == [1, 1]
+
+
+def _concepts_of(store: Store, subject: Node) -> list[Node]:
+    return [c for s in store.children(subject.path) for c in store.children(s.path)]
+
+
 # ---------------------------------------------------------------------- listings for the API
 
 CALCULUS = f"{PHYSICS}/Calculus"
