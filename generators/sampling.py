@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
 
 import numpy as np
 
@@ -39,16 +38,14 @@ def combo_key(concept_ids: Iterable[str]) -> str:
     return stable_hash("combo", *sorted(concept_ids))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     subject_id: str
     strategy: Strategy
     session_ids: tuple[str, ...]  # in syllabus order; the last is "learned up to"
     concept_ids: tuple[str, ...]
-
-    @cached_property
-    def combo_key(self) -> str:
-        return combo_key(self.concept_ids)
+    #: combo_key(concept_ids), which the sampler computes to test a draw before making it
+    combo_key: str
 
 
 class _Subject:
@@ -194,27 +191,29 @@ class Sampler:
         needed = 2 if strategy is Strategy.HARD else 1
         if subject.n < needed:
             return None
-        fallback: tuple[Sample, list[int]] | None = None
+        pick = self._basic if strategy is Strategy.BASIC else self._hard
+        drawn, existing, prefer_uncovered = self.drawn, self.existing, self.prefer_uncovered
+        fallback: tuple[str, list[int]] | None = None
         for attempt in range(MAX_TRIES):
-            prefer = self.prefer_uncovered and attempt < MAX_TRIES // 2
-            if strategy is Strategy.BASIC:
-                picked = self._basic(subject, prefer)
-            else:
-                picked = self._hard(subject, prefer)
-            sample = self._sample(subject.id, strategy, picked)
-            key = sample.combo_key
-            if key in self.drawn:
+            picked = pick(subject, prefer_uncovered and attempt < MAX_TRIES // 2)
+            key = self._key(picked)
+            if key in drawn:
                 continue
-            if key in self.existing and self.prefer_uncovered:
-                fallback = fallback or (sample, picked)
+            if key in existing and prefer_uncovered:
+                fallback = fallback or (key, picked)
                 continue
-            return self._accept(subject, sample, picked)
+            return self._accept(subject, strategy, key, picked)
         if fallback is not None:
-            return self._accept(subject, *fallback)
+            return self._accept(subject, strategy, *fallback)
         return None
 
-    def _accept(self, subject: _Subject, sample: Sample, picked: list[int]) -> Sample:
-        self.drawn.add(sample.combo_key)
+    def _key(self, picked: list[int]) -> str:
+        """combo_key of the picked concepts."""
+        ids = self.concept_ids
+        return stable_hash("combo", *sorted([ids[c] for c in picked]))
+
+    def _accept(self, subject: _Subject, strategy: Strategy, key: str, picked: list[int]) -> Sample:
+        self.drawn.add(key)
         covered, uncovered, session_of = self.covered, self.uncovered, self.session_of
         for c in picked:
             if covered[c] == 0:
@@ -227,7 +226,16 @@ class Sampler:
         if self.prefer_uncovered and subject.left == 0 and subject.id in self._open:
             self._open.discard(subject.id)
             self.open_ids.remove(subject.id)
-        return sample
+        # in syllabus order, which is the order of the lists
+        ordered = sorted(picked)
+        ids, concept_ids = self.session_ids, self.concept_ids
+        return Sample(
+            subject.id,
+            strategy,
+            tuple(ids[si] for si in dict.fromkeys([session_of[c] for c in ordered])),
+            tuple([concept_ids[c] for c in ordered]),
+            key,
+        )
 
     # The draws below take their randomness from rng.random() alone: the library's integer
     # helpers cost several Python calls each, which at 100k draws was most of the time.
@@ -286,16 +294,3 @@ class Sampler:
         heads = self._pick(a, 1, prefer) + self._pick(b, 1, prefer)
         rest = [c for c in a + b if c not in heads]
         return heads + self._pick(rest, k - 2, prefer)
-
-    def _sample(self, subject_id: str, strategy: Strategy, picked: list[int]) -> Sample:
-        """The sample of the picked concepts, in syllabus order (the order of the lists)."""
-        ordered = sorted(picked)
-        session_of, ids = self.session_of, self.session_ids
-        sessions = sorted({session_of[c] for c in ordered})
-        concept_ids = self.concept_ids
-        return Sample(
-            subject_id,
-            strategy,
-            tuple(ids[si] for si in sessions),
-            tuple(concept_ids[c] for c in ordered),
-        )
