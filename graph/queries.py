@@ -296,11 +296,13 @@ def subject_names(d: Dialect) -> str:
     )
 
 
-def subject_concept_stats(d: Dialect, one: bool = False) -> str:
-    """Per subject: approved concepts, and how many an instruction already covers."""
-    head, x = each_id(one)
+def subject_concept_stats(d: Dialect, one: bool = False, every: bool = False) -> str:
+    """Per subject of $ids (or every subject): approved concepts, and how many an
+    instruction already covers."""
+    head, x = ("", "") if every else each_id(one)
+    where = approved(4, 5) if every else f"n3.id = {x} AND {approved(4, 5)}"
     return (
-        f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} "
+        f"{head}MATCH {chain(d, 3, 5)} WHERE {where} "
         f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
         "WITH n3.id AS x, n5.id AS c, count(i) AS k "
         "RETURN x AS id, count(c) AS concepts, sum(CASE WHEN k > 0 THEN 1 ELSE 0 END) AS covered"
@@ -357,7 +359,13 @@ def syllabus_coverage(d: Dialect, one: bool = False, every: bool = False) -> str
     )
 
 
-def combo_keys_of_subjects(d: Dialect) -> str:
+def combo_keys_of_subjects(d: Dialect, every: bool = False) -> str:
+    """The combinations asked about in the subjects $ids, or in any subject."""
+    if every:
+        return (
+            f"MATCH (i:{d.q(INSTRUCTION.label)}) "
+            "RETURN DISTINCT i.subject_id AS subject, i.combo_key AS key"
+        )
     return (
         f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)}) WHERE i.subject_id = x "
         "RETURN DISTINCT i.combo_key AS key"

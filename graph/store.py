@@ -1397,7 +1397,13 @@ class Store:
     def concept_stats(self, subject_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """Per subject: (approved concepts, concepts covered by an instruction)."""
         params = {"approved": str(Status.APPROVED)}
-        rows = self._by_ids(partial(Q.subject_concept_stats, self.d), subject_ids, params)
+        ids = list(dict.fromkeys(subject_ids))
+        if self._reads_whole(ids):  # see syllabus_index
+            wanted = set(ids)
+            every = self.driver.execute(Q.subject_concept_stats(self.d, every=True), params)
+            rows = [r for r in every if r["id"] in wanted]
+        else:
+            rows = self._by_ids(partial(Q.subject_concept_stats, self.d), ids, params)
         return {r["id"]: (int(r["concepts"]), int(r["covered"] or 0)) for r in rows}
 
     def syllabi(self, subject_ids: Sequence[str]) -> dict[str, list[SessionView]]:
@@ -1495,14 +1501,22 @@ class Store:
         )
 
     def _reads_whole(self, subject_ids: Sequence[str]) -> bool:
-        """Whether a read for these subjects walks the whole store (see syllabus_index)."""
+        """Whether a read for these subjects walks every subject and keeps theirs (see
+        syllabus_index)."""
         many = len(subject_ids) > max(self.d.few_ids, 1)
         return many and len(subject_ids) >= self.whole_read_share * self.count_kind(SUBJECT)
 
     def combo_keys(self, subject_ids: Sequence[str]) -> set[str]:
         """Concept combinations (sorted-id hashes) already asked about in these subjects."""
+        ids = list(dict.fromkeys(subject_ids))
+        if self._reads_whole(ids):  # see syllabus_index
+            table = self.driver.table(Q.combo_keys_of_subjects(self.d, every=True))
+            if not table.num_rows:
+                return set()
+            asked = table.filter(pc.is_in(table["subject"], value_set=pa.array(ids, pa.string())))
+            return {key for key in asked["key"].to_pylist() if key}
         keys: set[str] = set()
-        for batch in batched(list(subject_ids), self.batch_size):
+        for batch in batched(ids, self.batch_size):
             rows = self.driver.execute(Q.combo_keys_of_subjects(self.d), {"ids": batch})
             keys.update(r["key"] for r in rows if r["key"])
         return keys

@@ -613,11 +613,12 @@ def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> N
     assert store.syllabus_index([]) == store.syllabus_index(["sub_unknown"]) == flat.empty()
 
 
-def test_the_sampling_index_is_the_same_walked_from_every_subject_or_from_those_asked(
+def test_what_sampling_reads_is_the_same_walked_from_every_subject_or_from_those_asked(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """For most of the store's subjects the index walks all of them and keeps those asked
-    for; for a few it walks from their ids. Both give the same index."""
+    """For most of the store's subjects, the reads a sampler needs walk all of them and
+    keep those asked for; for a few they walk from their ids. Both give the same."""
+    from generators.sampling import combo_key
     from tests.test_sampling import fill
 
     fill(store, subjects=4, sessions=3, concepts=4)
@@ -633,12 +634,15 @@ def test_the_sampling_index_is_the_same_walked_from_every_subject_or_from_those_
     for share, whole in ((0.0, True), (float("inf"), False)):
         monkeypatch.setattr(store, "whole_read_share", share)
         assert store._reads_whole(ids) is whole
-        seen.append(store.syllabus_index(ids))
+        seen.append((store.syllabus_index(ids), store.concept_stats(ids), store.combo_keys(ids)))
     assert seen[0] == seen[1]
     # the walk over every subject keeps only those asked for, with their coverage
-    assert sorted(seen[0].subject_ids) == sorted(ids[:3])
-    assert len(seen[0].session_ids) == 8 and len(seen[0].concept_ids) == 32
-    assert sorted(seen[0].covered)[-2:] == [1, 1]
+    index, stats, keys = seen[0]
+    assert sorted(index.subject_ids) == sorted(stats) == sorted(ids[:3])
+    assert len(index.session_ids) == 8 and len(index.concept_ids) == 32
+    assert sorted(index.covered)[-2:] == [1, 1]
+    assert stats[subjects[0].id] == (12, 2) and stats[subjects[1].id] == (8, 0)
+    assert keys == {combo_key(concepts[:2])}
 
 
 def _concepts_of(store: Store, subject: Node) -> list[Node]:
