@@ -554,14 +554,23 @@ def stale_rollups(d: Dialect, top: int | None) -> str:
     )
 
 
-def rollup_syllabus(d: Dialect, one: bool = False) -> str:
-    """Visible sessions and concepts of each subject of $ids (a subject with none gives a row
-    of zeros)."""
+def _each_subject(one: bool, every: bool) -> tuple[str, str]:
+    """The head of a walk from each subject of $ids (or from $id), and the property map that
+    finds it: neither, for a walk from every subject."""
+    if every:
+        return "", ""
+    head, x = each_id(one)
+    return head, f" {{id: {x}}}"
+
+
+def rollup_syllabus(d: Dialect, one: bool = False, every: bool = False) -> str:
+    """Visible sessions and concepts of each subject of $ids, or of every subject (a subject
+    with none gives a row of zeros)."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
     has_concept = d.q(CHILD_REL[SESSION.label].type)
-    head, x = each_id(one)
+    head, key = _each_subject(one, every)
     return (
-        f"{head}MATCH (s:{d.q(SUBJECT.label)} {{id: {x}}}) "
+        f"{head}MATCH (s:{d.q(SUBJECT.label)}{key}) "
         f"OPTIONAL MATCH (s)-[:{has_session}]->(ss:{d.q(SESSION.label)}) "
         "WHERE ss.status <> $rejected "
         f"OPTIONAL MATCH (ss)-[:{has_concept}]->(c:{d.q(HIERARCHY[5].label)}) "
@@ -571,13 +580,13 @@ def rollup_syllabus(d: Dialect, one: bool = False) -> str:
     )
 
 
-def rollup_generated(d: Dialect, one: bool = False) -> str:
-    """Per subject of $ids that has any: instructions asked from its visible sessions, their
-    responses and distinct concept combinations."""
+def rollup_generated(d: Dialect, one: bool = False, every: bool = False) -> str:
+    """Per subject of $ids (or any subject) that has any: instructions asked from its visible
+    sessions, their responses and distinct concept combinations."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
-    head, x = each_id(one)
+    head, key = _each_subject(one, every)
     return (
-        f"{head}MATCH (s:{d.q(SUBJECT.label)} {{id: {x}}})-[:{has_session}]->"
+        f"{head}MATCH (s:{d.q(SUBJECT.label)}{key})-[:{has_session}]->"
         f"(ss:{d.q(SESSION.label)})<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
         "WHERE ss.status <> $rejected "
         f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
@@ -586,12 +595,14 @@ def rollup_generated(d: Dialect, one: bool = False) -> str:
     )
 
 
-def rollup_covered(d: Dialect, one: bool = False) -> str:
-    """Per subject of $ids that has any: visible concepts at least one instruction covers."""
-    head, x = each_id(one)
+def rollup_covered(d: Dialect, one: bool = False, every: bool = False) -> str:
+    """Per subject of $ids (or any subject) that has any: visible concepts at least one
+    instruction covers."""
+    head, x = ("", "") if every else each_id(one)
+    where = visible(4, 5) if every else f"n3.id = {x} AND {visible(4, 5)}"
     return (
         f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
-        f"(i:{d.q(INSTRUCTION.label)}) WHERE n3.id = {x} AND {visible(4, 5)} "
+        f"(i:{d.q(INSTRUCTION.label)}) WHERE {where} "
         "RETURN n3.id AS id, count(DISTINCT n5.id) AS rollup_covered"
     )
 

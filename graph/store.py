@@ -1230,18 +1230,34 @@ class Store:
             r["id"]: int(r["dirty"])
             for r in self.driver.execute(Q.stale_rollups(self.d, top), params)
         }
-        for batch in batched(sorted(stale), self.batch_size):
+        ids = sorted(stale)
+        values: dict[str, dict[str, Any]] = {
+            i: {"id": i, **dict.fromkeys(ROLLUPS, 0), "rollup_clean": stale[i]} for i in ids
+        }
+
+        def add(rows: Iterable[Row]) -> None:
+            for r in rows:
+                if r["id"] in values:
+                    values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
+
+        args = {"rejected": str(Status.REJECTED)}
+        counts = (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered)
+        if self._reads_whole(ids):
+            # Most subjects are stale, as after a large write: each count walks every subject
+            # once (see syllabus_index). The stamps still hold: a write that lands meanwhile
+            # marks its subject again, past the stamp it gets here.
+            for build in counts:
+                add(self.driver.execute(build(self.d, every=True), args))
+            for batch in batched(ids, self.batch_size):
+                with self.driver.transaction() as tx:
+                    self.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)
+            return len(ids)
+        for batch in batched(ids, self.batch_size):
             with self.driver.transaction() as tx:
-                values: dict[str, dict[str, Any]] = {
-                    i: {"id": i, **dict.fromkeys(ROLLUPS, 0), "rollup_clean": stale[i]}
-                    for i in batch
-                }
-                args = {"rejected": str(Status.REJECTED)}
-                for build in (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered):
-                    for r in self._by_ids(partial(build, self.d), batch, args, tx=tx):
-                        values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
-                self.update_existing(SUBJECT, list(values.values()), tx=tx)
-        return len(stale)
+                for build in counts:
+                    add(self._by_ids(partial(build, self.d), batch, args, tx=tx))
+                self.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)
+        return len(ids)
 
     def gaps(self, path: str | None = None, limit: int = 10) -> Gaps:
         """The least covered concepts under a path and its subjects without a syllabus,

@@ -397,11 +397,18 @@ def _ask(store: Store, subject: str, concepts: list[str], n: int, answered: bool
         )  # fmt: skip
 
 
-def test_coverage_from_subject_rollups_equals_a_full_walk(store: Store) -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["by-id", "every-subject"])
+def test_coverage_from_subject_rollups_equals_a_full_walk(
+    store: Store, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
     """Coverage above subjects sums rollups kept on each subject; every kind of write below a
-    subject must leave them equal to what walking every node and instruction finds."""
+    subject must leave them equal to what walking every node and instruction finds. Stale
+    rollups are counted from their subjects' ids, or by walking every subject (as when most
+    are stale): both must."""
     from tests.test_sampling import fill
 
+    monkeypatch.setattr(store.d, "few_ids", 0)
+    monkeypatch.setattr(store, "whole_read_share", 0.0 if whole else float("inf"))
     fill(store, subjects=3, sessions=3, concepts=4)
     # Formal Sciences has no subject until one is linked there: sums over nothing are zeros
     scopes = [None, "Natural Sciences", "Natural Sciences/Physical Sciences", PHYSICS,
