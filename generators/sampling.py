@@ -232,7 +232,7 @@ class Sampler:
         return Sample(
             subject.id,
             strategy,
-            tuple(ids[si] for si in dict.fromkeys([session_of[c] for c in ordered])),
+            tuple([ids[si] for si in dict.fromkeys([session_of[c] for c in ordered])]),
             tuple([concept_ids[c] for c in ordered]),
             key,
         )
