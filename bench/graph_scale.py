@@ -281,6 +281,15 @@ def main() -> None:
         )
         results["coverage_after_pairs_cold_s"], _ = timed(lambda: store.coverage(None))
         results["coverage_after_pairs_s"], _ = timed(lambda: store.coverage(None))
+
+        def plan() -> int:
+            """What planning a question job over the whole store reads and draws."""
+            stats = store.concept_stats(store.ids_in_scope(None, SUBJECT))
+            keys = store.combo_keys(list(stats))
+            sampler = Sampler(stats, store.syllabus_index, seed=3, existing_keys=keys)
+            return len(sampler.draw(samples_n, Strategy.MIXED))
+
+        results["plan_after_pairs_s"], _ = timed(plan)
         # what the API's instructions query and sampleInstructions cost on the whole store
         results["instructions_page_s"], _ = timed(lambda: store.instructions_page(None, first=50))
         results["instructions_count_s"], _ = timed(lambda: store.count_instructions(None))

@@ -45,6 +45,7 @@ def test_graph_scale_smoke() -> None:
         "coverage_after_pairs_s",
         "write_pairs_per_s",
         "decontaminate_s",
+        "plan_after_pairs_s",
     ):
         assert found[key] > 0, key
     assert 0 < found["export_peak_rss_mb"] < 24 * 1024
