@@ -296,13 +296,21 @@ def subject_names(d: Dialect) -> str:
     )
 
 
+def _of_subjects(one: bool, every: bool, *conditions: str) -> tuple[str, str]:
+    """The head of a walk from each subject n3 of $ids (or from $id), and its WHERE clause:
+    n3 is that subject, and the conditions hold. For a walk from every subject, no head and
+    only the conditions."""
+    head, x = ("", "") if every else each_id(one)
+    where = list(conditions) if every else [f"n3.id = {x}", *conditions]
+    return head, f"WHERE {' AND '.join(where)} " if where else ""
+
+
 def subject_concept_stats(d: Dialect, one: bool = False, every: bool = False) -> str:
     """Per subject of $ids (or every subject): approved concepts, and how many an
     instruction already covers."""
-    head, x = ("", "") if every else each_id(one)
-    where = approved(4, 5) if every else f"n3.id = {x} AND {approved(4, 5)}"
+    head, where = _of_subjects(one, every, approved(4, 5))
     return (
-        f"{head}MATCH {chain(d, 3, 5)} WHERE {where} "
+        f"{head}MATCH {chain(d, 3, 5)} {where}"
         f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
         "WITH n3.id AS x, n5.id AS c, count(i) AS k "
         "RETURN x AS id, count(c) AS concepts, sum(CASE WHEN k > 0 THEN 1 ELSE 0 END) AS covered"
@@ -322,10 +330,8 @@ def syllabus_sessions(d: Dialect, one: bool = False) -> str:
 def _approved_concepts(d: Dialect, one: bool, returns: str, every: bool = False) -> str:
     """`returns` of the approved concepts (n5) of the approved sessions (n4) of the
     subjects (n3) $ids, or of every subject."""
-    if every:
-        return f"MATCH {chain(d, 3, 5)} WHERE {approved(4, 5)} RETURN {returns}"
-    head, x = each_id(one)
-    return f"{head}MATCH {chain(d, 3, 5)} WHERE n3.id = {x} AND {approved(4, 5)} RETURN {returns}"
+    head, where = _of_subjects(one, every, approved(4, 5))
+    return f"{head}MATCH {chain(d, 3, 5)} {where}RETURN {returns}"
 
 
 def syllabus_concepts(d: Dialect, one: bool = False) -> str:
@@ -351,8 +357,7 @@ def syllabus_coverage(d: Dialect, one: bool = False, every: bool = False) -> str
     """How many instructions cover each covered concept of the subjects $ids, or of all
     subjects (a separate read: counting in the read of the concepts groups by every column
     of every row)."""
-    head, x = ("", "") if every else each_id(one)
-    where = "" if every else f"WHERE n3.id = {x} "
+    head, where = _of_subjects(one, every)
     return (
         f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-(i:{d.q(INSTRUCTION.label)}) "
         f"{where}RETURN n5.id AS concept, count(i) AS covered"
@@ -598,11 +603,10 @@ def rollup_generated(d: Dialect, one: bool = False, every: bool = False) -> str:
 def rollup_covered(d: Dialect, one: bool = False, every: bool = False) -> str:
     """Per subject of $ids (or any subject) that has any: visible concepts at least one
     instruction covers."""
-    head, x = ("", "") if every else each_id(one)
-    where = visible(4, 5) if every else f"n3.id = {x} AND {visible(4, 5)}"
+    head, where = _of_subjects(one, every, visible(4, 5))
     return (
         f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
-        f"(i:{d.q(INSTRUCTION.label)}) WHERE {where} "
+        f"(i:{d.q(INSTRUCTION.label)}) {where}"
         "RETURN n3.id AS id, count(DISTINCT n5.id) AS rollup_covered"
     )
 
