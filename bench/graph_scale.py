@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generators.cleaning import decontaminate, iter_instructions  # noqa: E402
-from generators.sampling import Sampler, Strategy  # noqa: E402
+from generators.sampling import Sampler, Strategy, plan_sampler  # noqa: E402
 from graph.config import StoreConfig  # noqa: E402
 from graph.model import (  # noqa: E402
     CONCEPT,
@@ -284,9 +284,8 @@ def main() -> None:
 
         def plan() -> int:
             """What planning a question job over the whole store reads and draws."""
-            stats = store.concept_stats(store.ids_in_scope(None, SUBJECT))
-            keys = store.combo_keys(list(stats))
-            sampler = Sampler(stats, store.syllabus_index, seed=3, existing_keys=keys)
+            subjects = store.ids_in_scope(None, SUBJECT)
+            sampler = plan_sampler(store, subjects, samples_n, seed=3)
             return len(sampler.draw(samples_n, Strategy.MIXED))
 
         results["plan_after_pairs_s"], _ = timed(plan)

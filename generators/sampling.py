@@ -16,15 +16,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
 from graph.model import stable_hash
-from graph.store import SyllabusIndex
+from graph.store import Store, SyllabusIndex
 
 MAX_CONCEPTS = 5
 #: tries for a combination not seen before, per draw, before giving the draw up
 MAX_TRIES = 30
+#: a job drawing at least this many samples per subject of its scope reads every syllabus
+#: of the scope before drawing (see plan_sampler)
+WHOLE_READ_DRAWS = 0.5
 
 
 class Strategy(StrEnum):
@@ -294,3 +298,46 @@ class Sampler:
         heads = self._pick(a, 1, prefer) + self._pick(b, 1, prefer)
         rest = [c for c in a + b if c not in heads]
         return heads + self._pick(rest, k - 2, prefer)
+
+
+def plan_sampler(
+    store: Store,
+    subject_ids: Sequence[str],
+    n: int,
+    *,
+    seed: int,
+    prefer_uncovered: bool = True,
+    basic_ratio: float = 0.5,
+) -> Sampler:
+    """The sampler for a job of n samples over these subjects, which avoids the combinations
+    asked about there already.
+
+    Drawing reads the syllabi of the subjects it picks; n draws pick about 1 - e^(-n/s) of s
+    subjects. From n = s / 2 on (WHOLE_READ_DRAWS), that is most of them, so every syllabus
+    is read first in one read, and the counts of concepts per subject come from it, not
+    from a read of their own that would count coverage all over again."""
+    options: dict[str, Any] = {
+        "seed": seed,
+        "prefer_uncovered": prefer_uncovered,
+        "basic_ratio": basic_ratio,
+    }
+    if n < WHOLE_READ_DRAWS * len(subject_ids):
+        stats = store.concept_stats(subject_ids)
+        keys = store.combo_keys(list(stats))
+        return Sampler(stats, store.syllabus_index, existing_keys=keys, **options)
+    index = store.syllabus_index(subject_ids)
+    keys = store.combo_keys(index.subject_ids)
+    sampler = Sampler(concept_counts(index), store.syllabus_index, existing_keys=keys, **options)
+    sampler._add(index)
+    return sampler
+
+
+def concept_counts(index: SyllabusIndex) -> dict[str, tuple[int, int]]:
+    """Per subject of the index: (concepts, concepts an instruction covers), what
+    Store.concept_stats counts."""
+    starts = np.asarray(index.concept_start, dtype=np.int64)
+    bounds = np.asarray(index.session_start, dtype=np.int64)
+    covered = np.r_[0, np.cumsum(np.asarray(index.covered, dtype=np.int64) > 0)]
+    first, end = starts[bounds[:-1]], starts[bounds[1:]]
+    counts = zip((end - first).tolist(), (covered[end] - covered[first]).tolist(), strict=True)
+    return dict(zip(index.subject_ids, counts, strict=True))

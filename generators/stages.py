@@ -33,7 +33,7 @@ from graph.store import Node, SessionView, validate_name
 
 from .jobs import Outcome, Stage, UnitSpec, unit_id
 from .prompting import Prompt, get_prompt
-from .sampling import Sampler, Strategy
+from .sampling import Strategy, plan_sampler
 
 
 class PromptStage(Stage):
@@ -214,17 +214,16 @@ class QuestionsStage(PromptStage):
                 (UnitSpec(u["id"], u["target_id"], json.loads(u["payload"])) for u in stored),
                 key=lambda u: u.payload["index"],
             )
-        subjects = self.store.ids_in_scope(scope, SUBJECT)
-        stats = self.store.concept_stats(subjects)
-        sampler = Sampler(
-            stats,
-            self.store.syllabus_index,
+        n = int(self.options.get("n", 10))
+        sampler = plan_sampler(
+            self.store,
+            self.store.ids_in_scope(scope, SUBJECT),
+            n,
             seed=int(self.options.get("seed", 0)),
             prefer_uncovered=bool(self.options.get("prefer_uncovered", True)),
-            existing_keys=self.store.combo_keys(list(stats)),
             basic_ratio=float(self.options.get("basic_ratio", 0.5)),
         )
-        samples = sampler.draw(int(self.options.get("n", 10)), Strategy(self.options["strategy"]))
+        samples = sampler.draw(n, Strategy(self.options["strategy"]))
         return [
             UnitSpec(
                 unit_id(self.name, self.job_id, s.combo_key),

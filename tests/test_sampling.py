@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from generators.sampling import Sampler, Strategy, combo_key
+from generators import sampling
+from generators.sampling import Sampler, Strategy, combo_key, plan_sampler
 from graph.model import SUBJECT
 from graph.store import Store
 from tests.conftest import SMALL_TAXONOMY
@@ -110,3 +111,51 @@ def test_mixed_ratio(filled: Store) -> None:
     samples = sampler(filled, 9, basic_ratio=0.8).draw(400, Strategy.MIXED)
     basic = sum(s.strategy is Strategy.BASIC for s in samples)
     assert 0.7 < basic / len(samples) < 0.9
+
+
+def test_a_plan_over_most_subjects_reads_every_syllabus_once(
+    filled: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plan_sampler: a job of many draws per subject reads every syllabus first and counts
+    concepts from it, instead of asking the store to count them; one of few draws lets the
+    sampler read what it picks. Both draw the same, and avoid what was asked already."""
+    subjects = filled.ids_in_scope(None, SUBJECT)
+    asked = sampler(filled, 5).draw(20, Strategy.BASIC)
+    fill_asked(filled, asked)
+    n = 30
+    assert n >= sampling.WHOLE_READ_DRAWS * len(subjects)
+    lazy = Sampler(
+        filled.concept_stats(subjects),
+        filled.syllabus_index,
+        seed=6,
+        existing_keys=filled.combo_keys(subjects),
+    ).draw(n, Strategy.MIXED)
+    reads: list[int] = []
+    read = filled.syllabus_index
+    monkeypatch.setattr(filled, "syllabus_index", lambda ids: reads.append(len(ids)) or read(ids))
+    with monkeypatch.context() as m:
+        m.setattr(filled, "concept_stats", lambda ids: pytest.fail("counted apart"))
+        whole = plan_sampler(filled, subjects, n, seed=6).draw(n, Strategy.MIXED)
+    assert reads == [len(subjects)]  # one read, before drawing
+    assert whole == lazy and len(whole) == n
+    assert not {s.combo_key for s in asked} & {s.combo_key for s in whole}
+    # a few draws over the same subjects read only the syllabi they pick
+    reads.clear()
+    few = plan_sampler(filled, subjects, 1, seed=6).draw(1, Strategy.BASIC)
+    assert len(few) == 1 and reads == [1]
+
+
+def fill_asked(store: Store, samples: list[sampling.Sample]) -> None:
+    """Store an instruction for each sample, covering its concepts."""
+    from graph.model import INSTRUCTION, node_id
+
+    rows = [
+        {"id": node_id(INSTRUCTION, s.combo_key), "text": "q", "combo_key": s.combo_key,
+         "subject_id": s.subject_id, "strategy": str(s.strategy)}
+        for s in samples
+    ]  # fmt: skip
+    store.write_instructions(
+        rows,
+        [(r["id"], c) for r, s in zip(rows, samples, strict=True) for c in s.concept_ids],
+        [(r["id"], x) for r, s in zip(rows, samples, strict=True) for x in s.session_ids],
+    )

@@ -625,7 +625,7 @@ def test_what_sampling_reads_is_the_same_walked_from_every_subject_or_from_those
 ) -> None:
     """For most of the store's subjects, the reads a sampler needs walk all of them and
     keep those asked for; for a few they walk from their ids. Both give the same."""
-    from generators.sampling import combo_key
+    from generators.sampling import combo_key, concept_counts
     from tests.test_sampling import fill
 
     fill(store, subjects=4, sessions=3, concepts=4)
@@ -650,6 +650,8 @@ def test_what_sampling_reads_is_the_same_walked_from_every_subject_or_from_those
     assert sorted(index.covered)[-2:] == [1, 1]
     assert stats[subjects[0].id] == (12, 2) and stats[subjects[1].id] == (8, 0)
     assert keys == {combo_key(concepts[:2])}
+    # what a job's plan counts from the syllabi when it reads them all (plan_sampler)
+    assert concept_counts(index) == stats
 
 
 def _concepts_of(store: Store, subject: Node) -> list[Node]:
