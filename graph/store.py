@@ -310,6 +310,25 @@ def _ranks(values: pa.Array) -> pa.Array:
     return ranks.take(encoded.indices)
 
 
+def _session_order(session: pa.Array, subject: pa.Array, position: pa.Array) -> pa.Array:
+    """Per row of a syllabus read, a key that orders the sessions of one subject and one
+    position by their ids.
+
+    The engines hand over each session's rows one after another, and within a subject,
+    positions seldom repeat. Then the number of each row's run of one session serves, and
+    it costs one pass. Ids are ranked only when two runs share a subject and a position:
+    two sessions at one position, or a session whose rows came apart."""
+    if len(session) < 2:
+        return pa.array(np.zeros(len(session), np.int64))
+    moves = pc.not_equal(session[1:], session[:-1]).to_numpy(zero_copy_only=False)
+    run = np.r_[0, np.cumsum(moves)]
+    starts = np.flatnonzero(np.r_[True, moves])
+    of_subject, at = subject.to_numpy()[starts], position.to_numpy()[starts]
+    order = np.lexsort((at, of_subject))
+    same = (of_subject[order][1:] == of_subject[order][:-1]) & (at[order][1:] == at[order][:-1])
+    return _ranks(session) if same.any() else pa.array(run)
+
+
 class Store:
     """Upserts, lookups, review and views over one graph database."""
 
@@ -1481,11 +1500,13 @@ class Store:
         # Sorted by subject, session position, session, concept position, concept (a missing
         # position sorts as 0). Subjects and sessions sort by their ids' ranks: sorting
         # millions of rows by integers costs a fraction of sorting them by strings.
+        subject_rank = _ranks(subject)
+        session_position = pc.fill_null(rows["session_position"].cast(pa.int64()), 0)
         keys = pa.table(
             {
-                "subject": _ranks(subject),
-                "session_position": pc.fill_null(rows["session_position"].cast(pa.int64()), 0),
-                "session": _ranks(session),
+                "subject": subject_rank,
+                "session_position": session_position,
+                "session": _session_order(session, subject_rank, session_position),
                 "position": pc.fill_null(rows["position"].cast(pa.int64()), 0),
                 "concept": concept,
             }

@@ -618,6 +618,30 @@ def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> N
     assert len(index.subject_ids) == 3 and len(index.session_ids) == 8  # one rejected
     assert sorted(index.covered)[-4:] == [0, 1, 2, 3]
     assert store.syllabus_index([]) == store.syllabus_index(["sub_unknown"]) == flat.empty()
+    # two sessions at one position come in the order of their ids, as in syllabi()
+    tied = store.add_node(subjects[2].path, SESSION, "Tied", props={"position": 1})
+    store.add_node(tied.path, CONCEPT, "tied concept")
+    views = store.syllabi([subjects[2].id])[subjects[2].id]
+    assert [v.position for v in views] == [0, 1, 1, 2]
+    assert store.syllabus_index([subjects[2].id]).session_ids == [v.id for v in views]
+
+
+def test_the_sampling_index_orders_tied_or_scattered_sessions_by_id() -> None:
+    """The rows of a syllabus read number each run of one session, unless two runs share a
+    subject and a position: then sessions are ranked by id."""
+    import pyarrow as pa
+
+    from graph.store import _session_order
+
+    subject, position = pa.array([0, 0, 0, 1]), pa.array([1, 1, 0, 0])
+    assert _session_order(pa.array(["b", "b", "a", "c"]), subject, position).to_pylist() == [
+        0, 0, 1, 2
+    ]  # fmt: skip
+    # "b" comes apart, and "a" shares its position: ranks by id
+    subject, position = pa.array([0, 0, 0, 0, 1, 0]), pa.array([0, 0, 0, 0, 0, 0])
+    session = pa.array(["b", "b", "a", "a", "c", "b"])
+    assert _session_order(session, subject, position).to_pylist() == [2, 2, 1, 1, 3, 2]
+    assert _session_order(pa.array([], pa.string()), pa.array([]), pa.array([])).to_pylist() == []
 
 
 def test_what_sampling_reads_is_the_same_walked_from_every_subject_or_from_those_asked(
