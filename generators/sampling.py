@@ -5,7 +5,8 @@
 
 Draws are reproducible for a seed and a graph state. By default they prefer concepts and
 combinations no instruction covers yet, and a job never draws the same combination twice.
-The graph is traversed lazily: subjects are drawn first, then only their syllabi are read.
+The graph is traversed lazily: subjects are drawn first, then only their syllabi are read
+(unless a job draws over most of its subjects: see plan_sampler).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 
@@ -316,19 +316,22 @@ def plan_sampler(
     subjects. From n = s / 2 on (WHOLE_READ_DRAWS), that is most of them, so every syllabus
     is read first in one read, and the counts of concepts per subject come from it, not
     from a read of their own that would count coverage all over again."""
-    options: dict[str, Any] = {
-        "seed": seed,
-        "prefer_uncovered": prefer_uncovered,
-        "basic_ratio": basic_ratio,
-    }
+    index: SyllabusIndex | None = None
     if n < WHOLE_READ_DRAWS * len(subject_ids):
         stats = store.concept_stats(subject_ids)
-        keys = store.combo_keys(list(stats))
-        return Sampler(stats, store.syllabus_index, existing_keys=keys, **options)
-    index = store.syllabus_index(subject_ids)
-    keys = store.combo_keys(index.subject_ids)
-    sampler = Sampler(concept_counts(index), store.syllabus_index, existing_keys=keys, **options)
-    sampler._add(index)
+    else:
+        index = store.syllabus_index(subject_ids)
+        stats = concept_counts(index)
+    sampler = Sampler(
+        stats,
+        store.syllabus_index,
+        seed=seed,
+        prefer_uncovered=prefer_uncovered,
+        existing_keys=store.combo_keys(list(stats)),
+        basic_ratio=basic_ratio,
+    )
+    if index is not None:
+        sampler._add(index)
     return sampler
 
 

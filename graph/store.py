@@ -1498,8 +1498,9 @@ class Store:
         subject, session = rows["subject"].combine_chunks(), rows["session"].combine_chunks()
         concept = rows["concept"].combine_chunks()
         # Sorted by subject, session position, session, concept position, concept (a missing
-        # position sorts as 0). Subjects and sessions sort by their ids' ranks: sorting
-        # millions of rows by integers costs a fraction of sorting them by strings.
+        # position sorts as 0). Subjects sort by their ids' ranks, sessions by their runs in
+        # the read (_session_order): sorting millions of rows by integers costs a fraction
+        # of sorting them by strings.
         subject_rank = _ranks(subject)
         session_position = pc.fill_null(rows["session_position"].cast(pa.int64()), 0)
         keys = pa.table(
