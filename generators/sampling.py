@@ -214,7 +214,7 @@ class Sampler:
     def _key(self, picked: list[int]) -> str:
         """combo_key of the picked concepts."""
         ids = self.concept_ids
-        return stable_hash("combo", *sorted([ids[c] for c in picked]))
+        return combo_key([ids[c] for c in picked])
 
     def _accept(self, subject: _Subject, strategy: Strategy, key: str, picked: list[int]) -> Sample:
         self.drawn.add(key)
