@@ -155,24 +155,102 @@ def grammar_safe(schema: Any) -> Any:
 
 
 _FENCE = re.compile(r"```[\w-]*[ \t]*\n?(.*?)```", re.DOTALL)
+_OPENING = re.compile(r"[{\[]")
 
 
 def extract_json(text: str) -> Any:
     """The first JSON object in a model's text: small models wrap JSON in prose or code
-    fences even when told not to. A bare array is returned only when there is no object."""
-    decoder, array = json.JSONDecoder(), None
+    fences even when told not to. A bare array is returned only when there is no object.
+
+    Defects models commonly make are repaired rather than failed on: raw newlines, tabs
+    and other control characters inside strings (the decoder is not strict about them)
+    and trailing commas before a closing bracket. JSON that is cut off is not guessed at,
+    and an object nested in JSON that cannot be read is not taken for the answer (a cut
+    off syllabus is not its first session). When nothing can be read, the ValueError
+    gives the decoder's complaint, with its line and column, where it read furthest."""
+    decoder = json.JSONDecoder(strict=False)
+    array: Any = None
+    furthest: tuple[int, str] | None = None  # (characters read, what was wrong there)
     for candidate in [*(m.group(1) for m in _FENCE.finditer(text)), text]:
-        for start in re.finditer(r"[{\[]", candidate):
+        resume = 0  # openings before this lie inside a value that could not be read
+        for opening in _OPENING.finditer(candidate):
+            start = opening.start()
+            if start < resume:
+                continue
             try:
-                value, _ = decoder.raw_decode(candidate, start.start())
-            except json.JSONDecodeError:
+                value = _decode(decoder, candidate, start)
+            except json.JSONDecodeError as exc:
+                resume = len(candidate) if _cut_off(exc) else exc.pos
+                if furthest is None or exc.pos - start > furthest[0]:
+                    furthest = (exc.pos - start, _decode_error(exc))
                 continue
             if isinstance(value, dict):
                 return value
             array = value if array is None else array
-    if array is None:
+    if array is not None:
+        return array
+    if furthest is None:
         raise ValueError("no JSON object found in the answer")
-    return array
+    raise ValueError(f"no valid JSON object in the answer: {furthest[1]}")
+
+
+def _decode(decoder: json.JSONDecoder, text: str, start: int) -> Any:
+    """The JSON value at `start`, read again without its trailing commas if it has any;
+    raises the decoder's error of the last reading."""
+    try:
+        return decoder.raw_decode(text, start)[0]
+    except json.JSONDecodeError:
+        fixed = _without_trailing_commas(text, start)
+        if fixed == text:
+            raise
+    return decoder.raw_decode(fixed, start)[0]
+
+
+def _cut_off(exc: json.JSONDecodeError) -> bool:
+    """Whether the JSON stops before it is complete: a string never closed, or nothing
+    left where the decoder wanted more."""
+    return exc.msg.startswith("Unterminated string") or not exc.doc[exc.pos :].strip()
+
+
+def _decode_error(exc: json.JSONDecodeError) -> str:
+    where = f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    if _cut_off(exc):
+        return f"{where}: the JSON stops before it is complete (was the answer cut off?)"
+    return where
+
+
+def _without_trailing_commas(text: str, start: int) -> str:
+    """`text` with each comma followed only by whitespace and a closing bracket turned into
+    a space, from `start` on, so that positions (and the decoder's line and column) stay
+    those of the original; commas inside strings are kept. Scanning starts at an opening
+    bracket, so quotes in prose before it cannot confuse the tracking of strings."""
+    out: list[str] = [text[:start]]
+    in_string = escaped = False
+    pending = ""  # a comma and the whitespace after it, until we know what follows
+    for ch in text[start:]:
+        if in_string:
+            out.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if pending:
+            if ch.isspace():
+                pending += ch
+                continue
+            out.append(" " + pending[1:] if ch in "}]" else pending)
+            pending = ""
+        if ch == ",":
+            pending = ch
+            continue
+        out.append(ch)
+        if ch == '"':
+            in_string = True
+    out.append(pending)
+    return "".join(out)
 
 
 @functools.cache

@@ -375,6 +375,64 @@ def test_extraction_of_arrays_and_nothing() -> None:
         extract_json('{"a": 1, "b": "trunc')
 
 
+@pytest.mark.parametrize(
+    ("text", "b"),
+    [
+        ('{"a": 1, "b": "line one\nline two"}', "line one\nline two"),  # a raw newline
+        ('{"a": 1, "b": "tab\there\r\x01"}', "tab\there\r\x01"),  # raw control characters
+        ('{"a": 1, "b": "x",}', "x"),
+        ('```json\n{\n  "a": 1,\n  "b": "x",\n  "c": [1, 2,],\n}\n```', "x"),
+        ('{"a": 1, "b": "keep ,} and ,] here",}', "keep ,} and ,] here"),
+        ('He said "so", then: {"a": 1, "b": "x", } ok', "x"),
+    ],
+)
+def test_common_json_defects_are_repaired(text: str, b: str) -> None:
+    assert Pair.model_validate(extract_json(text)) == Pair(a=1, b=b)
+
+
+@pytest.mark.parametrize(
+    ("text", "wrong"),
+    [
+        ('{"a": 1 "b": "x"}', "Expecting ',' delimiter (line 1, column 9)"),
+        (
+            '{"a": 1,\n "b": "cut',
+            "Unterminated string starting at (line 2, column 7): the JSON stops before it "
+            "is complete (was the answer cut off?)",
+        ),
+        # a syllabus cut off after its first session is not taken for that session
+        (
+            'Sure: {"sessions": [{"title": "One"}, {"title": "Two"',
+            "Expecting ',' delimiter (line 1, column 54): the JSON stops before it is complete",
+        ),
+    ],
+)
+def test_unreadable_json_says_what_is_wrong_and_where(text: str, wrong: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        extract_json(text)
+    assert str(caught.value).startswith("no valid JSON object in the answer: ")
+    assert wrong in str(caught.value)
+
+
+def test_a_syllabus_with_a_raw_newline_in_a_string_is_accepted() -> None:
+    """The model meant a line break inside a description; strict JSON forbids it there."""
+    raw = '{"a": 3, "b": "Sessions:\n1. Limits\n2. Series"}'
+    with run_stub(sequence([ok(raw)])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
+    assert result.value == Pair(a=3, b="Sessions:\n1. Limits\n2. Series")
+    assert result.attempts == 1 and stub.calls == 1 and result.raw == raw
+
+
+def test_a_failed_structured_answer_says_what_was_wrong_and_keeps_the_raw_text() -> None:
+    cut = '{"a": 1, "b": "half an ans'
+    with run_stub(sequence([ok(cut)])) as stub:
+        result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
+    assert result.value is None and result.raw == cut and stub.calls == 2
+    assert result.error is not None and "did not match Pair" in result.error
+    assert "Unterminated string starting at (line 1, column 15)" in result.error
+    # the corrective turn told the model the same
+    assert "was the answer cut off?" in stub.requests[1]["messages"][-1]["content"]
+
+
 def test_tolerant_extraction_end_to_end() -> None:
     with run_stub(sequence([ok('Sure!\n```json\n{"a": 2, "b": "y"}\n```')])) as stub:
         result, _ = use(stub.base_url, lambda llm: llm.structured(HELLO, Pair, PARAMS))
