@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +45,22 @@ def _reason(error: str | None) -> str:
     return text[:80]
 
 
+def length_summary(lengths: Sequence[int]) -> dict[str, float]:
+    """min, median, p90, max and mean of some lengths (at least one).
+
+    The p90 interpolates between the lengths seen ("inclusive" quantiles), so that
+    min <= median <= p90 <= max always holds: the default method extrapolates past the
+    largest length when there are few of them, and reported a p90 above the max."""
+    qs = statistics.quantiles(lengths, n=10, method="inclusive") if len(lengths) > 1 else []
+    return {
+        "min": min(lengths),
+        "median": statistics.median(lengths),
+        "p90": qs[8] if qs else lengths[0],
+        "max": max(lengths),
+        "mean": round(statistics.fmean(lengths), 1),
+    }
+
+
 def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
     report = Report(path or "")
     for node in iter_instructions(store, path):
@@ -64,14 +81,7 @@ def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
     coverage = store.coverage(path)
     report.pairs_total = coverage.total.counts.get("responses", 0)
     if lengths:
-        qs = statistics.quantiles(lengths, n=10) if len(lengths) > 1 else [lengths[0]] * 9
-        report.answer_length = {
-            "min": min(lengths),
-            "median": statistics.median(lengths),
-            "p90": qs[8],
-            "max": max(lengths),
-            "mean": round(statistics.fmean(lengths), 1),
-        }
+        report.answer_length = length_summary(lengths)
     total = coverage.total
     report.concepts = total.counts.get("concepts", 0)
     report.covered_concepts = total.covered_concepts

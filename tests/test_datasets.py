@@ -380,3 +380,77 @@ def test_cli_export_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 6
     out = runner.invoke(app, ["report", "--json"])
     assert out.exit_code == 0 and json.loads(out.output)["exported"] == 6
+
+
+def test_report_answer_length_p90_stays_within_the_lengths(embedded_store: Store) -> None:
+    """With a few answers and one much longer, the p90 lies between the median and the
+    longest answer: the default quantile method put it past the max (1,396 here)."""
+    store = embedded_store
+    fill(store, subjects=1, sessions=1, concepts=5)
+    (sid,) = store.ids_in_scope(None, SUBJECT)
+    (session,) = store.syllabi([sid])[sid]
+    for n, length in enumerate([10, 10, 10, 10, 1000]):
+        iid = f"ins_{n}"
+        store.write_instructions(
+            [
+                {
+                    "id": iid,
+                    "text": f"Question {n}?",
+                    "strategy": "basic",
+                    "seed": 1,
+                    "combo_key": iid,
+                    "subject_id": sid,
+                    "model": "qm",
+                    "prompt_name": "question",
+                    "prompt_version": "1",
+                    "created_at": None,
+                }
+            ],
+            [(iid, session.concepts[n].id)],
+            [(iid, session.id)],
+        )
+        store.write_responses(
+            [
+                {
+                    "id": f"rsp_{n}",
+                    "text": "a" * length,
+                    "instruction_id": iid,
+                    "model": "am",
+                    "prompt_name": "answer",
+                    "prompt_version": "1",
+                }
+            ]
+        )
+    lengths = build_report(store, None).answer_length
+    assert (lengths["min"], lengths["median"], lengths["max"]) == (10, 10, 1000)
+    assert lengths["median"] <= lengths["p90"] <= lengths["max"]
+    assert lengths["p90"] == 604.0  # between the two longest answers, 60% of the way
+
+
+def test_cli_export_names_each_file_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.cli import app
+
+    db = tmp_path / "s.lbug"
+    with Store.open(StoreConfig(db_path=db)) as store:
+        build(store)
+        subjects = store.ids_in_scope(None, SUBJECT)
+    seed = next(s for s in range(100) if 0 < sum(in_test_split(x, 0.4, s) for x in subjects) < 3)
+    monkeypatch.setenv("GLAN_DB_PATH", str(db))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "a much longer folder name than a terminal line holds" / "data.jsonl"
+    result = CliRunner().invoke(
+        app, ["export", "--out", str(out), "--test-fraction", "0.4", "--seed", str(seed)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    written = {}
+    for split in ("train", "test"):
+        path = out.with_name(f"data.{split}.jsonl")
+        pairs = len(path.read_text().splitlines())
+        assert f"wrote {pairs} {split} pairs to {path}" in lines
+        written[split] = pairs
+    assert sum(written.values()) == 8 and all(written.values())
+    assert not out.exists()  # the name given is the stem of the two files, not a file
+    assert lines[-1] == "left out 0 duplicates, 0 contaminated, 1 unanswered"
