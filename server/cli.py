@@ -515,10 +515,23 @@ def export(
                 seed=seed,
             )
     s = result.skipped
+    # one line per file written, with the pairs in it; never wrapped, so paths stay whole
+    if out is not None:
+        for split, written in result.files.items():
+            label = f"{split} " if len(result.files) > 1 else ""
+            console.print(
+                f"wrote {result.counts[split]:,} {label}pairs to {escape(written)}",
+                soft_wrap=True,
+            )
+    else:
+        console.print(
+            f"wrote {result.counts['train']:,} train / {result.counts['test']:,} test pairs "
+            f"to {escape(result.files['dataset'])}",
+            soft_wrap=True,
+        )
     console.print(
-        f"exported {result.counts['train']:,} train / {result.counts['test']:,} test pairs "
-        f"to {', '.join(result.files.values())}; left out {s.duplicates:,} duplicates, "
-        f"{s.contaminated:,} contaminated, {s.unanswered:,} unanswered"
+        f"left out {s.duplicates:,} duplicates, {s.contaminated:,} contaminated, "
+        f"{s.unanswered:,} unanswered"
     )
 
 
