@@ -2,7 +2,7 @@
 
 - embedded: a real LadybugDB database in a temp dir (always);
 - arcadedb: the Bolt backend against a real ArcadeDB server started here (skipped, with the
-  reason, when it cannot start);
+  reason, when it cannot start; a failure under CI=true);
 - neo4j / memgraph: the Bolt backend against servers named by GLAN_NEO4J_URI /
   GLAN_MEMGRAPH_URI (user/password from GLAN_NEO4J_USER/_PASSWORD and GLAN_MEMGRAPH_USER/
   _PASSWORD). The tests wipe those databases: point them at throwaway instances.
@@ -20,6 +20,7 @@ from graph.config import StoreConfig
 from graph.store import Store
 from tests.api_helpers import Api, run_api, seed_taxonomy, settings
 from tests.llm_stub import Stub, fake_glan_model, run_stub
+from tests.real_parts import unavailable
 
 BACKENDS = ["embedded", "arcadedb", "neo4j", "memgraph"]
 
@@ -70,7 +71,7 @@ def make_store(backend: str, tmp_path: Path) -> Iterator[Store]:
         try:
             target = arcadedb_target()
         except BoltServerUnavailable as exc:
-            pytest.skip(str(exc))
+            unavailable(str(exc))
         from pydantic import SecretStr
 
         cfg = StoreConfig(

@@ -61,8 +61,9 @@ def test_pipeline_overhead_smoke() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not llama_server_available(), reason="llama-cpp-python[server] missing")
 def test_model_saturation_smoke() -> None:
+    if not llama_server_available():
+        unavailable("llama-cpp-python[server] is not installed (pip install -e '.[local]')")
     find_bundled_model()  # says how to install the model if it is missing
     found = bench("model_saturation.py", "--pairs", "1", "--max-tokens", "48", timeout=600)
     assert found["pairs"] == 1

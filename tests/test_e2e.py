@@ -23,6 +23,7 @@ from generators.local_model import (
 from graph.config import StoreConfig
 from graph.model import ANSWERS, COVERS, FROM, HAS_CONCEPT
 from graph.store import Store
+from tests.real_parts import unavailable
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[1]
@@ -39,7 +40,19 @@ def _skip_reason() -> str | None:
     return None
 
 
-needs_model = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def require_model() -> None:
+    """Skip without the bundled model and its server, or fail under CI."""
+    reason = _skip_reason()
+    if reason is not None:
+        unavailable(reason)
+
+
+@pytest.fixture(scope="module")
+def _model_installed() -> None:
+    require_model()
+
+
+needs_model = pytest.mark.usefixtures("_model_installed")
 
 
 def test_missing_model_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,6 +65,7 @@ def test_missing_model_package_says_how_to_install(monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="module")
 def model_server() -> Iterator[LocalModelServer]:
+    require_model()  # before starting it: this module-scoped fixture runs first
     with start_local_model(n_threads=max(1, (os.cpu_count() or 2) - 1)) as server:
         yield server
 
