@@ -14,7 +14,8 @@ class InvalidInput(GlanError):
 class NodeNotFound(GlanError):
     def __init__(self, path: str, detail: str = "") -> None:
         self.path = path
-        msg = f"no node at path {path!r}"
+        shown = path if len(path) <= 300 else f"{path[:300]}..."
+        msg = f"no node at path {shown!r}"
         if detail:
             msg += f": {detail}"
         super().__init__(msg + " (see `glan tree` for what exists)")
@@ -51,8 +52,8 @@ class StoreLocked(GlanError):
         super().__init__(
             f"the glan database at {path} is already open in another process"
             f"{' (' + detail + ')' if detail else ''}. Only one process may open it at a time: "
-            "stop the other `glan` process (or `glan serve`), point GLAN_SERVER_URL at the "
-            "running server, or use another GLAN_DB_PATH."
+            "stop the other `glan` process (or `glan serve`, and use its GraphQL API while it "
+            "runs), or use another GLAN_DB_PATH."
         )
 
 

@@ -33,8 +33,7 @@ class Settings(BaseSettings):
     bolt_database: str | None = None
     bolt_flavor: Literal["auto", "neo4j", "memgraph", "arcadedb"] = "auto"
 
-    # --- the server, and CLI verbs that go through it while it holds the store
-    server_url: str | None = None
+    # --- the server
     api_token: SecretStr | None = None
     #: the largest request body the API reads; bigger ones are refused with 413
     api_max_body_kb: int = Field(default=DEFAULT_MAX_BODY_KB, ge=1)
