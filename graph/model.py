@@ -248,7 +248,12 @@ KIND_ALIASES = {
     "concept": CONCEPT,
 }
 
+#: Limits on what users type: a node's name (and a subject's level or one subtopic), a
+#: description, the items of a list, and a whole path (six names and their separators).
 MAX_NAME_LENGTH = 200
+MAX_TEXT_LENGTH = 10_000
+MAX_LIST_ITEMS = 100
+MAX_PATH_LENGTH = 6 * (MAX_NAME_LENGTH + 1)
 PATH_SEPARATOR = "/"
 
 
@@ -313,6 +318,10 @@ def join_path(names: list[str] | tuple[str, ...]) -> str:
 
 def split_path(path: str) -> list[str]:
     """Split "Natural Sciences/Physics" into names; "\\/" is a slash inside a name."""
+    if len(path) > MAX_PATH_LENGTH:
+        raise ValueError(
+            f"the path is {len(path):,} characters long; the limit is {MAX_PATH_LENGTH:,}"
+        )
     parts: list[str] = []
     buf: list[str] = []
     it = iter(path)

@@ -35,7 +35,9 @@ from .model import (
     HIERARCHY,
     INSTRUCTION,
     JOB,
+    MAX_LIST_ITEMS,
     MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
     NODE_KINDS,
     PARENT_REL,
     RESPONSE,
@@ -300,6 +302,31 @@ def validate_name(name: Any, what: str = "name") -> str:
             f"{what} is {len(cleaned)} characters long; the limit is {MAX_NAME_LENGTH}"
         )
     return cleaned
+
+
+def validate_text(props: Mapping[str, Any]) -> None:
+    """Bounds on the free text a user sets on a node: a description of up to
+    MAX_TEXT_LENGTH characters, a level and each subtopic as long as a name, and up to
+    MAX_LIST_ITEMS subtopics. Kept verbatim otherwise; raises InvalidInput."""
+    limits = {"description": MAX_TEXT_LENGTH, "level": MAX_NAME_LENGTH}
+    for key, limit in limits.items():
+        value = props.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string, got {type(value).__name__}")
+        if len(value) > limit:
+            raise InvalidInput(f"{key} is {len(value):,} characters long; the limit is {limit:,}")
+    subtopics = props.get("subtopics")
+    if subtopics is None:
+        return
+    if not isinstance(subtopics, list | tuple):
+        raise InvalidInput(f"subtopics must be a list, got {type(subtopics).__name__}")
+    if len(subtopics) > MAX_LIST_ITEMS:
+        raise InvalidInput(f"{len(subtopics)} subtopics; the limit is {MAX_LIST_ITEMS}")
+    for item in subtopics:
+        if not isinstance(item, str) or len(item) > MAX_NAME_LENGTH:
+            raise InvalidInput(f"each subtopic is a string of at most {MAX_NAME_LENGTH} characters")
 
 
 def _ranks(values: pa.Array) -> pa.Array:
@@ -694,6 +721,7 @@ class Store:
         bad = set(extra) - set(kind.prop_names) | ({"id", "key", "name"} & set(extra))
         if bad:
             raise InvalidInput(f"{kind.label} cannot take properties {sorted(bad)}")
+        validate_text(extra)
         if kind not in HIERARCHY:
             raise WrongKind(f"{kind.label} is not part of the knowledge hierarchy", kind=kind.label)
         parent: Node | None = None
@@ -753,6 +781,7 @@ class Store:
                 f"cannot update {sorted(bad)} on a {node.kind.label}; "
                 f"updatable: {', '.join(sorted(allowed))}"
             )
+        validate_text(props)
         if props:
             self.upsert_nodes(node.kind, [{"id": node.id, **props}])
         return self.node(path)
@@ -766,6 +795,10 @@ class Store:
         after: str = "",
     ) -> list[Node]:
         """Nodes whose name contains `text` (case and spacing ignored), ordered by id."""
+        if len(text) > MAX_NAME_LENGTH:
+            raise InvalidInput(
+                f"search text is {len(text):,} characters long; the limit is {MAX_NAME_LENGTH}"
+            )
         needle = name_key(text)
         if not needle:
             raise InvalidInput("search text is empty")

@@ -382,6 +382,63 @@ def test_with_a_token_fuzzed_mutations_change_nothing(
     assert denied >= len(seen) // 4
 
 
+def test_every_free_text_input_has_a_limit(api: Api) -> None:
+    """Descriptions, levels, subtopics, search text and paths are bounded: over the limit is
+    a typed error naming it, and nothing is stored; at the limit is kept verbatim."""
+    update = """mutation($p: String!, $d: String, $l: String, $s: [String!]) {
+      updateNode(path: $p, description: $d, level: $l, subtopics: $s) {
+        __typename ... on Problem { message } } }"""
+    subject = "Formal Sciences/Mathematics/Algebra/Group Theory"
+    added = api.gql(ADD, {"p": subject.rsplit("/", 1)[0], "k": "SUBJECT", "n": "Group Theory"})
+    assert added["addNode"]["__typename"] == "NodePayload"
+    before = counts(api.store)
+    refused = {
+        "description": (ADD, {"p": "Arts", "k": "SUBFIELD", "n": "Long", "d": "x" * 1_000_000}),
+        "update description": (update, {"p": subject, "d": "y" * 10_001}),
+        "level": (update, {"p": subject, "l": "z" * 201}),
+        "subtopics": (update, {"p": subject, "s": ["a"] * 101}),
+        "subtopic": (update, {"p": subject, "s": ["b" * 201]}),
+    }
+    for what, (query, variables) in refused.items():
+        result = next(iter(api.gql(query, variables).values()))
+        assert result["__typename"] == "InvalidInputError", (what, result)
+        assert "limit" in result["message"] or "at most" in result["message"], result
+        assert len(result["message"]) < 200, what  # the value is not echoed back
+    assert counts(api.store) == before
+    node = api.gql(NODE, {"path": subject})["node"]
+    kept = api.gql(update, {"p": subject, "d": "d" * 10_000, "s": ["s" * 200] * 100})
+    assert kept["updateNode"]["__typename"] == "NodePayload"
+    assert api.store.get(node["id"]).props["description"] == "d" * 10_000  # type: ignore[union-attr]
+
+    search = """query($t: String!) { search(text: $t) { __typename ... on Problem { message } } }"""
+    assert "limit is 200" in api.gql(search, {"t": "q" * 201})["search"]["message"]
+    far = api.gql(NODE, {"path": "a/" * 5_000})["node"]
+    assert far["__typename"] == "NotFoundError" and "the limit is 1,206" in far["message"]
+    assert len(far["message"]) < 500
+
+
+def test_a_mutation_never_commits_while_reporting_failure(api: Api) -> None:
+    """A bad argument in a mutation's payload selection (read after the write) refuses the
+    whole mutation before it writes; a good one returns what was committed."""
+    before = counts(api.store)
+    bad = """mutation { addNode(kind: FIELD, name: "Partial Probe") {
+      ... on NodePayload { node { id children(first: -1) { totalCount } } } } }"""
+    body = api.post(bad).json()
+    assert body["data"] is None
+    (error,) = body["errors"]
+    assert error["message"].startswith("nothing was changed: children: first must be between")
+    assert api.gql(NODE, {"path": "Partial Probe"})["node"]["__typename"] == "NotFoundError"
+    cursor = """mutation { addNode(kind: FIELD, name: "Partial Probe") {
+      ... on NodePayload { node { children(after: "not-a-cursor") { totalCount } } } } }"""
+    assert "invalid cursor" in api.errors(cursor)[0]
+    assert counts(api.store) == before
+
+    good = bad.replace("first: -1", "first: 5")
+    node = api.gql(good)["addNode"]["node"]
+    assert node["children"] == {"totalCount": 0}
+    assert api.gql(NODE, {"path": "Partial Probe"})["node"]["id"] == node["id"]
+
+
 def test_request_bodies_over_the_limit_are_refused(tmp_path: Path, stub: Stub) -> None:
     """A body over GLAN_API_MAX_BODY_KB gets a 413 naming the limit, declared or streamed,
     and changes nothing; one under it is served."""
@@ -408,5 +465,12 @@ def test_request_bodies_over_the_limit_are_refused(tmp_path: Path, stub: Stub) -
         )
         assert streamed.status_code == 413
         assert counts(api.store) == before
-        ok = api.gql(mutation, {"d": "x" * 60_000})["addNode"]
-        assert ok["__typename"] == "NodePayload"
+        # a body under the limit is read and answered: here, by the description's own limit
+        served = api.post(mutation.replace("__typename", "__typename ... on Problem { message }"),
+                          {"d": "x" * 60_000})  # fmt: skip
+        assert served.status_code == 200
+        assert served.json()["data"]["addNode"] == {
+            "__typename": "InvalidInputError",
+            "message": "description is 60,000 characters long; the limit is 10,000",
+        }
+        assert counts(api.store) == before

@@ -5,6 +5,11 @@ nested `children(first: 500)` are shallow and short but ask for 250,000 nodes. `
 estimates the nodes an operation can return, multiplying page sizes (`first`, `n`) down
 the selection, and refuses the operation before anything runs when the estimate is over
 the limit.
+
+A mutation's payload is resolved after its write: a bad page size or cursor in a nested
+field would fail then, turning a committed write into `data: null`. So for mutations the
+same walk checks those arguments first, and a mutation with one out of bounds is refused
+before it changes anything.
 """
 
 from __future__ import annotations
@@ -30,8 +35,15 @@ from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.type import GraphQLInterfaceType, GraphQLNamedType, GraphQLObjectType
 from strawberry.extensions import SchemaExtension
 
+from graph.errors import InvalidInput
+
+from .pagination import decode_cursor, page_size
+
 #: Arguments that say how many items a list field returns.
 SIZE_ARGUMENTS = ("first", "n")
+#: Nested arguments a mutation's payload must get right before the mutation runs: each
+#: check raises InvalidInput as its resolver would.
+PAYLOAD_CHECKS: dict[str, Any] = {"first": page_size, "after": decode_cursor}
 
 
 class QueryCost(SchemaExtension):
@@ -42,37 +54,43 @@ class QueryCost(SchemaExtension):
         ctx = self.execution_context
         document = ctx.graphql_document
         if document is not None and ctx.operation_type != OperationType.SUBSCRIPTION:
-            cost = estimate_cost(
-                ctx.schema._schema, document, ctx.operation_name, ctx.variables or {}
-            )
-            if cost > self.max_cost:
+            walker = walk(ctx.schema._schema, document, ctx.operation_name, ctx.variables or {})
+            message = None
+            if walker.cost > self.max_cost:
                 message = (
-                    f"query too large: it could return about {cost:,} items, over the limit of "
-                    f"{self.max_cost:,}; ask for smaller pages (first/n) or fewer nested lists"
+                    f"query too large: it could return about {walker.cost:,} items, over the "
+                    f"limit of {self.max_cost:,}; ask for smaller pages (first/n) or fewer "
+                    "nested lists"
                 )
+            elif ctx.operation_type == OperationType.MUTATION and walker.problems:
+                message = f"nothing was changed: {'; '.join(walker.problems)}"
+            if message is not None:
                 # a result set here means strawberry does not execute the operation
                 ctx.result = GraphQLExecutionResult(data=None, errors=[GraphQLError(message)])
         yield
 
 
-def estimate_cost(
+def walk(
     schema: GraphQLSchema, document: Any, operation_name: str | None, variables: dict[str, Any]
-) -> int:
-    """Fields the operation can resolve, each counted once per item of the lists above it."""
+) -> _Walker:
+    """One walk of the operation's selection: its cost (the fields it can resolve, each
+    counted once per item of the lists above it), and the nested arguments (below the root
+    fields, whose own arguments their resolvers check) that are out of bounds."""
     operation = get_operation_ast(document, operation_name)
-    if operation is None:
-        return 0
-    root = schema.get_root_type(operation.operation)
-    if root is None:
-        return 0
-    coerced = get_variable_values(schema, operation.variable_definitions or (), variables)
-    if isinstance(coerced, list):  # invalid variables: execution reports them
-        return 0
+    root = schema.get_root_type(operation.operation) if operation is not None else None
+    coerced = (
+        get_variable_values(schema, operation.variable_definitions or (), variables)
+        if operation is not None
+        else []
+    )
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
     walker = _Walker(schema, fragments, coerced)
-    return walker.cost(operation.selection_set, root, 1)
+    # invalid variables or no such operation: execution reports them
+    if operation is not None and root is not None and not isinstance(coerced, list):
+        walker.cost = walker.walk(operation.selection_set, root, 1, depth=0)
+    return walker
 
 
 class _Walker:
@@ -80,26 +98,30 @@ class _Walker:
         self.schema = schema
         self.fragments = fragments
         self.variables = variables
+        self.cost = 0
+        self.problems: list[str] = []
 
-    def cost(self, selections: SelectionSetNode, parent: GraphQLNamedType, times: int) -> int:
+    def walk(
+        self, selections: SelectionSetNode, parent: GraphQLNamedType, times: int, depth: int
+    ) -> int:
         total = 0
         for sel in selections.selections:
             if isinstance(sel, FieldNode):
-                total += times + self._field(sel, parent, times)
+                total += times + self._field(sel, parent, times, depth)
             elif isinstance(sel, InlineFragmentNode):
                 target = self._type(sel.type_condition.name.value) if sel.type_condition else parent
-                total += self.cost(sel.selection_set, target or parent, times)
+                total += self.walk(sel.selection_set, target or parent, times, depth)
             elif isinstance(sel, FragmentSpreadNode):
                 fragment = self.fragments.get(sel.name.value)
                 if fragment is not None:
                     target = self._type(fragment.type_condition.name.value)
-                    total += self.cost(fragment.selection_set, target or parent, times)
+                    total += self.walk(fragment.selection_set, target or parent, times, depth)
         return total
 
     def _type(self, name: str) -> GraphQLNamedType | None:
         return self.schema.get_type(name)
 
-    def _field(self, node: FieldNode, parent: GraphQLNamedType, times: int) -> int:
+    def _field(self, node: FieldNode, parent: GraphQLNamedType, times: int, depth: int) -> int:
         if node.selection_set is None or node.name.value.startswith("__"):
             return 0
         if not (is_object_type(parent) or isinstance(parent, GraphQLInterfaceType)):
@@ -117,4 +139,14 @@ class _Walker:
             for name in SIZE_ARGUMENTS:
                 if isinstance(args.get(name), int):
                     size = max(size, args[name])
-        return self.cost(node.selection_set, get_named_type(field.type), times * size)
+            if depth > 0:
+                self._check(node.name.value, args)
+        return self.walk(node.selection_set, get_named_type(field.type), times * size, depth + 1)
+
+    def _check(self, field: str, args: dict[str, Any]) -> None:
+        for name, check in PAYLOAD_CHECKS.items():
+            if args.get(name) is not None:
+                try:
+                    check(args[name])
+                except InvalidInput as exc:
+                    self.problems.append(f"{field}: {exc}")
