@@ -1,5 +1,6 @@
-"""The ASGI app: GraphQL at /graphql (GraphiQL in a browser, websockets for subscriptions),
-and the coverage dashboard at /dashboard (`/` leads there), a static page over that API.
+"""The ASGI app: GraphQL at /graphql (GraphiQL in a browser, websockets for subscriptions over
+graphql-transport-ws or the legacy graphql-ws), and the coverage dashboard at /dashboard (`/`
+leads there), a static page over that API.
 
 `uvicorn server.app:app` serves it with settings from GLAN_* variables, read when the server
 starts, not at import. The embedded engine allows one process, so the server opens the store
@@ -25,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from generators.llm import LLMClient
 from generators.manager import JobManager
@@ -59,7 +60,9 @@ class GlanGraphQL(GraphQL[Context, None]):
         super().__init__(
             schema,
             graphql_ide="graphiql",
-            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            # the legacy protocol too: older clients (and GraphQL tools built on them) speak
+            # only graphql-ws; the token is checked at connection_init in both
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         )
         self.app = app
 
@@ -91,8 +94,9 @@ class GlanGraphQL(GraphQL[Context, None]):
             raise json.JSONDecodeError("nested too deeply", "", 0) from exc
 
     async def on_ws_connect(self, context: Context) -> Any:
-        """Refuse a websocket without the token at connection_init (close code 4403), so a
-        client learns at once rather than at its first subscription."""
+        """Refuse a websocket without the token at connection_init, so a client learns at once
+        rather than at its first subscription: graphql-transport-ws closes with 4403, the
+        legacy graphql-ws answers connection_error and closes (1011)."""
         if not context.authorized:
             raise ConnectionRejectionError({"message": DENIED})
         return await super().on_ws_connect(context)

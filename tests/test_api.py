@@ -6,6 +6,8 @@ would; the store is reached directly only to count queries or arrange a failure.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -24,7 +26,9 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from graph.model import FIELD
+from server.auth import DENIED
 from server.graphql.errors import UNEXPECTED
+from server.graphql.schema import SUBSCRIPTION_OVER_HTTP
 from tests.api_helpers import Api, free_port, run_api, seed_taxonomy, settings, subscribe
 from tests.llm_stub import Reply, Stub, fake_glan_model, first_user_message, run_stub
 
@@ -715,6 +719,104 @@ def test_auth_on_protects_mutations_and_subscriptions(tmp_path: Path, stub: Stub
             api, PROGRESS, {"id": job["id"]}, headers={"Authorization": f"Bearer {token}"}
         )
         assert by_header[-1]["data"]["jobProgress"]["status"] == "COMPLETED"
+
+
+def legacy_subscribe(
+    api: Api, query: str, variables: dict[str, Any], *, init_payload: dict[str, Any] | None = None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """One subscription over the legacy graphql-ws protocol (connection_init, connection_ack,
+    start, data..., complete): the subprotocol the server chose and every `data` payload. A
+    connection_error or error message raises AssertionError with it."""
+
+    async def run() -> tuple[str | None, list[dict[str, Any]]]:
+        async with websockets.connect(api.ws_url, subprotocols=["graphql-ws"]) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": init_payload or {}}))
+            ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert ack["type"] == "connection_ack", ack
+            payload = {"query": query, "variables": variables}
+            await ws.send(json.dumps({"id": "1", "type": "start", "payload": payload}))
+            seen: list[dict[str, Any]] = []
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if msg["type"] == "ka":
+                    continue
+                if msg["type"] == "complete":
+                    return ws.subprotocol, seen
+                assert msg["type"] == "data" and msg["id"] == "1", msg
+                seen.append(msg["payload"])
+
+    return asyncio.run(run())
+
+
+def test_legacy_graphql_ws_clients_subscribe(api: Api) -> None:
+    protocol, events = legacy_subscribe(api, PROGRESS, {"id": "job_0123"})
+    assert protocol == "graphql-ws"
+    assert [e["data"]["jobProgress"]["__typename"] for e in events] == ["NotFoundError"]
+    job = start(api, "generateSubjects(path: $p, rounds: 1)", {"p": ALGEBRA})
+    _, events = legacy_subscribe(api, PROGRESS, {"id": job["id"]})
+    progress = [e["data"]["jobProgress"] for e in events]
+    assert progress and all(p["id"] == job["id"] for p in progress)
+    assert progress[-1]["status"] == "COMPLETED" and not progress[-1]["live"]
+    assert progress[-1]["done"] == progress[-1]["total"] > 0
+
+
+def test_legacy_graphql_ws_clients_need_the_token(tmp_path: Path, stub: Stub) -> None:
+    token = "s3cret-token"
+
+    async def refused(api: Api, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """What the server answers to these messages before it closes the socket."""
+        async with websockets.connect(api.ws_url, subprotocols=["graphql-ws"]) as ws:
+            for message in messages:
+                await ws.send(json.dumps(message))
+            answers = []
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                while True:
+                    answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            assert closed.value.rcvd is not None
+            return answers, closed.value.rcvd.code
+
+    start_progress = {
+        "id": "1",
+        "type": "start",
+        "payload": {"query": PROGRESS, "variables": {"id": "job_0123"}},
+    }
+    with run_api(settings(tmp_path / "api.lbug", stub, api_token=SecretStr(token))) as api:
+        for init in ({}, {"Authorization": "Bearer wrong"}):
+            init_message = {"type": "connection_init", "payload": init}
+            answers, code = asyncio.run(refused(api, [init_message, start_progress]))
+            assert answers == [{"type": "connection_error", "payload": {"message": DENIED}}]
+            assert code == 1011
+        # a start without connection_init is no way around it
+        answers, code = asyncio.run(refused(api, [start_progress]))
+        assert answers == [] and code == 4401
+
+        _, events = legacy_subscribe(
+            api, PROGRESS, {"id": "job_0123"}, init_payload={"Authorization": f"Bearer {token}"}
+        )
+        assert events[0]["data"]["jobProgress"]["__typename"] == "NotFoundError"
+
+
+def test_a_subscription_over_http_says_where_to_send_it(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        posted = api.post(PROGRESS, {"id": "job_0123"})
+        got = httpx.get(
+            f"{api.url}/graphql",
+            params={"query": 'subscription { jobProgress(id: "job_0123") { __typename } }'},
+        )
+    for response in (posted, got):
+        assert response.status_code == 200
+        assert response.json() == {"data": None, "errors": [{"message": SUBSCRIPTION_OVER_HTTP}]}
+    assert "websocket" in SUBSCRIPTION_OVER_HTTP and "/graphql" in SUBSCRIPTION_OVER_HTTP
+    assert caplog.records == []  # the caller's mistake: nothing for the server's log
+    # queries and mutations over HTTP are as before
+    assert api.gql(NODE, {"path": "Arts"})["node"]["kind"] == "FIELD"
+    mutation = httpx.get(
+        f"{api.url}/graphql",
+        params={"query": 'mutation { cancelJob(id: "job_0123") { __typename } }'},
+    )
+    assert mutation.status_code == 400 and "mutations are not allowed" in mutation.text
 
 
 def test_auth_off_lets_anyone_change_things(api: Api) -> None:
