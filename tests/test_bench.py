@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from generators.local_model import find_bundled_model, llama_server_available
+from tests.real_parts import unavailable
 
 ROOT = Path(__file__).parents[1]
 
