@@ -5,8 +5,6 @@ structure and provenance, never text."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from graph.config import StoreConfig
 from graph.model import ANSWERS, COVERS, FROM, HAS_CONCEPT
 from graph.store import Store
 from tests.real_parts import unavailable
+from tests.test_readme import glan_env, main_job_commands, run_script
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[1]
@@ -85,52 +84,17 @@ def test_server_stops_cleanly(tmp_path: Path) -> None:
 
 
 @needs_model
-def test_glan_generate_all_on_the_real_model(
-    model_server: LocalModelServer, tmp_path: Path
-) -> None:
+def test_the_readme_main_job_on_the_real_model(tmp_path: Path) -> None:
+    """The README's first command, once installed, as a user runs it: `glan init`, then
+    `glan generate all ... --local` (which starts the bundled model itself), then `glan
+    tree`; its store then holds every stage's output with provenance."""
     db = tmp_path / "store.lbug"
-    env = {
-        **os.environ,
-        "GLAN_DB_PATH": str(db),
-        "GLAN_LLM_BASE_URL": model_server.base_url,
-        "GLAN_MODEL": model_server.model,
-        "GLAN_ANSWER_MODEL": model_server.model,
-        "GLAN_LLM_STRUCTURED": "json_object_schema",
-        "GLAN_LLM_CONCURRENCY": "1",
-        "GLAN_MAX_TOKENS": "600",
-        "GLAN_LLM_SEED": "7",
-    }
-
-    def glan(*args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    glan("init")
-    out = glan(
-        "generate",
-        "all",
-        DISCIPLINE,
-        "--rounds",
-        "1",
-        "--per-call",
-        "3",
-        "--sessions",
-        "3",
-        "--n",
-        "3",
-        "--seed",
-        "1",
-    )
+    # the model's sampling seed, for a reproducible run: the only setting added here
+    env = glan_env(tmp_path, GLAN_DB_PATH=str(db), GLAN_LLM_SEED="7")
+    out = run_script(main_job_commands(), tmp_path, env, timeout=1500)
     for stage in ("subjects", "syllabus", "questions", "answers"):
         assert stage in out
+    assert "Algebra" in out  # glan tree ran last
 
     with Store.open(StoreConfig(db_path=db)) as store:
         jobs = {j["kind"]: j for j in store.jobs()}

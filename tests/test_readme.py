@@ -1,0 +1,277 @@
+"""The README is executed, not just read.
+
+- Its two set-up commands are the ones `.ci/run` runs (the test command verbatim, the llama.cpp
+  build flags alike); the main job itself runs in tests/test_e2e.py, taken from here.
+- Every ```graphql block is validated against the live schema and executed, in order, on a
+  server over the seed taxonomy with a stub model (a generation it starts is waited for,
+  as a reader would, before the next block; `job_...` stands for the job just started).
+- The shell blocks of "Using it", "Generating" (against the stub) and "Datasets out" run as
+  scripts on a fresh store and exit 0; the commands that start the server answer a query.
+- Every GLAN_* variable it names is a setting (or one of the test suite's own).
+
+So a README edit that breaks an example fails CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from graphql import OperationDefinitionNode, OperationType, parse, validate
+
+from server.graphql import schema
+from server.settings import Settings
+from tests.api_helpers import Api, free_port, subscribe
+from tests.llm_stub import Stub
+
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+FIELDS = "{ children { ... on TaxonomyNodeConnection { totalCount } } }"
+#: Variables the README names for the test suite, not for glan itself.
+TEST_VARIABLES = {
+    "GLAN_NEO4J_URI",
+    "GLAN_MEMGRAPH_URI",
+    "GLAN_NEO4J_USER",
+    "GLAN_NEO4J_PASSWORD",
+    "GLAN_MEMGRAPH_USER",
+    "GLAN_MEMGRAPH_PASSWORD",
+    "GLAN_RELIABILITY_FULL",
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    section: str  # the nearest heading above it
+    text: str
+    line: int
+
+
+def readme_blocks() -> list[Block]:
+    blocks: list[Block] = []
+    section, lang, start, body = "", None, 0, []
+    for n, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
+        if lang is None:
+            if line.startswith("#"):
+                section = line.lstrip("#").strip()
+            elif line.startswith("```"):
+                lang, start, body = line[3:].strip(), n, []
+        elif line.startswith("```"):
+            blocks.append(Block(lang, section, "\n".join(body), start))
+            lang = None
+        else:
+            body.append(line)
+    assert lang is None, f"README.md: the code block at line {start} is never closed"
+    return blocks
+
+
+def blocks_in(section: str, lang: str) -> list[Block]:
+    found = [b for b in readme_blocks() if b.section == section and b.lang == lang]
+    assert found, f"README.md has no {lang} block under {section!r}"
+    return found
+
+
+def glan_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The user's environment with glan on PATH, a fresh store, and no GLAN_* of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLAN_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["GLAN_DB_PATH"] = str(tmp_path / "store.lbug")
+    return env | extra
+
+
+def run_script(text: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
+    """A README block as a bash script that stops at the first command that fails."""
+    script = cwd / "readme-block.sh"
+    script.write_text("set -euo pipefail\n" + text + "\n", encoding="utf-8")
+    done = subprocess.run(
+        ["bash", "-x", str(script)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, (
+        f"README block failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
+    return done.stdout
+
+
+# ------------------------------------------------------------------------ set-up commands
+
+
+def _ci_lines() -> list[str]:
+    return [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip()]
+
+
+def test_the_set_up_commands_are_what_ci_runs() -> None:
+    blocks = [b.text.strip() for b in blocks_in("Set up", "bash")]
+    main = next(b for b in blocks if "glan init" in b)
+    tests = next(b for b in blocks if "pytest" in b)
+    assert tests == _ci_lines()[-1], "the README's test command must be .ci/run's last line"
+    flags = next(re.search(r'CMAKE_ARGS:-(.+?)}"', ln) for ln in _ci_lines() if "CMAKE_ARGS" in ln)
+    assert flags is not None
+    assert main.startswith(f"CMAKE_ARGS={flags.group(1)} pip install -e '.[local]'"), main
+    # the main job, as test_e2e runs it
+    assert "glan generate all" in main and "--local" in main
+    # right after it, the lines that point glan at a real endpoint
+    after = blocks[blocks.index(main) + 1]
+    assert "GLAN_LLM_BASE_URL=" in after and "GLAN_MODEL=" in after and "glan generate" in after
+
+
+def main_job_commands() -> str:
+    """The first set-up command without its installs: what a user runs once installed."""
+    main = next(b.text for b in blocks_in("Set up", "bash") if "glan init" in b.text)
+    parts = [p.strip() for p in main.split("&&")]
+    return " && ".join(p for p in parts if "pip install" not in p)
+
+
+def test_every_variable_the_readme_names_is_a_setting() -> None:
+    settings = {f"GLAN_{name.upper()}" for name in Settings.model_fields}
+    named = set(re.findall(r"GLAN_[A-Z0-9_]*[A-Z0-9]", README.read_text(encoding="utf-8")))
+    assert named - settings - TEST_VARIABLES == set()
+    # and the settings table lists every setting a user may change
+    table = "\n".join(
+        ln for ln in README.read_text(encoding="utf-8").splitlines() if ln.startswith("| `GLAN_")
+    )
+    for name in sorted(settings):
+        assert f"`{name}`" in table, f"{name} is missing from the README's settings table"
+
+
+# ------------------------------------------------------------------------ GraphQL examples
+
+
+def graphql_operations() -> list[tuple[Block, str]]:
+    found = []
+    for block in readme_blocks():
+        if block.lang == "graphql":
+            document = parse(block.text)
+            assert len(document.definitions) == 1, f"line {block.line}: one operation per block"
+            found.append((block, block.text))
+    assert len(found) >= 4
+    return found
+
+
+def test_the_graphql_examples_validate_against_the_schema() -> None:
+    for block, text in graphql_operations():
+        errors = validate(schema._schema, parse(text))
+        assert not errors, f"README.md line {block.line}: {[e.message for e in errors]}"
+
+
+def problems(data: Any) -> list[str]:
+    """Typed failures (NotFoundError, InvalidInputError, ...) anywhere in a result."""
+    if isinstance(data, dict):
+        found = [str(data)] if str(data.get("__typename", "")).endswith("Error") else []
+        return found + [p for v in data.values() for p in problems(v)]
+    if isinstance(data, list):
+        return [p for v in data for p in problems(v)]
+    return []
+
+
+def test_the_graphql_examples_run(api: Api) -> None:
+    job_id = None
+    for block, text in graphql_operations():
+        operation = parse(text).definitions[0]
+        assert isinstance(operation, OperationDefinitionNode)
+        if operation.operation == OperationType.SUBSCRIPTION:
+            assert job_id is not None, "a subscription example follows the job it watches"
+            events = subscribe(api, text.replace("job_...", job_id), {})
+            assert events and not any(e.get("errors") for e in events), events
+            data = events[-1]["data"]
+        else:
+            data = api.gql(text)
+        assert not problems(data), f"README.md line {block.line}: {data}"
+        for payload in data.values():
+            job = payload.get("job") if isinstance(payload, dict) else None
+            if job:  # a started generation: wait for it as a reader would
+                job_id = job["id"]
+                assert api.wait_for(job_id, timeout=60)["status"] == "COMPLETED"
+    assert job_id is not None
+
+
+# ------------------------------------------------------------------------ shell examples
+
+
+def test_using_it(tmp_path: Path) -> None:
+    (block,) = blocks_in("Using it", "bash")
+    out = run_script(block.text, tmp_path, glan_env(tmp_path))
+    assert "Biophysics" in out and "now under 2 discipline(s)" in out
+
+
+@pytest.fixture
+def benchmark_file(tmp_path: Path) -> Path:
+    """The benchmark file "Datasets out" names, made from the suite's small one."""
+    target = tmp_path / "gsm8k_test.jsonl"
+    shutil.copy(ROOT / "tests" / "fixtures" / "benchmark.jsonl", target)
+    return target
+
+
+def test_generating_then_datasets_out(tmp_path: Path, stub: Stub, benchmark_file: Path) -> None:
+    """Generating runs against the stub (its `export` line points at a real endpoint: here
+    the base URL is the stub's), then Datasets out runs on what it made."""
+    env = glan_env(tmp_path)
+    run_script("glan init", tmp_path, env)
+    (generating,) = blocks_in("Generating", "bash")
+    text = re.sub(r"GLAN_LLM_BASE_URL=\S+", f"GLAN_LLM_BASE_URL={stub.base_url}", generating.text)
+    assert text != generating.text, "Generating should show how to point glan at an endpoint"
+    out = run_script(text, tmp_path, env)
+    assert "completed" in out
+    assert stub.calls > 0
+
+    (datasets,) = blocks_in("Datasets out", "bash")
+    out = run_script(datasets.text, tmp_path, env)
+    written = [tmp_path / "data.train.jsonl", tmp_path / "data.test.jsonl"]
+    assert all(f.exists() and f.stat().st_size > 0 for f in written)
+    assert all(str(f.name) in out for f in written)
+    assert (tmp_path / "glan-dataset").is_dir()
+    first = json.loads(written[0].read_text().splitlines()[0])
+    assert first["messages"][0]["role"] == "user"
+
+
+def test_the_server_commands_answer(tmp_path: Path) -> None:
+    """Each command of the API section's block starts a server that answers a query."""
+    (block,) = blocks_in("The GraphQL API", "bash")
+    commands = [ln.split("#")[0].strip() for ln in block.text.splitlines() if ln.strip()]
+    assert {c.split()[0] for c in commands} == {"glan", "uvicorn"}
+    env = glan_env(tmp_path)
+    run_script("glan init", tmp_path, env)
+    for command in commands:
+        port = free_port()
+        server = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=tmp_path,
+            env=env | {"GLAN_PORT": str(port), "UVICORN_PORT": str(port)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, f"{command} exited: {server.stdout.read()}"  # type: ignore[union-attr]
+                try:
+                    reply = httpx.post(
+                        f"http://127.0.0.1:{port}/graphql",
+                        json={
+                            "query": "{ children { ... on TaxonomyNodeConnection { totalCount } } }"
+                        },
+                        timeout=5,
+                    )
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, f"{command} did not answer"
+                    time.sleep(0.25)
+            assert reply.status_code == 200 and "errors" not in reply.json(), reply.text
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
