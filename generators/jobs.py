@@ -83,6 +83,10 @@ class Progress:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: of the units failed in this run, those that kept the model's raw text (the rest got
+    #: no answer at all), and the error of one of them: what a run's summary reports
+    failed_raw: int = 0
+    first_error: str | None = None
 
     @property
     def finished(self) -> int:
@@ -304,22 +308,22 @@ class JobRunner:
         transaction. A group the store refuses (e.g. an empty name in one output) is written
         again a unit at a time, so only the unit at fault fails."""
         counted = [(unit, outcome, _status(outcome)) for unit, outcome in group]
-        for _, _, status in counted:
-            self._count(state, status, +1)
+        for _, outcome, status in counted:
+            self._count(state, status, +1, outcome)
         try:
             with self.store.driver.transaction() as tx:
                 stage.write_many([(u, o) for u, o, _ in counted if o.ok], tx)
                 self._save_units(stage, counted, state, params, tx)
         except GlanError as exc:
-            for _, _, status in counted:
-                self._count(state, status, -1)
+            for _, outcome, status in counted:
+                self._count(state, status, -1, outcome)
             if len(group) > 1:
                 for one in group:
                     self._write_group(stage, [one], state, params)
                 return
             unit, outcome = group[0]
             outcome.error = f"could not store the output: {exc}"
-            self._count(state, UnitStatus.FAILED, +1)
+            self._count(state, UnitStatus.FAILED, +1, outcome)
             with self.store.driver.transaction() as tx:
                 self._save_units(stage, [(unit, outcome, UnitStatus.FAILED)], state, params, tx)
 
@@ -341,11 +345,14 @@ class JobRunner:
             self._last_job_save = now
 
     @staticmethod
-    def _count(state: Progress, status: str, by: int) -> None:
+    def _count(state: Progress, status: str, by: int, outcome: Outcome) -> None:
         if status == UnitStatus.DONE:
             state.done += by
-        else:
-            state.failed += by
+            return
+        state.failed += by
+        state.failed_raw += by if outcome.raw else 0
+        if by > 0 and state.first_error is None:
+            state.first_error = outcome.error
 
     @staticmethod
     def _unit_row(

@@ -9,7 +9,7 @@ from typing import Any
 
 from graph.store import Store
 
-from .jobs import JobRunner, Progress, ProgressCallback
+from .jobs import JobRunner, JobStatus, Progress, ProgressCallback
 from .llm import LLMClient, LLMConfig, StageParams
 from .stages import STAGES
 
@@ -44,6 +44,68 @@ class PipelineOptions:
                 "prefer_uncovered": self.prefer_uncovered,
             }
         return {}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run of stages amounts to: its exit status and the lines that say why.
+
+    0 only when every stage completed with every unit done (a stage with nothing to do
+    counts as done); 1 when any unit failed or a stage did not finish. The last line is
+    the verdict itself."""
+
+    exit_code: int
+    lines: tuple[str, ...]
+
+
+def verdict(results: Sequence[Progress]) -> Verdict:
+    """Judge a run from its jobs' results, in the order the stages ran."""
+    total = sum(r.total for r in results)
+    failed = sum(r.failed for r in results)
+    unfinished = [r for r in results if r.status not in _FINISHED]
+    if not failed and not unfinished:
+        return Verdict(0, (f"done: all {total:,} units of {_names(results)} are done",))
+    lines: list[str] = []
+    first = next((r for r in results if r.first_error), None)
+    if first is not None:
+        lines.append(f"first error ({first.stage}): {first.first_error}")
+    kept = sum(r.failed_raw for r in results)
+    if failed and kept == failed:
+        lines.append("each failed unit kept the model's raw output: glan jobs --failed shows it")
+    elif failed and not kept:
+        lines.append(
+            "no failed unit got text back from the model, so there is no raw output to "
+            "keep; glan jobs --failed lists each one's error"
+        )
+    elif failed:
+        lines.append(
+            f"{kept:,} failed unit(s) kept the model's raw output and {failed - kept:,} got "
+            "no text back; glan jobs --failed shows each with its error"
+        )
+    for r in unfinished:
+        lines.append(f"{r.stage} did not finish ({r.status}){f': {r.error}' if r.error else ''}")
+    first_bad = next(i for i, r in enumerate(results) if r.failed or r in unfinished)
+    if after := results[first_bad + 1 :]:
+        lines.append(
+            f"{_names(after)} ran on what {results[first_bad].stage} had made so far; "
+            "running the same command again retries the failed units and extends the "
+            "later stages to what they make"
+        )
+    if failed:
+        stages = ", ".join(f"{r.stage} {r.failed:,} of {r.total:,}" for r in results if r.failed)
+        last = f"incomplete: {failed:,} of {total:,} units failed ({stages})"
+        lines.append(f"{last}; run the same command again to retry them")
+    else:
+        lines.append("incomplete: run the same command again to resume")
+    return Verdict(1, tuple(lines))
+
+
+_FINISHED = (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_FAILURES)
+
+
+def _names(results: Sequence[Progress]) -> str:
+    names = [r.stage for r in results]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 async def run_stages(

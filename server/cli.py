@@ -324,8 +324,11 @@ def generate(
         bool, typer.Option("--local", help="start the bundled offline model for this run")
     ] = False,
 ) -> None:
-    """Run GLAN stages under PATH as resumable jobs; run the same command again to resume."""
-    from generators.pipeline import PipelineOptions, run_pipeline
+    """Run GLAN stages under PATH as resumable jobs; run the same command again to resume.
+
+    Exits 0 when every unit of every stage is done, 1 when any failed (the last line says
+    how many, and where they are kept)."""
+    from generators.pipeline import PipelineOptions, run_pipeline, verdict
     from generators.stages import PIPELINE
 
     if stage not in STAGE_CHOICES:
@@ -358,14 +361,16 @@ def generate(
     for r in results:
         console.print(
             f"{r.stage:<9} {r.status:<24} {r.done}/{r.total} done ({r.skipped} earlier), "
-            f"{r.failed} failed, tokens {r.prompt_tokens:,} in / {r.completion_tokens:,} out"
+            f"{r.failed} failed, tokens {r.prompt_tokens:,} in / {r.completion_tokens:,} out",
+            soft_wrap=True,
         )
-    failed = sum(r.failed for r in results)
-    if failed:
-        err.print(
-            f"[yellow]{failed} unit(s) failed; their raw output is kept "
-            "(glan jobs --failed). Run the same command again to retry them.[/]"
-        )
+    judged = verdict(results)
+    if judged.exit_code == 0:
+        console.print(judged.lines[-1], soft_wrap=True)
+        return
+    for line in judged.lines:
+        err.print(f"[yellow]{escape(line)}[/]")
+    raise typer.Exit(judged.exit_code)
 
 
 @contextmanager

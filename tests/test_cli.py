@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from server.cli import app
+from tests.llm_stub import Reply, fake_glan_model, first_user_message, ok, run_stub
 
 runner = CliRunner()
 
@@ -137,3 +140,64 @@ def test_second_process_is_told_the_store_is_taken(env: dict[str, str], tmp_path
         holder.wait()
     time.sleep(0.1)
     assert glan("tree", "--depth", "0")[0] == 0  # free again once the holder is gone
+
+
+ALGEBRA = "Formal Sciences/Mathematics/Algebra"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then let go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_generate_exits_1_when_every_unit_failed_and_says_why(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint nobody answers on: no unit gets text back, so there is no raw output to
+    speak of; the error itself is printed, and the exit status is 1."""
+    assert glan("init")[0] == 0
+    monkeypatch.setenv("GLAN_LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("GLAN_LLM_MAX_RETRIES", "0")
+    code, out = glan("generate", "subjects", ALGEBRA, "--rounds", "2")
+    assert code == 1, out
+    assert "raw output is kept" not in out
+    lines = out.strip().splitlines()
+    assert any(line.startswith("first error (subjects): ") for line in lines)
+    assert "connection failed" in out
+    assert "no failed unit got text back from the model" in out and "glan jobs --failed" in out
+    assert lines[-1] == (
+        "incomplete: 2 of 2 units failed (subjects 2 of 2); run the same command again to "
+        "retry them"
+    )
+
+
+def test_generate_exit_status_follows_the_units(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0 with every unit done; 1 when some failed, saying their raw output is kept."""
+    assert glan("init")[0] == 0
+    monkeypatch.setenv("GLAN_MODEL", "stub")
+    good = fake_glan_model()
+
+    def no_syllabus(body: dict[str, Any], n: int) -> Reply:
+        if '{"sessions"' in first_user_message(body):
+            return ok("I would rather not.")
+        return good(body, n)
+
+    with run_stub(no_syllabus) as stub:
+        monkeypatch.setenv("GLAN_LLM_BASE_URL", stub.base_url)
+        code, out = glan("generate", "subjects", ALGEBRA, "--rounds", "2", "--per-call", "3")
+        assert code == 0, out
+        assert out.strip().splitlines()[-1] == "done: all 2 units of subjects are done"
+        code, out = glan("generate", "syllabus", ALGEBRA)
+    assert code == 1, out
+    assert "each failed unit kept the model's raw output: glan jobs --failed shows it" in out
+    assert "first error (syllabus): the answer did not match Syllabus" in out
+    assert out.strip().splitlines()[-1] == (
+        "incomplete: 6 of 6 units failed (syllabus 6 of 6); run the same command again to "
+        "retry them"
+    )
+    code, out = glan("jobs", "--failed")
+    assert code == 0 and out.count("raw: I would rather not.") == 6
