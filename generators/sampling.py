@@ -5,7 +5,9 @@
 
 Draws are reproducible for a seed and a graph state. By default they prefer concepts and
 combinations no instruction covers yet, and a job never draws the same combination twice.
-The graph is traversed lazily: subjects are drawn first, then only their syllabi are read
+A question job splits its samples evenly over the subjects with a syllabus (shares, then
+Sampler.draw_shares), so that a subject whose syllabus arrives later can be given the same
+share. The graph is traversed lazily: only the syllabi of subjects drawn from are read
 (unless a job draws over most of its subjects: see plan_sampler).
 """
 
@@ -26,6 +28,8 @@ from graph.store import Store, SyllabusIndex
 MAX_CONCEPTS = 5
 #: tries for a combination not seen before, per draw, before giving the draw up
 MAX_TRIES = 30
+#: draws of a subject that find no new combination before draw_shares gives it up
+MAX_SHARE_MISSES = 3
 #: a job drawing at least this many samples per subject of its scope reads every syllabus
 #: of the scope before drawing (see plan_sampler)
 WHOLE_READ_DRAWS = 0.5
@@ -100,6 +104,7 @@ class Sampler:
         seed: int,
         prefer_uncovered: bool = True,
         existing_keys: Iterable[str] = (),
+        taken_keys: Iterable[str] = (),
         basic_ratio: float = 0.5,
     ) -> None:
         if not 0.0 <= basic_ratio <= 1.0:
@@ -108,8 +113,10 @@ class Sampler:
         self.load = load
         self.prefer_uncovered = prefer_uncovered
         self.basic_ratio = basic_ratio
+        #: asked already: avoided while preferring uncovered combinations, else allowed
         self.existing = set(existing_keys)
-        self.drawn: set[str] = set()
+        #: never drawn: what this sampler drew, and taken_keys (a job's plan so far)
+        self.drawn: set[str] = set(taken_keys)
         self.all_ids = sorted(s for s, (n, _) in subjects.items() if n > 0)
         self.open_ids = [s for s in self.all_ids if subjects[s][1] < subjects[s][0]]
         self._open = set(self.open_ids)
@@ -166,6 +173,31 @@ class Sampler:
         # pass of the cycle collector meanwhile would walk all of them.
         with _collector_paused():
             return self._draw(n, strategy)
+
+    def draw_shares(
+        self, shares: Mapping[str, int], strategy: Strategy = Strategy.MIXED
+    ) -> list[Sample]:
+        """Per subject, up to its share of samples with distinct combinations, subject by
+        subject in id order (fewer for a subject only when it runs out of combinations)."""
+        if any(k < 0 for k in shares.values()):
+            raise ValueError("a share must be 0 or more")
+        with _collector_paused():
+            wanted = sorted(s for s, k in shares.items() if k > 0)
+            out: list[Sample] = []
+            for subject in self._subjects(wanted):  # their syllabi, in one read
+                got = misses = 0
+                while got < shares[subject.id] and misses < MAX_SHARE_MISSES:
+                    chosen = self._strategy(strategy)
+                    if chosen is Strategy.HARD and subject.n < 2 and strategy is Strategy.MIXED:
+                        chosen = Strategy.BASIC
+                    sample = self._draw_one(subject, chosen)
+                    if sample is None:
+                        misses += 1
+                        self.given_up += 1
+                        continue
+                    out.append(sample)
+                    got += 1
+            return out
 
     def _draw(self, n: int, strategy: Strategy) -> list[Sample]:
         out: list[Sample] = []
@@ -308,6 +340,7 @@ def plan_sampler(
     seed: int,
     prefer_uncovered: bool = True,
     basic_ratio: float = 0.5,
+    taken_keys: Iterable[str] = (),
 ) -> Sampler:
     """The sampler for a job of n samples over these subjects, which avoids the combinations
     asked about there already.
@@ -328,6 +361,7 @@ def plan_sampler(
         seed=seed,
         prefer_uncovered=prefer_uncovered,
         existing_keys=store.combo_keys(list(stats)),
+        taken_keys=taken_keys,
         basic_ratio=basic_ratio,
     )
     if index is not None:
@@ -344,3 +378,20 @@ def concept_counts(index: SyllabusIndex) -> dict[str, tuple[int, int]]:
     first, end = starts[bounds[:-1]], starts[bounds[1:]]
     counts = zip((end - first).tolist(), (covered[end] - covered[first]).tolist(), strict=True)
     return dict(zip(index.subject_ids, counts, strict=True))
+
+
+def shares(n: int, subject_ids: Iterable[str], seed: int) -> dict[str, int]:
+    """How many of n samples each subject gets: n split evenly over the subjects, the
+    remainder one each to the subjects first in an order drawn from the seed.
+
+    It depends only on n, the seed and the set of subjects, never on what was drawn, so a
+    job's plan can be checked against it later: a subject that is new to the set gets
+    the share a plan drawn now would give it. And a subject of a smaller set never has
+    a smaller share than in a larger set that holds it (its rank among fewer subjects
+    can only rise), so subjects joining the set never leave an earlier one short."""
+    ids = sorted(set(subject_ids))
+    if not ids:
+        return {}
+    each, rest = divmod(n, len(ids))
+    ranked = sorted(ids, key=lambda s: stable_hash("share", str(seed), s))
+    return {s: each + (i < rest) for i, s in enumerate(ranked)}

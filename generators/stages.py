@@ -33,7 +33,7 @@ from graph.store import Node, SessionView, validate_name
 
 from .jobs import Outcome, Stage, UnitSpec, unit_id
 from .prompting import Prompt, get_prompt
-from .sampling import Strategy, plan_sampler
+from .sampling import Sample, Sampler, Strategy, plan_sampler, shares
 
 
 class PromptStage(Stage):
@@ -206,30 +206,63 @@ class QuestionsStage(PromptStage):
         return self._subjects[subject_id]
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
-        # A sampled plan depends on coverage at the time, so it is stored with the job and
-        # read back on a re-run instead of being drawn again.
-        stored = self.store.job_units(self.job_id)
-        if stored:
-            return sorted(
-                (UnitSpec(u["id"], u["target_id"], json.loads(u["payload"])) for u in stored),
-                key=lambda u: u.payload["index"],
-            )
-        n = int(self.options.get("n", 10))
-        sampler = plan_sampler(
+        """The job's samples: n split over the subjects in scope that have a syllabus
+        (sampling.shares), each subject's share drawn from its syllabus.
+
+        A sampled plan depends on coverage at the time, so it is stored with the job and
+        read back on a re-run rather than drawn again. But the subjects with a syllabus
+        may have grown since (a subjects or syllabus stage that failed before did its
+        work on this re-run): each of those with no sample in the stored plan gets the
+        share it has now, drawn after the stored units. Nothing stored is redrawn, so
+        done units stay done and no combination is planned twice; a re-run with no new
+        subjects plans nothing new. The job then holds more than n samples: the ones
+        drawn before, and the new subjects' shares."""
+        subjects = self.store.ids_in_scope(scope, SUBJECT)
+        stored = sorted(
+            (
+                UnitSpec(u["id"], u["target_id"], json.loads(u["payload"]))
+                for u in self.store.job_units(self.job_id)
+            ),
+            key=lambda u: u.payload["index"],
+        )
+        n, seed = int(self.options.get("n", 10)), int(self.options.get("seed", 0))
+        strategy = Strategy(self.options["strategy"])
+        if not stored:
+            sampler = self._sampler(subjects, n)
+            samples = sampler.draw_shares(shares(n, sampler.all_ids, seed), strategy)
+            if len(samples) < n:  # subjects that ran out of combinations: others make up
+                samples += sampler.draw(n - len(samples), strategy)
+            return self._units(samples, 0)
+        planned = {u.payload["subject_id"] for u in stored}
+        stats = self.store.concept_stats(subjects)
+        now = shares(n, [s for s in subjects if stats.get(s, (0, 0))[0] > 0], seed)
+        new = {s: k for s, k in now.items() if k and s not in planned}
+        if not new:
+            return stored
+        sampler = self._sampler(
+            sorted(new), sum(new.values()), taken=[u.payload["combo_key"] for u in stored]
+        )
+        return stored + self._units(sampler.draw_shares(new, strategy), len(stored))
+
+    def _sampler(self, subjects: list[str], n: int, taken: Sequence[str] = ()) -> Sampler:
+        return plan_sampler(
             self.store,
-            self.store.ids_in_scope(scope, SUBJECT),
+            subjects,
             n,
             seed=int(self.options.get("seed", 0)),
             prefer_uncovered=bool(self.options.get("prefer_uncovered", True)),
             basic_ratio=float(self.options.get("basic_ratio", 0.5)),
+            taken_keys=taken,
         )
-        samples = sampler.draw(n, Strategy(self.options["strategy"]))
+
+    def _units(self, samples: Sequence[Sample], first: int) -> list[UnitSpec]:
+        """Units for samples, indexed from `first` (the plan's order when read back)."""
         return [
             UnitSpec(
                 unit_id(self.name, self.job_id, s.combo_key),
                 s.subject_id,
                 {
-                    "index": i,
+                    "index": first + i,
                     "subject_id": s.subject_id,
                     "strategy": str(s.strategy),
                     "session_ids": list(s.session_ids),

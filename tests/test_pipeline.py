@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from generators.jobs import JobStatus
 from generators.llm import LLMClient, LLMConfig, StageParams
-from generators.pipeline import PipelineOptions, run_stages
+from generators.pipeline import PipelineOptions, run_stages, verdict
+from graph.config import StoreConfig
 from graph.errors import ScopeNotApproved, WrongKind
 from graph.model import (
     ANSWERS,
@@ -291,3 +294,137 @@ def _all_units(store: Store) -> list[dict[str, Any]]:
     return [u for j in store.jobs() for u in store.job_units(j["id"])] or [
         {"stage": "none"} for _ in range(store.count_kind(UNIT))
     ]
+
+
+def _kind(body: dict[str, Any]) -> str:
+    """Which GLAN prompt a request is (by the JSON shape it asks for)."""
+    user = first_user_message(body)
+    for kind in ("subjects", "sessions", "question"):
+        if f'{{"{kind}"' in user:
+            return kind
+    return "answer"
+
+
+def counting(handler: Any, calls: Counter[str]) -> Any:
+    def count(body: dict[str, Any], n: int) -> Reply:
+        calls[_kind(body)] += 1
+        return handler(body, n)
+
+    return count
+
+
+def questions_per_subject(store: Store) -> dict[str, int]:
+    """Per subject in scope with a syllabus: the instructions asked about it (0 if none)."""
+    subjects = store.ids_in_scope(store.scope(ALGEBRA), SUBJECT)
+    with_syllabus = [s for s, (c, _) in store.concept_stats(subjects).items() if c]
+    asked = Counter(
+        n.props["subject_id"]
+        for n in store.get_many(store.instruction_ids_in_scope(store.scope(ALGEBRA))).values()
+    )
+    return {s: asked[s] for s in with_syllabus}
+
+
+def test_a_rerun_after_failures_gives_every_new_subject_its_questions(
+    store: Store, tmp_path: Path
+) -> None:
+    """A first run where one subjects round and most syllabi fail draws its questions over
+    the one subject with a syllabus; run again against a healthy model, the subjects and
+    syllabi that arrive get the share of questions a clean run gives each subject, nothing
+    done is asked again and no combination is asked twice."""
+    options = PipelineOptions(n=12, rounds=2, per_call=3, sessions=4, seed=5)
+    good = fake_glan_model()
+    asked_subjects = Counter[str]()
+
+    def failing(body: dict[str, Any], n: int) -> Reply:
+        if _kind(body) == "subjects" and not asked_subjects:
+            asked_subjects["refused"] += 1
+            return error(400, "overloaded")  # not retried: the round fails, no raw text
+        if re.search(r'course "Subject [^"]* [12]"', first_user_message(body)):
+            return ok("Sorry, the syllabus is not ready.")  # off the schema: raw text kept
+        return good(body, n)
+
+    with run_stub(failing) as stub:
+        first = run(store, stub, ALL, options=options)
+    assert [(r.stage, r.status, r.done, r.failed) for r in first] == [
+        ("subjects", JobStatus.COMPLETED_WITH_FAILURES, 1, 1),
+        ("syllabus", JobStatus.COMPLETED_WITH_FAILURES, 1, 2),
+        ("questions", JobStatus.COMPLETED, 12, 0),
+        ("answers", JobStatus.COMPLETED, 12, 0),
+    ]
+    assert sorted(questions_per_subject(store).values()) == [12]
+    judged = verdict(first)  # the questions were complete, the run was not
+    assert judged.exit_code == 1
+    assert judged.lines[-1] == (
+        "incomplete: 3 of 29 units failed (subjects 1 of 2, syllabus 2 of 3); "
+        "run the same command again to retry them"
+    )
+    assert "questions and answers ran on what subjects had made so far" in judged.lines[-2]
+    assert "2 failed unit(s) kept the model's raw output and 1 got no text back" in "".join(
+        judged.lines
+    )
+
+    calls = Counter[str]()
+    with run_stub(counting(fake_glan_model(), calls)) as stub:
+        second = run(store, stub, ALL, options=options)
+    assert [r.status for r in second] == [JobStatus.COMPLETED] * 4
+    assert verdict(second).exit_code == 0
+    per_subject = questions_per_subject(store)
+    assert len(per_subject) == 6  # 2 rounds of 3 subjects, each with its syllabus
+    # a clean run splits 12 questions over 6 subjects, 2 each: every subject that arrived
+    # got its 2; the first keeps the 12 it was asked, which are not asked again
+    assert sorted(per_subject.values()) == [2, 2, 2, 2, 2, 12]
+    assert calls == {"subjects": 1, "sessions": 5, "question": 10, "answer": 10}
+    questions = second[2]
+    assert (questions.total, questions.skipped, questions.done) == (22, 12, 22)
+    instructions = store.get_many(store.instruction_ids_in_scope(store.scope(ALGEBRA)))
+    keys = [n.props["combo_key"] for n in instructions.values()]
+    assert len(keys) == len(set(keys)) == 22  # no combination asked twice
+
+    with run_stub(counting(fake_glan_model(), calls)) as stub:  # nothing left to do
+        third = run(store, stub, ALL, options=options)
+        assert stub.calls == 0
+    assert [r.skipped for r in third] == [r.total for r in third] == [2, 6, 22, 22]
+
+    # the same command on a fresh store against a healthy model: every subject, 2 each
+    with (
+        run_stub(fake_glan_model()) as stub,
+        Store.open(StoreConfig(db_path=tmp_path / "clean.lbug")) as clean,
+    ):
+        clean.load_taxonomy(SMALL_TAXONOMY)
+        run(clean, stub, ALL, options=options)
+        assert sorted(questions_per_subject(clean).values()) == [2] * 6
+
+
+def test_the_plan_is_extended_the_same_way_for_the_same_graph(tmp_path: Path) -> None:
+    """Determinism of an extended plan: two stores in the same state, the same job run
+    again after a new subject got its syllabus, plan the same new samples."""
+    options = PipelineOptions(n=6, rounds=1, per_call=3, sessions=4, seed=2)
+
+    def new_units(db: Path) -> list[tuple[str, str]]:
+        with Store.open(StoreConfig(db_path=db)) as s, run_stub(fake_glan_model()) as stub:
+            s.load_taxonomy(SMALL_TAXONOMY)
+            run(s, stub, ["subjects", "syllabus"], options=options)
+            subjects = s.ids_in_scope(s.scope(ALGEBRA), SUBJECT)
+            kept = s.syllabi(subjects[:1])  # the questions see one subject's syllabus
+            hidden = {sid: s.syllabi([sid])[sid] for sid in subjects[1:]}
+            for sid in hidden:
+                for session in hidden[sid]:
+                    s.review(f"{s.paths_of(sid)[0]}/{_escape(session.title)}", Status.REJECTED)
+            job = run(s, stub, ["questions"], options=options)[0]
+            assert kept and {u["target_id"] for u in s.job_units(job.job_id)} == {subjects[0]}
+            for sid in hidden:
+                for session in hidden[sid]:
+                    s.review(f"{s.paths_of(sid)[0]}/{_escape(session.title)}", Status.APPROVED)
+            again = run(s, stub, ["questions"], options=options)[0]
+            units = s.job_units(again.job_id)
+        return sorted(
+            (json.loads(u["payload"])["index"], json.loads(u["payload"])["combo_key"])
+            for u in units
+        )
+
+    a, b = new_units(tmp_path / "a.lbug"), new_units(tmp_path / "b.lbug")
+    assert len(a) == 6 + 2 * 2 and a == b
+
+
+def _escape(name: str) -> str:
+    return name.replace("/", "\\/")

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from generators import sampling
-from generators.sampling import Sampler, Strategy, combo_key, plan_sampler
+from generators.sampling import Sampler, Strategy, combo_key, plan_sampler, shares
 from graph.model import SUBJECT
 from graph.store import Store
 from tests.conftest import SMALL_TAXONOMY
@@ -159,3 +159,30 @@ def fill_asked(store: Store, samples: list[sampling.Sample]) -> None:
         [(r["id"], c) for r, s in zip(rows, samples, strict=True) for c in s.concept_ids],
         [(r["id"], x) for r, s in zip(rows, samples, strict=True) for x in s.session_ids],
     )
+
+
+def test_shares_split_n_evenly_and_never_shrink_when_subjects_leave() -> None:
+    ids = [f"sub_{i}" for i in range(7)]
+    split = shares(24, ids, seed=1)
+    assert sum(split.values()) == 24 and set(split.values()) == {3, 4}
+    assert split == shares(24, reversed(ids), seed=1)  # the set decides, not its order
+    assert shares(24, ids, seed=2) != split  # the remainder goes elsewhere for a seed
+    fewer = shares(24, ids[:4], seed=1)
+    assert all(fewer[s] >= split[s] for s in fewer)
+    few = shares(3, ids, seed=1)  # fewer samples than subjects: one each, to three
+    assert sorted(few.values()) == [0, 0, 0, 0, 1, 1, 1]
+    assert all(shares(3, ids[:5], seed=1)[s] >= few[s] for s in ids[:5])
+    assert shares(5, [], seed=1) == {}
+
+
+def test_draw_shares_gives_each_subject_its_share(filled: Store) -> None:
+    subjects = filled.ids_in_scope(None, SUBJECT)
+    wanted = dict(zip(subjects, [5, 0, 2], strict=True))
+    drawn = sampler(filled, 4).draw_shares(wanted, Strategy.MIXED)
+    assert Counter(s.subject_id for s in drawn) == {subjects[0]: 5, subjects[2]: 2}
+    assert len({s.combo_key for s in drawn}) == 7
+    again = sampler(filled, 4).draw_shares(wanted, Strategy.MIXED)
+    assert again == drawn  # the same seed and graph, the same samples
+    taken = {s.combo_key for s in drawn}
+    more = sampler(filled, 4, taken_keys=taken).draw_shares(wanted, Strategy.MIXED)
+    assert len(more) == 7 and not taken & {s.combo_key for s in more}
