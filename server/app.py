@@ -40,8 +40,9 @@ from .settings import DEFAULT_MAX_BODY_KB, Settings
 
 log = logging.getLogger("glan.server")
 
-#: The dashboard: plain HTML, CSS and JS with vendored d3 modules, shipped as package data so
-#: an installed glan serves it offline.
+#: The dashboard (plain HTML, CSS and JS with vendored d3 modules) and the GraphiQL page (with
+#: vendored GraphiQL and React builds), shipped as package data so an installed glan serves
+#: both offline.
 STATIC = Path(__file__).parent / "static"
 
 
@@ -72,6 +73,12 @@ class GlanGraphQL(GraphQL[Context, None]):
         if found is None:
             raise RuntimeError("the glan app was not started through its lifespan")
         return found
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL page, not strawberry's: that one loads GraphiQL and React from a CDN,
+        so offline it never gets past "Loading...". Ours loads the same builds from
+        /static/vendor/."""
+        return FileResponse(STATIC / "graphiql.html", headers={"cache-control": "no-cache"})
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         res = self.resources

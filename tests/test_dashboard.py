@@ -7,12 +7,15 @@ the system Chromium headless through its chromedriver (Debian `chromium` and
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -207,6 +210,27 @@ def test_root_leads_to_the_dashboard_and_its_assets_are_served(dataset: Api) -> 
         assert "://" not in page.text.split(src)[0].rsplit('"', 1)[-1]  # nothing remote
 
 
+def test_graphiql_is_served_from_the_package_alone(dataset: Api) -> None:
+    """The page a browser gets at /graphql names no other host: strawberry's own loads its
+    scripts from a CDN and never renders offline."""
+    page = httpx.get(dataset.url + "/graphql", headers={"accept": "text/html"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "://" not in page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert set(assets) == {
+        "data:,",
+        "/static/vendor/react.production.min.js",
+        "/static/vendor/react-dom.production.min.js",
+        "/static/vendor/graphiql.min.js",
+        "/static/vendor/graphiql.min.css",
+        "/static/vendor/graphiql-plugin-explorer.umd.js",
+        "/static/vendor/graphiql-plugin-explorer.css",
+    }
+    for src in (a for a in assets if a.startswith("/static/")):
+        asset = httpx.get(dataset.url + src)
+        assert asset.status_code == 200 and len(asset.content) > 500, src
+
+
 # ---------------------------------------------------------------------- a real browser
 
 
@@ -240,6 +264,8 @@ def browser() -> Iterator[Any]:
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--window-size=1400,950",
+        # loopback only: a page that reaches for a CDN fails here as it would offline
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -469,3 +495,82 @@ def test_thousands_of_subjects_are_aggregated_and_stay_responsive(
         click_arc(browser, f"{PHYSICS}/Topic 0007")
         wait_until(lambda: panel_ready(browser, f"{PHYSICS}/Topic 0007"), what="a subject")
         assert figure(browser, "subjects") == "0" and figure(browser, "concepts") == "0"
+
+
+def editor(driver: Any, selector: str) -> Any:
+    """The CodeMirror editor GraphiQL shows under `selector` (the editor tools keep the
+    Variables and Headers editors both, one hidden), to read or set its text."""
+    found = driver.find_elements("css selector", f"{selector} .CodeMirror")
+    return next((cm for cm in found if cm.is_displayed()), None)
+
+
+def set_text(driver: Any, cm: Any, text: str) -> None:
+    driver.execute_script("arguments[0].CodeMirror.setValue(arguments[1])", cm, text)
+
+
+def set_query(driver: Any, cm: Any, query: str) -> None:
+    """Replace the operation and wait for GraphiQL to take it in: it parses the editor's text
+    100 ms after the last change (and only then knows a subscription for one), then the page
+    puts the text in its address."""
+    set_text(driver, cm, query)
+    wait_until(
+        lambda: parse_qs(urlsplit(driver.current_url).query).get("q") == [query],
+        what="GraphiQL to read the query",
+    )
+
+
+def response(driver: Any) -> Any:
+    """The JSON the result pane shows, once it shows some."""
+    cm = editor(driver, ".graphiql-response")
+    shown = driver.execute_script("return arguments[0].CodeMirror.getValue()", cm)
+    return json.loads(shown) if shown.strip() else None
+
+
+def test_graphiql_runs_queries_and_subscriptions_offline(browser: Any, dataset: Api) -> None:
+    """GraphiQL in a browser that reaches nothing but the app: it renders, runs a query, and
+    with the token in its Headers tab runs a subscription over the websocket."""
+    browser.get(dataset.url + "/graphql")
+    query_editor = wait_until(lambda: editor(browser, ".graphiql-query-editor"), what="GraphiQL")
+    origin = dataset.url + "/"
+    requested = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert any(r.endswith("/static/vendor/graphiql.min.js") for r in requested)
+    assert [r for r in requested if not r.startswith(origin)] == []
+
+    query = "{ coverage { ... on Coverage { total { counts { subjects } } } } }"
+    set_query(browser, query_editor, query)
+    browser.find_element("css selector", ".graphiql-execute-button").click()
+    expected = {"data": dataset.gql(query)}
+    assert expected["data"]["coverage"]["total"]["counts"]["subjects"] == 4
+    assert wait_until(lambda: response(browser), what="the answer") == expected
+    pane = browser.find_element("css selector", ".graphiql-response").text
+    assert '"subjects": 4' in pane
+    shot(browser, "graphiql-query.png")
+    # the explorer plugin lists the schema's fields to click a query together
+    browser.find_element("css selector", 'button[aria-label="Show GraphiQL Explorer"]').click()
+    explorer = wait_until(
+        lambda: browser.find_element("css selector", ".graphiql-explorer-root"),
+        what="the explorer",
+    )
+    assert "coverage" in explorer.text and "gaps" in explorer.text
+
+    # a subscription, authorized by the Headers tab: the token goes in connection_init
+    answers = dataset.gql(
+        "{ jobs(kind: ANSWERS) { ... on JobConnection { edges { node { id } } } } }"
+    )
+    job_id = answers["jobs"]["edges"][0]["node"]["id"]
+    tabs = browser.find_elements("css selector", ".graphiql-editor-tools button")
+    next(t for t in tabs if t.text == "Headers").click()
+    headers = wait_until(lambda: editor(browser, ".graphiql-editor-tool"), what="the headers")
+    set_text(browser, headers, json.dumps({"Authorization": f"Bearer {TOKEN}"}))
+    set_query(
+        browser,
+        query_editor,
+        f'subscription {{ jobProgress(id: "{job_id}") {{ ... on Job {{ id status }} }} }}',
+    )
+    browser.find_element("css selector", ".graphiql-execute-button").click()
+    progress = {"data": {"jobProgress": {"id": job_id, "status": "COMPLETED"}}}
+    assert wait_until(lambda: response(browser) == progress, what="the job's progress")
+    shot(browser, "graphiql-subscription.png")
+    assert console_errors(browser) == []
