@@ -42,7 +42,7 @@ def test_every_setting_a_message_names_exists() -> None:
     named: dict[str, set[str]] = {}
     for folder in ("graph", "generators", "server"):
         for source in (ROOT / folder).rglob("*.py"):
-            for found in re.findall(r"GLAN_[A-Z_]*[A-Z]", source.read_text(encoding="utf-8")):
+            for found in re.findall(r"GLAN_[A-Z0-9_]*[A-Z0-9]", source.read_text(encoding="utf-8")):
                 named.setdefault(found, set()).add(str(source.relative_to(ROOT)))
     unknown = {name: sorted(where) for name, where in named.items() if name not in real}
     assert not unknown, f"settings named but not defined: {unknown}"
