@@ -50,21 +50,30 @@ class PipelineOptions:
 class Verdict:
     """What a run of stages amounts to: its exit status and the lines that say why.
 
-    0 only when every stage completed with every unit done (a stage with nothing to do
-    counts as done); 1 when any unit failed or a stage did not finish. The last line is
-    the verdict itself."""
+    0 when every stage completed with every unit done (a stage with nothing to do counts
+    as done), and also, unless strict, when some units failed but every stage that had
+    work made something: a run at scale always has a few failures, and running the same
+    command again retries them. 1 when a stage did not finish, when every unit of a stage
+    failed (an unreachable endpoint, a wrong model name), or, when strict, when any unit
+    failed. The last line is the verdict itself."""
 
     exit_code: int
     lines: tuple[str, ...]
 
+    @property
+    def complete(self) -> bool:
+        return self.lines[-1].startswith("done:")
 
-def verdict(results: Sequence[Progress]) -> Verdict:
+
+def verdict(results: Sequence[Progress], *, strict: bool = False) -> Verdict:
     """Judge a run from its jobs' results, in the order the stages ran."""
     total = sum(r.total for r in results)
     failed = sum(r.failed for r in results)
     unfinished = [r for r in results if r.status not in _FINISHED]
     if not failed and not unfinished:
         return Verdict(0, (f"done: all {total:,} units of {_names(results)} are done",))
+    barren = [r for r in results if r.failed and not r.done]
+    code = 1 if unfinished or barren or strict else 0
     lines: list[str] = []
     first = next((r for r in results if r.first_error), None)
     if first is not None:
@@ -84,6 +93,8 @@ def verdict(results: Sequence[Progress]) -> Verdict:
         )
     for r in unfinished:
         lines.append(f"{r.stage} did not finish ({r.status}){f': {r.error}' if r.error else ''}")
+    for r in barren:
+        lines.append(f"every unit of {r.stage} failed: {r.failed:,} of {r.total:,}")
     first_bad = next(i for i, r in enumerate(results) if r.failed or r in unfinished)
     if after := results[first_bad + 1 :]:
         lines.append(
@@ -97,7 +108,7 @@ def verdict(results: Sequence[Progress]) -> Verdict:
         lines.append(f"{last}; run the same command again to retry them")
     else:
         lines.append("incomplete: run the same command again to resume")
-    return Verdict(1, tuple(lines))
+    return Verdict(code, tuple(lines))
 
 
 _FINISHED = (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_FAILURES)

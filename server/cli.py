@@ -323,11 +323,16 @@ def generate(
     local: Annotated[
         bool, typer.Option("--local", help="start the bundled offline model for this run")
     ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="exit 1 when any unit failed, not only a whole stage")
+    ] = False,
 ) -> None:
     """Run GLAN stages under PATH as resumable jobs; run the same command again to resume.
 
-    Exits 0 when every unit of every stage is done, 1 when any failed (the last line says
-    how many, and where they are kept)."""
+    Exits 0 when the run made its output: every unit done, or some failed while every
+    stage with work made something (it then says what failed, and a second run retries
+    them); 1 when a stage did not finish or all its units failed, or with --strict when
+    any unit failed. The last line says which."""
     from generators.pipeline import PipelineOptions, run_pipeline, verdict
     from generators.stages import PIPELINE
 
@@ -364,13 +369,14 @@ def generate(
             f"{r.failed} failed, tokens {r.prompt_tokens:,} in / {r.completion_tokens:,} out",
             soft_wrap=True,
         )
-    judged = verdict(results)
-    if judged.exit_code == 0:
+    judged = verdict(results, strict=strict)
+    if judged.complete:
         console.print(judged.lines[-1], soft_wrap=True)
         return
     for line in judged.lines:
         err.print(f"[yellow]{escape(line)}[/]")
-    raise typer.Exit(judged.exit_code)
+    if judged.exit_code:
+        raise typer.Exit(judged.exit_code)
 
 
 @contextmanager
