@@ -63,3 +63,30 @@ class BackendUnavailable(GlanError):
 
 class QueryError(GlanError):
     """The database rejected a query; carries the backend's message."""
+
+
+class StoreMemoryExceeded(GlanError):
+    """The embedded engine needed more memory than its page cache may hold.
+
+    The cache is bounded (GLAN_DB_BUFFER_MB) so that a long-lived process stays bounded;
+    a read or write that needs more is refused with this, naming the setting to raise,
+    instead of taking the machine's memory or crashing.
+    """
+
+    def __init__(self, buffer_mb: int, doing: str = "", *, saved: bool = False) -> None:
+        self.buffer_mb = buffer_mb
+        #: the write was committed, and only the checkpoint after it ran out of memory
+        self.saved = saved
+        cap = f"GLAN_DB_BUFFER_MB={buffer_mb}" if buffer_mb else "its default size"
+        outcome = (
+            "after saving a change, which is kept" if saved else "so it stopped and changed nothing"
+        )
+        advice = (
+            f"set GLAN_DB_BUFFER_MB higher (for example {2 * buffer_mb}) and start glan again"
+            if buffer_mb
+            else "free memory on this machine, or set GLAN_DB_BUFFER_MB below it"
+        )
+        super().__init__(
+            f"the embedded database needed more memory {doing + ' ' if doing else ''}than its "
+            f"page cache may hold ({cap}), {outcome}: {advice}"
+        )

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from generators.llm import LLMConfig, StageParams
-from graph.config import StoreConfig, default_db_path
+from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig, default_db_path
 
 DEFAULT_MAX_BODY_KB = 1024
 
@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     # --- the store
     backend: Literal["embedded", "bolt"] = "embedded"
     db_path: Path = Field(default_factory=default_db_path)
-    db_buffer_mb: int | None = None
+    #: the embedded engine's page cache in MB (0: the engine's default, most of memory)
+    db_buffer_mb: int = Field(default=DEFAULT_BUFFER_POOL_MB, ge=0)
     bolt_uri: str = "bolt://localhost:7687"
     bolt_user: str | None = "neo4j"
     bolt_password: SecretStr | None = None

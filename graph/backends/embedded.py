@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from .. import queries as Q
+from ..config import DEFAULT_BUFFER_POOL_MB
 from ..driver import Dialect, Params, QueryCounter, Row
-from ..errors import QueryError, StoreLocked
+from ..errors import QueryError, StoreLocked, StoreMemoryExceeded
 from ..model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
 
 #: From this many rows on, creates go through COPY FROM an Arrow table: many times faster
@@ -31,6 +32,23 @@ _ARROW = {
     "BOOLEAN": pa.bool_(),
     "STRING[]": pa.list_(pa.string()),
 }
+
+
+#: What the engine says when a statement needs more memory than its buffer pool holds:
+#: the user's setting to change, not a statement the database rejects.
+_POOL_FULL = "buffer pool is full"
+#: ... and when that happened in the checkpoint after a commit: the write itself was kept.
+_COMMITTED = "transaction committed successfully"
+#: Statements the connection keeps prepared, at most, before it forgets them all.
+MAX_PREPARED = 256
+
+
+def _pool_full(exc: RuntimeError) -> bool:
+    return _POOL_FULL in str(exc).lower()
+
+
+def _memory_error(exc: RuntimeError, buffer_mb: int) -> StoreMemoryExceeded:
+    return StoreMemoryExceeded(buffer_mb, saved=str(exc).lower().startswith(_COMMITTED))
 
 
 class LadybugDialect(Dialect):
@@ -103,11 +121,18 @@ class EmbeddedDriver:
     dialect: Dialect = LadybugDialect()
 
     def __init__(
-        self, path: Path | str, *, read_only: bool = False, buffer_pool_mb: int | None = None
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        buffer_pool_mb: int = DEFAULT_BUFFER_POOL_MB,
     ) -> None:
         self.path = Path(path).expanduser()
-        self.description = f"embedded LadybugDB at {self.path}"
+        cache = f"up to {buffer_pool_mb} MB" if buffer_pool_mb else "the engine's default"
+        self.description = f"embedded LadybugDB at {self.path} (page cache {cache})"
         self.counter: QueryCounter | None = None
+        #: the engine's buffer pool in MB (0: the engine's own default, most of memory)
+        self.buffer_pool_mb = buffer_pool_mb
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -119,8 +144,16 @@ class EmbeddedDriver:
             text = str(exc)
             if "lock" in text.lower():
                 raise StoreLocked(str(self.path), text.split("\n")[0]) from exc
+            if _pool_full(exc):
+                raise StoreMemoryExceeded(buffer_pool_mb, "to open the database") from exc
             raise QueryError(f"cannot open {self.path}: {text}") from exc
         self._conn = ladybug.Connection(self._db)
+        # The engine keeps the plan of every statement it has run, with the memory its
+        # operators took, in the buffer pool, where nothing can evict it: each whole-store
+        # count held about 70 MB of a tenth-scale store, until a bounded pool refused the
+        # next statement and an unbounded one grew for as long as the process ran. Planning
+        # again costs about a millisecond a statement.
+        self._conn.execute("CALL enable_cached_prepared_statement='NONE'")
         # One connection, used by one thread at a time; transactions hold it throughout.
         self._lock = threading.RLock()
         self._column_cache: dict[str, list[tuple[str, str]]] = {}
@@ -132,8 +165,30 @@ class EmbeddedDriver:
         try:
             result = self._conn.execute(query, dict(params) if params else {})
         except RuntimeError as exc:
+            if _pool_full(exc):
+                raise _memory_error(exc, self.buffer_pool_mb) from exc
             raise QueryError(f"{exc} (query: {query[:200]})") from exc
+        finally:
+            self._forget_prepared(params)
         return result[-1] if isinstance(result, list) else result
+
+    def _forget_prepared(self, params: Params | None) -> None:
+        """Drop the statements the client library keeps prepared, after one bound to an
+        Arrow table and whenever there are many of them.
+
+        The library keeps every statement it prepares, keyed by its text and by each Arrow
+        table given to it, for as long as the connection lives: every bulk insert would
+        stay in memory with its table (1 GB a million pairs written). A statement bound
+        to a table is never run again, and the others are prepared again in about a
+        millisecond. The cache is the library's own attribute; without it there is
+        nothing to drop."""
+        cache = getattr(self._conn, "_pybind_implicit_prepared_cache", None)
+        if not isinstance(cache, dict) or not cache:
+            return
+        if len(cache) > MAX_PREPARED or (
+            params and any(isinstance(v, pa.Table) for v in params.values())
+        ):
+            cache.clear()
 
     def _run(self, query: str, params: Params | None = None) -> list[Row]:
         result = self._result(query, params)
@@ -221,7 +276,12 @@ class EmbeddedDriver:
                 self._conn.execute("ROLLBACK")
                 raise
             else:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except RuntimeError as exc:
+                    if _pool_full(exc):
+                        raise _memory_error(exc, self.buffer_pool_mb) from exc
+                    raise QueryError(f"{exc} (commit)") from exc
 
     def ensure_schema(self) -> None:
         with self._lock:
