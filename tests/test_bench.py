@@ -72,3 +72,32 @@ def test_model_saturation_smoke() -> None:
     assert found["replayed_requests"] == found["requests"] == 2
     assert found["pipeline_completion_tokens"] > 0 and found["replay_completion_tokens"] > 0
     assert found["ratio"] > 0
+
+
+def test_server_load_smoke() -> None:
+    found = bench(
+        "server_load.py",
+        *("--disciplines", "1", "--rounds", "1", "--questions", "60"),
+        *("--clients", "10", "--duration", "2", "--job-n", "20"),
+    )
+    assert found["bench"] == "server_load"
+    assert found["store_instructions"] == found["store_responses"] == 60
+    # every request was answered, none failed
+    assert found["errors"] == 0 and found["first_errors"] == []
+    assert found["burst_answered"] == found["burst_clients"] == 10
+    assert found["mixed_requests"] > 0 and found["job_load_requests"] > 0
+    for name in ("coverage_store", "coverage_discipline", "subtree", "instructions", "node"):
+        assert found[f"mixed_{name}_n"] > 0, name
+    assert found["mixed_instructions_next_n"] > 0  # 60 instructions: a second page followed
+    # both jobs ran to the end and wrote their pairs, the second while the load ran
+    for job in ("job_unloaded", "job_loaded"):
+        assert found[f"{job}_status"] == "COMPLETED/COMPLETED", job
+        assert found[f"{job}_pairs"] == found[f"{job}_questions"] == 20, job
+        assert not found[f"{job}_cut_short"] and found[f"{job}_failed_units"] == 0, job
+        assert found[f"{job}_pairs_per_s"] > 0 and found[f"{job}_questions_plan_s"] > 0, job
+    assert found["job_ratio"] == pytest.approx(
+        found["job_loaded_pairs_per_s"] / found["job_unloaded_pairs_per_s"], rel=0.05
+    )
+    for key in ("coverage_cold_s", "coverage_warm_s", "burst_p95_s", "mixed_p95_s"):
+        assert found[key] > 0, key
+    assert 0 < found["server_peak_rss_mb"] < 24 * 1024 and found["bench_peak_rss_mb"] > 0
