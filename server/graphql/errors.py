@@ -15,7 +15,14 @@ import strawberry
 from graphql import GraphQLError
 
 from generators.manager import JobConflict, JobNotFound
-from graph.errors import GlanError, InvalidInput, NodeNotFound, ScopeNotApproved, WrongKind
+from graph.errors import (
+    GlanError,
+    InvalidInput,
+    NodeNotFound,
+    ScopeNotApproved,
+    StoreMemoryExceeded,
+    WrongKind,
+)
 
 from .node import Kind
 
@@ -76,7 +83,9 @@ def problem(exc: GlanError) -> Any:
     raise exc  # a GlanError that is not the caller's doing (e.g. the database failed)
 
 
-EXPECTED = (InvalidInput, NodeNotFound, JobNotFound, JobConflict, GraphQLError)
+#: Errors the client is shown. StoreMemoryExceeded is the operator's to act on, not a bug:
+#: its message names the setting to raise and holds no query or file path.
+EXPECTED = (InvalidInput, NodeNotFound, JobNotFound, JobConflict, StoreMemoryExceeded, GraphQLError)
 
 
 def is_unexpected(error: GraphQLError) -> bool:

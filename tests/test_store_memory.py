@@ -1,0 +1,114 @@
+"""The embedded engine's memory is bounded by default (GLAN_DB_BUFFER_MB), a statement
+that needs more than the bound is refused with an error that names the setting to raise,
+and a process that keeps running statements stays within the bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.graph_scale import build
+from graph.backends.embedded import EmbeddedDriver
+from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig
+from graph.errors import StoreMemoryExceeded
+from graph.model import CONCEPT, FIELD, SUBJECT
+from graph.store import Store
+from server.settings import Settings
+from tests.api_helpers import run_api, settings
+from tests.llm_stub import Stub
+
+#: 4 disciplines x 10 subjects x 10 sessions x 5 concepts: 2,000 concepts
+SHAPE = (4, 10, 10, 5)
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Path:
+    """A store of the benchmark's shape, small, written with the default cap."""
+    db = tmp_path / "glan.lbug"
+    with Store.open(StoreConfig(db_path=db)) as store:
+        build(store, *SHAPE)
+    return db
+
+
+def test_the_default_cap_reaches_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GLAN_DB_BUFFER_MB", raising=False)
+    config = Settings(_env_file=None, db_path=tmp_path / "glan.lbug").store_config()  # type: ignore[call-arg]
+    assert config.buffer_pool_mb == DEFAULT_BUFFER_POOL_MB > 0
+    with Store.open(config) as store:
+        assert isinstance(store.driver, EmbeddedDriver)
+        assert f"page cache up to {DEFAULT_BUFFER_POOL_MB} MB" in store.driver.description
+        assert store.driver._db.buffer_pool_size == DEFAULT_BUFFER_POOL_MB * 2**20
+
+
+def test_the_setting_sets_the_cap_and_zero_leaves_the_engines_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for value, description in (("64", "page cache up to 64 MB"), ("0", "the engine's default")):
+        monkeypatch.setenv("GLAN_DB_BUFFER_MB", value)
+        config = Settings(_env_file=None, db_path=tmp_path / "glan.lbug").store_config()  # type: ignore[call-arg]
+        with Store.open(config) as store:
+            assert description in store.driver.description
+            assert isinstance(store.driver, EmbeddedDriver)
+            assert store.driver._db.buffer_pool_size == int(value) * 2**20
+
+
+def test_a_read_over_the_cap_is_refused_naming_the_setting(filled: Path) -> None:
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        tree = store.coverage.tree(None, depth=3, covered=True)
+    with Store.open(StoreConfig(db_path=filled, buffer_pool_mb=16)) as store:
+        with pytest.raises(StoreMemoryExceeded) as refused:
+            store.coverage.tree(None, depth=3, covered=True)
+        message = str(refused.value)
+        assert "GLAN_DB_BUFFER_MB=16" in message
+        assert "set GLAN_DB_BUFFER_MB higher (for example 32)" in message
+        assert "changed nothing" in message
+        # the process goes on: a read that fits still works
+        assert store.nodes.count_kind(CONCEPT) == 2000
+    # and a larger cap reads what the refused read would have
+    with Store.open(StoreConfig(db_path=filled, buffer_pool_mb=64)) as store:
+        again = store.coverage.tree(None, depth=3, covered=True)
+    assert again.counts == tree.counts
+    assert [c.path for c in again.children] == [c.path for c in tree.children]
+
+
+def test_opening_with_too_small_a_cap_says_so(filled: Path) -> None:
+    with pytest.raises(StoreMemoryExceeded, match="to open the database.*GLAN_DB_BUFFER_MB=4"):
+        Store.open(StoreConfig(db_path=filled, buffer_pool_mb=4))
+
+
+def test_many_reads_stay_within_a_small_cap(filled: Path) -> None:
+    """Each statement's memory is given back when it ends: the engine kept the plan of every
+    statement it ran, with its memory, until a bounded cache refused the next one."""
+    with Store.open(StoreConfig(db_path=filled, buffer_pool_mb=64)) as store:
+        for _ in range(3):
+            tree = store.coverage.tree(None, depth=3, covered=True)
+            assert store.coverage.report(None).total.counts["concepts"] == 2000
+            assert len(store.taxonomy.ids_in_scope(None, SUBJECT)) == 40
+            assert len(store.taxonomy.children(None)) == len(tree.children)
+        assert store.nodes.count_kind(FIELD) == 6
+
+
+def test_many_bulk_writes_stay_within_a_small_cap(tmp_path: Path) -> None:
+    """A bulk insert's statement was kept with its Arrow table for as long as the
+    connection lived."""
+    with Store.open(StoreConfig(db_path=tmp_path / "glan.lbug", buffer_pool_mb=32)) as store:
+        for batch in range(20):
+            rows = [
+                {"id": f"c{batch}-{i}", "name": f"c {batch} {i}", "key": f"c {batch} {i}"}
+                for i in range(1000)
+            ]
+            store.nodes.bulk_load(CONCEPT, rows)
+        assert store.nodes.count_kind(CONCEPT) == 20_000
+
+
+def test_the_api_shows_a_refused_read_naming_the_setting(filled: Path, stub: Stub) -> None:
+    """Not the generic internal error: the operator can act on it, and it names no query."""
+    with run_api(settings(filled, stub, db_buffer_mb=16)) as api:
+        messages = api.errors("{ subtree(depth: 3) { __typename } }")
+        # the server goes on: a read that fits still works
+        found = api.gql('{ node(path: "Field 0") { ... on TaxonomyNode { name } } }')
+        assert found["node"] == {"name": "Field 0"}
+    assert any("GLAN_DB_BUFFER_MB=16" in m and "MATCH" not in m for m in messages), messages
