@@ -25,7 +25,6 @@ from graphql import (
     GraphQLError,
     GraphQLSchema,
     InlineFragmentNode,
-    OperationType,
     SelectionSetNode,
     get_named_type,
     get_operation_ast,
@@ -34,6 +33,7 @@ from graphql import (
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.type import GraphQLInterfaceType, GraphQLNamedType, GraphQLObjectType
 from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
 
 from graph.errors import InvalidInput
 
