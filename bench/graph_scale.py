@@ -121,12 +121,12 @@ def build(
                     cid = hierarchy_id(CONCEPT, cn, xid)
                     concept_rows.append({"id": cid, "name": cn, "key": cn, "position": c, **stamp})
                     e_con.append((xid, cid))
-    store.bulk_load(FIELD, f_rows)
-    store.bulk_load(SUBFIELD, sf_rows)
-    store.bulk_load(DISCIPLINE, d_rows)
-    store.bulk_load(SUBJECT, subject_rows)
-    store.bulk_load(SESSION, session_rows)
-    store.bulk_load(CONCEPT, concept_rows)
+    store.nodes.bulk_load(FIELD, f_rows)
+    store.nodes.bulk_load(SUBFIELD, sf_rows)
+    store.nodes.bulk_load(DISCIPLINE, d_rows)
+    store.nodes.bulk_load(SUBJECT, subject_rows)
+    store.nodes.bulk_load(SESSION, session_rows)
+    store.nodes.bulk_load(CONCEPT, concept_rows)
     for rel, pairs in (
         (HAS_SUBFIELD, e_sf),
         (HAS_DISCIPLINE, e_d),
@@ -134,7 +134,7 @@ def build(
         (HAS_SESSION, e_ses),
         (HAS_CONCEPT, e_con),
     ):
-        store.bulk_load_edges(rel, pairs)
+        store.nodes.bulk_load_edges(rel, pairs)
     return {
         "subjects": len(subject_rows),
         "sessions": len(session_rows),
@@ -175,8 +175,8 @@ def write_pairs(store: Store, samples: list[Any], batch: int = 50_000) -> int:
                     "prompt_version": "1",
                 }
             )
-        store.write_instructions(rows, covers, froms)
-        store.write_responses(answers, subject_ids=[s.subject_id for s in chunk])
+        store.instructions.write_instructions(rows, covers, froms)
+        store.instructions.write_responses(answers, subject_ids=[s.subject_id for s in chunk])
         written += len(chunk)
     return written
 
@@ -246,15 +246,15 @@ def run(args: argparse.Namespace) -> Results:
         )
         results.update(shape)
         # the first read computes every subject's rollup; later ones sum them
-        results["coverage_cold_s"], _ = timed(lambda: store.coverage(None))
-        results["coverage_s"], _ = timed(lambda: store.coverage(None))
-        subjects_ids = store.ids_in_scope(None, SUBJECT)
-        stats = store.concept_stats(subjects_ids)
+        results["coverage_cold_s"], _ = timed(lambda: store.coverage.report(None))
+        results["coverage_s"], _ = timed(lambda: store.coverage.report(None))
+        subjects_ids = store.taxonomy.ids_in_scope(None, SUBJECT)
+        stats = store.syllabi.concept_stats(subjects_ids)
         for strategy in (Strategy.BASIC, Strategy.HARD):
             reading = [0.0]
 
             def read(ids: Sequence[str], spent: list[float] = reading) -> Any:
-                seconds, syllabi = timed(partial(store.syllabus_index, ids))
+                seconds, syllabi = timed(partial(store.syllabi.index, ids))
                 spent[0] += seconds
                 return syllabi
 
@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> Results:
             # of which reading the syllabi the draws need (one pass over their concepts)
             results[f"sample_{strategy}_read_s"] = reading[0]
             results[f"sample_{strategy}_n"] = len(drawn)
-        sampler = Sampler(stats, store.syllabus_index, seed=2)
+        sampler = Sampler(stats, store.syllabi.index, seed=2)
         written, seconds = 0, 0.0
         while written < pairs:  # drawn and written in slices: memory stays bounded
             chunk = sampler.draw(min(100_000, pairs - written), Strategy.MIXED)
@@ -299,20 +299,20 @@ def run(args: argparse.Namespace) -> Results:
         results["decontaminate_s"], _ = timed(
             lambda: decontaminate(store, None, [(benchmark, "question")])
         )
-        results["coverage_after_pairs_cold_s"], _ = timed(lambda: store.coverage(None))
-        results["coverage_after_pairs_s"], _ = timed(lambda: store.coverage(None))
+        results["coverage_after_pairs_cold_s"], _ = timed(lambda: store.coverage.report(None))
+        results["coverage_after_pairs_s"], _ = timed(lambda: store.coverage.report(None))
 
         def plan() -> int:
             """What planning a question job over the whole store reads and draws."""
-            subjects = store.ids_in_scope(None, SUBJECT)
+            subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
             sampler = plan_sampler(store, subjects, samples_n, seed=3)
             return len(sampler.draw(samples_n, Strategy.MIXED))
 
         results["plan_after_pairs_s"], _ = timed(plan)
         # what the API's instructions query and sampleInstructions cost on the whole store
-        results["instructions_page_s"], _ = timed(lambda: store.instructions_page(None, first=50))
-        results["instructions_count_s"], _ = timed(lambda: store.count_instructions(None))
-        results["sample_100_s"], _ = timed(lambda: store.sample_instructions(None, 100, seed=1))
+        results["instructions_page_s"], _ = timed(lambda: store.instructions.page(None, first=50))
+        results["instructions_count_s"], _ = timed(lambda: store.instructions.count(None))
+        results["sample_100_s"], _ = timed(lambda: store.instructions.sample(None, 100, seed=1))
     finally:
         store.close()
     results["db_size_mb"] = round(

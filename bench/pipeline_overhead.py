@@ -80,13 +80,13 @@ def stub_process() -> Iterator[str]:
 
 
 def prepare(store: Store, subjects: int) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    disc = store.node("Natural Sciences/Physical Sciences/Physics")
-    ids = store.write_subjects(
+    store.taxonomy.load(SMALL_TAXONOMY)
+    disc = store.taxonomy.node("Natural Sciences/Physical Sciences/Physics")
+    ids = store.syllabi.write_subjects(
         disc.id, [{"name": f"Subject {i}"} for i in range(subjects)], {"model": "bench"}
     )
     for sid in ids:
-        store.write_syllabus(
+        store.syllabi.write_syllabus(
             sid,
             [
                 {
@@ -131,7 +131,7 @@ def main() -> None:
         Store.open(StoreConfig(db_path=folder / "p.lbug")) as store,
     ):
         prepare(store, subjects=max(10, args.pairs // 100))
-        assert store.ids_in_scope(None, SUBJECT)
+        assert store.taxonomy.ids_in_scope(None, SUBJECT)
         stub_rps = asyncio.run(ceiling(base_url, args.pairs * 2, args.concurrency))
         run = asyncio.run(pipeline(store, base_url, args.pairs, args.concurrency))
     results = {

@@ -22,7 +22,8 @@ from datasketch import MinHash, MinHashLSH
 
 from graph.errors import InvalidInput
 from graph.model import INSTRUCTION, RESPONSE, stable_hash
-from graph.store import Node, Store
+from graph.records import Node
+from graph.store import Store
 
 from .reading import iter_details
 
@@ -108,8 +109,8 @@ def find_duplicates(
 def dedup(store: Store, path: str | None, **options: float | int | bool) -> DedupResult:
     """Find duplicates under a path and mark them, replacing earlier marks there."""
     result = find_duplicates(store, path, **options)  # type: ignore[arg-type]
-    store.clear_duplicates(result.ids)
-    store.mark_duplicates(
+    store.instructions.clear_duplicates(result.ids)
+    store.instructions.mark_duplicates(
         [(d, k, "exact") for d, k in result.exact] + [(d, k, "near") for d, k in result.near]
     )
     return result
@@ -227,10 +228,10 @@ def decontaminate(
                 rhits = index.hits(response.props.get("text") or "")
                 if rhits:
                     result.responses[response.id] = sorted(rhits)
-    store.set_property(
+    store.nodes.set_property(
         INSTRUCTION, "contaminated", {k: ",".join(v) for k, v in result.instructions.items()}
     )
-    store.set_property(
+    store.nodes.set_property(
         RESPONSE, "contaminated", {k: ",".join(v) for k, v in result.responses.items()}
     )
     return result

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from graph.errors import InvalidInput
 from graph.model import stable_hash
-from graph.store import InstructionDetail, Node, Store
+from graph.records import InstructionDetail, Node
+from graph.store import Store
 
 from .reading import CHUNK, iter_details
 
@@ -104,8 +105,8 @@ def iter_pairs(
     skipped = skipped if skipped is not None else Skipped()
     for found in iter_details(store, path, chunk=chunk):
         group = list(dict.fromkeys(s for s, _ in found))
-        subjects = store.get_many(group)
-        paths = store.discipline_paths(group)
+        subjects = store.nodes.get_many(group)
+        paths = store.instructions.discipline_paths(group)
         yield from _pairs(found, subjects, paths, responses, skipped)
 
 

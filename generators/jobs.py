@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 from graph.driver import Tx
 from graph.errors import GlanError, WrongKind
 from graph.model import JOB, UNIT, NodeKind, node_id
-from graph.store import Node, Store, now_iso
+from graph.records import Node, now_iso
+from graph.store import Store
 
 from .llm import LLMClient, LLMError, StageParams, Usage
 
@@ -189,20 +190,20 @@ class JobRunner:
         progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
     ) -> Progress:
-        scope = self.store.scope(scope_path)
+        scope = self.store.taxonomy.scope(scope_path)
         stage.check_scope(scope)
         scope_text = scope.path or "" if scope else ""
         key = stage.job_key()
         params = json.dumps(key, sort_keys=True)
         stage.job_id = job_id_for(stage.name, scope_text, key)
         state = Progress(stage.job_id, stage.name, scope_text, JobStatus.RUNNING)
-        if self.store.job(stage.job_id) is None:
-            self.store.save_job({**state.as_row(params), "created_at": now_iso()})
+        if self.store.jobs.get(stage.job_id) is None:
+            self.store.jobs.save({**state.as_row(params), "created_at": now_iso()})
         # Tokens are counted from the units, which store theirs with their output: the job's
         # own counters are saved only now and then, so after a crash they lag behind.
         spent = {
             u["id"]: Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-            for u in self.store.job_units(stage.job_id)
+            for u in self.store.jobs.units(stage.job_id)
         }
         state.prompt_tokens = sum(u.prompt_tokens for u in spent.values())
         state.completion_tokens = sum(u.completion_tokens for u in spent.values())
@@ -211,11 +212,11 @@ class JobRunner:
             units = stage.plan(scope)
         except GlanError as exc:  # stored as failed, so the job does not look alive forever
             state.status, state.error = JobStatus.FAILED, str(exc)
-            self.store.save_job(state.as_row(params))
+            self.store.jobs.save(state.as_row(params))
             if progress:
                 progress(state)
             raise
-        statuses = self.store.unit_statuses([u.id for u in units])
+        statuses = self.store.jobs.unit_statuses([u.id for u in units])
         todo = [u for u in units if statuses.get(u.id) != UnitStatus.DONE]
         state.total = len(units)
         state.skipped = state.done = len(units) - len(todo)
@@ -224,8 +225,8 @@ class JobRunner:
         with self.store.driver.transaction() as tx:
             new = [u for u in units if u.id not in statuses]
             rows = [self._unit_row(stage, u, UnitStatus.PENDING) for u in new]
-            self.store.save_units(rows, update_existing=False, tx=tx)
-            self.store.save_job(state.as_row(params), tx=tx)
+            self.store.jobs.save_units(rows, update_existing=False, tx=tx)
+            self.store.jobs.save(state.as_row(params), tx=tx)
         if progress:
             progress(state)
 
@@ -284,7 +285,7 @@ class JobRunner:
                 else JobStatus.FAILED
             )
             state.error = None if state.status == JobStatus.CANCELLED else repr(exc)
-            self.store.save_job(state.as_row(params))
+            self.store.jobs.save(state.as_row(params))
             raise
         if cancel is not None and cancel.is_set() and state.finished < state.total:
             state.status = JobStatus.CANCELLED
@@ -292,7 +293,7 @@ class JobRunner:
             state.status = JobStatus.COMPLETED_WITH_FAILURES
         else:
             state.status = JobStatus.COMPLETED
-        self.store.save_job(state.as_row(params))
+        self.store.jobs.save(state.as_row(params))
         if progress:
             progress(state)
         return state
@@ -338,10 +339,10 @@ class JobRunner:
         """The units' new states (their nodes exist since planning) and, at most every
         JOB_SAVE_EVERY_S, the job's counters: a re-run recounts them from the units."""
         rows = [self._unit_row(stage, u, status, o) for u, o, status in counted]
-        self.store.update_existing(UNIT, rows, tx=tx)
+        self.store.nodes.update_existing(UNIT, rows, tx=tx)
         now = time.monotonic()
         if now - self._last_job_save >= JOB_SAVE_EVERY_S:
-            self.store.update_existing(JOB, [state.as_row(params)], tx=tx)
+            self.store.nodes.update_existing(JOB, [state.as_row(params)], tx=tx)
             self._last_job_save = now
 
     @staticmethod

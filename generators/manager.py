@@ -71,7 +71,7 @@ class JobManager:
 
     def start(self, stage_name: str, path: str | None, options: PipelineOptions) -> Progress:
         """Start a job in the background and return its first state at once."""
-        scope = self.store.scope(path)  # refuses unknown and unapproved paths
+        scope = self.store.taxonomy.scope(path)  # refuses unknown and unapproved paths
         scope_text = scope.path or "" if scope else ""
         stage = STAGES[stage_name](
             self.store, self.llm, self.params_for(stage_name), options.for_stage(stage_name)
@@ -116,7 +116,7 @@ class JobManager:
     def cancel(self, job_id: str) -> Progress:
         entry = self.running.get(job_id)
         if entry is None:
-            stored = self.store.job(job_id)
+            stored = self.store.jobs.get(job_id)
             if stored is None:
                 raise JobNotFound(job_id)
             return _from_row(stored)
@@ -127,7 +127,7 @@ class JobManager:
         entry = self.running.get(job_id)
         if entry is not None:
             return entry.latest
-        stored = self.store.job(job_id)
+        stored = self.store.jobs.get(job_id)
         return _from_row(stored) if stored else None
 
     async def watch(self, job_id: str) -> AsyncIterator[Progress]:

@@ -2,8 +2,8 @@
 and the report walk through.
 
 Subjects are taken in order, in groups holding up to a chunk of instructions, and each
-group is read walking down from its subjects (`Store.details_below`). A subject with more
-instructions than a chunk is read a chunk at a time by id (`Store.details_of`). Either
+group is read walking down from its subjects (`Instructions.details_below`). A subject with more
+instructions than a chunk is read a chunk at a time by id (`Instructions.details_of`). Either
 way memory is that of one chunk, whatever the size of the store.
 """
 
@@ -15,7 +15,8 @@ from functools import cached_property
 from graph.driver import batched
 from graph.errors import WrongKind
 from graph.model import CONCEPT, HIERARCHY, SESSION, SUBJECT
-from graph.store import InstructionDetail, NameIndex, Store
+from graph.records import InstructionDetail, NameIndex
+from graph.store import Store
 
 #: Instructions read at once (about 100 MB with their answers at this size). Large,
 #: because a subject with more is read by id, and on the embedded engine each read by id
@@ -41,20 +42,20 @@ def iter_details(
     `responses`, those lists are left empty and not read."""
     if chunk < 1:
         raise ValueError("chunk must be at least 1")
-    scope = store.scope(path)
+    scope = store.taxonomy.scope(path)
     if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
         raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a subject or above")
     names = _NameIndexes(store) if links else None
-    for subject_batch in batched(store.ids_in_scope(scope, SUBJECT), subjects_per_batch):
-        by_subject = store.instructions_by_subject(subject_batch)
+    for subject_batch in batched(store.taxonomy.ids_in_scope(scope, SUBJECT), subjects_per_batch):
+        by_subject = store.instructions.instructions_by_subject(subject_batch)
         for group in _groups(subject_batch, by_subject, chunk):
             if len(group) > 1 or len(by_subject[group[0]]) <= chunk:
-                below = store.details_below(group, links=links, responses=responses)
+                below = store.instructions.details_below(group, links=links, responses=responses)
                 yield [(s, detail) for s in group for detail in below[s]]
                 continue
             (subject,) = group
             for ids in batched(by_subject[subject], chunk):
-                by_id = store.details_of(
+                by_id = store.instructions.details_of(
                     ids,
                     names.concepts if names else None,
                     names.sessions if names else None,
@@ -85,7 +86,7 @@ def _groups(
 
 
 class _NameIndexes:
-    """The names of concepts and sessions (Store.name_index), read on first use: only the
+    """The names of concepts and sessions (Instructions.name_index), read on first use: only the
     reads by id of large subjects need them, and reading them costs a scan of both tables."""
 
     def __init__(self, store: Store) -> None:
@@ -93,8 +94,8 @@ class _NameIndexes:
 
     @cached_property
     def concepts(self) -> NameIndex | None:
-        return self.store.name_index(CONCEPT)
+        return self.store.instructions.name_index(CONCEPT)
 
     @cached_property
     def sessions(self) -> NameIndex | None:
-        return self.store.name_index(SESSION)
+        return self.store.instructions.name_index(SESSION)

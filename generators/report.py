@@ -78,7 +78,7 @@ def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
         lengths.append(len(pair.response.props.get("text") or ""))
     report.exported = len(lengths)
     report.unanswered = skipped.unanswered
-    coverage = store.coverage(path)
+    coverage = store.coverage.report(path)
     report.pairs_total = coverage.total.counts.get("responses", 0)
     if lengths:
         report.answer_length = length_summary(lengths)
@@ -90,21 +90,21 @@ def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
 
     scope_path = path or ""
     failures: Counter[str] = Counter()
-    for job in store.jobs():
+    for job in store.jobs.all():
         if scope_path and not (job.get("scope") or "").casefold().startswith(scope_path.casefold()):
             continue
         if not job.get("failed"):
             continue
-        for unit in store.job_units(job["id"]):
+        for unit in store.jobs.units(job["id"]):
             if unit.get("status") == "failed":
                 failures[f"{job['kind']}: {_reason(unit.get('error'))}"] += 1
     report.failed_units = dict(failures.most_common())
 
-    scope = store.node(path) if path else None
+    scope = store.taxonomy.node(path) if path else None
     level = HIERARCHY.index(DISCIPLINE)
     if scope is None or scope.level < level:
         rows: list[dict[str, Any]] = []
-        for did, counts in store.counts_by_child(scope, level).items():
+        for did, counts in store.coverage.counts_by_child(scope, level).items():
             concepts = counts.get("concepts", 0)
             if concepts:
                 rows.append(
@@ -115,7 +115,7 @@ def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
                         "per_concept": round(counts.get("instructions", 0) / concepts, 4),
                     }
                 )
-        names = store.get_many([r["id"] for r in rows])
+        names = store.nodes.get_many([r["id"] for r in rows])
         for r in rows:
             r["discipline"] = names[r["id"]].props.get("path") or names[r["id"]].name
         rows.sort(key=lambda r: (r["per_concept"], r["discipline"]))

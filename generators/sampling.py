@@ -23,7 +23,8 @@ from enum import StrEnum
 import numpy as np
 
 from graph.model import stable_hash
-from graph.store import Store, SyllabusIndex
+from graph.records import SyllabusIndex
+from graph.store import Store
 
 MAX_CONCEPTS = 5
 #: tries for a combination not seen before, per draw, before giving the draw up
@@ -351,16 +352,16 @@ def plan_sampler(
     from a read of their own that would count coverage all over again."""
     index: SyllabusIndex | None = None
     if n < WHOLE_READ_DRAWS * len(subject_ids):
-        stats = store.concept_stats(subject_ids)
+        stats = store.syllabi.concept_stats(subject_ids)
     else:
-        index = store.syllabus_index(subject_ids)
+        index = store.syllabi.index(subject_ids)
         stats = concept_counts(index)
     sampler = Sampler(
         stats,
-        store.syllabus_index,
+        store.syllabi.index,
         seed=seed,
         prefer_uncovered=prefer_uncovered,
-        existing_keys=store.combo_keys(list(stats)),
+        existing_keys=store.syllabi.combo_keys(list(stats)),
         taken_keys=taken_keys,
         basic_ratio=basic_ratio,
     )
@@ -371,7 +372,7 @@ def plan_sampler(
 
 def concept_counts(index: SyllabusIndex) -> dict[str, tuple[int, int]]:
     """Per subject of the index: (concepts, concepts an instruction covers), what
-    Store.concept_stats counts."""
+    Syllabi.concept_stats counts."""
     starts = np.asarray(index.concept_start, dtype=np.int64)
     bounds = np.asarray(index.session_start, dtype=np.int64)
     covered = np.r_[0, np.cumsum(np.asarray(index.covered, dtype=np.int64) > 0)]

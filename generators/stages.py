@@ -29,7 +29,7 @@ from graph.model import (
     node_id,
     split_path,
 )
-from graph.store import Node, SessionView, validate_name
+from graph.records import Node, SessionView, validate_name
 
 from .jobs import Outcome, Stage, UnitSpec, unit_id
 from .prompting import Prompt, get_prompt
@@ -76,10 +76,10 @@ class TaxonomyStage(PromptStage):
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         path = unit.payload["path"]
-        parent_kind = self.store.node(path).kind if path else None
+        parent_kind = self.store.taxonomy.node(path).kind if path else None
         kind = child_kind(parent_kind) if parent_kind else FIELD
         assert kind is not None
-        existing = [c.name for c in self.store.children(path or None)]
+        existing = [c.name for c in self.store.taxonomy.children(path or None)]
         return await self.ask(
             path=path or "all human knowledge and capabilities",
             parent_kind=parent_kind.label if parent_kind else "root",
@@ -90,7 +90,7 @@ class TaxonomyStage(PromptStage):
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         path = unit.payload["path"]
-        parent = self.store.node(path) if path else None
+        parent = self.store.taxonomy.node(path) if path else None
         kind = child_kind(parent.kind) if parent else FIELD
         assert kind is not None
         status = Status.APPROVED if self.options.get("auto_approve") else Status.PROPOSED
@@ -112,10 +112,10 @@ class TaxonomyStage(PromptStage):
                     **self.stamp(unit),
                 },
             )
-        self.store.upsert_nodes(kind, list(rows.values()), update_existing=False, tx=tx)
+        self.store.nodes.upsert_nodes(kind, list(rows.values()), update_existing=False, tx=tx)
         if parent is not None:
             rel = CHILD_REL[parent.kind.label]
-            self.store.upsert_edges(rel, [(parent.id, nid) for nid in rows], tx=tx)
+            self.store.nodes.upsert_edges(rel, [(parent.id, nid) for nid in rows], tx=tx)
 
 
 class SubjectsStage(PromptStage):
@@ -129,23 +129,23 @@ class SubjectsStage(PromptStage):
         rounds = int(self.options.get("rounds", 10))
         return [
             UnitSpec(unit_id(self.name, d, str(r)), d, {"discipline_id": d, "round": r})
-            for d in self.store.ids_in_scope(scope, DISCIPLINE)
+            for d in self.store.taxonomy.ids_in_scope(scope, DISCIPLINE)
             for r in range(rounds)
         ]
 
     async def execute(self, unit: UnitSpec) -> Outcome:
-        discipline = self.store.get(unit.target_id)
+        discipline = self.store.nodes.get(unit.target_id)
         assert discipline is not None
         return await self.ask(
             discipline=discipline.name,
             path=discipline.props.get("path") or discipline.name,
             n=int(self.options.get("per_call", 10)),
-            existing=self.store.subject_names(discipline.id),
+            existing=self.store.syllabi.subject_names(discipline.id),
         )
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         subjects = [s.model_dump() for s in outcome.value.subjects]
-        self.store.write_subjects(unit.target_id, subjects, self.stamp(unit), tx=tx)
+        self.store.syllabi.write_subjects(unit.target_id, subjects, self.stamp(unit), tx=tx)
 
 
 class SyllabusStage(PromptStage):
@@ -157,9 +157,9 @@ class SyllabusStage(PromptStage):
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         # Subjects whose syllabus came from elsewhere (added by hand) are left alone.
-        subjects = self.store.ids_in_scope(scope, SUBJECT)
-        has_concepts = self.store.concept_stats(subjects)
-        known = self.store.unit_statuses([unit_id(self.name, s) for s in subjects])
+        subjects = self.store.taxonomy.ids_in_scope(scope, SUBJECT)
+        has_concepts = self.store.syllabi.concept_stats(subjects)
+        known = self.store.jobs.unit_statuses([unit_id(self.name, s) for s in subjects])
         return [
             UnitSpec(unit_id(self.name, s), s, {"subject_id": s})
             for s in subjects
@@ -167,9 +167,9 @@ class SyllabusStage(PromptStage):
         ]
 
     async def execute(self, unit: UnitSpec) -> Outcome:
-        subject = self.store.get(unit.target_id)
+        subject = self.store.nodes.get(unit.target_id)
         assert subject is not None
-        paths = self.store.paths_of(subject.id)
+        paths = self.store.taxonomy.paths_of(subject.id)
         discipline = split_path(paths[0])[2] if paths else ""
         return await self.ask(
             subject=subject.name,
@@ -181,7 +181,7 @@ class SyllabusStage(PromptStage):
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         sessions = [s.model_dump() for s in outcome.value.sessions]
-        self.store.write_syllabus(unit.target_id, sessions, self.stamp(unit), tx=tx)
+        self.store.syllabi.write_syllabus(unit.target_id, sessions, self.stamp(unit), tx=tx)
 
 
 class QuestionsStage(PromptStage):
@@ -199,9 +199,9 @@ class QuestionsStage(PromptStage):
     def _subject(self, subject_id: str) -> tuple[Node, str]:
         """A subject and the name of a discipline it is taught in, read once per job."""
         if subject_id not in self._subjects:
-            subject = self.store.get(subject_id)
+            subject = self.store.nodes.get(subject_id)
             assert subject is not None
-            paths = self.store.paths_of(subject_id)
+            paths = self.store.taxonomy.paths_of(subject_id)
             self._subjects[subject_id] = (subject, split_path(paths[0])[2] if paths else "")
         return self._subjects[subject_id]
 
@@ -217,11 +217,11 @@ class QuestionsStage(PromptStage):
         done units stay done and no combination is planned twice; a re-run with no new
         subjects plans nothing new. The job then holds more than n samples: the ones
         drawn before, and the new subjects' shares."""
-        subjects = self.store.ids_in_scope(scope, SUBJECT)
+        subjects = self.store.taxonomy.ids_in_scope(scope, SUBJECT)
         stored = sorted(
             (
                 UnitSpec(u["id"], u["target_id"], json.loads(u["payload"]))
-                for u in self.store.job_units(self.job_id)
+                for u in self.store.jobs.units(self.job_id)
             ),
             key=lambda u: u.payload["index"],
         )
@@ -234,7 +234,7 @@ class QuestionsStage(PromptStage):
                 samples += sampler.draw(n - len(samples), strategy)
             return self._units(samples, 0)
         planned = {u.payload["subject_id"] for u in stored}
-        stats = self.store.concept_stats(subjects)
+        stats = self.store.syllabi.concept_stats(subjects)
         now = shares(n, [s for s in subjects if stats.get(s, (0, 0))[0] > 0], seed)
         new = {s: k for s, k in now.items() if k and s not in planned}
         if not new:
@@ -275,7 +275,7 @@ class QuestionsStage(PromptStage):
 
     def _syllabus(self, subject_id: str) -> list[SessionView]:
         if subject_id not in self._syllabi:
-            self._syllabi.update(self.store.syllabi([subject_id]))
+            self._syllabi.update(self.store.syllabi.of([subject_id]))
         return self._syllabi.get(subject_id, [])
 
     async def execute(self, unit: UnitSpec) -> Outcome:
@@ -324,7 +324,7 @@ class QuestionsStage(PromptStage):
             )
             covers += [(iid, c) for c in p["concept_ids"]]
             sessions += [(iid, s) for s in p["session_ids"]]
-        self.store.write_instructions(rows, covers, sessions, tx=tx)
+        self.store.instructions.write_instructions(rows, covers, sessions, tx=tx)
 
 
 class AnswersStage(PromptStage):
@@ -345,16 +345,16 @@ class AnswersStage(PromptStage):
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         return [
             UnitSpec(unit_id(self.name, i, self.params.model), i, {"instruction_id": i})
-            for i in self.store.instruction_ids_in_scope(scope)
+            for i in self.store.instructions.ids_in_scope(scope)
         ]
 
     async def execute(self, unit: UnitSpec) -> Outcome:
-        instruction = self.store.get(unit.target_id)
+        instruction = self.store.nodes.get(unit.target_id)
         assert instruction is not None
         sid = instruction.props["subject_id"]
         self._asked_in[instruction.id] = sid
         if sid not in self._subjects:
-            self._subjects[sid] = self.store.get(sid) if sid else None
+            self._subjects[sid] = self.store.nodes.get(sid) if sid else None
         subject = self._subjects[sid]
         prompt = self.prompt
         messages = prompt.render(
@@ -385,7 +385,7 @@ class AnswersStage(PromptStage):
         seen = all(unit.target_id in self._asked_in for unit, _ in done)
         asked_in = [self._asked_in.get(unit.target_id) for unit, _ in done]
         subject_ids = [s for s in asked_in if s] if seen else None
-        self.store.write_responses(rows, subject_ids=subject_ids, tx=tx)
+        self.store.instructions.write_responses(rows, subject_ids=subject_ids, tx=tx)
 
 
 STAGES: dict[str, type[Stage]] = {

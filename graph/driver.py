@@ -29,6 +29,10 @@ class Dialect:
     #: Some engines look a single `{id: $id}` up by key but plan a list of ids as a scan of
     #: every table on the way: cheap for thousands of ids, ruinous for one in a hot path.
     few_ids = 0
+    #: A read for at least this share of the store's subjects walks every subject and keeps
+    #: those asked for: an engine that joins a list of ids with the whole walk anyway pays
+    #: less for the walk alone (see Nodes.reads_whole).
+    whole_read_share = 0.5
 
     def node_ref(self, var: str) -> str | None:
         """An expression giving the engine's own integer reference of node `var`, unique in

@@ -102,7 +102,7 @@ DISCIPLINE = NodeKind("Discipline", "dis", _HIERARCHY + (Prop("path"),) + _PROVE
 # that coverage of a large subtree sums one row per subject instead of walking every
 # concept and instruction. Everything below a subject belongs to it alone, so these add up.
 # A write below a subject bumps `rollup_dirty`; the rollup is current when `rollup_clean`
-# equals it, and is recomputed on the next coverage read otherwise (see Store.coverage).
+# equals it, and is recomputed on the next coverage read otherwise (see graph/rollups.py).
 ROLLUPS: tuple[str, ...] = (
     "rollup_sessions",
     "rollup_concepts",

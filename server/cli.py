@@ -19,7 +19,8 @@ from rich.tree import Tree
 
 from graph.errors import GlanError, InvalidInput
 from graph.model import HIERARCHY, Status, parse_kind, split_path
-from graph.store import COUNT_NAMES, Store, TreeNode
+from graph.records import COUNT_NAMES, TreeNode
+from graph.store import Store
 
 from .settings import Settings
 
@@ -104,7 +105,7 @@ def init(
         console.print(f"store: {escape(store.driver.description)}")
         if no_seed:
             return
-        report = store.load_taxonomy(read_taxonomy(taxonomy))
+        report = store.taxonomy.load(read_taxonomy(taxonomy))
         for kind in HIERARCHY[:3]:
             console.print(
                 f"  {kind.label:<11} {report.created[kind.label]:>5} new, "
@@ -152,7 +153,7 @@ def tree(
 ) -> None:
     """Print the taxonomy below PATH with counts of what lies beneath each node."""
     with open_store() as store:
-        root = store.tree(path, depth)
+        root = store.coverage.tree(path, depth)
     if as_json:
         console.print_json(json.dumps(_tree_json(root)))
         return
@@ -211,7 +212,7 @@ def add(
         props["subtopics"] = list(subtopic or [])
     parent = _parent_path(path)
     with open_store() as store:
-        node = store.add_node(
+        node = store.taxonomy.add_node(
             parent,
             implied,
             names[-1],
@@ -256,7 +257,7 @@ def review(
     if len(chosen) != 1:
         raise fail("give exactly one of --approve, --reject, --propose", 2)
     with open_store() as store:
-        node = store.review(path, chosen[0])
+        node = store.taxonomy.review(path, chosen[0])
     console.print(f"{escape(node.path or '')}: {node.status}")
 
 
@@ -267,8 +268,8 @@ def link(
 ) -> None:
     """Put an existing subject under one more discipline (shared subjects are kept once)."""
     with open_store() as store:
-        node = store.link(parent, subject)
-        paths = store.paths_of(node.id)
+        node = store.taxonomy.link(parent, subject)
+        paths = store.taxonomy.paths_of(node.id)
     console.print(f"{escape(node.name)} now under {len(paths)} discipline(s)")
 
 
@@ -279,12 +280,12 @@ def delete(
 ) -> None:
     """Delete a node and what lies only beneath it (prefer `review --reject`, which keeps data)."""
     with open_store() as store:
-        counts = store.counts(path)
+        counts = store.coverage.counts(path)
         if not yes:
             typer.confirm(
                 f"delete {path!r} and {_count_text(counts) or 'nothing below'}?", abort=True
             )
-        removed = store.delete_subtree(path)
+        removed = store.taxonomy.delete_subtree(path)
     console.print(", ".join(f"{n} {k}" for k, n in removed.items() if n) or "nothing removed")
 
 
@@ -292,13 +293,13 @@ def delete(
 def show(path: str) -> None:
     """Show one node: its properties, every path that reaches it, and counts below it."""
     with open_store() as store:
-        node = store.node(path)
+        node = store.taxonomy.node(path)
         info = {
             "kind": node.kind.label,
             **{k: v for k, v in node.props.items() if v not in (None, "", [])},
-            "paths": store.paths_of(node.id),
+            "paths": store.taxonomy.paths_of(node.id),
             "hidden": node.hidden,
-            "counts": store.counts(path),
+            "counts": store.coverage.counts(path),
         }
     console.print_json(json.dumps(info, default=str))
 
@@ -455,8 +456,8 @@ def jobs(
     from rich.table import Table
 
     with open_store() as store:
-        rows = store.jobs()
-        units = {j["id"]: store.job_units(j["id"]) for j in rows} if failed else {}
+        rows = store.jobs.all()
+        units = {j["id"]: store.jobs.units(j["id"]) for j in rows} if failed else {}
     if as_json:
         console.print_json(json.dumps({"jobs": rows, "units": units}, default=str))
         return

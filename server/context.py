@@ -19,7 +19,8 @@ from strawberry.dataloader import DataLoader
 
 from generators.manager import JobManager
 from graph.model import ANSWERS, COVERS, FROM, RelKind
-from graph.store import Node, Store
+from graph.records import Node
+from graph.store import Store
 
 from .auth import authorized, offered_token
 from .settings import Settings
@@ -29,7 +30,7 @@ CountsKey = tuple[str, str]  # (node id, path)
 
 def _nodes(store: Store) -> DataLoader[str, Node | None]:
     async def load(ids: list[str]) -> list[Node | None]:
-        found = store.get_many(ids)
+        found = store.nodes.get_many(ids)
         return [found.get(i) for i in ids]
 
     return DataLoader(load_fn=load)
@@ -37,7 +38,7 @@ def _nodes(store: Store) -> DataLoader[str, Node | None]:
 
 def _linked(store: Store, rel: RelKind, *, reverse: bool = False) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
-        found = store.linked(rel, ids, reverse=reverse)
+        found = store.nodes.linked(rel, ids, reverse=reverse)
         return [found.get(i, []) for i in ids]
 
     return DataLoader(load_fn=load)
@@ -45,7 +46,7 @@ def _linked(store: Store, rel: RelKind, *, reverse: bool = False) -> DataLoader[
 
 def _paths(store: Store) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
-        found = store.paths_of_many(ids)
+        found = store.taxonomy.paths_of_many(ids)
         return [found[i] for i in ids]
 
     return DataLoader(load_fn=load)
@@ -53,7 +54,7 @@ def _paths(store: Store) -> DataLoader[str, list[str]]:
 
 def _children(store: Store) -> DataLoader[str, list[Node]]:
     async def load(paths: list[str]) -> list[list[Node]]:
-        found = store.children_of_many(paths)
+        found = store.taxonomy.children_of_many(paths)
         return [found[p] for p in paths]
 
     return DataLoader(load_fn=load)
@@ -61,7 +62,7 @@ def _children(store: Store) -> DataLoader[str, list[Node]]:
 
 def _counts(store: Store) -> DataLoader[CountsKey, dict[str, int]]:
     async def load(keys: list[CountsKey]) -> list[dict[str, int]]:
-        found = store.counts_many(keys)
+        found = store.coverage.counts_many(keys)
         return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)

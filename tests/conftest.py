@@ -138,5 +138,5 @@ def stub() -> Iterator[Stub]:
 def api(tmp_path: Path, stub: Stub) -> Iterator[Api]:
     """The real app under uvicorn over a fresh store holding the seed taxonomy."""
     with run_api(settings(tmp_path / "api.lbug", stub)) as running:
-        running.store.load_taxonomy(seed_taxonomy())
+        running.store.taxonomy.load(seed_taxonomy())
         yield running

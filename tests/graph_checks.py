@@ -27,7 +27,7 @@ def _edges(store: Store, rel: str, dst: str) -> list[tuple[str, str]]:
 
 
 def units_by_job(store: Store) -> dict[str, list[dict[str, Any]]]:
-    return {j["id"]: store.job_units(j["id"]) for j in store.jobs()}
+    return {j["id"]: store.jobs.units(j["id"]) for j in store.jobs.all()}
 
 
 def snapshot(store: Store) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def snapshot(store: Store) -> dict[str, Any]:
         label: _rows(store, f"MATCH (n:{label}) RETURN count(n) AS n")[0]["n"]
         for label in ("Field", "Discipline", "Subject", "Session", "Concept", "Response")
     }
-    jobs = store.jobs()
+    jobs = store.jobs.all()
     return {
         "counts": counts,
         "instructions": sorted((r["id"], r["combo"], r["text"], r["unit"]) for r in instructions),
@@ -100,7 +100,7 @@ def integrity_problems(store: Store) -> list[str]:
         extra, missing = froms - want_from, want_from - froms
         problems.append(f"FROM edges differ from the sampled sessions: +{extra} -{missing}")
 
-    for job in store.jobs():
+    for job in store.jobs.all():
         mine = [u for u in units.values() if u["job_id"] == job["id"]]
         if job["status"] == "running":
             continue  # counters are saved every half second while running

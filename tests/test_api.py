@@ -315,7 +315,7 @@ def test_edit_failures_are_typed_results(api: Api) -> None:
     cypher = "x'}) MATCH (n) DETACH DELETE n //"
     stored = add(p="Formal Sciences", k="SUBFIELD", n=cypher)
     assert stored["node"]["path"] == "Formal Sciences/" + cypher.replace("/", "\\/")
-    assert api.store.count_kind(FIELD) == 15
+    assert api.store.nodes.count_kind(FIELD) == 15
 
     bad_update = api.gql(
         'mutation { updateNode(path: "Formal Sciences/Mathematics/Algebra", '
@@ -360,7 +360,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         return reply
 
     with run_stub(held) as stub, run_api(settings(db, stub)) as api:
-        api.store.load_taxonomy(seed_taxonomy())
+        api.store.taxonomy.load(seed_taxonomy())
         added = api.gql(ADD, {"p": MATHEMATICS, "k": "DISCIPLINE", "n": "Category Theory"})
         assert added["addNode"]["__typename"] == "NodePayload"
         jobs = {
@@ -628,7 +628,7 @@ def test_generation_refusals_are_typed_results(api: Api) -> None:
 def test_a_stage_that_refuses_its_scope_is_reported(api: Api) -> None:
     from graph.model import SUBJECT
 
-    api.store.add_node(ALGEBRA, SUBJECT, "Linear Algebra")
+    api.store.taxonomy.add_node(ALGEBRA, SUBJECT, "Linear Algebra")
     for mutation, path in (
         ("generateTaxonomy(path: $p)", ALGEBRA),
         ("generateSubjects(path: $p)", ALGEBRA + "/Linear Algebra"),
@@ -651,7 +651,7 @@ def test_job_conflict_and_cancel(tmp_path: Path) -> None:
         run_stub(handler) as stub,
         run_api(settings(tmp_path / "api.lbug", stub, llm_concurrency=1)) as api,
     ):
-        api.store.load_taxonomy(seed_taxonomy())
+        api.store.taxonomy.load(seed_taxonomy())
         first = start(api, "generateSubjects(path: $p, rounds: 20)", {"p": "Formal Sciences"})
         assert first["live"]
         inner = start(api, "generateSubjects(path: $p, rounds: 1)", {"p": ALGEBRA})
@@ -693,7 +693,7 @@ def test_progress_of_an_unknown_or_finished_job(api: Api) -> None:
 def test_auth_on_protects_mutations_and_subscriptions(tmp_path: Path, stub: Stub) -> None:
     token = "s3cret-token"
     with run_api(settings(tmp_path / "api.lbug", stub, api_token=SecretStr(token))) as api:
-        api.store.load_taxonomy(seed_taxonomy())
+        api.store.taxonomy.load(seed_taxonomy())
         add = (
             'mutation { addNode(parentPath: "Arts", kind: SUBFIELD, name: "Opera") { __typename } }'
         )
@@ -867,7 +867,7 @@ def test_unexpected_errors_are_logged_not_leaked(
     def broken(path: str | None = None) -> Any:
         raise RuntimeError("secret detail /var/lib/glan MATCH (n)")
 
-    monkeypatch.setattr(api.store, "coverage", broken)
+    monkeypatch.setattr(api.store.coverage, "report", broken)
     with caplog.at_level(logging.ERROR, logger="glan.server"):
         body = api.post(COVERAGE, {"p": ALGEBRA}).json()
     assert body["data"] is None

@@ -59,7 +59,7 @@ NODE = """query($path: String) { node(path: $path) { __typename
 
 
 def counts(store: Store) -> dict[str, int]:
-    return {kind.label: store.count_kind(kind) for kind in (*HIERARCHY, JOB, UNIT)}
+    return {kind.label: store.nodes.count_kind(kind) for kind in (*HIERARCHY, JOB, UNIT)}
 
 
 async def post_all(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
@@ -106,7 +106,7 @@ def test_concurrent_jobs_on_overlapping_scopes_start_once(tmp_path: Path) -> Non
         run_stub(slow) as stub,
         run_api(settings(tmp_path / "api.lbug", stub, llm_concurrency=2)) as api,
     ):
-        api.store.load_taxonomy(seed_taxonomy())
+        api.store.taxonomy.load(seed_taxonomy())
         bodies = [{"query": start, "variables": {"p": s}} for s in scopes * 4]
         results = [
             r.json()["data"]["generateSubjects"] for r in asyncio.run(post_all(api.url, bodies))
@@ -118,7 +118,7 @@ def test_concurrent_jobs_on_overlapping_scopes_start_once(tmp_path: Path) -> Non
         assert all("already running" in r["message"] for r in refused)
         job = api.wait_for(started[0], timeout=120)
         assert job["status"] == "COMPLETED"
-        units = api.store.job_units(started[0])
+        units = api.store.jobs.units(started[0])
         assert len(units) == job["total"] == len({u["id"] for u in units})
         # one model call per unit: none was generated twice
         assert stub.calls == job["total"]
@@ -156,7 +156,7 @@ def test_a_second_process_on_the_same_store_is_refused(tmp_path: Path) -> None:
     assert first.returncode == 0, out
     with Store.open(StoreConfig(db_path=db)) as store:
         assert integrity_problems(store) == []
-        (job,) = store.jobs()
+        (job,) = store.jobs.all()
         assert (job["status"], job["done"]) == ("completed", 20)
     assert stub.calls == 20  # the refused run asked nothing
 
@@ -313,7 +313,7 @@ def fuzz_one(
 def fuzz_store(tmp_path: Path, stub: Stub, **kw: Any) -> Iterator[Api]:
     """A small store, so that fuzzed generation jobs stay small."""
     with run_api(settings(tmp_path / "fuzz.lbug", stub, llm_concurrency=8, **kw)) as api:
-        api.store.load_taxonomy(SMALL_TAXONOMY)
+        api.store.taxonomy.load(SMALL_TAXONOMY)
         yield api
 
 
@@ -408,7 +408,7 @@ def test_every_free_text_input_has_a_limit(api: Api) -> None:
     node = api.gql(NODE, {"path": subject})["node"]
     kept = api.gql(update, {"p": subject, "d": "d" * 10_000, "s": ["s" * 200] * 100})
     assert kept["updateNode"]["__typename"] == "NodePayload"
-    assert api.store.get(node["id"]).props["description"] == "d" * 10_000  # type: ignore[union-attr]
+    assert api.store.nodes.get(node["id"]).props["description"] == "d" * 10_000  # type: ignore[union-attr]
 
     search = """query($t: String!) { search(text: $t) { __typename ... on Problem { message } } }"""
     assert "limit is 200" in api.gql(search, {"t": "q" * 201})["search"]["message"]
@@ -443,7 +443,7 @@ def test_request_bodies_over_the_limit_are_refused(tmp_path: Path, stub: Stub) -
     """A body over GLAN_API_MAX_BODY_KB gets a 413 naming the limit, declared or streamed,
     and changes nothing; one under it is served."""
     with run_api(settings(tmp_path / "limit.lbug", stub, api_max_body_kb=64)) as api:
-        api.store.load_taxonomy(SMALL_TAXONOMY)
+        api.store.taxonomy.load(SMALL_TAXONOMY)
         before = counts(api.store)
         big = "x" * 70_000
         mutation = 'mutation($d: String!) { addNode(parentPath: "Formal Sciences", ' \

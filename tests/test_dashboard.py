@@ -68,10 +68,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, stub: Stub) -> Iterator[Ap
     db = tmp_path_factory.mktemp("dashboard") / "api.lbug"
     with run_api(settings(db, stub, api_token=SecretStr(TOKEN))) as api:
         fill(api.store, subjects=3, sessions=3, concepts=4)
-        physics = api.store.node(PHYSICS)
-        api.store.write_subjects(physics.id, [{"name": "Quantum Optics"}], {"model": "test"})
-        api.store.review(CHEMISTRY, Status.PROPOSED)
-        api.store.review(BIOLOGY, Status.REJECTED)
+        physics = api.store.taxonomy.node(PHYSICS)
+        api.store.syllabi.write_subjects(
+            physics.id, [{"name": "Quantum Optics"}], {"model": "test"}
+        )
+        api.store.taxonomy.review(CHEMISTRY, Status.PROPOSED)
+        api.store.taxonomy.review(BIOLOGY, Status.REJECTED)
         for mutation in (
             "generateInstructions(path: $p, n: 8, seed: 3)",
             "generateAnswers(path: $p)",
@@ -155,10 +157,10 @@ def test_store_gaps_and_tree_coverage_on_every_backend(store: Store) -> None:
     """The new Cypher on each backend, with a subject shared by two disciplines: every
     concept and instruction is counted once however many paths reach it."""
     fill(store, subjects=2, sessions=2, concepts=3)
-    store.link(PURE, f"{PHYSICS}/Subject 0")
-    store.add_node(PHYSICS, SUBJECT, "Optics")
-    syllabi = store.syllabi(store.ids_in_scope(None, SUBJECT))
-    by_name = {store.get(sid).name: ss for sid, ss in syllabi.items()}  # type: ignore[union-attr]
+    store.taxonomy.link(PURE, f"{PHYSICS}/Subject 0")
+    store.taxonomy.add_node(PHYSICS, SUBJECT, "Optics")
+    syllabi = store.syllabi.of(store.taxonomy.ids_in_scope(None, SUBJECT))
+    by_name = {store.nodes.get(sid).name: ss for sid, ss in syllabi.items()}  # type: ignore[union-attr]
     twice = by_name["Subject 0"][0].concepts[0]
     once = by_name["Subject 1"][1].concepts[2]
     for iid, concept, session in (
@@ -167,31 +169,31 @@ def test_store_gaps_and_tree_coverage_on_every_backend(store: Store) -> None:
         ("ins_c", once, by_name["Subject 1"][1]),
     ):
         row = {"id": iid, "text": f"question {iid}", "combo_key": iid, "strategy": "basic"}
-        store.write_instructions([row], [(iid, concept.id)], [(iid, session.id)])
+        store.instructions.write_instructions([row], [(iid, concept.id)], [(iid, session.id)])
 
-    least = store.gaps(None, 100).least_covered
+    least = store.coverage.gaps(None, 100).least_covered
     assert len(least) == len({g.node.id for g in least}) == 2 * 2 * 3
     assert [g.instructions for g in least] == [0] * 10 + [1, 2]
     assert (least[-1].node.id, least[-1].subject) == (twice.id, "Subject 0")
     assert (least[-2].node.name, least[-2].session) == (once.name, "S1 session 1")
-    assert [g.instructions for g in store.gaps(PHYSICS, 3).least_covered] == [0, 0, 0]
-    assert [n.name for n in store.gaps(None).subjects_without_syllabus] == ["Optics"]
-    assert store.gaps(PURE).subjects_without_syllabus == []
+    assert [g.instructions for g in store.coverage.gaps(PHYSICS, 3).least_covered] == [0, 0, 0]
+    assert [n.name for n in store.coverage.gaps(None).subjects_without_syllabus] == ["Optics"]
+    assert store.coverage.gaps(PURE).subjects_without_syllabus == []
 
-    tree = store.tree(None, 3, covered=True)
-    assert tree.covered_concepts == store.coverage().total.covered_concepts == 2
+    tree = store.coverage.tree(None, 3, covered=True)
+    assert tree.covered_concepts == store.coverage.report().total.covered_concepts == 2
     disciplines = {
         d.path: d.covered_concepts for f in tree.children for s in f.children for d in s.children
     }
     assert disciplines[PHYSICS] == 2 and disciplines[PURE] == 1
     assert sum(disciplines.values()) == 3  # the shared subject counts under both
-    subjects = store.tree(PHYSICS, 1, covered=True).children
+    subjects = store.coverage.tree(PHYSICS, 1, covered=True).children
     assert {t.node.name: t.covered_concepts for t in subjects if t.node} == {
         "Subject 0": 1,
         "Subject 1": 1,
         "Optics": 0,
     }
-    assert store.tree(None, 3).covered_concepts == 0  # not asked for: not computed
+    assert store.coverage.tree(None, 3).covered_concepts == 0  # not asked for: not computed
 
 
 # ---------------------------------------------------------------------- the page served
@@ -334,7 +336,7 @@ def test_the_seed_with_nothing_generated_shows_the_next_command(
     browser: Any, tmp_path: Path, stub: Stub
 ) -> None:
     with run_api(settings(tmp_path / "seed.lbug", stub)) as api:
-        api.store.load_taxonomy(seed_taxonomy())
+        api.store.taxonomy.load(seed_taxonomy())
         browser.get(api.url + "/")
         assert browser.current_url.endswith("/dashboard")
         wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
@@ -457,10 +459,10 @@ def test_thousands_of_subjects_are_aggregated_and_stay_responsive(
 ) -> None:
     many = 3000
     with run_api(settings(tmp_path / "big.lbug", stub)) as api:
-        api.store.load_taxonomy(SMALL_TAXONOMY)
-        physics = api.store.node(PHYSICS)
+        api.store.taxonomy.load(SMALL_TAXONOMY)
+        physics = api.store.taxonomy.node(PHYSICS)
         names = [{"name": f"Topic {i:04d}"} for i in range(many)]
-        api.store.write_subjects(physics.id, names, {"model": "test"})
+        api.store.syllabi.write_subjects(physics.id, names, {"model": "test"})
         browser.get(api.url + "/dashboard")
         wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
         started = time.monotonic()

@@ -61,15 +61,15 @@ ANSWERS = {
 def build(store: Store) -> dict[str, str]:
     """Write the questions above (one subject each in turn); return name -> instruction id."""
     fill(store, subjects=3, sessions=2, concepts=3)
-    subjects = store.ids_in_scope(None, SUBJECT)
-    syllabi = store.syllabi(subjects)
+    subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+    syllabi = store.syllabi.of(subjects)
     ids: dict[str, str] = {}
     for n, (name, text) in enumerate(QUESTIONS.items()):
         sid = subjects[n % len(subjects)]
         session = syllabi[sid][0]
         iid = f"ins_{name}"
         ids[name] = iid
-        store.write_instructions(
+        store.instructions.write_instructions(
             [
                 {
                     "id": iid,
@@ -88,7 +88,7 @@ def build(store: Store) -> dict[str, str]:
             [(iid, session.id)],
         )
         if name in ANSWERS:
-            store.write_responses(
+            store.instructions.write_responses(
                 [
                     {
                         "id": f"rsp_{name}",
@@ -122,14 +122,17 @@ def test_duplicates_are_found_and_marked_not_deleted(built: tuple[Store, dict[st
     order = [n.id for n in iter_instructions(store, None)]
     kept, dup = sorted((ids["q3"], ids["q4"]), key=order.index)
     assert result.near == [(dup, kept)]
-    nodes = store.get_many(list(ids.values()))
+    nodes = store.nodes.get_many(list(ids.values()))
     assert nodes[ids["q2"]].props["duplicate"] == "exact"
     assert nodes[dup].props["duplicate"] == "near" and not nodes[kept].props["duplicate"]
-    assert store.linked(DUPLICATE_OF, [ids["q2"], dup]) == {ids["q2"]: [ids["q1"]], dup: [kept]}
+    assert store.nodes.linked(DUPLICATE_OF, [ids["q2"], dup]) == {
+        ids["q2"]: [ids["q1"]],
+        dup: [kept],
+    }
     # a stricter threshold on a second run replaces the near mark instead of adding to it
     again = dedup(store, None, threshold=0.99)
-    assert again.near == [] and store.get(dup).props["duplicate"] is None  # type: ignore[union-attr]
-    assert store.count_kind(SUBJECT) == 3 and len(store.instruction_ids_in_scope(None)) == 9
+    assert again.near == [] and store.nodes.get(dup).props["duplicate"] is None  # type: ignore[union-attr]
+    assert store.nodes.count_kind(SUBJECT) == 3 and len(store.instructions.ids_in_scope(None)) == 9
 
 
 def test_exact_only(built: tuple[Store, dict[str, str]]) -> None:
@@ -147,11 +150,11 @@ def test_decontamination_marks_exactly_the_overlaps(built: tuple[Store, dict[str
     )
     assert result.instructions == {ids["q5"]: ["benchmark.jsonl"], ids["q8"]: ["benchmark.csv"]}
     assert result.responses == {"rsp_q6": ["benchmark.jsonl"]}
-    assert store.get(ids["q5"]).props["contaminated"] == "benchmark.jsonl"  # type: ignore[union-attr]
+    assert store.nodes.get(ids["q5"]).props["contaminated"] == "benchmark.jsonl"  # type: ignore[union-attr]
     # a short benchmark question counts when it appears whole ("name the capital of france")
-    subject = store.ids_in_scope(None, SUBJECT)[0]
-    session = store.syllabi([subject])[subject][0].id
-    store.write_instructions(
+    subject = store.taxonomy.ids_in_scope(None, SUBJECT)[0]
+    session = store.syllabi.of([subject])[subject][0].id
+    store.instructions.write_instructions(
         [{"id": "ins_short", "text": "Quick: name the capital of France.", "subject_id": subject}],
         [],
         [("ins_short", session)],
@@ -179,7 +182,7 @@ def test_bad_benchmarks_get_clear_errors(
         decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question"), (bad, "question")])
     assert all(
         not n.props.get("contaminated")
-        for n in store.get_many(store.instruction_ids_in_scope(None)).values()
+        for n in store.nodes.get_many(store.instructions.ids_in_scope(None)).values()
     )
 
 
@@ -262,7 +265,7 @@ def test_split_by_subject_and_hf_dataset(
     seed = next(
         s
         for s in range(100)
-        if 0 < sum(in_test_split(x, 0.4, s) for x in store.ids_in_scope(None, SUBJECT)) < 3
+        if 0 < sum(in_test_split(x, 0.4, s) for x in store.taxonomy.ids_in_scope(None, SUBJECT)) < 3
     )
     result = export_jsonl(store, None, tmp_path / "d.jsonl", test_fraction=0.4, seed=seed)
     train = [json.loads(x) for x in (tmp_path / "d.train.jsonl").read_text().splitlines()]
@@ -283,7 +286,7 @@ def test_export_all_responses_and_only_approved(
     built: tuple[Store, dict[str, str]], tmp_path: Path
 ) -> None:
     store, ids = built
-    store.write_responses(
+    store.instructions.write_responses(
         [
             {
                 "id": "rsp_q9b",
@@ -297,7 +300,7 @@ def test_export_all_responses_and_only_approved(
     )
     out = tmp_path / "all.jsonl"
     assert export_jsonl(store, None, out, responses="all").counts["train"] == 9
-    store.review(PHYSICS, Status.REJECTED)
+    store.taxonomy.review(PHYSICS, Status.REJECTED)
     with pytest.raises(InvalidInput):
         export_jsonl(store, PHYSICS, out)
     assert export_jsonl(store, None, out).counts["train"] == 0
@@ -312,18 +315,18 @@ def test_a_subject_larger_than_a_chunk_is_read_by_id_to_the_same_pairs(
     store, ids = built
     dedup(store, None, threshold=0.7)
     decontaminate(store, None, [(FIXTURES / "benchmark.jsonl", "question")])
-    store.write_responses(
+    store.instructions.write_responses(
         [{"id": "rsp_q9b", "text": "Another.", "model": "other", "instruction_id": ids["q9"]}]
     )
     calls: Counter[str] = Counter()
     for method in ("details_below", "details_of", "name_index"):
-        real = getattr(store, method)
+        real = getattr(store.instructions, method)
 
         def counted(*args: Any, _real: Any = real, _name: str = method, **kw: Any) -> Any:
             calls[_name] += 1
             return _real(*args, **kw)
 
-        monkeypatch.setattr(store, method, counted)
+        monkeypatch.setattr(store.instructions, method, counted)
 
     def export(chunk: int) -> tuple[list[dict[str, Any]], Skipped, Counter[str]]:
         calls.clear()
@@ -341,7 +344,7 @@ def test_a_subject_larger_than_a_chunk_is_read_by_id_to_the_same_pairs(
     )
     assert export(3) == (whole, skipped, {"details_below": 3})
     assert export(2) == (whole, skipped, {"details_of": 6, "name_index": 2})
-    session = store.children(store.children(PHYSICS)[0].path)[0]
+    session = store.taxonomy.children(store.taxonomy.children(PHYSICS)[0].path)[0]
     with pytest.raises(WrongKind, match="is a Session; choose a subject or above"):
         next(iter_pairs(store, session.path))
     with pytest.raises(ValueError, match="chunk"):
@@ -387,11 +390,11 @@ def test_report_answer_length_p90_stays_within_the_lengths(embedded_store: Store
     longest answer: the default quantile method put it past the max (1,396 here)."""
     store = embedded_store
     fill(store, subjects=1, sessions=1, concepts=5)
-    (sid,) = store.ids_in_scope(None, SUBJECT)
-    (session,) = store.syllabi([sid])[sid]
+    (sid,) = store.taxonomy.ids_in_scope(None, SUBJECT)
+    (session,) = store.syllabi.of([sid])[sid]
     for n, length in enumerate([10, 10, 10, 10, 1000]):
         iid = f"ins_{n}"
-        store.write_instructions(
+        store.instructions.write_instructions(
             [
                 {
                     "id": iid,
@@ -409,7 +412,7 @@ def test_report_answer_length_p90_stays_within_the_lengths(embedded_store: Store
             [(iid, session.concepts[n].id)],
             [(iid, session.id)],
         )
-        store.write_responses(
+        store.instructions.write_responses(
             [
                 {
                     "id": f"rsp_{n}",
@@ -435,7 +438,7 @@ def test_cli_export_names_each_file_it_writes(
     db = tmp_path / "s.lbug"
     with Store.open(StoreConfig(db_path=db)) as store:
         build(store)
-        subjects = store.ids_in_scope(None, SUBJECT)
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
     seed = next(s for s in range(100) if 0 < sum(in_test_split(x, 0.4, s) for x in subjects) < 3)
     monkeypatch.setenv("GLAN_DB_PATH", str(db))
     monkeypatch.chdir(tmp_path)

@@ -97,27 +97,27 @@ def test_the_readme_main_job_on_the_real_model(tmp_path: Path) -> None:
     assert "Algebra" in out  # glan tree ran last
 
     with Store.open(StoreConfig(db_path=db)) as store:
-        jobs = {j["kind"]: j for j in store.jobs()}
+        jobs = {j["kind"]: j for j in store.jobs.all()}
         assert set(jobs) == {"subjects", "syllabus", "questions", "answers"}
         for job in jobs.values():
             assert job["status"] in ("completed", "completed_with_failures")
             assert job["done"] + job["failed"] == job["total"]
             assert job["prompt_tokens"] > 0
-            for unit in store.job_units(job["id"]):
+            for unit in store.jobs.units(job["id"]):
                 # every unit ends done, or failed with the model's text or the reason kept
                 assert unit["status"] in ("done", "failed")
                 if unit["status"] == "failed":
                     assert unit["error"]
-        scope = store.scope(DISCIPLINE)
-        counts = store.counts(DISCIPLINE)
+        scope = store.taxonomy.scope(DISCIPLINE)
+        counts = store.coverage.counts(DISCIPLINE)
         assert counts["subjects"] >= 1 and counts["concepts"] >= 3
-        instructions = store.instruction_ids_in_scope(scope)
+        instructions = store.instructions.ids_in_scope(scope)
         assert len(instructions) == jobs["questions"]["done"] >= 1
-        nodes = store.get_many(instructions)
-        covers = store.linked(COVERS, instructions)
-        sessions = store.linked(FROM, instructions)
-        answers = store.linked(ANSWERS, instructions, reverse=True)
-        concepts_of = store.linked(HAS_CONCEPT, [s for v in sessions.values() for s in v])
+        nodes = store.nodes.get_many(instructions)
+        covers = store.nodes.linked(COVERS, instructions)
+        sessions = store.nodes.linked(FROM, instructions)
+        answers = store.nodes.linked(ANSWERS, instructions, reverse=True)
+        concepts_of = store.nodes.linked(HAS_CONCEPT, [s for v in sessions.values() for s in v])
         for iid, node in nodes.items():
             assert node.props["text"] and node.props["model"] == MODEL_ALIAS
             assert node.props["prompt_name"] == "question" and node.props["prompt_version"]
@@ -126,6 +126,6 @@ def test_the_readme_main_job_on_the_real_model(tmp_path: Path) -> None:
         answered = [a for v in answers.values() for a in v]
         assert len(answered) == jobs["answers"]["done"] >= 1
         for rid in answered:
-            response = store.get(rid)
+            response = store.nodes.get(rid)
             assert response is not None and response.props["text"]
             assert response.props["prompt_name"] == "answer"

@@ -65,7 +65,7 @@ def run(
 
 @pytest.fixture
 def store(embedded_store: Store) -> Store:
-    embedded_store.load_taxonomy(SMALL_TAXONOMY)
+    embedded_store.taxonomy.load(SMALL_TAXONOMY)
     return embedded_store
 
 
@@ -83,23 +83,23 @@ def test_all_stages_store_structure_and_provenance(store: Store, model: Stub) ->
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 4
     subjects, syllabus, questions, answers = results
     # 2 rounds x 3 subjects, each round asked with the previous subjects listed
-    assert subjects.total == 2 and store.count_kind(SUBJECT) == 6
-    assert syllabus.total == 6 and store.count_kind(SESSION) == 24
-    assert store.count_kind(CONCEPT) == 96
-    assert questions.total == 8 and store.count_kind(INSTRUCTION) == 8
-    assert answers.total == 8 and store.count_kind(RESPONSE) == 8
+    assert subjects.total == 2 and store.nodes.count_kind(SUBJECT) == 6
+    assert syllabus.total == 6 and store.nodes.count_kind(SESSION) == 24
+    assert store.nodes.count_kind(CONCEPT) == 96
+    assert questions.total == 8 and store.nodes.count_kind(INSTRUCTION) == 8
+    assert answers.total == 8 and store.nodes.count_kind(RESPONSE) == 8
     # tokens: the stub reports 11 in / 7 out per call
     for r in results:
         assert (r.prompt_tokens, r.completion_tokens) == (11 * r.total, 7 * r.total)
-    job = store.job(questions.job_id)
+    job = store.jobs.get(questions.job_id)
     assert job is not None and job["done"] == 8 and job["prompt_tokens"] == 88
 
-    ids = store.instruction_ids_in_scope(store.scope(ALGEBRA))
-    nodes = store.get_many(ids)
-    covers = store.linked(COVERS, ids)
-    sessions = store.linked(FROM, ids)
-    responses = store.linked(ANSWERS, ids, reverse=True)
-    concepts_of = store.linked(HAS_CONCEPT, [s for ss in sessions.values() for s in ss])
+    ids = store.instructions.ids_in_scope(store.taxonomy.scope(ALGEBRA))
+    nodes = store.nodes.get_many(ids)
+    covers = store.nodes.linked(COVERS, ids)
+    sessions = store.nodes.linked(FROM, ids)
+    responses = store.nodes.linked(ANSWERS, ids, reverse=True)
+    concepts_of = store.nodes.linked(HAS_CONCEPT, [s for ss in sessions.values() for s in ss])
     for iid in ids:
         ins = nodes[iid].props
         assert ins["model"] == "question-model" and ins["prompt_name"] == "question"
@@ -111,7 +111,7 @@ def test_all_stages_store_structure_and_provenance(store: Store, model: Stub) ->
         # the question was asked with the sampled concepts, by name
         assert ins["text"].startswith("Explain how these relate:")
         assert len(responses[iid]) == 1
-        rsp = store.get(responses[iid][0])
+        rsp = store.nodes.get(responses[iid][0])
         assert rsp is not None and rsp.props["model"] == "answer-model"
         assert rsp.props["temperature"] == 0.7 and rsp.props["instruction_id"] == iid
     # the question prompt carried the whole syllabus and the sampled concepts
@@ -125,18 +125,19 @@ def test_all_stages_store_structure_and_provenance(store: Store, model: Stub) ->
 def test_rerun_resumes_and_duplicates_nothing(store: Store, model: Stub) -> None:
     run(store, model, ALL)
     calls = model.calls
-    counts = {k.label: store.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION, RESPONSE)}
+    counts = {k.label: store.nodes.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION, RESPONSE)}
     results = run(store, model, ALL)
     assert model.calls == calls  # nothing asked again
     assert [r.skipped for r in results] == [r.total for r in results]
     assert counts == {
-        k.label: store.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION, RESPONSE)
+        k.label: store.nodes.count_kind(k) for k in (SUBJECT, SESSION, INSTRUCTION, RESPONSE)
     }
     # a new seed asks new questions and avoids the combinations already asked
     more = run(store, model, ["questions"], options=PipelineOptions(n=8, seed=4))
-    assert more[0].done == 8 and store.count_kind(INSTRUCTION) == 16
+    assert more[0].done == 8 and store.nodes.count_kind(INSTRUCTION) == 16
     keys = [
-        n.props["combo_key"] for n in store.get_many(store.instruction_ids_in_scope(None)).values()
+        n.props["combo_key"]
+        for n in store.nodes.get_many(store.instructions.ids_in_scope(None)).values()
     ]
     assert len(set(keys)) == 16
 
@@ -154,7 +155,7 @@ def test_malformed_output_fails_the_unit_and_keeps_the_raw_text(store: Store) ->
         run(store, stub, ["subjects"])
         res = run(store, stub, ["syllabus"])[0]
     assert res.status == JobStatus.COMPLETED_WITH_FAILURES and res.failed == 2
-    failed = [u for u in store.job_units(res.job_id) if u["status"] == "failed"]
+    failed = [u for u in store.jobs.units(res.job_id) if u["status"] == "failed"]
     assert len(failed) == res.failed
     for u in failed:
         assert "did not match Syllabus" in u["error"]
@@ -185,15 +186,15 @@ def test_an_output_the_store_refuses_fails_its_unit_alone(store: Store) -> None:
         res = run(store, stub, ["syllabus"])[0]
     assert res.status == JobStatus.COMPLETED_WITH_FAILURES
     assert (res.total, res.done, res.failed) == (6, 4, 2)
-    units = store.job_units(res.job_id)
+    units = store.jobs.units(res.job_id)
     failed = [u for u in units if u["status"] == "failed"]
     assert len(failed) == 2 and sum(u["status"] == "done" for u in units) == 4
     for u in failed:
         assert u["error"].startswith("could not store the output: session title is empty")
         assert "\\u0001" in u["raw"]
         # nothing of the refused syllabus was stored
-        assert store.concept_stats([u["target_id"]]).get(u["target_id"], (0, 0))[0] == 0
-    stored = store.job(res.job_id)
+        assert store.syllabi.concept_stats([u["target_id"]]).get(u["target_id"], (0, 0))[0] == 0
+    stored = store.jobs.get(res.job_id)
     assert stored is not None and (stored["done"], stored["failed"]) == (4, 2)
 
 
@@ -212,7 +213,7 @@ def test_transient_errors_are_retried_until_done(store: Store) -> None:
     with run_stub(unreliable) as stub:
         results = run(store, stub, ["subjects", "syllabus"], timeout_s=0.5, max_retries=8)
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 2
-    assert store.count_kind(SUBJECT) == 6 and store.count_kind(SESSION) == 24
+    assert store.nodes.count_kind(SUBJECT) == 6 and store.nodes.count_kind(SESSION) == 24
 
 
 def test_provider_refusal_fails_units_with_the_reason(store: Store) -> None:
@@ -220,15 +221,15 @@ def test_provider_refusal_fails_units_with_the_reason(store: Store) -> None:
         res = run(store, stub, ["subjects"])[0]
         assert stub.calls == 2  # one per unit, no retries of a 400
     assert res.failed == 2 and res.done == 0
-    units = store.job_units(res.job_id)
+    units = store.jobs.units(res.job_id)
     assert all("model not found" in u["error"] for u in units)
 
 
 def test_generation_refuses_unapproved_scopes(store: Store, model: Stub) -> None:
-    store.review(ALGEBRA, Status.REJECTED)
+    store.taxonomy.review(ALGEBRA, Status.REJECTED)
     with pytest.raises(ScopeNotApproved, match="glan review"):
         run(store, model, ["subjects"])
-    store.review(ALGEBRA, Status.PROPOSED)
+    store.taxonomy.review(ALGEBRA, Status.PROPOSED)
     with pytest.raises(ScopeNotApproved):
         run(store, model, ["subjects"])
     assert model.calls == 0
@@ -237,14 +238,16 @@ def test_generation_refuses_unapproved_scopes(store: Store, model: Stub) -> None
 def test_a_stage_refuses_a_scope_below_its_targets(store: Store, model: Stub) -> None:
     with pytest.raises(WrongKind, match="taxonomy generation runs under"):
         run(store, model, ["taxonomy"], path=ALGEBRA)
-    assert model.calls == 0 and store.jobs() == []  # refused before a job is stored
+    assert model.calls == 0 and store.jobs.all() == []  # refused before a job is stored
 
 
 def test_taxonomy_proposals_wait_for_review(store: Store, model: Stub) -> None:
     res = run(store, model, ["taxonomy"], path="Formal Sciences/Mathematics")[0]
     assert res.status == JobStatus.COMPLETED
     proposed = [
-        c for c in store.children("Formal Sciences/Mathematics") if c.status == Status.PROPOSED
+        c
+        for c in store.taxonomy.children("Formal Sciences/Mathematics")
+        if c.status == Status.PROPOSED
     ]
     assert len(proposed) == 3 and all(c.props["source"] == "llm" for c in proposed)
     assert all(c.kind is DISCIPLINE for c in proposed)
@@ -256,8 +259,8 @@ def test_taxonomy_proposals_wait_for_review(store: Store, model: Stub) -> None:
         path="Formal Sciences/Mathematics",
         options=PipelineOptions(rounds=1),
     )
-    assert store.count_kind(SUBJECT) == 6  # 2 seed disciplines x 3, none under proposals
-    store.review(proposed[0].path or "", Status.APPROVED)
+    assert store.nodes.count_kind(SUBJECT) == 6  # 2 seed disciplines x 3, none under proposals
+    store.taxonomy.review(proposed[0].path or "", Status.APPROVED)
     run(
         store,
         model,
@@ -265,21 +268,21 @@ def test_taxonomy_proposals_wait_for_review(store: Store, model: Stub) -> None:
         path="Formal Sciences/Mathematics",
         options=PipelineOptions(rounds=1),
     )
-    assert store.count_kind(SUBJECT) == 9
+    assert store.nodes.count_kind(SUBJECT) == 9
     # a root expansion proposes fields
     run(store, model, ["taxonomy"], path=None)
-    assert sum(c.status == Status.PROPOSED for c in store.children(None)) == 3
-    assert store.count_kind(SUBFIELD) == 3
+    assert sum(c.status == Status.PROPOSED for c in store.taxonomy.children(None)) == 3
+    assert store.nodes.count_kind(SUBFIELD) == 3
 
 
 def test_new_discipline_then_generation_only_under_it(store: Store, model: Stub) -> None:
-    store.add_node("Formal Sciences/Mathematics", DISCIPLINE, "Category Theory")
+    store.taxonomy.add_node("Formal Sciences/Mathematics", DISCIPLINE, "Category Theory")
     path = "Formal Sciences/Mathematics/Category Theory"
     results = run(store, model, ALL, path=path, options=PipelineOptions(n=4, rounds=1))
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 4
-    assert store.counts(path)["instructions"] == 4
-    assert store.counts(ALGEBRA)["subjects"] == 0
-    assert store.counts()["responses"] == 4
+    assert store.coverage.counts(path)["instructions"] == 4
+    assert store.coverage.counts(ALGEBRA)["subjects"] == 0
+    assert store.coverage.counts()["responses"] == 4
 
 
 def test_units_record_their_inputs(store: Store, model: Stub) -> None:
@@ -291,8 +294,8 @@ def test_units_record_their_inputs(store: Store, model: Stub) -> None:
 
 
 def _all_units(store: Store) -> list[dict[str, Any]]:
-    return [u for j in store.jobs() for u in store.job_units(j["id"])] or [
-        {"stage": "none"} for _ in range(store.count_kind(UNIT))
+    return [u for j in store.jobs.all() for u in store.jobs.units(j["id"])] or [
+        {"stage": "none"} for _ in range(store.nodes.count_kind(UNIT))
     ]
 
 
@@ -315,11 +318,13 @@ def counting(handler: Any, calls: Counter[str]) -> Any:
 
 def questions_per_subject(store: Store) -> dict[str, int]:
     """Per subject in scope with a syllabus: the instructions asked about it (0 if none)."""
-    subjects = store.ids_in_scope(store.scope(ALGEBRA), SUBJECT)
-    with_syllabus = [s for s, (c, _) in store.concept_stats(subjects).items() if c]
+    subjects = store.taxonomy.ids_in_scope(store.taxonomy.scope(ALGEBRA), SUBJECT)
+    with_syllabus = [s for s, (c, _) in store.syllabi.concept_stats(subjects).items() if c]
     asked = Counter(
         n.props["subject_id"]
-        for n in store.get_many(store.instruction_ids_in_scope(store.scope(ALGEBRA))).values()
+        for n in store.nodes.get_many(
+            store.instructions.ids_in_scope(store.taxonomy.scope(ALGEBRA))
+        ).values()
     )
     return {s: asked[s] for s in with_syllabus}
 
@@ -377,7 +382,9 @@ def test_a_rerun_after_failures_gives_every_new_subject_its_questions(
     assert calls == {"subjects": 1, "sessions": 5, "question": 10, "answer": 10}
     questions = second[2]
     assert (questions.total, questions.skipped, questions.done) == (22, 12, 22)
-    instructions = store.get_many(store.instruction_ids_in_scope(store.scope(ALGEBRA)))
+    instructions = store.nodes.get_many(
+        store.instructions.ids_in_scope(store.taxonomy.scope(ALGEBRA))
+    )
     keys = [n.props["combo_key"] for n in instructions.values()]
     assert len(keys) == len(set(keys)) == 22  # no combination asked twice
 
@@ -391,7 +398,7 @@ def test_a_rerun_after_failures_gives_every_new_subject_its_questions(
         run_stub(fake_glan_model()) as stub,
         Store.open(StoreConfig(db_path=tmp_path / "clean.lbug")) as clean,
     ):
-        clean.load_taxonomy(SMALL_TAXONOMY)
+        clean.taxonomy.load(SMALL_TAXONOMY)
         run(clean, stub, ALL, options=options)
         assert sorted(questions_per_subject(clean).values()) == [2] * 6
 
@@ -403,21 +410,25 @@ def test_the_plan_is_extended_the_same_way_for_the_same_graph(tmp_path: Path) ->
 
     def new_units(db: Path) -> list[tuple[str, str]]:
         with Store.open(StoreConfig(db_path=db)) as s, run_stub(fake_glan_model()) as stub:
-            s.load_taxonomy(SMALL_TAXONOMY)
+            s.taxonomy.load(SMALL_TAXONOMY)
             run(s, stub, ["subjects", "syllabus"], options=options)
-            subjects = s.ids_in_scope(s.scope(ALGEBRA), SUBJECT)
-            kept = s.syllabi(subjects[:1])  # the questions see one subject's syllabus
-            hidden = {sid: s.syllabi([sid])[sid] for sid in subjects[1:]}
+            subjects = s.taxonomy.ids_in_scope(s.taxonomy.scope(ALGEBRA), SUBJECT)
+            kept = s.syllabi.of(subjects[:1])  # the questions see one subject's syllabus
+            hidden = {sid: s.syllabi.of([sid])[sid] for sid in subjects[1:]}
             for sid in hidden:
                 for session in hidden[sid]:
-                    s.review(f"{s.paths_of(sid)[0]}/{_escape(session.title)}", Status.REJECTED)
+                    s.taxonomy.review(
+                        f"{s.taxonomy.paths_of(sid)[0]}/{_escape(session.title)}", Status.REJECTED
+                    )
             job = run(s, stub, ["questions"], options=options)[0]
-            assert kept and {u["target_id"] for u in s.job_units(job.job_id)} == {subjects[0]}
+            assert kept and {u["target_id"] for u in s.jobs.units(job.job_id)} == {subjects[0]}
             for sid in hidden:
                 for session in hidden[sid]:
-                    s.review(f"{s.paths_of(sid)[0]}/{_escape(session.title)}", Status.APPROVED)
+                    s.taxonomy.review(
+                        f"{s.taxonomy.paths_of(sid)[0]}/{_escape(session.title)}", Status.APPROVED
+                    )
             again = run(s, stub, ["questions"], options=options)[0]
-            units = s.job_units(again.job_id)
+            units = s.jobs.units(again.job_id)
         return sorted(
             (json.loads(u["payload"])["index"], json.loads(u["payload"])["combo_key"])
             for u in units

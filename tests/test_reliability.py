@@ -154,7 +154,7 @@ def test_a_resumed_job_counts_the_tokens_its_units_spent(tmp_path: Path) -> None
         fill(store, subjects=2, sessions=4, concepts=4)
         first, _ = asyncio.run(run_questions(store, stub.base_url, 20))
         assert first.failed == 2 and first.prompt_tokens == 11 * stub.calls
-        store.update_existing(JOB, [{"id": first.job_id, "prompt_tokens": 0}])
+        store.nodes.update_existing(JOB, [{"id": first.job_id, "prompt_tokens": 0}])
         second, _ = asyncio.run(run_questions(store, stub.base_url, 20))
         (units,) = units_by_job(store).values()
     assert second.done == 20 and second.failed == 0
@@ -186,5 +186,5 @@ def test_the_integrity_check_finds_what_it_looks_for(tmp_path: Path) -> None:
         )
         assert any("COVERS edges differ" in p for p in integrity_problems(store))
 
-        store.update_existing(JOB, [{"id": result.job_id, "done": result.done + 1}])
+        store.nodes.update_existing(JOB, [{"id": result.job_id, "done": result.done + 1}])
         assert any(f"job {result.job_id} says" in p for p in integrity_problems(store))

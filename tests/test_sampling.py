@@ -16,21 +16,21 @@ PHYSICS = "Natural Sciences/Physical Sciences/Physics"
 
 
 def fill(store: Store, subjects: int = 3, sessions: int = 4, concepts: int = 5) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    disc = store.node(PHYSICS)
+    store.taxonomy.load(SMALL_TAXONOMY)
+    disc = store.taxonomy.node(PHYSICS)
     names = [{"name": f"Subject {s}"} for s in range(subjects)]
-    ids = store.write_subjects(disc.id, names, {"model": "test"})
+    ids = store.syllabi.write_subjects(disc.id, names, {"model": "test"})
     for s, sid in enumerate(ids):
         syllabus = [
             {"title": f"S{s} session {i}", "concepts": [f"s{s} c{i}.{j}" for j in range(concepts)]}
             for i in range(sessions)
         ]
-        store.write_syllabus(sid, syllabus, {"model": "test"})
+        store.syllabi.write_syllabus(sid, syllabus, {"model": "test"})
 
 
 def sampler(store: Store, seed: int, **kw: object) -> Sampler:
-    subjects = store.ids_in_scope(None, SUBJECT)
-    return Sampler(store.concept_stats(subjects), store.syllabus_index, seed=seed, **kw)  # type: ignore[arg-type]
+    subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+    return Sampler(store.syllabi.concept_stats(subjects), store.syllabi.index, seed=seed, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def filled(embedded_store: Store) -> Store:
 
 
 def test_basic_samples_one_session_and_one_to_five_of_its_concepts(filled: Store) -> None:
-    syllabi = filled.syllabi(filled.ids_in_scope(None, SUBJECT))
+    syllabi = filled.syllabi.of(filled.taxonomy.ids_in_scope(None, SUBJECT))
     owner = {c.id: s.id for ss in syllabi.values() for s in ss for c in s.concepts}
     samples = sampler(filled, 1).draw(200, Strategy.BASIC)
     assert len(samples) == 200
@@ -53,7 +53,7 @@ def test_basic_samples_one_session_and_one_to_five_of_its_concepts(filled: Store
 
 
 def test_hard_samples_span_two_sessions_of_one_syllabus(filled: Store) -> None:
-    syllabi = filled.syllabi(filled.ids_in_scope(None, SUBJECT))
+    syllabi = filled.syllabi.of(filled.taxonomy.ids_in_scope(None, SUBJECT))
     owner = {c.id: s.id for ss in syllabi.values() for s in ss for c in s.concepts}
     subject_of = {s.id: sid for sid, ss in syllabi.items() for s in ss}
     position = {s.id: s.position for ss in syllabi.values() for s in ss}
@@ -80,7 +80,12 @@ def test_reproducible_with_a_seed(filled: Store) -> None:
 
 
 def test_prefers_uncovered_concepts(filled: Store) -> None:
-    total = sum(n for n, _ in filled.concept_stats(filled.ids_in_scope(None, SUBJECT)).values())
+    total = sum(
+        n
+        for n, _ in filled.syllabi.concept_stats(
+            filled.taxonomy.ids_in_scope(None, SUBJECT)
+        ).values()
+    )
     samples = sampler(filled, 4).draw(60, Strategy.BASIC)
     # preferring uncovered concepts, every draw brings at least one new concept while any
     # is left, so at most 60 draws reach all 60
@@ -119,22 +124,22 @@ def test_a_plan_over_most_subjects_reads_every_syllabus_once(
     """plan_sampler: a job of many draws per subject reads every syllabus first and counts
     concepts from it, instead of asking the store to count them; one of few draws lets the
     sampler read what it picks. Both draw the same, and avoid what was asked already."""
-    subjects = filled.ids_in_scope(None, SUBJECT)
+    subjects = filled.taxonomy.ids_in_scope(None, SUBJECT)
     asked = sampler(filled, 5).draw(20, Strategy.BASIC)
     fill_asked(filled, asked)
     n = 30
     assert n >= sampling.WHOLE_READ_DRAWS * len(subjects)
     lazy = Sampler(
-        filled.concept_stats(subjects),
-        filled.syllabus_index,
+        filled.syllabi.concept_stats(subjects),
+        filled.syllabi.index,
         seed=6,
-        existing_keys=filled.combo_keys(subjects),
+        existing_keys=filled.syllabi.combo_keys(subjects),
     ).draw(n, Strategy.MIXED)
     reads: list[int] = []
-    read = filled.syllabus_index
-    monkeypatch.setattr(filled, "syllabus_index", lambda ids: reads.append(len(ids)) or read(ids))
+    read = filled.syllabi.index
+    monkeypatch.setattr(filled.syllabi, "index", lambda ids: reads.append(len(ids)) or read(ids))
     with monkeypatch.context() as m:
-        m.setattr(filled, "concept_stats", lambda ids: pytest.fail("counted apart"))
+        m.setattr(filled.syllabi, "concept_stats", lambda ids: pytest.fail("counted apart"))
         whole = plan_sampler(filled, subjects, n, seed=6).draw(n, Strategy.MIXED)
     assert reads == [len(subjects)]  # one read, before drawing
     assert whole == lazy and len(whole) == n
@@ -154,7 +159,7 @@ def fill_asked(store: Store, samples: list[sampling.Sample]) -> None:
          "subject_id": s.subject_id, "strategy": str(s.strategy)}
         for s in samples
     ]  # fmt: skip
-    store.write_instructions(
+    store.instructions.write_instructions(
         rows,
         [(r["id"], c) for r, s in zip(rows, samples, strict=True) for c in s.concept_ids],
         [(r["id"], x) for r, s in zip(rows, samples, strict=True) for x in s.session_ids],
@@ -176,7 +181,7 @@ def test_shares_split_n_evenly_and_never_shrink_when_subjects_leave() -> None:
 
 
 def test_draw_shares_gives_each_subject_its_share(filled: Store) -> None:
-    subjects = filled.ids_in_scope(None, SUBJECT)
+    subjects = filled.taxonomy.ids_in_scope(None, SUBJECT)
     wanted = dict(zip(subjects, [5, 0, 2], strict=True))
     drawn = sampler(filled, 4).draw_shares(wanted, Strategy.MIXED)
     assert Counter(s.subject_id for s in drawn) == {subjects[0]: 5, subjects[2]: 2}

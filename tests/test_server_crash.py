@@ -116,7 +116,7 @@ def stored(db: Path) -> tuple[dict[str, Any], list[str], set[str], str]:
     """Snapshot, problems, done unit ids and the job's status, read from the closed store."""
     with Store.open(StoreConfig(db_path=db)) as store:
         units = [u for us in units_by_job(store).values() for u in us]
-        (job,) = store.jobs()
+        (job,) = store.jobs.all()
         return (
             snapshot(store),
             integrity_problems(store),

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from graph.errors import CycleError, InvalidInput, NodeNotFound, QueryError, WrongKind
+from graph.filters import InstructionFilter
 from graph.model import (
     CONCEPT,
     DISCIPLINE,
@@ -22,7 +23,8 @@ from graph.model import (
     Status,
     hierarchy_id,
 )
-from graph.store import InstructionFilter, Node, Store, SyllabusIndex
+from graph.records import Node, SyllabusIndex
+from graph.store import Store
 from tests.conftest import SMALL_TAXONOMY
 
 PHYSICS = "Natural Sciences/Physical Sciences/Physics"
@@ -30,30 +32,30 @@ PURE = "Formal Sciences/Mathematics/Pure Mathematics"
 
 
 def snapshot(store: Store) -> dict[str, int]:
-    return {k.label: store.count_kind(k) for k in NODE_KINDS}
+    return {k.label: store.nodes.count_kind(k) for k in NODE_KINDS}
 
 
 def build_syllabus(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    store.add_node(
+    store.taxonomy.load(SMALL_TAXONOMY)
+    store.taxonomy.add_node(
         PHYSICS,
         SUBJECT,
         "Calculus",
         props={"level": "undergraduate", "subtopics": ["limits", "series"]},
     )
-    store.add_node(PURE, SUBJECT, "calculus")  # the same subject, linked again
+    store.taxonomy.add_node(PURE, SUBJECT, "calculus")  # the same subject, linked again
     for title, concepts in [
         ("Limits", ["epsilon-delta", "continuity"]),
         ("Derivatives", ["chain rule", "product rule", "mean value theorem"]),
     ]:
-        session = store.add_node(f"{PHYSICS}/Calculus", SESSION, title)
+        session = store.taxonomy.add_node(f"{PHYSICS}/Calculus", SESSION, title)
         for c in concepts:
-            store.add_node(session.path, CONCEPT, c)
+            store.taxonomy.add_node(session.path, CONCEPT, c)
 
 
 def test_schema_is_idempotent(store: Store) -> None:
     store.ensure_schema()
-    store.load_taxonomy(SMALL_TAXONOMY)
+    store.taxonomy.load(SMALL_TAXONOMY)
     before = snapshot(store)
     store.ensure_schema()
     store.ensure_schema()
@@ -61,20 +63,20 @@ def test_schema_is_idempotent(store: Store) -> None:
 
 
 def test_loading_the_taxonomy_twice_changes_nothing(store: Store) -> None:
-    first = store.load_taxonomy(SMALL_TAXONOMY)
+    first = store.taxonomy.load(SMALL_TAXONOMY)
     assert first.created == {"Field": 2, "SubField": 3, "Discipline": 5}
     before = snapshot(store)
-    second = store.load_taxonomy(SMALL_TAXONOMY)
+    second = store.taxonomy.load(SMALL_TAXONOMY)
     assert second.created == {"Field": 0, "SubField": 0, "Discipline": 0}
     assert second.existing == {"Field": 2, "SubField": 3, "Discipline": 5}
     assert snapshot(store) == before
 
 
 def test_reload_keeps_review_decisions(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    store.review(PHYSICS, Status.REJECTED)
-    store.load_taxonomy(SMALL_TAXONOMY)
-    assert store.node(PHYSICS).status == Status.REJECTED
+    store.taxonomy.load(SMALL_TAXONOMY)
+    store.taxonomy.review(PHYSICS, Status.REJECTED)
+    store.taxonomy.load(SMALL_TAXONOMY)
+    assert store.taxonomy.node(PHYSICS).status == Status.REJECTED
 
 
 def test_upsert_creates_then_updates_by_deterministic_id(store: Store) -> None:
@@ -87,15 +89,15 @@ def test_upsert_creates_then_updates_by_deterministic_id(store: Store) -> None:
         "source": "user",
         "path": "Arts",
     }
-    res = store.upsert_nodes(FIELD, [row])
+    res = store.nodes.upsert_nodes(FIELD, [row])
     assert (res.created, res.updated) == (1, 0)
-    res = store.upsert_nodes(FIELD, [{**row, "description": "the arts"}])
+    res = store.nodes.upsert_nodes(FIELD, [{**row, "description": "the arts"}])
     assert (res.created, res.updated) == (0, 1)
-    node = store.get(fid)
+    node = store.nodes.get(fid)
     assert node is not None and node.props["description"] == "the arts"
-    assert store.count_kind(FIELD) == 1
+    assert store.nodes.count_kind(FIELD) == 1
     # batches larger than one statement
-    store.batch_size = 7
+    store.nodes.batch_size = 7
     rows = [
         {
             "id": hierarchy_id(FIELD, f"F{i}", None),
@@ -107,47 +109,47 @@ def test_upsert_creates_then_updates_by_deterministic_id(store: Store) -> None:
         }
         for i in range(30)
     ]
-    assert store.upsert_nodes(FIELD, rows).created == 30
-    assert store.upsert_nodes(FIELD, rows, update_existing=False).unchanged == 30
-    assert store.count_kind(FIELD) == 31
+    assert store.nodes.upsert_nodes(FIELD, rows).created == 30
+    assert store.nodes.upsert_nodes(FIELD, rows, update_existing=False).unchanged == 30
+    assert store.nodes.count_kind(FIELD) == 31
 
 
 def test_edges_are_upserted_once(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
+    store.taxonomy.load(SMALL_TAXONOMY)
     fid = hierarchy_id(FIELD, "Natural Sciences", None)
     sid = hierarchy_id(SUBFIELD, "Life Sciences", fid)
     from graph.model import HAS_SUBFIELD
 
-    assert store.upsert_edges(HAS_SUBFIELD, [(fid, sid), (fid, sid)]) == 0
-    assert [c.name for c in store.children("Natural Sciences")] == [
+    assert store.nodes.upsert_edges(HAS_SUBFIELD, [(fid, sid), (fid, sid)]) == 0
+    assert [c.name for c in store.taxonomy.children("Natural Sciences")] == [
         "Life Sciences",
         "Physical Sciences",
     ]
 
 
 def test_path_lookup_ignores_case_and_spacing(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    nodes = store.resolve("natural  sciences/PHYSICAL sciences/ physics ")
+    store.taxonomy.load(SMALL_TAXONOMY)
+    nodes = store.taxonomy.resolve("natural  sciences/PHYSICAL sciences/ physics ")
     assert [n.kind for n in nodes] == [FIELD, SUBFIELD, DISCIPLINE]
     assert nodes[-1].name == "Physics"
     assert nodes[-1].path == PHYSICS
     assert nodes[-1].id == hierarchy_id(DISCIPLINE, "Physics", nodes[1].id)
-    assert store.get(nodes[-1].id).name == "Physics"  # type: ignore[union-attr]
+    assert store.nodes.get(nodes[-1].id).name == "Physics"  # type: ignore[union-attr]
 
 
 def test_unknown_path_names_the_missing_part(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
+    store.taxonomy.load(SMALL_TAXONOMY)
     with pytest.raises(NodeNotFound, match="'Natural Sciences/Nope' does not exist"):
-        store.node("Natural Sciences/Nope/Physics")
+        store.taxonomy.node("Natural Sciences/Nope/Physics")
     with pytest.raises(NodeNotFound, match="no Discipline named 'Geology'"):
-        store.node("Natural Sciences/Physical Sciences/Geology")
+        store.taxonomy.node("Natural Sciences/Physical Sciences/Geology")
     with pytest.raises(NodeNotFound):
-        store.node("a/b/c/d/e/f/g")
+        store.taxonomy.node("a/b/c/d/e/f/g")
 
 
 def test_tree_and_counts(store: Store) -> None:
     build_syllabus(store)
-    assert store.counts() == {
+    assert store.coverage.counts() == {
         "fields": 2,
         "subfields": 3,
         "disciplines": 5,
@@ -157,8 +159,8 @@ def test_tree_and_counts(store: Store) -> None:
         "instructions": 0,
         "responses": 0,
     }
-    assert store.counts("Natural Sciences")["concepts"] == 5
-    tree = store.tree("Natural Sciences/Physical Sciences", depth=4)
+    assert store.coverage.counts("Natural Sciences")["concepts"] == 5
+    tree = store.coverage.tree("Natural Sciences/Physical Sciences", depth=4)
     physics = next(c for c in tree.children if c.node and c.node.name == "Physics")
     assert physics.counts == {
         "subjects": 1,
@@ -173,7 +175,7 @@ def test_tree_and_counts(store: Store) -> None:
     chem = next(c for c in tree.children if c.node and c.node.name == "Chemistry")
     assert chem.children == [] and set(chem.counts.values()) == {0}
     assert (
-        store.tree("Natural Sciences/Physical Sciences", depth=3)
+        store.coverage.tree("Natural Sciences/Physical Sciences", depth=3)
         .children[1]
         .children[0]
         .children[0]
@@ -184,31 +186,34 @@ def test_tree_and_counts(store: Store) -> None:
 
 def test_shared_subject_is_one_node_under_two_disciplines(store: Store) -> None:
     build_syllabus(store)
-    assert store.count_kind(SUBJECT) == 1
-    subject = store.node(f"{PURE}/Calculus")
-    assert store.paths_of(subject.id) == [f"{PURE}/Calculus", f"{PHYSICS}/Calculus"]
+    assert store.nodes.count_kind(SUBJECT) == 1
+    subject = store.taxonomy.node(f"{PURE}/Calculus")
+    assert store.taxonomy.paths_of(subject.id) == [f"{PURE}/Calculus", f"{PHYSICS}/Calculus"]
     # its syllabus is reachable from either discipline
-    assert [s.name for s in store.children(f"{PURE}/calculus")] == ["Limits", "Derivatives"]
-    assert store.counts()["subjects"] == 1  # counted once at the top
-    assert store.counts("Formal Sciences")["concepts"] == 5
+    assert [s.name for s in store.taxonomy.children(f"{PURE}/calculus")] == [
+        "Limits",
+        "Derivatives",
+    ]
+    assert store.coverage.counts()["subjects"] == 1  # counted once at the top
+    assert store.coverage.counts("Formal Sciences")["concepts"] == 5
 
 
 def test_reject_hides_subtree_and_approve_restores(store: Store) -> None:
     build_syllabus(store)
-    store.review("Natural Sciences", Status.REJECTED)
-    assert store.node(PHYSICS).hidden
-    counts = store.counts()
+    store.taxonomy.review("Natural Sciences", Status.REJECTED)
+    assert store.taxonomy.node(PHYSICS).hidden
+    counts = store.coverage.counts()
     assert counts["fields"] == 1 and counts["disciplines"] == 2
     assert counts["concepts"] == 5  # still reachable through Pure Mathematics
-    store.review(PURE, Status.REJECTED)
-    assert store.counts()["concepts"] == 0
-    assert store.counts(PHYSICS)["concepts"] == 0
-    tree = store.tree(None, depth=2)
+    store.taxonomy.review(PURE, Status.REJECTED)
+    assert store.coverage.counts()["concepts"] == 0
+    assert store.coverage.counts(PHYSICS)["concepts"] == 0
+    tree = store.coverage.tree(None, depth=2)
     ns = next(c for c in tree.children if c.node and c.node.name == "Natural Sciences")
     assert ns.node is not None and ns.node.status == Status.REJECTED and ns.children == []
-    store.review("Natural Sciences", Status.APPROVED)
-    store.review(PURE, Status.APPROVED)
-    assert store.counts()["concepts"] == 5
+    store.taxonomy.review("Natural Sciences", Status.APPROVED)
+    store.taxonomy.review(PURE, Status.APPROVED)
+    assert store.coverage.counts()["concepts"] == 5
     assert snapshot(store)["Concept"] == 5  # rejecting deleted nothing
 
 
@@ -216,32 +221,32 @@ def test_bad_input_is_refused_and_changes_nothing(store: Store) -> None:
     build_syllabus(store)
     before = snapshot(store)
     with pytest.raises(WrongKind, match="a Concept cannot go under the Field"):
-        store.add_node("Natural Sciences", CONCEPT, "entropy")
+        store.taxonomy.add_node("Natural Sciences", CONCEPT, "entropy")
     with pytest.raises(WrongKind):
-        store.add_node(None, DISCIPLINE, "Orphans")
+        store.taxonomy.add_node(None, DISCIPLINE, "Orphans")
     with pytest.raises(NodeNotFound):
-        store.add_node("No Such Field/Sub", DISCIPLINE, "X")
+        store.taxonomy.add_node("No Such Field/Sub", DISCIPLINE, "X")
     with pytest.raises(InvalidInput, match="empty"):
-        store.add_node("Natural Sciences", SUBFIELD, "  \t ")
+        store.taxonomy.add_node("Natural Sciences", SUBFIELD, "  \t ")
     with pytest.raises(InvalidInput, match="limit is 200"):
-        store.add_node("Natural Sciences", SUBFIELD, "x" * 201)
+        store.taxonomy.add_node("Natural Sciences", SUBFIELD, "x" * 201)
     with pytest.raises(InvalidInput):
-        store.add_node("Natural Sciences", SUBFIELD, 42)  # type: ignore[arg-type]
+        store.taxonomy.add_node("Natural Sciences", SUBFIELD, 42)  # type: ignore[arg-type]
     with pytest.raises(CycleError):
-        store.link(f"{PHYSICS}/Calculus", PHYSICS)
+        store.taxonomy.link(f"{PHYSICS}/Calculus", PHYSICS)
     with pytest.raises(CycleError):
-        store.link(PHYSICS, PHYSICS)
+        store.taxonomy.link(PHYSICS, PHYSICS)
     with pytest.raises(InvalidInput, match="only subjects"):
-        store.link("Formal Sciences/Mathematics", PHYSICS)
+        store.taxonomy.link("Formal Sciences/Mathematics", PHYSICS)
     with pytest.raises(InvalidInput):
-        store.load_taxonomy({"fields": {"Ok": {"Sub": ["Fine", ""]}}})
+        store.taxonomy.load({"fields": {"Ok": {"Sub": ["Fine", ""]}}})
     with pytest.raises(InvalidInput):
-        store.load_taxonomy({"nothing": 1})
+        store.taxonomy.load({"nothing": 1})
     assert snapshot(store) == before
 
 
 def test_hostile_names_are_stored_verbatim(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
+    store.taxonomy.load(SMALL_TAXONOMY)
     names = [
         "Input/Output Systems",
         "x'}) MATCH (n) DETACH DELETE n //",
@@ -249,49 +254,51 @@ def test_hostile_names_are_stored_verbatim(store: Store) -> None:
         "Ünïcödé 数学",
     ]
     for name in names:
-        node = store.add_node("Formal Sciences/Mathematics", DISCIPLINE, name)
+        node = store.taxonomy.add_node("Formal Sciences/Mathematics", DISCIPLINE, name)
         assert node.name == name
-        assert store.node(node.path or "").id == node.id
-    assert store.count_kind(DISCIPLINE) == 5 + len(names)
-    assert store.node("Formal Sciences/Mathematics/Input\\/Output Systems").name == names[0]
+        assert store.taxonomy.node(node.path or "").id == node.id
+    assert store.nodes.count_kind(DISCIPLINE) == 5 + len(names)
+    assert (
+        store.taxonomy.node("Formal Sciences/Mathematics/Input\\/Output Systems").name == names[0]
+    )
 
 
 def test_adding_twice_is_an_upsert(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    a = store.add_node(PHYSICS, SUBJECT, "Optics", source=Source.USER)
-    b = store.add_node(PHYSICS, SUBJECT, " optics ")
-    assert a.id == b.id and store.count_kind(SUBJECT) == 1
-    s1 = store.add_node(f"{PHYSICS}/Optics", SESSION, "Lenses")
-    s2 = store.add_node(f"{PHYSICS}/Optics", SESSION, "Mirrors")
+    store.taxonomy.load(SMALL_TAXONOMY)
+    a = store.taxonomy.add_node(PHYSICS, SUBJECT, "Optics", source=Source.USER)
+    b = store.taxonomy.add_node(PHYSICS, SUBJECT, " optics ")
+    assert a.id == b.id and store.nodes.count_kind(SUBJECT) == 1
+    s1 = store.taxonomy.add_node(f"{PHYSICS}/Optics", SESSION, "Lenses")
+    s2 = store.taxonomy.add_node(f"{PHYSICS}/Optics", SESSION, "Mirrors")
     assert (s1.props["position"], s2.props["position"]) == (0, 1)
 
 
 def test_delete_subtree_keeps_subjects_shared_elsewhere(store: Store) -> None:
     build_syllabus(store)
-    removed = store.delete_subtree("Natural Sciences")
+    removed = store.taxonomy.delete_subtree("Natural Sciences")
     assert removed["Field"] == 1 and removed["Discipline"] == 3 and removed["Subject"] == 0
-    assert store.counts(PURE) == {
+    assert store.coverage.counts(PURE) == {
         "subjects": 1,
         "sessions": 2,
         "concepts": 5,
         "instructions": 0,
         "responses": 0,
     }
-    removed = store.delete_subtree(PURE)
+    removed = store.taxonomy.delete_subtree(PURE)
     assert removed["Subject"] == 1 and removed["Concept"] == 5
-    assert store.count_kind(CONCEPT) == 0 and store.count_kind(SESSION) == 0
+    assert store.nodes.count_kind(CONCEPT) == 0 and store.nodes.count_kind(SESSION) == 0
 
 
 def test_delete_shared_subject_through_one_path_unlinks_it(store: Store) -> None:
     build_syllabus(store)
-    assert store.delete_subtree(f"{PHYSICS}/Calculus") == {"unlinked": 1}
-    assert store.count_kind(SUBJECT) == 1
+    assert store.taxonomy.delete_subtree(f"{PHYSICS}/Calculus") == {"unlinked": 1}
+    assert store.nodes.count_kind(SUBJECT) == 1
     with pytest.raises(NodeNotFound):
-        store.node(f"{PHYSICS}/Calculus")
+        store.taxonomy.node(f"{PHYSICS}/Calculus")
 
 
 def test_transaction_rolls_back(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
+    store.taxonomy.load(SMALL_TAXONOMY)
     before = snapshot(store)
     row = {
         "id": hierarchy_id(FIELD, "Temp", None),
@@ -302,7 +309,7 @@ def test_transaction_rolls_back(store: Store) -> None:
         "path": "Temp",
     }
     with pytest.raises(RuntimeError), store.driver.transaction() as tx:
-        store.upsert_nodes(FIELD, [row], tx=tx)
+        store.nodes.upsert_nodes(FIELD, [row], tx=tx)
         raise RuntimeError("boom")
     assert snapshot(store) == before
 
@@ -314,7 +321,7 @@ def test_bad_query_becomes_query_error(store: Store) -> None:
 
 def test_a_read_by_column_gives_the_rows_of_execute(store: Store) -> None:
     build_syllabus(store)
-    label = store.d.q(CONCEPT.label)
+    label = store.driver.dialect.q(CONCEPT.label)
     query = f"MATCH (c:{label}) RETURN c.id AS id, c.name AS name, c.position AS position"
     rows = sorted(store.driver.execute(query), key=lambda r: r["id"])
     cols = store.driver.columns(query)
@@ -329,34 +336,36 @@ def test_a_read_by_column_gives_the_rows_of_execute(store: Store) -> None:
 
 def test_hierarchy_levels_match_paths(store: Store) -> None:
     build_syllabus(store)
-    concept = store.node(f"{PHYSICS}/Calculus/Derivatives/Chain Rule")
+    concept = store.taxonomy.node(f"{PHYSICS}/Calculus/Derivatives/Chain Rule")
     assert concept.kind is CONCEPT and concept.level == len(HIERARCHY) - 1
-    assert store.paths_of(concept.id) == [
+    assert store.taxonomy.paths_of(concept.id) == [
         f"{PURE}/Calculus/Derivatives/chain rule",
         f"{PHYSICS}/Calculus/Derivatives/chain rule",
     ]
 
 
 def test_large_writes_take_the_bulk_path_and_stay_upserts(store: Store) -> None:
-    store.load_taxonomy(SMALL_TAXONOMY)
-    physics = store.node(PHYSICS)
+    store.taxonomy.load(SMALL_TAXONOMY)
+    physics = store.taxonomy.node(PHYSICS)
     subjects = [
         {"name": f"Topic {i}", "level": "undergraduate", "subtopics": [f"t{i}", "x"]}
         for i in range(600)
     ]
-    ids = store.write_subjects(physics.id, subjects, {"model": "m"})
-    assert len(ids) == 600 and store.counts(PHYSICS)["subjects"] == 600
-    node = store.node(f"{PHYSICS}/Topic 599")
+    ids = store.syllabi.write_subjects(physics.id, subjects, {"model": "m"})
+    assert len(ids) == 600 and store.coverage.counts(PHYSICS)["subjects"] == 600
+    node = store.taxonomy.node(f"{PHYSICS}/Topic 599")
     assert node.props["subtopics"] == ["t599", "x"] and node.props["level"] == "undergraduate"
     assert node.props["model"] == "m" and node.props["status"] == "approved"
     # the same write again creates nothing and links nothing twice
-    store.write_subjects(physics.id, subjects, {"model": "m"})
-    assert store.count_kind(SUBJECT) == 600 and store.counts(PHYSICS)["subjects"] == 600
-    assert len(store.linked(HAS_SUBJECT, [physics.id])[physics.id]) == 600
+    store.syllabi.write_subjects(physics.id, subjects, {"model": "m"})
+    assert (
+        store.nodes.count_kind(SUBJECT) == 600 and store.coverage.counts(PHYSICS)["subjects"] == 600
+    )
+    assert len(store.nodes.linked(HAS_SUBJECT, [physics.id])[physics.id]) == 600
 
 
 def _coverage_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
-    cov = store.coverage(path)
+    cov = store.coverage.report(path)
     return [
         (r.path, r.counts, r.covered_concepts, r.combinations, r.subjects_without_syllabus,
          r.disciplines_without_subjects)
@@ -365,7 +374,7 @@ def _coverage_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
 
 
 def _walked_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
-    cov = store._coverage_walk(store.node(path) if path else None)
+    cov = store.coverage.report_by_walk(store.taxonomy.node(path) if path else None)
     return [
         (r.path, r.counts, r.covered_concepts, r.combinations, r.subjects_without_syllabus,
          r.disciplines_without_subjects)
@@ -378,20 +387,20 @@ def _ask(store: Store, subject: str, concepts: list[str], n: int, answered: bool
     from generators.sampling import combo_key
     from graph.model import INSTRUCTION, RESPONSE, node_id
 
-    sessions = sorted({store.paths_of(c)[0].rsplit("/", 1)[0] for c in concepts})
-    session_ids = [store.node(p).id for p in sessions]
+    sessions = sorted({store.taxonomy.paths_of(c)[0].rsplit("/", 1)[0] for c in concepts})
+    session_ids = [store.taxonomy.node(p).id for p in sessions]
     rows = [
         {"id": node_id(INSTRUCTION, subject, str(k), *concepts), "text": f"q{k}",
          "combo_key": combo_key(concepts), "subject_id": subject, "strategy": "basic"}
         for k in range(n)
     ]  # fmt: skip
-    store.write_instructions(
+    store.instructions.write_instructions(
         rows,
         [(r["id"], c) for r in rows for c in concepts],
         [(r["id"], s) for r in rows for s in session_ids],
     )
     if answered:
-        store.write_responses(
+        store.instructions.write_responses(
             [{"id": node_id(RESPONSE, r["id"]), "text": "a", "instruction_id": r["id"]}
              for r in rows]
         )  # fmt: skip
@@ -407,8 +416,8 @@ def test_coverage_from_subject_rollups_equals_a_full_walk(
     are stale): both must."""
     from tests.test_sampling import fill
 
-    monkeypatch.setattr(store.d, "few_ids", 0)
-    monkeypatch.setattr(store, "whole_read_share", 0.0 if whole else float("inf"))
+    monkeypatch.setattr(store.driver.dialect, "few_ids", 0)
+    monkeypatch.setattr(store.driver.dialect, "whole_read_share", 0.0 if whole else float("inf"))
     fill(store, subjects=3, sessions=3, concepts=4)
     # Formal Sciences has no subject until one is linked there: sums over nothing are zeros
     scopes = [None, "Natural Sciences", "Natural Sciences/Physical Sciences", PHYSICS,
@@ -418,39 +427,46 @@ def test_coverage_from_subject_rollups_equals_a_full_walk(
         for path in scopes:
             assert _coverage_rows(store, path) == _walked_rows(store, path), path
 
-    physics = store.children(PHYSICS)
+    physics = store.taxonomy.children(PHYSICS)
     s0, s1 = physics[0], physics[1]
-    sessions = store.children(s0.path)
-    c00 = [c.id for c in store.children(sessions[0].path)]
-    c01 = [c.id for c in store.children(sessions[1].path)]
+    sessions = store.taxonomy.children(s0.path)
+    c00 = [c.id for c in store.taxonomy.children(sessions[0].path)]
+    c01 = [c.id for c in store.taxonomy.children(sessions[1].path)]
     check()
-    assert store.coverage(PHYSICS).total.counts["concepts"] == 36
+    assert store.coverage.report(PHYSICS).total.counts["concepts"] == 36
 
     _ask(store, s0.id, c00[:2], 2, answered=True)
     _ask(store, s0.id, [c00[0], c01[0]], 1, answered=False)
-    _ask(store, s1.id, [c.id for c in store.children(store.children(s1.path)[0].path)][:1], 1,
+    first_session = store.taxonomy.children(s1.path)[0].path
+    _ask(store, s1.id, [c.id for c in store.taxonomy.children(first_session)][:1], 1,
          answered=True)  # fmt: skip
     check()
-    total = store.coverage(PHYSICS).total
+    total = store.coverage.report(PHYSICS).total
     assert (total.counts["instructions"], total.counts["responses"]) == (4, 3)
     assert (total.covered_concepts, total.combinations) == (4, 3)
 
-    store.review(sessions[1].path, Status.REJECTED)  # its concepts and the hard question go
+    store.taxonomy.review(
+        sessions[1].path, Status.REJECTED
+    )  # its concepts and the hard question go
     check()
-    after = store.coverage(PHYSICS).total
+    after = store.coverage.report(PHYSICS).total
     assert after.counts["concepts"] == 32 and after.covered_concepts == 3
-    store.review(store.children(sessions[0].path)[0].path, Status.REJECTED)  # one concept
+    store.taxonomy.review(
+        store.taxonomy.children(sessions[0].path)[0].path, Status.REJECTED
+    )  # one concept
     check()
-    assert store.coverage(PHYSICS).total.covered_concepts == 2
-    store.review(sessions[1].path, Status.APPROVED)
-    store.add_node(sessions[1].path, CONCEPT, "a concept added by hand")
+    assert store.coverage.report(PHYSICS).total.covered_concepts == 2
+    store.taxonomy.review(sessions[1].path, Status.APPROVED)
+    store.taxonomy.add_node(sessions[1].path, CONCEPT, "a concept added by hand")
     check()
-    store.delete_subtree(sessions[2].path)
+    store.taxonomy.delete_subtree(sessions[2].path)
     check()
-    store.link(PURE, s0.path)  # a shared subject counts under both, once in their common total
+    store.taxonomy.link(
+        PURE, s0.path
+    )  # a shared subject counts under both, once in their common total
     check()
-    assert store.coverage(None).total.counts["subjects"] == 3
-    assert store.refresh_rollups(None) == 0  # every read above left them current
+    assert store.coverage.report(None).total.counts["subjects"] == 3
+    assert store.rollups.refresh(None) == 0  # every read above left them current
 
 
 def test_lookups_by_id_agree_one_at_a_time_and_in_batches(
@@ -461,26 +477,33 @@ def test_lookups_by_id_agree_one_at_a_time_and_in_batches(
     from tests.test_sampling import fill
 
     fill(store, subjects=3, sessions=3, concepts=4)
-    subjects = store.children(PHYSICS)
+    subjects = store.taxonomy.children(PHYSICS)
     for s in subjects[:2]:
-        session = store.children(s.path)[0]
-        _ask(store, s.id, [c.id for c in store.children(session.path)][:2], 1, answered=True)
+        session = store.taxonomy.children(s.path)[0]
+        _ask(
+            store, s.id, [c.id for c in store.taxonomy.children(session.path)][:2], 1, answered=True
+        )
     ids = [s.id for s in subjects]
     seen = []
     for few in (0, 1000):
-        monkeypatch.setattr(store.d, "few_ids", few)
-        store._rollups_stale(ids)
-        assert store.refresh_rollups(None) == len(ids)
+        monkeypatch.setattr(store.driver.dialect, "few_ids", few)
+        store.rollups.mark_stale(ids)
+        assert store.rollups.refresh(None) == len(ids)
         seen.append(
             (
-                store.syllabi(ids),
-                store.syllabus_index(ids),
-                store.concept_stats(ids),
+                store.syllabi.of(ids),
+                store.syllabi.index(ids),
+                store.syllabi.concept_stats(ids),
                 _coverage_rows(store, None),
             )
         )
         # an edge already there is found, so writing it again creates nothing
-        assert store.upsert_edges(HAS_SUBJECT, [(store.node(PHYSICS).id, i) for i in ids]) == 0
+        assert (
+            store.nodes.upsert_edges(
+                HAS_SUBJECT, [(store.taxonomy.node(PHYSICS).id, i) for i in ids]
+            )
+            == 0
+        )
     assert seen[0] == seen[1]
     assert seen[0][2][subjects[0].id] == (12, 2)
 
@@ -493,41 +516,50 @@ def test_edge_reads_agree_with_or_without_a_name_index(store: Store) -> None:
     from tests.test_sampling import fill
 
     fill(store, subjects=2, sessions=2, concepts=3)
-    concepts, sessions = store.name_index(CONCEPT), store.name_index(SESSION)
-    disc = store.node(PHYSICS)
-    late = store.write_subjects(disc.id, [{"name": "Late"}], {"model": "test"})[0]
-    store.write_syllabus(late, [{"title": "New", "concepts": ["fresh idea"]}], {"model": "test"})
+    concepts, sessions = (
+        store.instructions.name_index(CONCEPT),
+        store.instructions.name_index(SESSION),
+    )
+    disc = store.taxonomy.node(PHYSICS)
+    late = store.syllabi.write_subjects(disc.id, [{"name": "Late"}], {"model": "test"})[0]
+    store.syllabi.write_syllabus(
+        late, [{"title": "New", "concepts": ["fresh idea"]}], {"model": "test"}
+    )
     asked = []
-    for subject in [*store.children(PHYSICS), store.get(late)]:
+    for subject in [*store.taxonomy.children(PHYSICS), store.nodes.get(late)]:
         assert subject is not None
-        session = store.children(store.paths_of(subject.id)[0])[-1]
-        names = [c.id for c in store.children(session.path)][:2]
+        session = store.taxonomy.children(store.taxonomy.paths_of(subject.id)[0])[-1]
+        names = [c.id for c in store.taxonomy.children(session.path)][:2]
         _ask(store, subject.id, names, 1, answered=True)
         asked.append((subject.id, session, names))
-    ids = sorted(store.instruction_ids_in_scope(None))
-    early = [i for i in ids if store.get_many([i])[i].props["subject_id"] != late]
+    ids = sorted(store.instructions.ids_in_scope(None))
+    early = [i for i in ids if store.nodes.get_many([i])[i].props["subject_id"] != late]
     assert len(ids) == 3 and len(early) == 2
     for rel, index in ((COVERS, concepts), (FROM, sessions)):
-        plain = store.linked_names(rel, ids)
-        assert store.linked_names(rel, ids, index) == plain  # a late node: joined instead
+        plain = store.instructions.linked_names(rel, ids)
+        assert (
+            store.instructions.linked_names(rel, ids, index) == plain
+        )  # a late node: joined instead
         store.driver.counter = counter = QueryCounter()
         try:
-            assert store.linked_names(rel, early, index) == {i: plain[i] for i in early}
+            assert store.instructions.linked_names(rel, early, index) == {
+                i: plain[i] for i in early
+            }
         finally:
             store.driver.counter = None
         if index is not None:  # the names came from the index: no read joined them
             assert not any("name" in q for q in counter.queries), counter.queries
-    covered = store.linked_names(COVERS, ids, concepts)
+    covered = store.instructions.linked_names(COVERS, ids, concepts)
     for subject, session, names in asked:
-        (iid,) = [i for i in ids if store.get_many([i])[i].props["subject_id"] == subject]
+        (iid,) = [i for i in ids if store.nodes.get_many([i])[i].props["subject_id"] == subject]
         assert [c for c, _, _ in covered[iid]] == sorted(names)
         assert all(name for _, name, _ in covered[iid])
-        assert [(s, n) for s, n, _ in store.linked_names(FROM, [iid])[iid]] == [
+        assert [(s, n) for s, n, _ in store.instructions.linked_names(FROM, [iid])[iid]] == [
             (session.id, session.name)
         ]
-    answers = store.linked(ANSWERS, ids, reverse=True)
+    answers = store.nodes.linked(ANSWERS, ids, reverse=True)
     assert answers == {i: [node_id(RESPONSE, i)] for i in ids}
-    assert store.linked(ANSWERS, ["ins_unknown"], reverse=True) == {"ins_unknown": []}
+    assert store.nodes.linked(ANSWERS, ["ins_unknown"], reverse=True) == {"ins_unknown": []}
 
 
 def test_instruction_details_walked_from_subjects_equal_those_read_by_id(store: Store) -> None:
@@ -538,25 +570,25 @@ def test_instruction_details_walked_from_subjects_equal_those_read_by_id(store: 
     from tests.test_sampling import fill
 
     fill(store, subjects=2, sessions=3, concepts=3)
-    first, second = store.children(PHYSICS)
-    s0, s1, s2 = store.children(first.path)
-    concepts = {s.id: [c.id for c in store.children(s.path)] for s in (s0, s1, s2)}
+    first, second = store.taxonomy.children(PHYSICS)
+    s0, s1, s2 = store.taxonomy.children(first.path)
+    concepts = {s.id: [c.id for c in store.taxonomy.children(s.path)] for s in (s0, s1, s2)}
     _ask(store, first.id, concepts[s0.id][:2], 2, answered=False)
     _ask(store, first.id, [concepts[s0.id][2], concepts[s1.id][0]], 1, answered=True)  # hard
     _ask(store, first.id, [concepts[s2.id][0]], 1, answered=True)
     _ask(store, first.id, [concepts[s1.id][1], concepts[s2.id][1]], 1, answered=True)
-    other = store.children(store.children(second.path)[0].path)[0].id
+    other = store.taxonomy.children(store.taxonomy.children(second.path)[0].path)[0].id
     _ask(store, second.id, [other], 1, answered=True)
-    ids = store.instruction_ids_in_scope(None)
-    late = next(i for i in ids if store.linked(FROM, [i])[i] == sorted([s1.id, s2.id]))
-    store.write_responses(
+    ids = store.instructions.ids_in_scope(None)
+    late = next(i for i in ids if store.nodes.linked(FROM, [i])[i] == sorted([s1.id, s2.id]))
+    store.instructions.write_responses(
         [{"id": node_id(RESPONSE, late, "again"), "text": "b", "instruction_id": late}]
     )
-    store.review(s2.path, Status.REJECTED)  # the question asked from s2 alone drops out
+    store.taxonomy.review(s2.path, Status.REJECTED)  # the question asked from s2 alone drops out
 
     subjects = [first.id, second.id, "sub_unknown"]
-    below = store.details_below(subjects)
-    listed = store.instructions_by_subject(subjects)
+    below = store.instructions.details_below(subjects)
+    listed = store.instructions.instructions_by_subject(subjects)
     assert {s: [d.instruction.id for d in below[s]] for s in subjects} == listed
     assert [len(v) for v in listed.values()] == [4, 1, 0]
 
@@ -572,7 +604,7 @@ def test_instruction_details_walked_from_subjects_equal_those_read_by_id(store: 
         )
 
     for subject in subjects:
-        by_id = store.details_of(listed[subject])
+        by_id = store.instructions.details_of(listed[subject])
         assert [plain(d) for d in below[subject]] == [plain(by_id[i]) for i in listed[subject]]
     details = {d.instruction.id: d for d in below[first.id]}
     both = sorted([(s1.id, s1.name), (s2.id, s2.name)])
@@ -582,12 +614,12 @@ def test_instruction_details_walked_from_subjects_equal_those_read_by_id(store: 
     )
     assert len(details[late].responses) == 2
     assert sum(not d.responses for d in details.values()) == 2
-    assert store.details_of(["ins_unknown"]) == {}
-    bare = store.details_below(subjects, links=False, responses=False)[first.id]
+    assert store.instructions.details_of(["ins_unknown"]) == {}
+    bare = store.instructions.details_below(subjects, links=False, responses=False)[first.id]
     assert [plain(d) for d in bare] == [
         (props, [], [], []) for props, *_ in map(plain, below[first.id])
     ]
-    by_id = store.details_of(listed[first.id], links=False, responses=False)
+    by_id = store.instructions.details_of(listed[first.id], links=False, responses=False)
     assert [plain(by_id[i]) for i in listed[first.id]] == [plain(d) for d in bare]
 
 
@@ -596,15 +628,15 @@ def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> N
     from tests.test_sampling import fill
 
     fill(store, subjects=3, sessions=3, concepts=4)
-    subjects = store.children(PHYSICS)
-    session = store.children(subjects[0].path)[1]
-    concepts = [c.id for c in store.children(session.path)]
+    subjects = store.taxonomy.children(PHYSICS)
+    session = store.taxonomy.children(subjects[0].path)[1]
+    concepts = [c.id for c in store.taxonomy.children(session.path)]
     _ask(store, subjects[0].id, concepts[:2], 1, answered=False)
     _ask(store, subjects[0].id, concepts[1:3], 2, answered=False)
-    store.review(store.children(subjects[1].path)[0].path, Status.REJECTED)
+    store.taxonomy.review(store.taxonomy.children(subjects[1].path)[0].path, Status.REJECTED)
     ids = [s.id for s in reversed(subjects)] + ["sub_unknown"]
-    syllabi = store.syllabi(ids)
-    index = store.syllabus_index(ids)
+    syllabi = store.syllabi.of(ids)
+    index = store.syllabi.index(ids)
     flat = SyllabusIndex.empty()
     for sid in sorted(syllabi):
         flat.subject_ids.append(sid)
@@ -617,13 +649,13 @@ def test_the_sampling_index_is_the_syllabi_without_their_text(store: Store) -> N
     assert index == flat
     assert len(index.subject_ids) == 3 and len(index.session_ids) == 8  # one rejected
     assert sorted(index.covered)[-4:] == [0, 1, 2, 3]
-    assert store.syllabus_index([]) == store.syllabus_index(["sub_unknown"]) == flat.empty()
+    assert store.syllabi.index([]) == store.syllabi.index(["sub_unknown"]) == flat.empty()
     # two sessions at one position come in the order of their ids, as in syllabi()
-    tied = store.add_node(subjects[2].path, SESSION, "Tied", props={"position": 1})
-    store.add_node(tied.path, CONCEPT, "tied concept")
-    views = store.syllabi([subjects[2].id])[subjects[2].id]
+    tied = store.taxonomy.add_node(subjects[2].path, SESSION, "Tied", props={"position": 1})
+    store.taxonomy.add_node(tied.path, CONCEPT, "tied concept")
+    views = store.syllabi.of([subjects[2].id])[subjects[2].id]
     assert [v.position for v in views] == [0, 1, 1, 2]
-    assert store.syllabus_index([subjects[2].id]).session_ids == [v.id for v in views]
+    assert store.syllabi.index([subjects[2].id]).session_ids == [v.id for v in views]
 
 
 def test_the_sampling_index_orders_tied_or_scattered_sessions_by_id() -> None:
@@ -631,7 +663,7 @@ def test_the_sampling_index_orders_tied_or_scattered_sessions_by_id() -> None:
     subject and a position: then sessions are ranked by id."""
     import pyarrow as pa
 
-    from graph.store import _session_order
+    from graph.syllabi import _session_order
 
     subject, position = pa.array([0, 0, 0, 1]), pa.array([1, 1, 0, 0])
     assert _session_order(pa.array(["b", "b", "a", "c"]), subject, position).to_pylist() == [
@@ -653,19 +685,25 @@ def test_what_sampling_reads_is_the_same_walked_from_every_subject_or_from_those
     from tests.test_sampling import fill
 
     fill(store, subjects=4, sessions=3, concepts=4)
-    subjects = store.children(PHYSICS)
-    session = store.children(subjects[0].path)[0]
-    concepts = [c.id for c in store.children(session.path)]
+    subjects = store.taxonomy.children(PHYSICS)
+    session = store.taxonomy.children(subjects[0].path)[0]
+    concepts = [c.id for c in store.taxonomy.children(session.path)]
     _ask(store, subjects[0].id, concepts[:2], 1, answered=False)
     _ask(store, subjects[3].id, [c.id for c in _concepts_of(store, subjects[3])][:3], 2, False)
-    store.review(store.children(subjects[1].path)[2].path, Status.REJECTED)
+    store.taxonomy.review(store.taxonomy.children(subjects[1].path)[2].path, Status.REJECTED)
     ids = [s.id for s in subjects[:3]] + ["sub_unknown"]
-    monkeypatch.setattr(store.d, "few_ids", 0)
+    monkeypatch.setattr(store.driver.dialect, "few_ids", 0)
     seen = []
     for share, whole in ((0.0, True), (float("inf"), False)):
-        monkeypatch.setattr(store, "whole_read_share", share)
-        assert store._reads_whole(ids) is whole
-        seen.append((store.syllabus_index(ids), store.concept_stats(ids), store.combo_keys(ids)))
+        monkeypatch.setattr(store.driver.dialect, "whole_read_share", share)
+        assert store.nodes.reads_whole(ids) is whole
+        seen.append(
+            (
+                store.syllabi.index(ids),
+                store.syllabi.concept_stats(ids),
+                store.syllabi.combo_keys(ids),
+            )
+        )
     assert seen[0] == seen[1]
     # the walk over every subject keeps only those asked for, with their coverage
     index, stats, keys = seen[0]
@@ -679,7 +717,9 @@ def test_what_sampling_reads_is_the_same_walked_from_every_subject_or_from_those
 
 
 def _concepts_of(store: Store, subject: Node) -> list[Node]:
-    return [c for s in store.children(subject.path) for c in store.children(s.path)]
+    return [
+        c for s in store.taxonomy.children(subject.path) for c in store.taxonomy.children(s.path)
+    ]
 
 
 # ---------------------------------------------------------------------- listings for the API
@@ -694,10 +734,10 @@ def build_instructions(store: Store) -> dict[str, dict[str, Any]]:
     every filter field both ways (an empty flag text counts as unset). Every third one is
     asked from both Calculus sessions, as a hard one is."""
     build_syllabus(store)
-    calculus = store.node(CALCULUS)
-    limits, derivatives = store.children(CALCULUS)
-    store.add_node(PHYSICS, SUBJECT, "Optics")
-    lenses = store.add_node(f"{PHYSICS}/Optics", SESSION, "Lenses")
+    calculus = store.taxonomy.node(CALCULUS)
+    limits, derivatives = store.taxonomy.children(CALCULUS)
+    store.taxonomy.add_node(PHYSICS, SUBJECT, "Optics")
+    lenses = store.taxonomy.add_node(f"{PHYSICS}/Optics", SESSION, "Lenses")
     rows: dict[str, dict[str, Any]] = {}
     froms: list[tuple[str, str]] = []
     for i in [*range(12), 20]:
@@ -718,8 +758,8 @@ def build_instructions(store: Store) -> dict[str, dict[str, Any]]:
         froms.append((iid, (limits if i % 2 == 0 else derivatives).id))
         if i % 3 == 0:
             froms.append((iid, (derivatives if i % 2 == 0 else limits).id))
-    store.write_instructions(list(rows.values()), [], froms)
-    store.write_responses(
+    store.instructions.write_instructions(list(rows.values()), [], froms)
+    store.instructions.write_responses(
         [{"id": f"rsp_{i[4:]}", "text": "answer", "instruction_id": i} for i in sorted(ANSWERED)]
     )
     return rows
@@ -743,7 +783,7 @@ def all_pages(store: Store, scope: Node | None, flt: InstructionFilter, first: i
     seen: list[str] = []
     after: str | None = None
     while True:
-        page, more = store.instructions_page(scope, flt, first, after)
+        page, more = store.instructions.page(scope, flt, first, after)
         assert len(page) <= first
         seen += [n.id for n in page]
         if not more:
@@ -754,37 +794,45 @@ def all_pages(store: Store, scope: Node | None, flt: InstructionFilter, first: i
 
 def test_instructions_page_by_id_cursor(store: Store) -> None:
     rows = build_instructions(store)
-    calculus = store.node(CALCULUS)
+    calculus = store.taxonomy.node(CALCULUS)
     everything = InstructionFilter()
-    page, more = store.instructions_page(calculus, everything, 5)
+    page, more = store.instructions.page(calculus, everything, 5)
     assert [n.id for n in page] == [f"ins_{i:02d}" for i in range(5)] and more
     assert page[0].props["text"] == "question 0" and page[0].kind.label == "Instruction"
-    page, more = store.instructions_page(calculus, everything, 5, after="ins_04")
+    page, more = store.instructions.page(calculus, everything, 5, after="ins_04")
     assert [n.id for n in page] == [f"ins_{i:02d}" for i in range(5, 10)] and more
-    page, more = store.instructions_page(calculus, everything, 5, after="ins_09")
+    page, more = store.instructions.page(calculus, everything, 5, after="ins_09")
     assert [n.id for n in page] == ["ins_10", "ins_11"] and not more
-    assert store.instructions_page(calculus, everything, 2, after="ins_11") == ([], False)
+    assert store.instructions.page(calculus, everything, 2, after="ins_11") == (
+        [],
+        False,
+    )
     # a page that ends exactly at the last one says nothing follows
-    page, more = store.instructions_page(calculus, everything, 12)
+    page, more = store.instructions.page(calculus, everything, 12)
     assert len(page) == 12 and not more
     # an instruction from two sessions is listed once; the cursor needs no stored id
     assert all_pages(store, calculus, everything, 5) == sorted(set(rows) - {"ins_20"})
-    assert [n.id for n in store.instructions_page(None, everything, 3, "ins_105")[0]] == [
+    assert [n.id for n in store.instructions.page(None, everything, 3, "ins_105")[0]] == [
         "ins_11",
         "ins_20",
     ]
-    for scope in (None, store.node("Natural Sciences"), store.node(PHYSICS), calculus):
+    for scope in (
+        None,
+        store.taxonomy.node("Natural Sciences"),
+        store.taxonomy.node(PHYSICS),
+        calculus,
+    ):
         listed = all_pages(store, scope, everything, 4)
-        assert listed == store.instruction_ids_in_scope(scope)
-        assert store.count_instructions(scope, everything) == len(listed)
-    session = store.children(CALCULUS)[0]
+        assert listed == store.instructions.ids_in_scope(scope)
+        assert store.instructions.count(scope, everything) == len(listed)
+    session = store.taxonomy.children(CALCULUS)[0]
     assert all_pages(store, session, everything, 50) == [
         f"ins_{i:02d}" for i in (0, 2, 3, 4, 6, 8, 9, 10)
     ]
     with pytest.raises(WrongKind):
-        store.instructions_page(store.node(f"{CALCULUS}/Limits/continuity"), everything, 5)
+        store.instructions.page(store.taxonomy.node(f"{CALCULUS}/Limits/continuity"), everything, 5)
     with pytest.raises(WrongKind):
-        store.count_instructions(store.node(f"{CALCULUS}/Limits/continuity"), everything)
+        store.instructions.count(store.taxonomy.node(f"{CALCULUS}/Limits/continuity"), everything)
 
 
 @pytest.mark.parametrize(
@@ -811,62 +859,68 @@ def test_instruction_filters_run_in_the_query(store: Store, flt: InstructionFilt
     expected = kept(rows, flt)
     assert 0 < len(expected) < len(rows) or flt.job_id == "job_none", expected
     assert all_pages(store, None, flt, 3) == expected
-    assert store.count_instructions(None, flt) == len(expected)
-    physics = store.node(PHYSICS)
-    assert store.count_instructions(physics, flt) == len(expected)
+    assert store.instructions.count(None, flt) == len(expected)
+    physics = store.taxonomy.node(PHYSICS)
+    assert store.instructions.count(physics, flt) == len(expected)
     calculus = [i for i in expected if i != "ins_20"]
-    assert all_pages(store, store.node(CALCULUS), flt, 2) == calculus
+    assert all_pages(store, store.taxonomy.node(CALCULUS), flt, 2) == calculus
 
 
 def test_hidden_subtrees_leave_instruction_listings(store: Store) -> None:
     build_instructions(store)
     everything = InstructionFilter()
-    store.review(f"{CALCULUS}/Limits", Status.REJECTED)
+    store.taxonomy.review(f"{CALCULUS}/Limits", Status.REJECTED)
     from_derivatives = [f"ins_{i:02d}" for i in (0, 1, 3, 5, 6, 7, 9, 11)]
     assert all_pages(store, None, everything, 5) == [*from_derivatives, "ins_20"]
-    assert store.count_instructions(None, everything) == 9
-    assert {n.id for n in store.sample_instructions(None, 50, 1)} == {*from_derivatives, "ins_20"}
-    store.review(f"{CALCULUS}/Limits", Status.APPROVED)
+    assert store.instructions.count(None, everything) == 9
+    assert {n.id for n in store.instructions.sample(None, 50, 1)} == {
+        *from_derivatives,
+        "ins_20",
+    }
+    store.taxonomy.review(f"{CALCULUS}/Limits", Status.APPROVED)
     # Calculus stays reachable through Pure Mathematics when Physics is rejected
-    store.review(PHYSICS, Status.REJECTED)
-    assert store.count_instructions(None, everything) == 12
-    assert store.count_instructions(store.node("Natural Sciences"), everything) == 0
-    assert store.instructions_page(store.node("Natural Sciences"), everything, 5) == ([], False)
-    assert len(all_pages(store, store.node(PURE), everything, 5)) == 12
-    store.review(PURE, Status.REJECTED)
-    assert store.count_instructions(None, everything) == 0
-    assert store.instructions_page(None, everything, 5) == ([], False)
-    assert store.sample_instructions(None, 5, 1) == []
+    store.taxonomy.review(PHYSICS, Status.REJECTED)
+    assert store.instructions.count(None, everything) == 12
+    assert store.instructions.count(store.taxonomy.node("Natural Sciences"), everything) == 0
+    assert store.instructions.page(store.taxonomy.node("Natural Sciences"), everything, 5) == (
+        [],
+        False,
+    )
+    assert len(all_pages(store, store.taxonomy.node(PURE), everything, 5)) == 12
+    store.taxonomy.review(PURE, Status.REJECTED)
+    assert store.instructions.count(None, everything) == 0
+    assert store.instructions.page(None, everything, 5) == ([], False)
+    assert store.instructions.sample(None, 5, 1) == []
 
 
 def test_sample_instructions_is_reproducible_without_repeats(store: Store) -> None:
     rows = build_instructions(store)
-    calculus = store.node(CALCULUS)
-    first = [n.id for n in store.sample_instructions(calculus, 5, seed=7)]
+    calculus = store.taxonomy.node(CALCULUS)
+    first = [n.id for n in store.instructions.sample(calculus, 5, seed=7)]
     assert len(first) == len(set(first)) == 5
     assert set(first) <= set(rows) - {"ins_20"}
-    assert [n.id for n in store.sample_instructions(calculus, 5, seed=7)] == first
-    others = [[n.id for n in store.sample_instructions(calculus, 5, seed=s)] for s in range(8, 14)]
+    assert [n.id for n in store.instructions.sample(calculus, 5, seed=7)] == first
+    others = [[n.id for n in store.instructions.sample(calculus, 5, seed=s)] for s in range(8, 14)]
     assert any(o != first for o in others)
     # more than there are: every one, once; the order is the draw's
-    every = [n.id for n in store.sample_instructions(None, 100, seed=3)]
+    every = [n.id for n in store.instructions.sample(None, 100, seed=3)]
     assert sorted(every) == sorted(rows) and len(every) == len(set(every))
-    assert [n.id for n in store.sample_instructions(None, 100, seed=3)] == every
-    assert store.sample_instructions(calculus, 0, seed=1) == []
-    session = store.children(CALCULUS)[1]
-    picked = store.sample_instructions(session, 3, seed=2)
-    assert {n.id for n in picked} <= set(store.instruction_ids_in_scope(session))
+    assert [n.id for n in store.instructions.sample(None, 100, seed=3)] == every
+    assert store.instructions.sample(calculus, 0, seed=1) == []
+    session = store.taxonomy.children(CALCULUS)[1]
+    picked = store.instructions.sample(session, 3, seed=2)
+    assert {n.id for n in picked} <= set(store.instructions.ids_in_scope(session))
     assert all(n.props["text"] == rows[n.id]["text"] for n in picked)
     with pytest.raises(InvalidInput):
-        store.sample_instructions(None, -1, seed=1)
+        store.instructions.sample(None, -1, seed=1)
 
 
 def test_paths_of_many_one_call_for_every_level(store: Store) -> None:
     build_syllabus(store)
-    subject = store.node(CALCULUS)
-    concept = store.node(f"{CALCULUS}/Derivatives/chain rule")
-    field = store.node("Natural Sciences")
-    found = store.paths_of_many([subject.id, concept.id, field.id, "sbj_nope", subject.id])
+    subject = store.taxonomy.node(CALCULUS)
+    concept = store.taxonomy.node(f"{CALCULUS}/Derivatives/chain rule")
+    field = store.taxonomy.node("Natural Sciences")
+    found = store.taxonomy.paths_of_many([subject.id, concept.id, field.id, "sbj_nope", subject.id])
     assert found == {
         subject.id: [f"{PURE}/Calculus", CALCULUS],
         concept.id: [
@@ -876,22 +930,25 @@ def test_paths_of_many_one_call_for_every_level(store: Store) -> None:
         field.id: ["Natural Sciences"],
         "sbj_nope": [],
     }
-    assert store.paths_of_many([]) == {}
+    assert store.taxonomy.paths_of_many([]) == {}
     # several of one level are read together, one alone by its id: the same answers
-    disciplines = [store.node(PHYSICS).id, store.node(PURE).id]
-    assert store.paths_of_many(disciplines) == {
+    disciplines = [store.taxonomy.node(PHYSICS).id, store.taxonomy.node(PURE).id]
+    assert store.taxonomy.paths_of_many(disciplines) == {
         disciplines[0]: [PHYSICS],
         disciplines[1]: [PURE],
     }
-    assert store.paths_of_many([subject.id, concept.id, field.id])[subject.id] == found[subject.id]
+    assert (
+        store.taxonomy.paths_of_many([subject.id, concept.id, field.id])[subject.id]
+        == found[subject.id]
+    )
     # a rejected parent hides a path, it does not remove it
-    store.review(PHYSICS, Status.REJECTED)
-    assert store.paths_of_many([subject.id])[subject.id] == [f"{PURE}/Calculus", CALCULUS]
+    store.taxonomy.review(PHYSICS, Status.REJECTED)
+    assert store.taxonomy.paths_of_many([subject.id])[subject.id] == [f"{PURE}/Calculus", CALCULUS]
 
 
 def test_children_of_many_matches_children(store: Store) -> None:
     build_syllabus(store)
-    store.review(PURE, Status.REJECTED)
+    store.taxonomy.review(PURE, Status.REJECTED)
     paths = [
         "",
         "Natural Sciences",
@@ -900,10 +957,10 @@ def test_children_of_many_matches_children(store: Store) -> None:
         f"{PURE}/calculus",
         f"{CALCULUS}/Limits/continuity",
     ]
-    found = store.children_of_many(paths)
+    found = store.taxonomy.children_of_many(paths)
     assert list(found) == paths
     for path in paths:
-        expected = store.children(path or None)
+        expected = store.taxonomy.children(path or None)
         assert [(n.id, n.path, n.hidden) for n in found[path]] == [
             (n.id, n.path, n.hidden) for n in expected
         ], path
@@ -917,14 +974,14 @@ def test_children_of_many_matches_children(store: Store) -> None:
     assert [n.name for n in found[CALCULUS]] == ["Limits", "Derivatives"]
     assert found[f"{CALCULUS}/Limits/continuity"] == []
     with pytest.raises(NodeNotFound):
-        store.children_of_many([PURE, "Natural Sciences/Nope"])
+        store.taxonomy.children_of_many([PURE, "Natural Sciences/Nope"])
 
 
 def test_counts_many_matches_counts(store: Store) -> None:
     build_instructions(store)
-    store.review(f"{CALCULUS}/Limits", Status.REJECTED)
-    store.review(PURE, Status.REJECTED)
-    subject = store.node(CALCULUS)
+    store.taxonomy.review(f"{CALCULUS}/Limits", Status.REJECTED)
+    store.taxonomy.review(PURE, Status.REJECTED)
+    subject = store.taxonomy.node(CALCULUS)
     paths = [
         "Natural Sciences",
         PHYSICS,
@@ -936,18 +993,18 @@ def test_counts_many_matches_counts(store: Store) -> None:
         f"{CALCULUS}/Derivatives/chain rule",
         f"{PHYSICS}/Optics",
     ]
-    keys = [(store.node(p).id, p) for p in paths]
-    found = store.counts_many([*keys, keys[0]])
+    keys = [(store.taxonomy.node(p).id, p) for p in paths]
+    found = store.coverage.counts_many([*keys, keys[0]])
     assert list(found) == keys
     for node_id, path in keys:
-        assert found[(node_id, path)] == store.counts(path), path
+        assert found[(node_id, path)] == store.coverage.counts(path), path
     # the shared subject: counted along its visible path, zero along the rejected one
     assert found[(subject.id, CALCULUS)]["instructions"] == 8
     assert found[(subject.id, CALCULUS)]["responses"] == 2
     assert set(found[(subject.id, f"{PURE}/Calculus")].values()) == {0}
     # a path that does not reach the node counts nothing
-    assert set(store.counts_many([(subject.id, PURE)])[(subject.id, PURE)].values()) == {0}
-    assert store.counts_many([]) == {}
+    assert set(store.coverage.counts_many([(subject.id, PURE)])[(subject.id, PURE)].values()) == {0}
+    assert store.coverage.counts_many([]) == {}
     # nodes of one level under different parents (one query over them all), and alone
     scattered = [
         "Natural Sciences",
@@ -958,7 +1015,9 @@ def test_counts_many_matches_counts(store: Store) -> None:
         CALCULUS,
         f"{PHYSICS}/Optics",
     ]
-    keys = [(store.node(p).id, p) for p in scattered]
-    together = store.counts_many(keys)
+    keys = [(store.taxonomy.node(p).id, p) for p in scattered]
+    together = store.coverage.counts_many(keys)
     for key in keys:
-        assert together[key] == store.counts(key[1]) == store.counts_many([key])[key], key
+        assert (
+            together[key] == store.coverage.counts(key[1]) == store.coverage.counts_many([key])[key]
+        ), key

@@ -1,11 +1,11 @@
-"""Coverage of a node and of each child, as Store.coverage computes it in the database."""
+"""Coverage of a node and of each child, as graph/coverage.py computes it in the database."""
 
 from __future__ import annotations
 
 import strawberry
 
-from graph.store import Coverage as StoreCoverage
-from graph.store import CoverageRow as StoreCoverageRow
+from graph.records import CoverageReport
+from graph.records import CoverageRow as StoreCoverageRow
 
 from .node import Counts, TaxonomyNode
 
@@ -47,5 +47,5 @@ class Coverage:
     children: list[CoverageRow]
 
     @classmethod
-    def of(cls, c: StoreCoverage) -> Coverage:
+    def of(cls, c: CoverageReport) -> Coverage:
         return cls(total=CoverageRow.of(c.total), children=[CoverageRow.of(r) for r in c.children])

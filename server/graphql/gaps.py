@@ -1,11 +1,11 @@
-"""What is missing under a node, as Store.gaps finds it: where to generate next."""
+"""What is missing under a node, as Coverage.gaps finds it: where to generate next."""
 
 from __future__ import annotations
 
 import strawberry
 
-from graph.store import ConceptGap as StoreConceptGap
-from graph.store import Gaps as StoreGaps
+from graph.records import ConceptGap as StoreConceptGap
+from graph.records import Gaps as StoreGaps
 
 from .node import TaxonomyNode
 

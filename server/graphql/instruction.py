@@ -11,8 +11,8 @@ from enum import Enum
 import strawberry
 from strawberry.types import Info
 
-from graph.store import InstructionFilter as Filter
-from graph.store import Node
+from graph.filters import InstructionFilter as Filter
+from graph.records import Node
 
 from ..context import Context
 from .node import Provenance, TaxonomyNode

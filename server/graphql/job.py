@@ -132,7 +132,7 @@ class Job:
 
     def stored(self, info: Info[Context, None]) -> dict[str, Any]:
         if self.row is None:
-            self.row = info.context.store.job(str(self.id)) or {}
+            self.row = info.context.store.jobs.get(str(self.id)) or {}
         return self.row
 
     @strawberry.field(description="The stage options that, with stage and scope, identify it.")
@@ -155,7 +155,7 @@ class Job:
         first: int = 100,
         after: str | None = None,
     ) -> Connection[JobUnit]:
-        rows = sorted(info.context.store.job_units(str(self.id)), key=lambda r: str(r["id"]))
+        rows = sorted(info.context.store.jobs.units(str(self.id)), key=lambda r: str(r["id"]))
         if status is not None:
             rows = [r for r in rows if r.get("status") == status.value]
         return paginate(rows, first, after, key=lambda r: str(r["id"]), wrap=JobUnit.of)

@@ -18,7 +18,7 @@ from strawberry.types import Info
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError, InvalidInput
 from graph.model import Status
-from graph.store import COUNT_NAMES
+from graph.records import COUNT_NAMES
 
 from ..auth import IsAuthorized
 from ..context import Context
@@ -160,7 +160,7 @@ class Mutation:
             if v is not None
         }
         try:
-            node = info.context.store.add_node(
+            node = info.context.store.taxonomy.add_node(
                 parent_path or None, kind.node_kind, name, props=props, status=Status(status.value)
             )
         except GlanError as exc:
@@ -182,7 +182,9 @@ class Mutation:
     ) -> UpdateNodeResult:
         props = _props(description=description, level=level, subtopics=subtopics)
         try:
-            return NodePayload(node=TaxonomyNode.of(info.context.store.update_node(path, props)))
+            return NodePayload(
+                node=TaxonomyNode.of(info.context.store.taxonomy.update_node(path, props))
+            )
         except GlanError as exc:
             return problem(exc)
 
@@ -195,7 +197,7 @@ class Mutation:
         self, info: Info[Context, None], path: str, decision: Decision
     ) -> ReviewNodeResult:
         try:
-            node = info.context.store.review(path, Status(decision.value))
+            node = info.context.store.taxonomy.review(path, Status(decision.value))
         except GlanError as exc:
             return problem(exc)
         return NodePayload(node=TaxonomyNode.of(node))
@@ -208,7 +210,7 @@ class Mutation:
         self, info: Info[Context, None], parent_path: str, subject_path: str
     ) -> LinkSubjectResult:
         try:
-            node = info.context.store.link(parent_path, subject_path)
+            node = info.context.store.taxonomy.link(parent_path, subject_path)
         except GlanError as exc:
             return problem(exc)
         return NodePayload(node=TaxonomyNode.of(node))
@@ -220,7 +222,7 @@ class Mutation:
     )
     def delete_node(self, info: Info[Context, None], path: str) -> DeleteNodeResult:
         try:
-            removed = info.context.store.delete_subtree(path)
+            removed = info.context.store.taxonomy.delete_subtree(path)
         except GlanError as exc:
             return problem(exc)
         counts = {_REMOVED_NAMES[k]: v for k, v in removed.items() if k in _REMOVED_NAMES}

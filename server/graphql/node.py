@@ -9,7 +9,7 @@ import strawberry
 from strawberry.types import Info
 
 from graph.model import KIND_BY_LABEL, NodeKind, Status
-from graph.store import COUNT_NAMES, Node, zero_counts
+from graph.records import COUNT_NAMES, Node, zero_counts
 
 from ..context import Context
 from .pagination import Connection, paginate

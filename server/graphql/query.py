@@ -9,9 +9,9 @@ import strawberry
 from strawberry.types import Info
 
 from graph.errors import GlanError, InvalidInput
+from graph.filters import InstructionFilter as Filter
 from graph.model import HIERARCHY
-from graph.store import InstructionFilter as Filter
-from graph.store import Node
+from graph.records import Node
 
 from ..context import Context
 from .coverage import Coverage
@@ -74,19 +74,19 @@ def job_view(ctx: Context, job_id: str) -> Job | None:
     entry = ctx.jobs.running.get(job_id)
     if entry is not None:
         return Job.of(entry.latest, live=True)
-    row = ctx.store.job(job_id) if job_id.startswith("job_") else None
+    row = ctx.store.jobs.get(job_id) if job_id.startswith("job_") else None
     return Job.of_row(row) if row else None
 
 
 def _node_by_id(ctx: Context, node_id: str) -> TaxonomyNode | NotFoundError:
-    node = ctx.store.get(node_id)
+    node = ctx.store.nodes.get(node_id)
     if node is None or node.kind not in HIERARCHY:
         return NotFoundError(
             message=f"no taxonomy node with id {node_id!r}", id=strawberry.ID(node_id)
         )
-    paths = ctx.store.paths_of(node.id)
+    paths = ctx.store.taxonomy.paths_of(node.id)
     # reached by its first path, so `hidden` and `path` are as that path sees them
-    return TaxonomyNode.of(ctx.store.node(paths[0]) if paths else node)
+    return TaxonomyNode.of(ctx.store.taxonomy.node(paths[0]) if paths else node)
 
 
 @strawberry.type
@@ -99,7 +99,7 @@ class Query:
             if (id is None) == (path is None):
                 raise InvalidInput("give exactly one of id and path")
             if path is not None:
-                return TaxonomyNode.of(info.context.store.node(path))
+                return TaxonomyNode.of(info.context.store.taxonomy.node(path))
             return _node_by_id(info.context, str(id))
         except GlanError as exc:
             return problem(exc)
@@ -113,7 +113,7 @@ class Query:
         after: str | None = None,
     ) -> ChildrenResult:
         try:
-            kids = info.context.store.children(path or None)
+            kids = info.context.store.taxonomy.children(path or None)
             return paginate(kids, first, after, key=lambda n: n.id, wrap=TaxonomyNode.of)
         except GlanError as exc:
             return problem(exc)
@@ -133,7 +133,9 @@ class Query:
                 )
             # coverage costs a query per level: only when the selection asks for it
             covered = _selects(info.selected_fields, {"coveredConcepts", "conceptCoverage"})
-            return TreeNode.of(info.context.store.tree(path or None, depth, covered=covered))
+            return TreeNode.of(
+                info.context.store.coverage.tree(path or None, depth, covered=covered)
+            )
         except GlanError as exc:
             return problem(exc)
 
@@ -149,7 +151,7 @@ class Query:
         try:
             first = page_size(first)
             kinds = [kind.node_kind] if kind else list(HIERARCHY)
-            found = info.context.store.search(
+            found = info.context.store.taxonomy.search(
                 text, kinds, limit=first + 1, after=decode_cursor(after) or ""
             )
             return connection(
@@ -164,7 +166,7 @@ class Query:
     )
     def coverage(self, info: Info[Context, None], path: str | None = None) -> CoverageResult:
         try:
-            return Coverage.of(info.context.store.coverage(path or None))
+            return Coverage.of(info.context.store.coverage.report(path or None))
         except GlanError as exc:
             return problem(exc)
 
@@ -177,7 +179,7 @@ class Query:
     ) -> GapsResult:
         try:
             first = page_size(first)
-            return Gaps.of(info.context.store.gaps(path or None, first))
+            return Gaps.of(info.context.store.coverage.gaps(path or None, first))
         except GlanError as exc:
             return problem(exc)
 
@@ -194,14 +196,14 @@ class Query:
         try:
             first = page_size(first)
             flt = filter.to_filter() if filter else Filter()
-            scope = store.scope(path)
-            page, more = store.instructions_page(scope, flt, first, decode_cursor(after))
+            scope = store.taxonomy.scope(path)
+            page, more = store.instructions.page(scope, flt, first, decode_cursor(after))
             return connection(
                 page,
                 has_next=more,
                 key=_id,
                 wrap=Instruction.of,
-                count=lambda: store.count_instructions(scope, flt),
+                count=lambda: store.instructions.count(scope, flt),
             )
         except GlanError as exc:
             return problem(exc)
@@ -217,7 +219,7 @@ class Query:
         try:
             if not 1 <= n <= MAX_PAGE:
                 raise InvalidInput(f"n must be between 1 and {MAX_PAGE}, got {n}")
-            chosen = store.sample_instructions(store.scope(path), n, seed)
+            chosen = store.instructions.sample(store.taxonomy.scope(path), n, seed)
             return InstructionSample(seed=seed, instructions=[Instruction.of(i) for i in chosen])
         except GlanError as exc:
             return problem(exc)
@@ -233,7 +235,7 @@ class Query:
     ) -> JobsResult:
         ctx = info.context
         try:
-            stored = {str(r["id"]): r for r in ctx.store.jobs()}
+            stored = {str(r["id"]): r for r in ctx.store.jobs.all()}
             live = ctx.jobs.running
             # a job just started may not have written its row yet: newest, so first
             jobs = [Job.of(e.latest, live=True) for i, e in live.items() if i not in stored]

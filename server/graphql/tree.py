@@ -1,10 +1,10 @@
-"""A subtree with counts at every node, as Store.tree builds it in a few grouped queries."""
+"""A subtree with counts at every node, as Coverage.tree builds it in a few grouped queries."""
 
 from __future__ import annotations
 
 import strawberry
 
-from graph.store import TreeNode as StoreTreeNode
+from graph.records import TreeNode as StoreTreeNode
 
 from .node import Counts, TaxonomyNode
 

@@ -1,0 +1,302 @@
+"""Instructions and their answers: writes with provenance, pages, samples, and the reads
+that export, dedup and decontamination walk (a subject at a time, or by id).
+
+An instruction covers the concepts it was sampled from (COVERS) and comes from their
+sessions (FROM); a response ANSWERS it. Duplicate marks are DUPLICATE_OF edges.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+
+from . import queries as Q
+from .driver import GraphDriver, Tx, batched
+from .errors import InvalidInput, WrongKind
+from .filters import InstructionFilter
+from .model import (
+    ANSWERS,
+    COVERS,
+    DUPLICATE_OF,
+    FROM,
+    HIERARCHY,
+    INSTRUCTION,
+    RESPONSE,
+    SESSION,
+    NodeKind,
+    RelKind,
+    Status,
+    join_path,
+)
+from .nodes import Nodes, Part
+from .records import (
+    InstructionDetail,
+    NameIndex,
+    Node,
+    UpsertResult,
+)
+from .rollups import Rollups
+from .taxonomy import Taxonomy
+
+
+class Instructions(Part):
+    """Generated questions and answers, with their links to the taxonomy."""
+
+    def __init__(self, nodes: Nodes, taxonomy: Taxonomy, rollups: Rollups) -> None:
+        super().__init__(nodes)
+        self.taxonomy = taxonomy
+        self.rollups = rollups
+
+    def write_instructions(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        covers: Sequence[tuple[str, str]],
+        sessions: Sequence[tuple[str, str]],
+        *,
+        tx: Tx | None = None,
+    ) -> UpsertResult:
+        res = self.nodes.upsert_nodes(INSTRUCTION, rows, tx=tx)
+        self.nodes.upsert_edges(COVERS, covers, new_sources=res.new_ids, tx=tx)
+        self.nodes.upsert_edges(FROM, sessions, new_sources=res.new_ids, tx=tx)
+        self.rollups.mark_stale([str(r["subject_id"]) for r in rows if r.get("subject_id")], tx=tx)
+        return res
+
+    def write_responses(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        subject_ids: Sequence[str] | None = None,
+        tx: Tx | None = None,
+    ) -> UpsertResult:
+        """Store answers. `subject_ids`, the subjects their instructions were asked in, saves
+        looking them up when the caller already knows them."""
+        res = self.nodes.upsert_nodes(RESPONSE, rows, tx=tx)
+        pairs = [(r["id"], r["instruction_id"]) for r in rows]
+        self.nodes.upsert_edges(ANSWERS, pairs, new_sources=res.new_ids, tx=tx)
+        if subject_ids is None:
+            runner: Tx | GraphDriver = tx if tx is not None else self.driver
+            subject_ids = []
+            for batch in batched(list(dict.fromkeys(i for _, i in pairs)), self.batch_size):
+                found = runner.execute(Q.subjects_of_instructions(self.d), {"ids": batch})
+                subject_ids += [r["id"] for r in found if r["id"]]
+        self.rollups.mark_stale(subject_ids, tx=tx)
+        return res
+
+    def ids_in_scope(self, scope: Node | None) -> list[str]:
+        top = self._instruction_top(scope)
+        rows = self.driver.execute(
+            Q.instructions_in_scope(self.d, top), self.taxonomy.scope_params(scope)
+        )
+        return sorted(r["id"] for r in rows)
+
+    @staticmethod
+    def _instruction_top(scope: Node | None) -> int | None:
+        """The level instructions are listed under: a session or above (None: everything)."""
+        if scope is not None and scope.level > HIERARCHY.index(SESSION):
+            raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a session or above")
+        return scope.level if scope else None
+
+    def page(
+        self,
+        scope: Node | None,
+        flt: InstructionFilter | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> tuple[list[Node], bool]:
+        """Instructions under a scope (as ids_in_scope finds them) that the filter
+        keeps, in id order after the id `after`: up to `first`, and whether more follow.
+
+        One query: the filter is part of its WHERE clause and it asks for first + 1 rows,
+        so a page costs about a page of rows however large the scope.
+        """
+        if first < 0:
+            raise InvalidInput(f"first must be 0 or more, got {first}")
+        flt = flt or InstructionFilter()
+        top = self._instruction_top(scope)
+        params = {
+            **self.taxonomy.scope_params(scope),
+            **Q.instruction_params(flt),
+            "limit": first + 1,
+        }
+        if after:
+            params["after"] = after
+        query = Q.instructions_page(self.d, top, flt, after=bool(after))
+        nodes = [Node.from_row(r["x"]) for r in self.driver.execute(query, params)]
+        return nodes[:first], len(nodes) > first
+
+    def count(self, scope: Node | None, flt: InstructionFilter | None = None) -> int:
+        """How many instructions under a scope the filter keeps: one COUNT query."""
+        flt = flt or InstructionFilter()
+        top = self._instruction_top(scope)
+        params = {**self.taxonomy.scope_params(scope), **Q.instruction_params(flt)}
+        rows = self.driver.execute(Q.count_instructions(self.d, top, flt), params)
+        return int(rows[0]["n"]) if rows else 0
+
+    def sample(self, scope: Node | None, n: int, seed: int) -> list[Node]:
+        """`n` instructions under a scope drawn without replacement (all of them when there
+        are fewer), in the order drawn: the same ones for the same seed and data.
+
+        Two queries, and no id list in Python: count the scope, draw that many positions
+        with `random.Random(seed)` (over a range, so nothing the size of the scope is built
+        here), then pick the instructions at those positions of the scope's sorted ids,
+        which the database gathers and indexes itself (pick_instructions). A seeded order
+        in the database (ORDER BY random()) would not repeat; a SKIP per position would
+        sort the scope once per pick. The positions are those `random.sample` would draw
+        from the sorted id list, so the sample is the one the API always gave for a seed.
+        """
+        if n < 0:
+            raise InvalidInput(f"n must be 0 or more, got {n}")
+        top = self._instruction_top(scope)
+        total = self.count(scope)
+        offsets = random.Random(seed).sample(range(total), min(n, total))
+        picked: dict[int, Node] = {}
+        for batch in batched(offsets, self.batch_size):
+            params = {**self.taxonomy.scope_params(scope), "offsets": batch}
+            for r in self.driver.execute(Q.pick_instructions(self.d, top), params):
+                picked[int(r["o"])] = Node.from_row(r["x"])
+        return [picked[o] for o in offsets if o in picked]
+
+    def name_index(self, kind: NodeKind) -> NameIndex | None:
+        """Every node of a kind by reference, for `linked_names`: one scan of its table.
+        None where the engine has no node references (Dialect.node_ref)."""
+        ref = self.d.node_ref("n")
+        if ref is None:
+            return None
+        table = self.driver.table(Q.names_by_ref(self.d, kind, ref))
+        if not table.num_rows:
+            table = pa.table({"ref": [], "id": [], "name": [], "position": []})
+        return NameIndex(table.set_column(0, "ref", table["ref"].cast(pa.int64())))
+
+    def linked_names(
+        self, rel: RelKind, ids: Sequence[str], names: NameIndex | None = None
+    ) -> dict[str, list[tuple[str, str, int]]]:
+        """What each id points to through `rel`, as (id, name, position), sorted: `linked`
+        with the names the caller would otherwise read node by node (sessions, concepts).
+
+        Given `names` (name_index of rel's target kind), only the edges are read, and the
+        names looked up there: a caller reading many batches reads the names once."""
+        out: dict[str, list[tuple[str, str, int]]] = {i: [] for i in ids}
+        found = None
+        if names is not None and (ref := self.d.node_ref("b")) is not None:
+            edges = self.nodes.columns_by_ids(partial(Q.linked_refs, self.d, rel, ref), ids)
+            src, found = edges["src"], names.lookup(edges["ref"])
+        if found is None:  # no index, or nodes made since it was read
+            cols = self.nodes.columns_by_ids(partial(Q.linked_from_names, self.d, rel), ids)
+            src = cols["src"]
+            found = cols["dst"], cols["name"], [p or 0 for p in cols["position"]]
+        for s, dst, name, position in zip(src, *found, strict=True):
+            out[s].append((dst, name, position))
+        for v in out.values():
+            v.sort()
+        return out
+
+    def instructions_by_subject(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Instruction ids of each subject (from approved sessions), sorted."""
+        out: dict[str, list[str]] = {s: [] for s in subject_ids}
+        params: dict[str, Any] = {"approved": str(Status.APPROVED)}
+        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
+            for r in self.driver.execute(
+                Q.instructions_of_subjects(self.d), {**params, "ids": batch}
+            ):
+                out[r["subject"]].append(r["id"])
+        for v in out.values():
+            v.sort()
+        return out
+
+    def details_below(
+        self, subject_ids: Sequence[str], *, links: bool = True, responses: bool = True
+    ) -> dict[str, list[InstructionDetail]]:
+        """The instructions of each subject (as `instructions_by_subject` finds them, in the
+        same order) with their sessions and concepts (unless not `links`) and responses
+        (unless not `responses`): up to four reads walked down from the subjects, whatever
+        the number of instructions. They are all held at once: a caller sizes its list of
+        subjects by their number of instructions."""
+        params = {"ids": list(dict.fromkeys(subject_ids)), "approved": str(Status.APPROVED)}
+        # read by column: whole nodes, row by row, took most of an export's time
+        cols = self.driver.columns(Q.instructions_below(self.d), params)
+        found: dict[str, InstructionDetail] = {}
+        below: dict[str, set[str]] = {s: set() for s in subject_ids}
+        for subject, node in zip(cols.get("subject", []), _nodes(INSTRUCTION, cols), strict=True):
+            if node.id not in found:  # else reached through another of its sessions
+                found[node.id] = InstructionDetail(node)
+            below[subject].add(node.id)
+        for rel in (FROM, COVERS) if links else ():
+            cols = self.driver.columns(Q.linked_names_below(self.d, rel), params)
+            link_cols = (cols.get(c, []) for c in ("src", "dst", "name", "position"))
+            for src, dst, name, position in zip(*link_cols, strict=True):
+                if (detail := found.get(src)) is not None:  # else asked since
+                    linked = detail.sessions if rel is FROM else detail.concepts
+                    linked.append((dst, name, position or 0))
+        if responses:
+            cols = self.driver.columns(Q.responses_below(self.d), params)
+            for answers, node in zip(cols.get("answers", []), _nodes(RESPONSE, cols), strict=True):
+                if (detail := found.get(answers)) is not None:
+                    detail.responses.append(node)
+        for detail in found.values():
+            detail.sort()
+        return {s: [found[i] for i in sorted(ids)] for s, ids in below.items()}
+
+    def details_of(
+        self,
+        ids: Sequence[str],
+        concepts: NameIndex | None = None,
+        sessions: NameIndex | None = None,
+        *,
+        links: bool = True,
+        responses: bool = True,
+    ) -> dict[str, InstructionDetail]:
+        """`details_below` for instructions given by id (unknown ids are left out): each
+        read is a join over the whole instruction table on the embedded engine. Given name
+        indexes of concepts and sessions, their names are looked up there (`linked_names`)."""
+        instructions = self.nodes.get_many(ids)
+        found = {i: InstructionDetail(instructions[i]) for i in ids if i in instructions}
+        known = list(found)
+        if links:
+            for i, linked in self.linked_names(COVERS, known, concepts).items():
+                found[i].concepts = linked
+            for i, linked in self.linked_names(FROM, known, sessions).items():
+                found[i].sessions = linked
+        if responses:
+            answers = self.nodes.linked(ANSWERS, known, reverse=True)
+            nodes = self.nodes.get_many(sorted({r for v in answers.values() for r in v}))
+            for i, rs in answers.items():
+                found[i].responses = [nodes[r] for r in rs if r in nodes]
+        for detail in found.values():
+            detail.sort()
+        return found
+
+    def discipline_paths(self, subject_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The approved discipline paths each subject sits under."""
+        out: dict[str, list[str]] = {s: [] for s in subject_ids}
+        params: dict[str, Any] = {"approved": str(Status.APPROVED)}
+        for batch in batched(list(dict.fromkeys(subject_ids)), self.batch_size):
+            for r in self.driver.execute(Q.discipline_paths(self.d), {**params, "ids": batch}):
+                out[r["id"]].append(join_path([r["f"], r["s"], r["d"]]))
+        for v in out.values():
+            v.sort()
+        return out
+
+    def mark_duplicates(self, pairs: Sequence[tuple[str, str, str]]) -> None:
+        """Mark (duplicate, kept, how) triples: a DUPLICATE_OF edge and the `duplicate` flag."""
+        with self.driver.transaction() as tx:
+            rows = [{"id": dup, "duplicate": how} for dup, _, how in pairs]
+            self.nodes.upsert_nodes(INSTRUCTION, rows, tx=tx)
+            self.nodes.upsert_edges(DUPLICATE_OF, [(dup, kept) for dup, kept, _ in pairs], tx=tx)
+
+    def clear_duplicates(self, instruction_ids: Sequence[str]) -> None:
+        with self.driver.transaction() as tx:
+            for batch in batched(list(instruction_ids), self.batch_size):
+                tx.execute(Q.delete_edges_from(self.d, DUPLICATE_OF), {"ids": batch})
+                rows = [{"id": i, "duplicate": None} for i in batch]
+                self.nodes.upsert_nodes(INSTRUCTION, rows, tx=tx)
+
+
+def _nodes(kind: NodeKind, columns: Mapping[str, list[Any]]) -> Iterator[Node]:
+    """Nodes of a kind read a column per property (a column no row named is empty)."""
+    names = kind.prop_names
+    for values in zip(*(columns.get(n, []) for n in names), strict=True):
+        yield Node(kind, dict(zip(names, values, strict=True)))

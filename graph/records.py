@@ -1,0 +1,306 @@
+"""The store's records: what its reads return and its writes take, as plain data.
+
+Nodes with their kind and properties, the views built from them (trees, syllabi, coverage
+rows, instruction details), and the checks on names and texts users give. No reads or
+writes here: those live in the module of their concern (see graph/store.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import InvalidInput
+from .model import (
+    HIERARCHY,
+    MAX_LIST_ITEMS,
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    NODE_KINDS,
+    NodeKind,
+    clean_name,
+    name_key,
+)
+
+_KIND_BY_PREFIX = {k.id_prefix: k for k in NODE_KINDS}
+
+#: Names of the count columns, by level below a node (6 = instructions, 7 = responses).
+COUNT_NAMES = (
+    "fields",
+    "subfields",
+    "disciplines",
+    "subjects",
+    "sessions",
+    "concepts",
+    "instructions",
+    "responses",
+)
+
+
+LEVEL_INSTRUCTION = len(HIERARCHY)
+LEVEL_RESPONSE = len(HIERARCHY) + 1
+
+
+def zero_counts(level: int) -> dict[str, int]:
+    """The counts of a node at `level` with nothing below it (or hidden): every name 0."""
+    return dict.fromkeys(COUNT_NAMES[level + 1 :], 0)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Node:
+    kind: NodeKind
+    props: dict[str, Any]
+    #: the path this node was reached by (hierarchy nodes only)
+    path: str | None = None
+    #: rejected here or on the way down from its Field
+    hidden: bool = False
+
+    def __repr__(self) -> str:
+        return f"Node({self.kind.label} {self.id} {self.name!r} path={self.path!r})"
+
+    @property
+    def id(self) -> str:
+        return str(self.props["id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.props.get("name") or "")
+
+    @property
+    def status(self) -> str | None:
+        return self.props.get("status")
+
+    @property
+    def level(self) -> int:
+        return HIERARCHY.index(self.kind)
+
+    @classmethod
+    def from_row(cls, value: Mapping[str, Any], path: str | None = None) -> Node:
+        props = dict(value)
+        label = props.pop("_label", None)
+        kind = kind_of_id(str(props["id"])) if label is None else kind_by_label(label)
+        return cls(kind, props, path)
+
+
+@dataclass
+class TreeNode:
+    node: Node | None  # None: the root above all fields
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+    children: list[TreeNode] = field(default_factory=list)
+    #: concepts below with at least one instruction (set when tree() is asked for coverage)
+    covered_concepts: int = 0
+
+
+@dataclass(slots=True)  # millions of them when the sampler reads a whole store
+class ConceptView:
+    id: str
+    name: str
+    position: int
+    #: instructions already covering this concept
+    covered: int = 0
+
+
+@dataclass(slots=True)
+class SessionView:
+    id: str
+    title: str
+    description: str
+    position: int
+    concepts: list[ConceptView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyllabusIndex:
+    """The syllabi of many subjects as flat lists in syllabus order, for sampling: subject
+    i's sessions are `session_start[i]` up to `session_start[i + 1]`, session j's concepts
+    `concept_start[j]` up to `concept_start[j + 1]`. Only approved sessions with approved
+    concepts are in it. One list per field, not an object per concept: at GLAN scale a
+    scope has millions of concepts."""
+
+    subject_ids: list[str]
+    session_start: list[int]
+    session_ids: list[str]
+    concept_start: list[int]
+    concept_ids: list[str]
+    #: instructions covering each concept
+    covered: list[int]
+
+    @classmethod
+    def empty(cls) -> SyllabusIndex:
+        return cls([], [0], [], [0], [], [])
+
+
+class NameIndex:
+    """Id, name and position of every node of a kind by the engine's reference of each
+    (Dialect.node_ref), held as Arrow arrays (about 70 bytes a node): what `linked_names`
+    looks the far ends of edges up in, where the engine would join their whole table."""
+
+    def __init__(self, table: pa.Table) -> None:
+        table = table.take(pc.sort_indices(table["ref"]))
+        self._refs = table["ref"].to_numpy()
+        self._rows = table.select(["id", "name", "position"])
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def lookup(self, refs: Sequence[int]) -> tuple[list[str], list[str], list[int]] | None:
+        """(ids, names, positions) of these references; None if one is not in the index
+        (a node made since it was read)."""
+        want = np.asarray(refs, dtype=np.int64)
+        if not len(want):
+            return [], [], []
+        at = np.searchsorted(self._refs, want)
+        if (at >= len(self._refs)).any() or (self._refs[at] != want).any():
+            return None
+        rows = self._rows.take(at)
+        position = pc.fill_null(rows["position"].cast(pa.int64()), 0)
+        return rows["id"].to_pylist(), rows["name"].to_pylist(), position.to_pylist()
+
+
+@dataclass
+class InstructionDetail:
+    """An instruction with what an export reads of its links: the sessions it was asked from
+    and the concepts it covers, as sorted (id, name, position), and its responses, oldest
+    first."""
+
+    instruction: Node
+    sessions: list[tuple[str, str, int]] = field(default_factory=list)
+    concepts: list[tuple[str, str, int]] = field(default_factory=list)
+    responses: list[Node] = field(default_factory=list)
+
+    def sort(self) -> InstructionDetail:
+        self.sessions.sort()
+        self.concepts.sort()
+        self.responses.sort(key=lambda n: (n.props.get("created_at") or "", n.id))
+        return self
+
+
+@dataclass
+class CoverageRow:
+    node: Node | None  # None: the whole store
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+    covered_concepts: int = 0
+    combinations: int = 0
+    subjects_without_syllabus: int = 0
+    disciplines_without_subjects: int = 0
+
+    @property
+    def concept_coverage(self) -> float:
+        """Fraction of concepts at least one instruction covers."""
+        concepts = self.counts.get("concepts", 0)
+        return self.covered_concepts / concepts if concepts else 0.0
+
+
+@dataclass
+class CoverageReport:
+    total: CoverageRow
+    children: list[CoverageRow]
+
+
+@dataclass
+class ConceptGap:
+    """A concept and how many instructions cover it (see Coverage.gaps)."""
+
+    node: Node
+    subject: str
+    session: str
+    instructions: int
+
+
+@dataclass
+class Gaps:
+    """What is missing under a node: the least covered concepts, subjects with no syllabus."""
+
+    path: str  # the node's path as stored ("" for the whole store)
+    least_covered: list[ConceptGap]
+    subjects_without_syllabus: list[Node]
+
+
+@dataclass
+class UpsertResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    new_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LoadReport:
+    created: dict[str, int] = field(default_factory=dict)
+    existing: dict[str, int] = field(default_factory=dict)
+
+
+def kind_by_label(label: str) -> NodeKind:
+    for k in NODE_KINDS:
+        if k.label == label:
+            return k
+    raise KeyError(label)
+
+
+def kind_of_id(node_id: str) -> NodeKind:
+    prefix, _, rest = node_id.partition("_")
+    kind = _KIND_BY_PREFIX.get(prefix)
+    if kind is None or not rest:
+        raise InvalidInput(f"{node_id!r} is not a glan node id")
+    return kind
+
+
+def validate_name(name: Any, what: str = "name") -> str:
+    if not isinstance(name, str):
+        raise InvalidInput(f"{what} must be a string, got {type(name).__name__}")
+    cleaned = clean_name(name)
+    if not cleaned:
+        raise InvalidInput(f"{what} is empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise InvalidInput(
+            f"{what} is {len(cleaned)} characters long; the limit is {MAX_NAME_LENGTH}"
+        )
+    return cleaned
+
+
+def validate_text(props: Mapping[str, Any]) -> None:
+    """Bounds on the free text a user sets on a node: a description of up to
+    MAX_TEXT_LENGTH characters, a level and each subtopic as long as a name, and up to
+    MAX_LIST_ITEMS subtopics. Kept verbatim otherwise; raises InvalidInput."""
+    limits = {"description": MAX_TEXT_LENGTH, "level": MAX_NAME_LENGTH}
+    for key, limit in limits.items():
+        value = props.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string, got {type(value).__name__}")
+        if len(value) > limit:
+            raise InvalidInput(f"{key} is {len(value):,} characters long; the limit is {limit:,}")
+    subtopics = props.get("subtopics")
+    if subtopics is None:
+        return
+    if not isinstance(subtopics, list | tuple):
+        raise InvalidInput(f"subtopics must be a list, got {type(subtopics).__name__}")
+    if len(subtopics) > MAX_LIST_ITEMS:
+        raise InvalidInput(f"{len(subtopics)} subtopics; the limit is {MAX_LIST_ITEMS}")
+    for item in subtopics:
+        if not isinstance(item, str) or len(item) > MAX_NAME_LENGTH:
+            raise InvalidInput(f"each subtopic is a string of at most {MAX_NAME_LENGTH} characters")
+
+
+def hierarchy_level(node_id: str) -> int | None:
+    """0 (Field) .. 5 (Concept) for the id of a hierarchy node; None for any other kind."""
+    kind = kind_of_id(node_id)
+    return HIERARCHY.index(kind) if kind in HIERARCHY else None
+
+
+def display_order(node: Node) -> tuple[int, str]:
+    pos = node.props.get("position")
+    return (pos if isinstance(pos, int) else 1 << 30, name_key(node.name))
