@@ -27,6 +27,9 @@ class StoreConfig(BaseModel):
     #: memory the embedded engine may cache pages and hold query state in, in MB; 0: the
     #: engine's own default, about 80% of the machine's memory
     buffer_pool_mb: int = Field(default=DEFAULT_BUFFER_POOL_MB, ge=0)
+    #: connections the embedded engine reads on beside its writer's, at most (0: reads
+    #: wait for writes, on the writer's connection)
+    readers: int = Field(default=4, ge=0, le=64)
     bolt_uri: str = "bolt://localhost:7687"
     bolt_user: str | None = "neo4j"
     bolt_password: SecretStr | None = None

@@ -91,6 +91,13 @@ class GraphDriver(Protocol):
     dialect: Dialect
     description: str
 
+    @property
+    def version(self) -> int | None:
+        """A number that changes with every write committed through this driver, where it
+        is the database's only writer (a read cached at one version is current while it
+        stays the same); None where other processes may write too."""
+        ...
+
     def execute(self, query: str, params: Params | None = None) -> list[Row]: ...
 
     def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:

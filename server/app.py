@@ -10,10 +10,12 @@ LLM client, and everything else goes through its API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from graph.store import Store
 
 from .auth import DENIED
 from .body_limit import BodyLimit
-from .context import Context, Loaders
+from .context import Context, Loaders, off_loop
 from .graphql import schema
 from .settings import DEFAULT_MAX_BODY_KB, Settings
 
@@ -54,6 +56,9 @@ class Resources:
     store: Store
     llm: LLMClient
     jobs: JobManager
+    #: the threads store calls run on, off the event loop (also the loop's default executor,
+    #: so the jobs' reads and writes run there too)
+    pool: ThreadPoolExecutor
 
 
 class GlanGraphQL(GraphQL[Context, None]):
@@ -82,14 +87,16 @@ class GlanGraphQL(GraphQL[Context, None]):
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         res = self.resources
+        run = off_loop(res.pool)
         return Context(
             store=res.store,
             jobs=res.jobs,
             settings=res.settings,
-            loaders=Loaders.for_request(res.store),
+            loaders=Loaders.for_request(res.store, run),
             authorization=request.headers.get("authorization"),
             request=request,
             response=response,
+            run=run,
         )
 
     def decode_json(self, data: str | bytes) -> object:
@@ -119,10 +126,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         cfg = settings or Settings()
+        pool = ThreadPoolExecutor(cfg.api_workers, thread_name_prefix="glan-store")
+        asyncio.get_running_loop().set_default_executor(pool)
         store = Store.open(cfg.store_config())
         llm = LLMClient(cfg.llm_config())
         jobs = JobManager(store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency)
-        app.state.glan = Resources(cfg, store, llm, jobs)
+        app.state.glan = Resources(cfg, store, llm, jobs, pool)
         log.info("glan API on %s", store.driver.description)
         try:
             yield
@@ -130,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # running jobs stop after their units in flight; a restart resumes them
             await jobs.shutdown()
             await llm.aclose()
+            pool.shutdown(wait=True)
             store.close()
             app.state.glan = None
 

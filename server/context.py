@@ -5,15 +5,20 @@ so their caches never serve one client's stale read to another. Nested fields of
 (the concepts, sessions, subject and responses of 50 instructions) each become one batched
 read per kind instead of one query per node.
 
-Store calls are synchronous and run on the event loop's thread, like the jobs' writes:
-the embedded engine has one connection, so reads and writes must not interleave across
-threads.
+Store calls never run on the event loop: `Context.run` hands each to the server's bounded
+pool of worker threads, so a slow read holds a thread, not every request, subscription
+and job of the server. The embedded engine reads on connections of its own, several at
+once, and serialises writes (graph/backends/embedded.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from strawberry.dataloader import DataLoader
 
@@ -26,43 +31,58 @@ from .auth import authorized, offered_token
 from .settings import Settings
 
 CountsKey = tuple[str, str]  # (node id, path)
+T = TypeVar("T")
+#: runs a blocking call off the event loop and awaits its result
+Runner = Callable[..., Awaitable[Any]]
 
 
-def _nodes(store: Store) -> DataLoader[str, Node | None]:
+def off_loop(pool: Executor | None) -> Runner:
+    """A runner over `pool` (None: the loop's default executor)."""
+
+    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, partial(fn, *args, **kwargs))
+
+    return run
+
+
+def _nodes(store: Store, run: Runner) -> DataLoader[str, Node | None]:
     async def load(ids: list[str]) -> list[Node | None]:
-        found = store.nodes.get_many(ids)
+        found = await run(store.nodes.get_many, ids)
         return [found.get(i) for i in ids]
 
     return DataLoader(load_fn=load)
 
 
-def _linked(store: Store, rel: RelKind, *, reverse: bool = False) -> DataLoader[str, list[str]]:
+def _linked(
+    store: Store, run: Runner, rel: RelKind, *, reverse: bool = False
+) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
-        found = store.nodes.linked(rel, ids, reverse=reverse)
+        found = await run(store.nodes.linked, rel, ids, reverse=reverse)
         return [found.get(i, []) for i in ids]
 
     return DataLoader(load_fn=load)
 
 
-def _paths(store: Store) -> DataLoader[str, list[str]]:
+def _paths(store: Store, run: Runner) -> DataLoader[str, list[str]]:
     async def load(ids: list[str]) -> list[list[str]]:
-        found = store.taxonomy.paths_of_many(ids)
+        found = await run(store.taxonomy.paths_of_many, ids)
         return [found[i] for i in ids]
 
     return DataLoader(load_fn=load)
 
 
-def _children(store: Store) -> DataLoader[str, list[Node]]:
+def _children(store: Store, run: Runner) -> DataLoader[str, list[Node]]:
     async def load(paths: list[str]) -> list[list[Node]]:
-        found = store.taxonomy.children_of_many(paths)
+        found = await run(store.taxonomy.children_of_many, paths)
         return [found[p] for p in paths]
 
     return DataLoader(load_fn=load)
 
 
-def _counts(store: Store) -> DataLoader[CountsKey, dict[str, int]]:
+def _counts(store: Store, run: Runner) -> DataLoader[CountsKey, dict[str, int]]:
     async def load(keys: list[CountsKey]) -> list[dict[str, int]]:
-        found = store.coverage.counts_many(keys)
+        found = await run(store.coverage.counts_many, keys)
         return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)
@@ -85,15 +105,15 @@ class Loaders:
     counts: DataLoader[CountsKey, dict[str, int]]
 
     @classmethod
-    def for_request(cls, store: Store) -> Loaders:
+    def for_request(cls, store: Store, run: Runner) -> Loaders:
         return cls(
-            node=_nodes(store),
-            concepts=_linked(store, COVERS),
-            sessions=_linked(store, FROM),
-            responses=_linked(store, ANSWERS, reverse=True),
-            paths=_paths(store),
-            children=_children(store),
-            counts=_counts(store),
+            node=_nodes(store, run),
+            concepts=_linked(store, run, COVERS),
+            sessions=_linked(store, run, FROM),
+            responses=_linked(store, run, ANSWERS, reverse=True),
+            paths=_paths(store, run),
+            children=_children(store, run),
+            counts=_counts(store, run),
         )
 
 
@@ -109,6 +129,8 @@ class Context:
     connection_params: dict[str, Any] | None = field(default=None)
     request: Any = None
     response: Any = None
+    #: runs a store call on the server's worker threads (see the module docstring)
+    run: Runner = field(default_factory=lambda: off_loop(None))
 
     @property
     def authorized(self) -> bool:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     db_path: Path = Field(default_factory=default_db_path)
     #: the embedded engine's page cache in MB (0: the engine's default, most of memory)
     db_buffer_mb: int = Field(default=DEFAULT_BUFFER_POOL_MB, ge=0)
+    #: connections the embedded engine reads on beside its writer's (0: one connection)
+    db_readers: int = Field(default=4, ge=0, le=64)
     bolt_uri: str = "bolt://localhost:7687"
     bolt_user: str | None = "neo4j"
     bolt_password: SecretStr | None = None
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
 
     # --- the server
     api_token: SecretStr | None = None
+    #: threads the API runs store calls on, off the event loop
+    api_workers: int = Field(default=8, ge=1, le=64)
     #: the largest request body the API reads; bigger ones are refused with 413
     api_max_body_kb: int = Field(default=DEFAULT_MAX_BODY_KB, ge=1)
     host: str = "127.0.0.1"
@@ -74,6 +78,7 @@ class Settings(BaseSettings):
             db_path=self.db_path,
             read_only=read_only,
             buffer_pool_mb=self.db_buffer_mb,
+            readers=self.db_readers,
             bolt_uri=self.bolt_uri,
             bolt_user=self.bolt_user,
             bolt_password=self.bolt_password,

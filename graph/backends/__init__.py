@@ -12,7 +12,10 @@ def open_driver(config: StoreConfig) -> GraphDriver:
         from .embedded import EmbeddedDriver
 
         return EmbeddedDriver(
-            config.db_path, read_only=config.read_only, buffer_pool_mb=config.buffer_pool_mb
+            config.db_path,
+            read_only=config.read_only,
+            buffer_pool_mb=config.buffer_pool_mb,
+            readers=config.readers,
         )
     from .bolt import BoltDriver
 

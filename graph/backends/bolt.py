@@ -184,6 +184,9 @@ def _create_edges(
 class BoltDriver:
     """A GraphDriver over one Bolt server and database (thread-safe: a session per call)."""
 
+    #: other clients of the server may write at any time: no read is known to be current
+    version: int | None = None
+
     def __init__(
         self,
         uri: str,

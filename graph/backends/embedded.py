@@ -2,10 +2,18 @@
 
 The database is a file under the user's data dir. Only one process may open it read-write;
 a second one gets `StoreLocked` naming the path.
+
+Inside that process, writes and transactions share one connection, one thread at a time,
+while reads run on connections of their own, several at once: the engine gives each read
+a snapshot of the last commit and runs it without the interpreter lock, so a server answers
+queries while a job writes. A thread inside a transaction reads on the writer's connection,
+and so sees its own writes.
 """
 
 from __future__ import annotations
 
+import queue
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,6 +49,19 @@ _POOL_FULL = "buffer pool is full"
 _COMMITTED = "transaction committed successfully"
 #: Statements the connection keeps prepared, at most, before it forgets them all.
 MAX_PREPARED = 256
+#: Connections for reads outside the writer's transaction, at most, opened as needed.
+DEFAULT_READERS = 4
+#: What makes a statement a write (our statements: values are parameters, names quoted).
+_WRITES = re.compile(
+    r"\b(CREATE|MERGE|SET|DELETE|DETACH|REMOVE|COPY|ALTER|DROP|CALL|INSTALL|LOAD|BEGIN|COMMIT"
+    r"|ROLLBACK|CHECKPOINT)\b",
+    re.IGNORECASE,
+)
+
+
+def is_read(query: str) -> bool:
+    """Whether a statement only reads: it may run on a reader's connection."""
+    return _WRITES.search(query) is None
 
 
 def _pool_full(exc: RuntimeError) -> bool:
@@ -126,6 +147,7 @@ class EmbeddedDriver:
         *,
         read_only: bool = False,
         buffer_pool_mb: int = DEFAULT_BUFFER_POOL_MB,
+        readers: int = DEFAULT_READERS,
     ) -> None:
         self.path = Path(path).expanduser()
         cache = f"up to {buffer_pool_mb} MB" if buffer_pool_mb else "the engine's default"
@@ -147,32 +169,73 @@ class EmbeddedDriver:
             if _pool_full(exc):
                 raise StoreMemoryExceeded(buffer_pool_mb, "to open the database") from exc
             raise QueryError(f"cannot open {self.path}: {text}") from exc
-        self._conn = ladybug.Connection(self._db)
+        self._conn = self._connect()
+        # One connection for writes, used by one thread at a time; transactions hold it
+        # throughout, and the thread holding one is its owner.
+        self._lock = threading.RLock()
+        self._tx_owner: int | None = None
+        self._column_cache: dict[str, list[tuple[str, str]]] = {}
+        #: reads outside the writer's transaction: idle connections, and how many exist
+        self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reader_slots = threading.BoundedSemaphore(max(readers, 1))
+        self._reader_count = 0
+        self._reads_apart = readers > 0
+        self._writes = 0
+
+    def _connect(self) -> Any:
+        conn = ladybug.Connection(self._db)
         # The engine keeps the plan of every statement it has run, with the memory its
         # operators took, in the buffer pool, where nothing can evict it: each whole-store
         # count held about 70 MB of a tenth-scale store, until a bounded pool refused the
         # next statement and an unbounded one grew for as long as the process ran. Planning
         # again costs about a millisecond a statement.
-        self._conn.execute("CALL enable_cached_prepared_statement='NONE'")
-        # One connection, used by one thread at a time; transactions hold it throughout.
-        self._lock = threading.RLock()
-        self._column_cache: dict[str, list[tuple[str, str]]] = {}
+        conn.execute("CALL enable_cached_prepared_statement='NONE'")
+        return conn
 
-    def _result(self, query: str, params: Params | None) -> Any:
-        """The engine's result of one statement (of the last, given several)."""
+    @property
+    def version(self) -> int:
+        """How many writes this driver has committed: a read cached at one version is
+        current while it stays the same (this process is the database's only writer)."""
+        return self._writes
+
+    def _apart(self, query: str) -> bool:
+        """Whether a statement runs on a reader: a read, not from inside a transaction."""
+        return self._reads_apart and self._tx_owner != threading.get_ident() and is_read(query)
+
+    @contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """A reader connection for one statement: an idle one, a new one up to the limit,
+        or the next to come back."""
+        with self._reader_slots:
+            try:
+                conn = self._readers.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+                self._reader_count += 1
+            try:
+                yield conn
+            finally:
+                self._readers.put(conn)
+
+    def _result(self, query: str, params: Params | None, conn: Any = None) -> Any:
+        """The engine's result of one statement (of the last, given several), on `conn`
+        (the writer's connection by default)."""
+        conn = self._conn if conn is None else conn
         if self.counter is not None:
             self.counter.add(query)
         try:
-            result = self._conn.execute(query, dict(params) if params else {})
+            result = conn.execute(query, dict(params) if params else {})
         except RuntimeError as exc:
             if _pool_full(exc):
                 raise _memory_error(exc, self.buffer_pool_mb) from exc
             raise QueryError(f"{exc} (query: {query[:200]})") from exc
         finally:
-            self._forget_prepared(params)
+            self._forget_prepared(params, conn)
+        if conn is self._conn and self._tx_owner is None and not is_read(query):
+            self._writes += 1
         return result[-1] if isinstance(result, list) else result
 
-    def _forget_prepared(self, params: Params | None) -> None:
+    def _forget_prepared(self, params: Params | None, conn: Any) -> None:
         """Drop the statements the client library keeps prepared, after one bound to an
         Arrow table and whenever there are many of them.
 
@@ -182,7 +245,7 @@ class EmbeddedDriver:
         to a table is never run again, and the others are prepared again in about a
         millisecond. The cache is the library's own attribute; without it there is
         nothing to drop."""
-        cache = getattr(self._conn, "_pybind_implicit_prepared_cache", None)
+        cache = getattr(conn, "_pybind_implicit_prepared_cache", None)
         if not isinstance(cache, dict) or not cache:
             return
         if len(cache) > MAX_PREPARED or (
@@ -190,8 +253,8 @@ class EmbeddedDriver:
         ):
             cache.clear()
 
-    def _run(self, query: str, params: Params | None = None) -> list[Row]:
-        result = self._result(query, params)
+    def _run(self, query: str, params: Params | None = None, conn: Any = None) -> list[Row]:
+        result = self._result(query, params, conn)
         try:
             cols = result.get_column_names()
             rows: list[Row] = [dict(zip(cols, v, strict=True)) for v in result.get_all()]
@@ -207,6 +270,9 @@ class EmbeddedDriver:
         return rows
 
     def execute(self, query: str, params: Params | None = None) -> list[Row]:
+        if self._apart(query):
+            with self._reader() as conn:
+                return self._run(query, params, conn)
         with self._lock:
             return self._run(query, params)
 
@@ -215,13 +281,19 @@ class EmbeddedDriver:
         return {name: table.column(name).to_pylist() for name in table.column_names}
 
     def table(self, query: str, params: Params | None = None) -> pa.Table:
+        if self._apart(query):
+            with self._reader() as conn:
+                return self._table(query, params, conn)
         with self._lock:
-            result = self._result(query, params)
-            try:
-                table: pa.Table = result.get_as_arrow(chunk_size=-1)
-            finally:
-                result.close()
-            return table
+            return self._table(query, params, self._conn)
+
+    def _table(self, query: str, params: Params | None, conn: Any) -> pa.Table:
+        result = self._result(query, params, conn)
+        try:
+            table: pa.Table = result.get_as_arrow(chunk_size=-1)
+        finally:
+            result.close()
+        return table
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         with self._lock:
@@ -270,18 +342,23 @@ class EmbeddedDriver:
     def transaction(self) -> Iterator[_Tx]:
         with self._lock:
             self._conn.execute("BEGIN TRANSACTION")
+            self._tx_owner = threading.get_ident()
             try:
                 yield _Tx(self)
             except BaseException:
+                self._tx_owner = None
                 self._conn.execute("ROLLBACK")
                 raise
             else:
+                self._tx_owner = None
                 try:
                     self._conn.execute("COMMIT")
                 except RuntimeError as exc:
                     if _pool_full(exc):
                         raise _memory_error(exc, self.buffer_pool_mb) from exc
                     raise QueryError(f"{exc} (commit)") from exc
+                finally:
+                    self._writes += 1
 
     def ensure_schema(self) -> None:
         with self._lock:
@@ -291,5 +368,10 @@ class EmbeddedDriver:
 
     def close(self) -> None:
         with self._lock:
+            while True:
+                try:
+                    self._readers.get_nowait().close()
+                except queue.Empty:
+                    break
             self._conn.close()
             self._db.close()

@@ -130,32 +130,33 @@ class Job:
             row=row,
         )
 
-    def stored(self, info: Info[Context, None]) -> dict[str, Any]:
+    async def stored(self, info: Info[Context, None]) -> dict[str, Any]:
         if self.row is None:
-            self.row = info.context.store.jobs.get(str(self.id)) or {}
+            self.row = await info.context.run(info.context.store.jobs.get, str(self.id)) or {}
         return self.row
 
     @strawberry.field(description="The stage options that, with stage and scope, identify it.")
-    def params(self, info: Info[Context, None]) -> str | None:
-        return self.stored(info).get("params")
+    async def params(self, info: Info[Context, None]) -> str | None:
+        return (await self.stored(info)).get("params")
 
     @strawberry.field
-    def created_at(self, info: Info[Context, None]) -> str | None:
-        return self.stored(info).get("created_at")
+    async def created_at(self, info: Info[Context, None]) -> str | None:
+        return (await self.stored(info)).get("created_at")
 
     @strawberry.field
-    def updated_at(self, info: Info[Context, None]) -> str | None:
-        return self.stored(info).get("updated_at")
+    async def updated_at(self, info: Info[Context, None]) -> str | None:
+        return (await self.stored(info)).get("updated_at")
 
     @strawberry.field(description="Its units, e.g. status: FAILED with the model's raw output.")
-    def units(
+    async def units(
         self,
         info: Info[Context, None],
         status: UnitState | None = None,
         first: int = 100,
         after: str | None = None,
     ) -> Connection[JobUnit]:
-        rows = sorted(info.context.store.jobs.units(str(self.id)), key=lambda r: str(r["id"]))
+        units = await info.context.run(info.context.store.jobs.units, str(self.id))
+        rows = sorted(units, key=lambda r: str(r["id"]))
         if status is not None:
             rows = [r for r in rows if r.get("status") == status.value]
         return paginate(rows, first, after, key=lambda r: str(r["id"]), wrap=JobUnit.of)

@@ -8,7 +8,9 @@ that stopped (cancelled, failed, server restarted) resumes it where it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from typing import Annotated, Any
 
 import strawberry
@@ -18,7 +20,7 @@ from strawberry.types import Info
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError, InvalidInput
 from graph.model import Status
-from graph.records import COUNT_NAMES
+from graph.records import COUNT_NAMES, Node
 
 from ..auth import IsAuthorized
 from ..context import Context
@@ -128,6 +130,15 @@ def _start(
     return JobPayload(job=Job.of(started, live=True))
 
 
+async def _edit(info: Info[Context, None], change: Callable[[], Node]) -> Any:
+    """A taxonomy edit, run off the event loop: the node it leaves, or the problem."""
+    try:
+        node = await info.context.run(change)
+    except GlanError as exc:
+        return problem(exc)
+    return NodePayload(node=TaxonomyNode.of(node))
+
+
 def _props(**values: Any) -> dict[str, Any]:
     """The properties a client set (null included: it clears); omitted ones stay."""
     return {k: v for k, v in values.items() if v is not strawberry.UNSET}
@@ -143,7 +154,7 @@ class Mutation:
         description="Add a node under a parent (a Field needs none). Adding it again changes "
         "nothing; a subject that exists elsewhere is linked, not copied.",
     )
-    def add_node(
+    async def add_node(
         self,
         info: Info[Context, None],
         kind: Kind,
@@ -159,20 +170,22 @@ class Mutation:
             for k, v in (("description", description), ("level", level), ("subtopics", subtopics))
             if v is not None
         }
-        try:
-            node = info.context.store.taxonomy.add_node(
-                parent_path or None, kind.node_kind, name, props=props, status=Status(status.value)
-            )
-        except GlanError as exc:
-            return problem(exc)
-        return NodePayload(node=TaxonomyNode.of(node))
+        add = partial(
+            info.context.store.taxonomy.add_node,
+            parent_path or None,
+            kind.node_kind,
+            name,
+            props=props,
+            status=Status(status.value),
+        )
+        return await _edit(info, add)
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="Change a node's description, level or subtopics (null clears one; an "
         "omitted one stays). The name cannot change: it makes the node's id.",
     )
-    def update_node(
+    async def update_node(
         self,
         info: Info[Context, None],
         path: str,
@@ -181,48 +194,37 @@ class Mutation:
         subtopics: list[str] | None = strawberry.UNSET,
     ) -> UpdateNodeResult:
         props = _props(description=description, level=level, subtopics=subtopics)
-        try:
-            return NodePayload(
-                node=TaxonomyNode.of(info.context.store.taxonomy.update_node(path, props))
-            )
-        except GlanError as exc:
-            return problem(exc)
+        return await _edit(info, lambda: info.context.store.taxonomy.update_node(path, props))
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="Approve, reject or re-propose a node. Nothing is deleted: a rejected "
         "subtree is hidden from generation and counts until approved again.",
     )
-    def review_node(
+    async def review_node(
         self, info: Info[Context, None], path: str, decision: Decision
     ) -> ReviewNodeResult:
-        try:
-            node = info.context.store.taxonomy.review(path, Status(decision.value))
-        except GlanError as exc:
-            return problem(exc)
-        return NodePayload(node=TaxonomyNode.of(node))
+        review = info.context.store.taxonomy.review
+        return await _edit(info, lambda: review(path, Status(decision.value)))
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="Put an existing subject under one more discipline.",
     )
-    def link_subject(
+    async def link_subject(
         self, info: Info[Context, None], parent_path: str, subject_path: str
     ) -> LinkSubjectResult:
-        try:
-            node = info.context.store.taxonomy.link(parent_path, subject_path)
-        except GlanError as exc:
-            return problem(exc)
-        return NodePayload(node=TaxonomyNode.of(node))
+        link = info.context.store.taxonomy.link
+        return await _edit(info, lambda: link(parent_path, subject_path))
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="Delete a node and everything below it that has no other parent, "
         "with the instructions and responses generated from it.",
     )
-    def delete_node(self, info: Info[Context, None], path: str) -> DeleteNodeResult:
+    async def delete_node(self, info: Info[Context, None], path: str) -> DeleteNodeResult:
         try:
-            removed = info.context.store.taxonomy.delete_subtree(path)
+            removed = await info.context.run(info.context.store.taxonomy.delete_subtree, path)
         except GlanError as exc:
             return problem(exc)
         counts = {_REMOVED_NAMES[k]: v for k, v in removed.items() if k in _REMOVED_NAMES}
@@ -319,13 +321,13 @@ class Mutation:
         description="Stop a running job after the units in flight; what is done stays done, "
         "and starting the same job again resumes it.",
     )
-    def cancel_job(self, info: Info[Context, None], id: strawberry.ID) -> CancelJobResult:
-        if job_view(info.context, str(id)) is None:
+    async def cancel_job(self, info: Info[Context, None], id: strawberry.ID) -> CancelJobResult:
+        if await job_view(info.context, str(id)) is None:
             return NotFoundError(message=f"no job {str(id)!r} (see the jobs query)", id=id)
         try:
             info.context.jobs.cancel(str(id))
         except GlanError as exc:
             return problem(exc)
-        job = job_view(info.context, str(id))
+        job = await job_view(info.context, str(id))
         assert job is not None  # jobs are never deleted
         return JobPayload(job=job)

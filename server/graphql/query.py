@@ -69,12 +69,12 @@ JobsResult = Annotated[Connection[Job] | InvalidInputError, strawberry.union("Jo
 JobResult = Annotated[Job | NotFoundError, strawberry.union("JobResult")]
 
 
-def job_view(ctx: Context, job_id: str) -> Job | None:
+async def job_view(ctx: Context, job_id: str) -> Job | None:
     """A job as it stands: live progress while this server runs it, else the stored row."""
     entry = ctx.jobs.running.get(job_id)
     if entry is not None:
         return Job.of(entry.latest, live=True)
-    row = ctx.store.jobs.get(job_id) if job_id.startswith("job_") else None
+    row = await ctx.run(ctx.store.jobs.get, job_id) if job_id.startswith("job_") else None
     return Job.of_row(row) if row else None
 
 
@@ -92,55 +92,68 @@ def _node_by_id(ctx: Context, node_id: str) -> TaxonomyNode | NotFoundError:
 @strawberry.type
 class Query:
     @strawberry.field(description="A node by id or by path (give exactly one).")
-    def node(
+    async def node(
         self, info: Info[Context, None], id: strawberry.ID | None = None, path: str | None = None
     ) -> NodeResult:
-        try:
-            if (id is None) == (path is None):
-                raise InvalidInput("give exactly one of id and path")
-            if path is not None:
-                return TaxonomyNode.of(info.context.store.taxonomy.node(path))
-            return _node_by_id(info.context, str(id))
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+
+        def read() -> NodeResult:
+            try:
+                if (id is None) == (path is None):
+                    raise InvalidInput("give exactly one of id and path")
+                if path is not None:
+                    return TaxonomyNode.of(ctx.store.taxonomy.node(path))
+                return _node_by_id(ctx, str(id))
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(description="Children of a path in syllabus or name order (no path: fields).")
-    def children(
+    async def children(
         self,
         info: Info[Context, None],
         path: str | None = None,
         first: int = 100,
         after: str | None = None,
     ) -> ChildrenResult:
-        try:
-            kids = info.context.store.taxonomy.children(path or None)
-            return paginate(kids, first, after, key=lambda n: n.id, wrap=TaxonomyNode.of)
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+
+        def read() -> ChildrenResult:
+            try:
+                kids = ctx.store.taxonomy.children(path or None)
+                return paginate(kids, first, after, key=lambda n: n.id, wrap=TaxonomyNode.of)
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(
         description=f"The tree below a path with counts at every node, up to "
         f"{MAX_SUBTREE_DEPTH} levels deep."
     )
-    def subtree(
+    async def subtree(
         self, info: Info[Context, None], path: str | None = None, depth: int = 2
     ) -> SubtreeResult:
-        try:
-            if not 0 <= depth <= MAX_SUBTREE_DEPTH:
-                raise InvalidInput(
-                    f"depth must be between 0 and {MAX_SUBTREE_DEPTH}; for deeper levels ask "
-                    "for the subtree of a lower path"
-                )
-            # coverage costs a query per level: only when the selection asks for it
-            covered = _selects(info.selected_fields, {"coveredConcepts", "conceptCoverage"})
-            return TreeNode.of(
-                info.context.store.coverage.tree(path or None, depth, covered=covered)
-            )
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+        # coverage costs a query per level: only when the selection asks for it
+        covered = _selects(info.selected_fields, {"coveredConcepts", "conceptCoverage"})
+
+        def read() -> SubtreeResult:
+            try:
+                if not 0 <= depth <= MAX_SUBTREE_DEPTH:
+                    raise InvalidInput(
+                        f"depth must be between 0 and {MAX_SUBTREE_DEPTH}; for deeper levels "
+                        "ask for the subtree of a lower path"
+                    )
+                return TreeNode.of(ctx.store.coverage.tree(path or None, depth, covered=covered))
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(description="Nodes whose name contains the text, case ignored, by id.")
-    def search(
+    async def search(
         self,
         info: Info[Context, None],
         text: str,
@@ -148,43 +161,57 @@ class Query:
         first: int = 50,
         after: str | None = None,
     ) -> SearchResult:
-        try:
-            first = page_size(first)
-            kinds = [kind.node_kind] if kind else list(HIERARCHY)
-            found = info.context.store.taxonomy.search(
-                text, kinds, limit=first + 1, after=decode_cursor(after) or ""
-            )
-            return connection(
-                found[:first], has_next=len(found) > first, key=_id, wrap=TaxonomyNode.of
-            )
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+
+        def read() -> SearchResult:
+            try:
+                size = page_size(first)
+                kinds = [kind.node_kind] if kind else list(HIERARCHY)
+                found = ctx.store.taxonomy.search(
+                    text, kinds, limit=size + 1, after=decode_cursor(after) or ""
+                )
+                return connection(
+                    found[:size], has_next=len(found) > size, key=_id, wrap=TaxonomyNode.of
+                )
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(
         description="Where the data stands under a path and under each of its children: "
         "counts, concept and combination coverage, gaps."
     )
-    def coverage(self, info: Info[Context, None], path: str | None = None) -> CoverageResult:
-        try:
-            return Coverage.of(info.context.store.coverage.report(path or None))
-        except GlanError as exc:
-            return problem(exc)
+    async def coverage(self, info: Info[Context, None], path: str | None = None) -> CoverageResult:
+        ctx = info.context
+
+        def read() -> CoverageResult:
+            try:
+                return Coverage.of(ctx.store.coverage.report(path or None))
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(
         description="Under a path: the `first` least covered concepts and the first subjects "
         "without a syllabus (each list at most `first` long)."
     )
-    def gaps(
+    async def gaps(
         self, info: Info[Context, None], path: str | None = None, first: int = 10
     ) -> GapsResult:
-        try:
-            first = page_size(first)
-            return Gaps.of(info.context.store.coverage.gaps(path or None, first))
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+
+        def read() -> GapsResult:
+            try:
+                return Gaps.of(ctx.store.coverage.gaps(path or None, page_size(first)))
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(description="Instructions under an approved path (session or above), by id.")
-    def instructions(
+    async def instructions(
         self,
         info: Info[Context, None],
         path: str | None = None,
@@ -192,40 +219,52 @@ class Query:
         first: int = 50,
         after: str | None = None,
     ) -> InstructionsResult:
-        store = info.context.store
-        try:
-            first = page_size(first)
-            flt = filter.to_filter() if filter else Filter()
-            scope = store.taxonomy.scope(path)
-            page, more = store.instructions.page(scope, flt, first, decode_cursor(after))
-            return connection(
-                page,
-                has_next=more,
-                key=_id,
-                wrap=Instruction.of,
-                count=lambda: store.instructions.count(scope, flt),
-            )
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+        store = ctx.store
+
+        def read() -> InstructionsResult:
+            try:
+                size = page_size(first)
+                flt = filter.to_filter() if filter else Filter()
+                scope = store.taxonomy.scope(path)
+                page, more = store.instructions.page(scope, flt, size, decode_cursor(after))
+                return connection(
+                    page,
+                    has_next=more,
+                    key=_id,
+                    wrap=Instruction.of,
+                    count=lambda: store.instructions.count(scope, flt),
+                )
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(
         description="A random sample of the instructions under a path: the same seed gives "
         "the same sample while the data is unchanged."
     )
-    def sample_instructions(
+    async def sample_instructions(
         self, info: Info[Context, None], path: str | None = None, n: int = 5, seed: int = 0
     ) -> SampleResult:
-        store = info.context.store
-        try:
-            if not 1 <= n <= MAX_PAGE:
-                raise InvalidInput(f"n must be between 1 and {MAX_PAGE}, got {n}")
-            chosen = store.instructions.sample(store.taxonomy.scope(path), n, seed)
-            return InstructionSample(seed=seed, instructions=[Instruction.of(i) for i in chosen])
-        except GlanError as exc:
-            return problem(exc)
+        ctx = info.context
+        store = ctx.store
+
+        def read() -> SampleResult:
+            try:
+                if not 1 <= n <= MAX_PAGE:
+                    raise InvalidInput(f"n must be between 1 and {MAX_PAGE}, got {n}")
+                chosen = store.instructions.sample(store.taxonomy.scope(path), n, seed)
+                return InstructionSample(
+                    seed=seed, instructions=[Instruction.of(i) for i in chosen]
+                )
+            except GlanError as exc:
+                return problem(exc)
+
+        return await ctx.run(read)
 
     @strawberry.field(description="Jobs, newest first; those this server runs show live progress.")
-    def jobs(
+    async def jobs(
         self,
         info: Info[Context, None],
         status: JobState | None = None,
@@ -234,8 +273,9 @@ class Query:
         after: str | None = None,
     ) -> JobsResult:
         ctx = info.context
+        rows = await ctx.run(ctx.store.jobs.all)
         try:
-            stored = {str(r["id"]): r for r in ctx.store.jobs.all()}
+            stored = {str(r["id"]): r for r in rows}
             live = ctx.jobs.running
             # a job just started may not have written its row yet: newest, so first
             jobs = [Job.of(e.latest, live=True) for i, e in live.items() if i not in stored]
@@ -253,8 +293,8 @@ class Query:
             return problem(exc)
 
     @strawberry.field
-    def job(self, info: Info[Context, None], id: strawberry.ID) -> JobResult:
-        found = job_view(info.context, str(id))
+    async def job(self, info: Info[Context, None], id: strawberry.ID) -> JobResult:
+        found = await job_view(info.context, str(id))
         if found is None:
             return NotFoundError(message=f"no job {str(id)!r} (see the jobs query)", id=id)
         return found

@@ -1,0 +1,100 @@
+"""Serving several users at once: reads beside a write, and a server whose slow reads hold a
+worker thread rather than every request.
+
+- The embedded engine reads on connections of its own: a read from another thread runs
+  while a write transaction is open and sees the last commit; the writer's own thread
+  reads what it wrote.
+- The API runs store calls off its event loop: while one request waits on a slow read, the
+  others (and subscriptions) are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from graph.config import StoreConfig
+from graph.model import FIELD
+from graph.store import Store
+from tests.api_helpers import Api
+from tests.conftest import SMALL_TAXONOMY
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store.open(StoreConfig(db_path=tmp_path / "glan.lbug"))
+    opened.taxonomy.load(SMALL_TAXONOMY)
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def test_a_read_runs_beside_an_open_write_transaction(store: Store) -> None:
+    inside, release = threading.Event(), threading.Event()
+    seen_by_writer: list[int] = []
+
+    def write() -> None:
+        with store.driver.transaction() as tx:
+            store.nodes.upsert_nodes(FIELD, [{"id": "fld_new", "name": "New", "key": "new"}], tx=tx)
+            seen_by_writer.append(store.nodes.count_kind(FIELD))  # its own thread: sees it
+            inside.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert inside.wait(10)
+    started = time.monotonic()
+    during = store.nodes.count_kind(FIELD)  # another thread, the transaction still open
+    waited = time.monotonic() - started
+    release.set()
+    writer.join(10)
+    assert waited < 5, "the read waited for the write transaction"
+    assert during == 2 and seen_by_writer == [3]  # the last commit; the writer's own view
+    assert store.nodes.count_kind(FIELD) == 3
+
+
+def test_the_version_moves_with_each_committed_write(store: Store) -> None:
+    before = store.driver.version
+    assert before is not None
+    store.coverage.report(None)  # reads leave it
+    assert store.driver.version == before
+    store.taxonomy.add_node(None, FIELD, "Another Field")
+    assert store.driver.version is not None and store.driver.version > before
+
+
+def test_one_slow_read_does_not_hold_the_other_requests(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coverage read that takes 3 s (a cold store) holds its worker thread; a node lookup
+    sent meanwhile is answered at once."""
+    real = api.store.coverage.report
+    slow_started = threading.Event()
+
+    def slow(path: str | None = None) -> object:
+        slow_started.set()
+        time.sleep(3)
+        return real(path)
+
+    monkeypatch.setattr(api.store.coverage, "report", slow)
+    coverage = "{ coverage { ... on Coverage { total { counts { subjects } } } } }"
+    node = '{ node(path: "Formal Sciences") { ... on TaxonomyNode { name } } }'
+
+    async def both() -> tuple[float, float]:
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            started = time.monotonic()
+            slow_request = asyncio.create_task(client.post("/graphql", json={"query": coverage}))
+            while not slow_started.is_set():
+                await asyncio.sleep(0.01)
+            quick = await client.post("/graphql", json={"query": node})
+            quick_s = time.monotonic() - started
+            assert quick.json()["data"]["node"] == {"name": "Formal Sciences"}
+            answered = await slow_request
+            assert answered.json()["data"]["coverage"]["total"]["counts"]["subjects"] == 0
+            return quick_s, time.monotonic() - started
+
+    quick_s, slow_s = asyncio.run(both())
+    assert slow_s >= 3 and quick_s < 2, (quick_s, slow_s)
