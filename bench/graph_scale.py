@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -76,15 +76,32 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
+#: rows handed to one bulk load (what Nodes.bulk_load writes at once anyway)
+LOAD_BATCH = 200_000
+
+
+def batches(rows: Iterable[Any], size: int = LOAD_BATCH) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def build(
     store: Store, disciplines: int, subjects: int, sessions: int, concepts: int
 ) -> dict[str, int]:
-    """Write the synthetic taxonomy through the store's bulk paths."""
+    """Write the synthetic taxonomy through the store's bulk paths, a batch of rows at a
+    time: the same bulk loads, in the same order, as building every row first, which held
+    2 GB of rows at GLAN scale. Only the ids stay, for the edges."""
     stamp = {"status": "approved", "source": "seed"}
     fields = [f"Field {i}" for i in range(6)]
     f_rows, sf_rows, d_rows = [], [], []
-    e_sf, e_d, e_s, e_ses, e_con = [], [], [], [], []
-    subject_rows, session_rows, concept_rows = [], [], []
+    e_sf, e_d, e_s = [], [], []
+    subject_ids: list[str] = []
     for f in fields:
         fid = hierarchy_id(FIELD, f, None)
         f_rows.append({"id": fid, "name": f, "key": f.lower(), "path": f, **stamp})
@@ -103,42 +120,61 @@ def build(
         d_rows.append({"id": did, "name": dn, "key": dn.lower(), "path": f"{f}/{sf}/{dn}", **stamp})
         e_d.append((sfid, did))
         for s in range(subjects):
-            sn = f"Subject {d}.{s}"
-            sid = hierarchy_id(SUBJECT, sn, None)
-            subject_rows.append(
-                {"id": sid, "name": sn, "key": sn.lower(), "level": "undergraduate", **stamp}
-            )
-            e_s.append((did, sid))
+            subject_ids.append(hierarchy_id(SUBJECT, f"Subject {d}.{s}", None))
+            e_s.append((did, subject_ids[-1]))
+    session_ids: list[str] = []
+    concept_ids: list[str] = []
+
+    def subject_rows() -> Iterator[dict[str, Any]]:
+        for d in range(disciplines):
+            for s in range(subjects):
+                sn = f"Subject {d}.{s}"
+                yield {
+                    "id": subject_ids[d * subjects + s],
+                    "name": sn,
+                    "key": sn.lower(),
+                    "level": "undergraduate",
+                    **stamp,
+                }
+
+    def session_rows() -> Iterator[dict[str, Any]]:
+        for sid in subject_ids:
             for x in range(sessions):
                 tn = f"Session {x}"
-                xid = hierarchy_id(SESSION, tn, sid)
-                session_rows.append(
-                    {"id": xid, "name": tn, "key": tn.lower(), "position": x, **stamp}
-                )
-                e_ses.append((sid, xid))
-                for c in range(concepts):
-                    cn = f"concept {d}.{s}.{x}.{c}"
-                    cid = hierarchy_id(CONCEPT, cn, xid)
-                    concept_rows.append({"id": cid, "name": cn, "key": cn, "position": c, **stamp})
-                    e_con.append((xid, cid))
+                session_ids.append(hierarchy_id(SESSION, tn, sid))
+                yield {"id": session_ids[-1], "name": tn, "key": tn.lower(), "position": x, **stamp}
+
+    def concept_rows() -> Iterator[dict[str, Any]]:
+        for i, xid in enumerate(session_ids):
+            d, s, x = i // (subjects * sessions), i // sessions % subjects, i % sessions
+            for c in range(concepts):
+                cn = f"concept {d}.{s}.{x}.{c}"
+                concept_ids.append(hierarchy_id(CONCEPT, cn, xid))
+                yield {"id": concept_ids[-1], "name": cn, "key": cn, "position": c, **stamp}
+
     store.nodes.bulk_load(FIELD, f_rows)
     store.nodes.bulk_load(SUBFIELD, sf_rows)
     store.nodes.bulk_load(DISCIPLINE, d_rows)
-    store.nodes.bulk_load(SUBJECT, subject_rows)
-    store.nodes.bulk_load(SESSION, session_rows)
-    store.nodes.bulk_load(CONCEPT, concept_rows)
-    for rel, pairs in (
-        (HAS_SUBFIELD, e_sf),
-        (HAS_DISCIPLINE, e_d),
-        (HAS_SUBJECT, e_s),
-        (HAS_SESSION, e_ses),
-        (HAS_CONCEPT, e_con),
+    for kind, rows in (
+        (SUBJECT, subject_rows()),
+        (SESSION, session_rows()),
+        (CONCEPT, concept_rows()),
     ):
-        store.nodes.bulk_load_edges(rel, pairs)
+        for batch in batches(rows):
+            store.nodes.bulk_load(kind, batch)
+    for rel, pairs in (
+        (HAS_SUBFIELD, iter(e_sf)),
+        (HAS_DISCIPLINE, iter(e_d)),
+        (HAS_SUBJECT, iter(e_s)),
+        (HAS_SESSION, ((subject_ids[i // sessions], x) for i, x in enumerate(session_ids))),
+        (HAS_CONCEPT, ((session_ids[i // concepts], c) for i, c in enumerate(concept_ids))),
+    ):
+        for batch in batches(pairs):
+            store.nodes.bulk_load_edges(rel, batch)
     return {
-        "subjects": len(subject_rows),
-        "sessions": len(session_rows),
-        "concepts": len(concept_rows),
+        "subjects": len(subject_ids),
+        "sessions": len(session_ids),
+        "concepts": len(concept_ids),
     }
 
 
@@ -222,13 +258,64 @@ def main() -> None:
     report(results)
 
 
+def shape(scale: float) -> tuple[int, int, int, int]:
+    """Disciplines, subjects per discipline, sessions per subject, concepts per session."""
+    side = min(scale, 1) ** (1 / 3)
+    return max(2, round(126 * side)), max(2, round(150 * side)), max(2, round(20 * side)), 5
+
+
+def pairs_at(scale: float) -> int:
+    return max(1000, int(1_000_000 * scale))
+
+
+def write_store(store: Store, pairs: int) -> tuple[int, float]:
+    """Draw pairs over every subject and write them, 100k at a time so that memory stays
+    bounded; (pairs written, seconds spent writing). The sampler goes when it returns."""
+    sampler = Sampler(
+        store.syllabi.concept_stats(store.taxonomy.ids_in_scope(None, SUBJECT)),
+        store.syllabi.index,
+        seed=2,
+    )
+    written, seconds = 0, 0.0
+    while written < pairs:
+        chunk = sampler.draw(min(100_000, pairs - written), Strategy.MIXED)
+        if not chunk:
+            break
+        spent, _ = timed(lambda chunk=chunk: write_pairs(store, chunk))  # type: ignore[misc]
+        seconds += spent
+        written += len(chunk)
+    return written, seconds
+
+
+def fill(store: Store, scale: float) -> dict[str, int]:
+    """The benchmark's store at this scale: the taxonomy, then its pairs."""
+    found = build(store, *shape(scale))
+    found["pairs_written"], _ = write_store(store, pairs_at(scale))
+    return found
+
+
+def sample(store: Store, results: Results, n: int) -> None:
+    """n basic and n hard samples over every subject, each from a fresh sampler."""
+    stats = store.syllabi.concept_stats(store.taxonomy.ids_in_scope(None, SUBJECT))
+    for strategy in (Strategy.BASIC, Strategy.HARD):
+        reading = [0.0]
+
+        def read(ids: Sequence[str], spent: list[float] = reading) -> Any:
+            seconds, syllabi = timed(partial(store.syllabi.index, ids))
+            spent[0] += seconds
+            return syllabi
+
+        sampler = Sampler(stats, read, seed=1)
+        results[f"sample_{strategy}_s"], drawn = timed(partial(sampler.draw, n, strategy))
+        # of which reading the syllabi the draws need (one pass over their concepts)
+        results[f"sample_{strategy}_read_s"] = reading[0]
+        results[f"sample_{strategy}_n"] = len(drawn)
+        del sampler, drawn  # before the next sampler reads every syllabus again
+
+
 def run(args: argparse.Namespace) -> Results:
     """Every measure, in order."""
-    disciplines = max(2, round(126 * min(args.scale, 1) ** (1 / 3)))
-    subjects = max(2, round(150 * min(args.scale, 1) ** (1 / 3)))
-    sessions = max(2, round(20 * min(args.scale, 1) ** (1 / 3)))
-    concepts = 5
-    pairs = max(1000, int(1_000_000 * args.scale))
+    pairs = pairs_at(args.scale)
     samples_n = max(1000, int(100_000 * min(args.scale * 10, 1)))
 
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
@@ -241,39 +328,13 @@ def run(args: argparse.Namespace) -> Results:
     )
     store = Store.open(config)
     try:
-        results["load_s"], shape = timed(
-            lambda: build(store, disciplines, subjects, sessions, concepts)
-        )
-        results.update(shape)
+        results["load_s"], found = timed(lambda: build(store, *shape(args.scale)))
+        results.update(found)
         # the first read computes every subject's rollup; later ones sum them
         results["coverage_cold_s"], _ = timed(lambda: store.coverage.report(None))
         results["coverage_s"], _ = timed(lambda: store.coverage.report(None))
-        subjects_ids = store.taxonomy.ids_in_scope(None, SUBJECT)
-        stats = store.syllabi.concept_stats(subjects_ids)
-        for strategy in (Strategy.BASIC, Strategy.HARD):
-            reading = [0.0]
-
-            def read(ids: Sequence[str], spent: list[float] = reading) -> Any:
-                seconds, syllabi = timed(partial(store.syllabi.index, ids))
-                spent[0] += seconds
-                return syllabi
-
-            sampler = Sampler(stats, read, seed=1)
-            results[f"sample_{strategy}_s"], drawn = timed(
-                partial(sampler.draw, samples_n, strategy)
-            )
-            # of which reading the syllabi the draws need (one pass over their concepts)
-            results[f"sample_{strategy}_read_s"] = reading[0]
-            results[f"sample_{strategy}_n"] = len(drawn)
-        sampler = Sampler(stats, store.syllabi.index, seed=2)
-        written, seconds = 0, 0.0
-        while written < pairs:  # drawn and written in slices: memory stays bounded
-            chunk = sampler.draw(min(100_000, pairs - written), Strategy.MIXED)
-            if not chunk:
-                break
-            spent, _ = timed(lambda chunk=chunk: write_pairs(store, chunk))  # type: ignore[misc]
-            seconds += spent
-            written += len(chunk)
+        sample(store, results, samples_n)
+        written, seconds = write_store(store, pairs)
         results["pairs_written"] = written
         results["write_pairs_per_s"] = round(written / seconds, 1)
         store.close()
