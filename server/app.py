@@ -38,6 +38,7 @@ from .auth import DENIED
 from .body_limit import BodyLimit
 from .context import Context, Loaders, off_loop
 from .graphql import schema
+from .reads import SharedReads
 from .settings import DEFAULT_MAX_BODY_KB, Settings
 
 log = logging.getLogger("glan.server")
@@ -71,6 +72,11 @@ class GlanGraphQL(GraphQL[Context, None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         )
         self.app = app
+        self.shared = SharedReads(self._store_version)
+
+    def _store_version(self) -> int | None:
+        running: Resources | None = getattr(self.app.state, "glan", None)
+        return running.store.driver.version if running else None
 
     @property
     def resources(self) -> Resources:
@@ -97,6 +103,7 @@ class GlanGraphQL(GraphQL[Context, None]):
             request=request,
             response=response,
             run=run,
+            shared=self.shared,
         )
 
     def decode_json(self, data: str | bytes) -> object:

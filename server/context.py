@@ -14,7 +14,7 @@ once, and serialises writes (graph/backends/embedded.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,6 +28,7 @@ from graph.records import Node
 from graph.store import Store
 
 from .auth import authorized, offered_token
+from .reads import SharedReads
 from .settings import Settings
 
 CountsKey = tuple[str, str]  # (node id, path)
@@ -131,6 +132,15 @@ class Context:
     response: Any = None
     #: runs a store call on the server's worker threads (see the module docstring)
     run: Runner = field(default_factory=lambda: off_loop(None))
+    #: whole reads (coverage, subtrees, gaps) shared between requests at one store version
+    shared: SharedReads | None = None
+
+    async def read(self, key: Hashable, fn: Callable[[], T]) -> T:
+        """`fn` run off the loop, its result shared with other requests for `key` while the
+        store is unchanged (see server/reads.py)."""
+        if self.shared is None:
+            return await self.run(fn)
+        return await self.shared.get(key, lambda: self.run(fn))
 
     @property
     def authorized(self) -> bool:

@@ -98,3 +98,28 @@ def test_one_slow_read_does_not_hold_the_other_requests(
 
     quick_s, slow_s = asyncio.run(both())
     assert slow_s >= 3 and quick_s < 2, (quick_s, slow_s)
+
+
+def test_requests_for_one_read_share_it_until_a_write(api: Api) -> None:
+    """Twenty clients asking for the same coverage at once cost one read; a write in
+    between is seen by the next request, never hidden by a shared result."""
+    route = next(r for r in api.app.routes if getattr(r, "path", "") == "/graphql")
+    shared = route.endpoint.shared
+    query = "{ coverage { ... on Coverage { total { counts { fields disciplines } } } } }"
+
+    async def many(n: int) -> list[dict[str, int]]:
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            replies = await asyncio.gather(
+                *(client.post("/graphql", json={"query": query}) for _ in range(n))
+            )
+        return [r.json()["data"]["coverage"]["total"]["counts"] for r in replies]
+
+    api.gql(query)  # the first read after loading refreshes rollups: a write of its own
+    before = shared.computed
+    answers = asyncio.run(many(20))
+    assert len({tuple(a.values()) for a in answers}) == 1
+    assert shared.computed - before <= 1  # one read at most, whatever the number of clients
+    fields = answers[0]["fields"]
+    added = api.gql('mutation { addNode(kind: FIELD, name: "Shared Reads") { __typename } }')
+    assert added["addNode"]["__typename"] == "NodePayload"
+    assert asyncio.run(many(5))[0]["fields"] == fields + 1

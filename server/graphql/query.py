@@ -150,7 +150,7 @@ class Query:
             except GlanError as exc:
                 return problem(exc)
 
-        return await ctx.run(read)
+        return await ctx.read(("subtree", path or None, depth, covered), read)
 
     @strawberry.field(description="Nodes whose name contains the text, case ignored, by id.")
     async def search(
@@ -191,7 +191,7 @@ class Query:
             except GlanError as exc:
                 return problem(exc)
 
-        return await ctx.run(read)
+        return await ctx.read(("coverage", path or None), read)
 
     @strawberry.field(
         description="Under a path: the `first` least covered concepts and the first subjects "
@@ -208,7 +208,7 @@ class Query:
             except GlanError as exc:
                 return problem(exc)
 
-        return await ctx.run(read)
+        return await ctx.read(("gaps", path or None, first), read)
 
     @strawberry.field(description="Instructions under an approved path (session or above), by id.")
     async def instructions(

@@ -1,0 +1,62 @@
+"""Whole reads shared between requests: one computation per store version.
+
+A coverage report or a subtree with counts reads the whole scope. Two hundred people
+asking for it at once need not cost two hundred reads: while the store has not changed,
+they are answered from the one result; asked for together, they wait for the one read in
+flight. A write moves the store's version (GraphDriver.version) and so retires every
+result. Where the version is unknown (a Bolt server other processes write to), nothing
+is cached, and each request reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Results kept, at most (each the answer to one query with its arguments).
+MAX_RESULTS = 256
+
+
+class SharedReads:
+    def __init__(self, version: Callable[[], int | None], size: int = MAX_RESULTS) -> None:
+        self.version = version
+        self.size = size
+        self._done: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
+        self._flying: dict[tuple[Hashable, int], asyncio.Future[Any]] = {}
+        #: reads computed and reads answered from another's result, for tests and benches
+        self.computed = 0
+        self.shared = 0
+
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+        """The result of `compute` for `key` at the store's current version."""
+        version = self.version()
+        if version is None:
+            self.computed += 1
+            return await compute()
+        done = self._done.get(key)
+        if done is not None and done[0] == version:
+            self._done.move_to_end(key)
+            self.shared += 1
+            return done[1]
+        flying = self._flying.get((key, version))
+        if flying is not None:
+            self.shared += 1
+            return await asyncio.shield(flying)
+        future: asyncio.Future[T] = asyncio.ensure_future(compute())
+        self._flying[(key, version)] = future
+        self.computed += 1
+        try:
+            value = await asyncio.shield(future)
+        finally:
+            self._flying.pop((key, version), None)
+        # kept under the version it was read at: a write since (this read's own refresh of
+        # stale rollups included) makes the next request read again
+        self._done[key] = (version, value)
+        self._done.move_to_end(key)
+        while len(self._done) > self.size:
+            self._done.popitem(last=False)
+        return value
