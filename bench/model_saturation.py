@@ -26,6 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.memory import MemoryWatch  # noqa: E402
 from bench.pipeline_overhead import prepare  # noqa: E402
 from generators.llm import LLMClient, LLMConfig, StageParams  # noqa: E402
 from generators.local_model import start_local_model  # noqa: E402
@@ -131,6 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
     with (
+        MemoryWatch() as watch,
         start_local_model(n_threads=args.threads) as server,
         Store.open(StoreConfig(db_path=folder / "m.lbug")) as store,
     ):
@@ -158,6 +160,8 @@ def main() -> None:
         "pipeline_tokens_per_s": round(pipe_tps, 1),
         "server_tokens_per_s": round(bare_tps, 1),
         "ratio": round(pipe_tps / bare_tps, 3) if bare_tps else 0.0,
+        # this process and the one it starts (bench/memory.py)
+        **watch.figures(),
     }
     print(f"{'measure':<30}{'value':>12}{'target':>10}")
     for key, value in results.items():

@@ -28,6 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.memory import MemoryWatch  # noqa: E402
 from generators.llm import LLMClient, LLMConfig, StageParams  # noqa: E402
 from generators.pipeline import PipelineOptions, run_stages  # noqa: E402
 from graph.config import StoreConfig  # noqa: E402
@@ -127,6 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
     with (
+        MemoryWatch() as watch,
         stub_process() as base_url,
         Store.open(StoreConfig(db_path=folder / "p.lbug")) as store,
     ):
@@ -141,6 +143,8 @@ def main() -> None:
         "pipeline_pairs_per_s": round(run["pairs_per_s"], 1),
         "ratio": round(run["pairs_per_s"] / (stub_rps / 2), 3),
         "concurrency": args.concurrency,
+        # this process and the one it starts (bench/memory.py)
+        **watch.figures(),
     }
     targets = {"ratio": 0.5, "pipeline_pairs_per_s": 1000}
     print(f"{'measure':<28}{'value':>12}{'target':>10}")

@@ -50,6 +50,16 @@ def test_graph_scale_smoke() -> None:
     ):
         assert found[key] > 0, key
     assert 0 < found["export_peak_rss_mb"] < 24 * 1024
+    assert_peaks(found)
+    # the export's process is the benchmark's child: the whole holds at least both
+    assert found["children_peak_rss_mb"] >= found["export_peak_rss_mb"] > 0
+
+
+def assert_peaks(found: dict[str, Any]) -> None:
+    """The benchmark printed its process's peak memory, its largest child's and the whole
+    tree's, the whole being at least the benchmark's own."""
+    assert 0 < found["peak_rss_mb"] <= found["tree_peak_rss_mb"] < 24 * 1024
+    assert found["children_peak_rss_mb"] > 0
 
 
 def test_pipeline_overhead_smoke() -> None:
@@ -59,6 +69,7 @@ def test_pipeline_overhead_smoke() -> None:
     assert found["ratio"] == pytest.approx(
         found["pipeline_pairs_per_s"] / found["stub_ceiling_pairs_per_s"], rel=0.01
     )
+    assert_peaks(found)  # the stub is its child
 
 
 @pytest.mark.e2e
@@ -72,6 +83,25 @@ def test_model_saturation_smoke() -> None:
     assert found["replayed_requests"] == found["requests"] == 2
     assert found["pipeline_completion_tokens"] > 0 and found["replay_completion_tokens"] > 0
     assert found["ratio"] > 0
+    assert_peaks(found)  # the model server is its child
+
+
+def test_serve_memory_smoke() -> None:
+    found = bench(
+        "serve_memory.py", *("--scale", "0.001", "--queries", "20", "--export-pages", "3")
+    )
+    assert found["bench"] == "serve_memory"
+    assert found["instructions"] == found["pairs_written"] == 1000
+    assert found["exported"] == 1000  # 500 a page: two pages held them all
+    assert found["queries"] == 20
+    # after start, after coverage, after the export and at the end: the server's memory now
+    # and at its peak, which never falls
+    phases = ("started", "coverage", "export", "end")
+    for phase in phases:
+        assert 0 < found[f"{phase}_rss_mb"] <= found[f"{phase}_peak_rss_mb"] < 24 * 1024, phase
+    peaks = [found[f"{phase}_peak_rss_mb"] for phase in phases]
+    assert peaks == sorted(peaks)
+    assert found["bench_peak_rss_mb"] > 0
 
 
 def test_server_load_smoke() -> None:
