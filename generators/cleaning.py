@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from graph.errors import InvalidInput
@@ -55,10 +56,19 @@ class DedupResult:
     near: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _minhash(text: str, num_perm: int, shingle: int) -> MinHash:
+def _minhash(text: str, template: MinHash, shingle: int) -> MinHash:
+    """The sketch of a text's word shingles.
+
+    Every sketch shares the template's permutations: made anew for each, they took most of
+    the time of a near-duplicate pass and 1 kB of memory per instruction kept."""
     tokens = words(text)
     grams = {" ".join(tokens[i : i + shingle]) for i in range(max(1, len(tokens) - shingle + 1))}
-    m = MinHash(num_perm=num_perm, seed=1)
+    m = MinHash(
+        num_perm=len(template.hashvalues),
+        seed=template.seed,
+        permutations=template.permutations,
+        scheme=template.scheme,
+    )
     for g in grams:
         m.update(g.encode())
     return m
@@ -81,7 +91,9 @@ def find_duplicates(
     # LSH only proposes candidates (each is checked against `threshold` below); above ~0.9
     # it cannot form enough bands, so it proposes at 0.9 at most.
     lsh = MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm) if near else None
-    sketches: dict[str, MinHash] = {}
+    template = MinHash(num_perm=num_perm, seed=1)
+    # the kept instructions' sketch values, which is all a similarity needs
+    sketches: dict[str, np.ndarray] = {}
     order: dict[str, int] = {}
     for node in iter_instructions(store, path):
         order[node.id] = result.scanned
@@ -95,14 +107,20 @@ def find_duplicates(
         seen[key] = node.id
         if lsh is None:
             continue
-        sketch = _minhash(text, num_perm, shingle)
-        # LSH gives candidates; keep only those whose estimated similarity passes
-        matches = [c for c in lsh.query(sketch) if sketches[c].jaccard(sketch) >= threshold]
+        sketch = _minhash(text, template, shingle)
+        # LSH gives candidates; keep only those whose estimated similarity passes (the share
+        # of equal values: MinHash.jaccard)
+        values = sketch.hashvalues
+        matches = [
+            c
+            for c in lsh.query(sketch)
+            if np.count_nonzero(sketches[c] == values) / len(values) >= threshold
+        ]
         if matches:
             result.near.append((node.id, min(matches, key=order.__getitem__)))
             continue
         lsh.insert(node.id, sketch)
-        sketches[node.id] = sketch
+        sketches[node.id] = values
     return result
 
 
