@@ -36,6 +36,10 @@ class JobNotFound(GlanError):
         super().__init__(f"no job {job_id!r} (see the jobs query)")
 
 
+#: finished jobs whose last state a manager keeps (see JobManager.finished)
+KEEP_FINISHED = 256
+
+
 def _overlaps(a: str, b: str) -> bool:
     """Whether two scope paths share nodes: equal, or one is inside the other."""
     pa = [name_key(x) for x in split_path(a)] if a else []
@@ -68,6 +72,10 @@ class JobManager:
         self.params_for = params_for
         self.runner = JobRunner(store, concurrency=concurrency)
         self.running: dict[str, _Running] = {}
+        #: the last state of jobs this process ran, newest last (at most KEEP_FINISHED): it
+        #: has what only a run knows (units an earlier run had done, failures that kept the
+        #: model's text, the first error), for a watcher that comes after the job ended
+        self.finished: dict[str, Progress] = {}
 
     def start(self, stage_name: str, path: str | None, options: PipelineOptions) -> Progress:
         """Start a job in the background and return its first state at once."""
@@ -110,6 +118,10 @@ class JobManager:
             entry.latest = replace(
                 entry.latest, status=JobStatus.FAILED, error=str(error) if error else None
             )
+        self.finished.pop(job_id, None)
+        self.finished[job_id] = entry.latest
+        while len(self.finished) > KEEP_FINISHED:
+            self.finished.pop(next(iter(self.finished)))
         for q in entry.watchers:
             q.put_nowait(entry.latest)
 
@@ -137,7 +149,7 @@ class JobManager:
             state = self.state(job_id)
             if state is None:
                 raise JobNotFound(job_id)
-            yield state
+            yield self._as_run(state)
             return
         queue: asyncio.Queue[Progress] = asyncio.Queue()
         entry.watchers.append(queue)
@@ -150,6 +162,15 @@ class JobManager:
                     return
         finally:
             entry.watchers.remove(queue)
+
+    def _as_run(self, stored: Progress) -> Progress:
+        """A stored job's state with what its last run here knew, if that run is what the
+        store holds (nothing has changed the job since)."""
+        last = self.finished.get(stored.job_id)
+        same = ("status", "total", "done", "failed", "prompt_tokens", "completion_tokens")
+        if last is not None and all(getattr(last, k) == getattr(stored, k) for k in same):
+            return last
+        return stored
 
     async def shutdown(self) -> None:
         """Cancel what runs (each unit already stored stays; a restart resumes)."""

@@ -37,6 +37,7 @@ from graph.store import Store
 from .auth import DENIED
 from .body_limit import BodyLimit
 from .context import Context, Loaders, off_loop
+from .discovery import announce, remove_record
 from .graphql import schema
 from .reads import SharedReads
 from .settings import DEFAULT_MAX_BODY_KB, Settings
@@ -140,9 +141,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         jobs = JobManager(store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency)
         app.state.glan = Resources(cfg, store, llm, jobs, pool)
         log.info("glan API on %s", store.driver.description)
+        record = announce(cfg)  # beside an embedded store: how the CLI finds this server
         try:
             yield
         finally:
+            remove_record(record)
             # running jobs stop after their units in flight; a restart resumes them
             await jobs.shutdown()
             await llm.aclose()

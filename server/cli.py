@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -17,12 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
-from graph.errors import GlanError, InvalidInput
+from graph.errors import GlanError, InvalidInput, StoreLocked
 from graph.model import HIERARCHY, Status, parse_kind, split_path
-from graph.records import COUNT_NAMES, TreeNode
+from graph.records import COUNT_NAMES
 from graph.store import Store
 
+from .discovery import read_record, record_path
+from .remote import Remote, ServerError
 from .settings import Settings
+from .views import NodeView, TreeView, show_info
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -60,9 +65,69 @@ def settings() -> Settings:
 
 
 @contextmanager
-def open_store(cfg: Settings | None = None) -> Iterator[Store]:
+def reach(cfg: Settings | None = None) -> Iterator[Store | Remote]:
+    """The store, or the glan server to send the command to: the one GLAN_SERVER_URL names,
+    or the one that holds the embedded store (found by the record it leaves beside it)."""
     cfg = cfg or settings()
-    store = Store.open(cfg.store_config())
+    if cfg.server_url:
+        yield Remote(cfg.server_url, token=cfg.api_token)
+        return
+    try:
+        store = Store.open(cfg.store_config())
+    except StoreLocked as exc:
+        remote = _server_holding(cfg, exc)
+    else:
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    yield remote
+
+
+def _server_holding(cfg: Settings, locked: StoreLocked) -> Remote:
+    """The glan server that holds the store, answering; the lock error if none does."""
+    record = read_record(cfg.db_path) if cfg.backend == "embedded" else None
+    if record is None:
+        raise locked
+    remote = Remote(record.url, token=cfg.api_token, pid=record.pid)
+    answers_by = time.monotonic() + 3  # a server records itself just before it listens
+    while not remote.answers():
+        if time.monotonic() < answers_by:
+            time.sleep(0.2)
+            continue
+        raise ServerError(
+            f"the glan database at {locked.path} is held by a glan server (pid {record.pid}) "
+            f"that does not answer at {record.url}, the address it recorded in "
+            f"{record_path(cfg.db_path)}. If it listens on another address (started by "
+            "uvicorn with its own --host or --port), set GLAN_SERVER_URL to that address; "
+            "or stop the server"
+        )
+    return remote
+
+
+@contextmanager
+def whole_store(command: str) -> Iterator[Store]:
+    """The store itself, for a command that reads all of it (the API has no such verb): a
+    clear refusal while a glan server holds it, or GLAN_SERVER_URL sends commands to one."""
+    cfg = settings()
+    does = f"glan {command} reads the whole store itself, which the API does not offer"
+    if cfg.server_url:
+        raise ServerError(
+            f"{does}, and GLAN_SERVER_URL sends commands to the glan server at "
+            f"{cfg.server_url}: unset GLAN_SERVER_URL to run it on the store, with no server "
+            "holding it"
+        )
+    try:
+        store = Store.open(cfg.store_config())
+    except StoreLocked as exc:
+        record = read_record(cfg.db_path) if cfg.backend == "embedded" else None
+        if record is None:
+            raise
+        raise ServerError(
+            f"{does}, and the glan server at {record.url} (pid {record.pid}) holds it: stop "
+            f"the server, run glan {command}, and start the server again"
+        ) from exc
     try:
         yield store
     finally:
@@ -101,7 +166,10 @@ def init(
     Safe to run again: existing nodes, and review decisions on them, are kept.
     """
     cfg = settings()
-    with open_store(cfg) as store:
+    with reach(cfg) as store:
+        if isinstance(store, Remote):
+            _init_through(store, taxonomy, no_seed)
+            return
         console.print(f"store: {escape(store.driver.description)}")
         if no_seed:
             return
@@ -113,15 +181,34 @@ def init(
             )
 
 
+def _init_through(remote: Remote, taxonomy: Path | None, no_seed: bool) -> None:
+    """`init` while a server holds the store: the server made its schema when it opened it;
+    loading a taxonomy needs the store itself."""
+    console.print(f"store: held by {escape(remote.name)}, which made its schema")
+    if no_seed:
+        return
+    counts = remote.taxonomy_counts()
+    if taxonomy is not None or not counts.get("fields"):
+        again = f"glan init{f' --taxonomy {taxonomy}' if taxonomy else ''}"
+        raise ServerError(
+            f"loading a taxonomy needs the store itself, and {remote.name} holds it: stop the "
+            f"server, run {again}, and start the server again"
+        )
+    console.print(
+        f"  already initialised: {counts['fields']:,} fields, {counts['subfields']:,} "
+        f"sub-fields, {counts['disciplines']:,} disciplines"
+    )
+
+
 def _count_text(counts: dict[str, int]) -> str:
     parts = [f"{counts[k]:,} {k}" for k in COUNT_NAMES if counts.get(k)]
     return " · ".join(parts)
 
 
-def _label(t: TreeNode) -> str:
+def _label(t: TreeView) -> str:
     if t.node is None:
         return "[bold]glan[/]"
-    text = f"[bold]{escape(t.node.name)}[/] [dim]{t.node.kind.label}[/]"
+    text = f"[bold]{escape(t.node.name)}[/] [dim]{t.node.kind}[/]"
     if t.node.status == Status.REJECTED:
         text += " [red](rejected)[/]"
     elif t.node.status == Status.PROPOSED:
@@ -132,10 +219,10 @@ def _label(t: TreeNode) -> str:
     return text + (f"  [cyan]{counts}[/]" if counts else "")
 
 
-def _tree_json(t: TreeNode) -> dict[str, Any]:
+def _tree_json(t: TreeView) -> dict[str, Any]:
     return {
         "path": t.path,
-        "kind": t.node.kind.label if t.node else None,
+        "kind": t.node.kind if t.node else None,
         "id": t.node.id if t.node else None,
         "status": t.node.status if t.node else None,
         "counts": t.counts,
@@ -152,14 +239,17 @@ def tree(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a tree")] = False,
 ) -> None:
     """Print the taxonomy below PATH with counts of what lies beneath each node."""
-    with open_store() as store:
-        root = store.coverage.tree(path, depth)
+    with reach() as store:
+        if isinstance(store, Remote):
+            root = store.tree(path, depth)
+        else:
+            root = TreeView.of(store.coverage.tree(path, depth))
     if as_json:
         console.print_json(json.dumps(_tree_json(root)))
         return
     view = Tree(_label(root) + ("" if root.node else f"  [cyan]{_count_text(root.counts)}[/]"))
 
-    def walk(t: TreeNode, into: Tree) -> None:
+    def walk(t: TreeView, into: Tree) -> None:
         for c in t.children:
             walk(c, into.add(_label(c)))
 
@@ -211,17 +301,14 @@ def add(
         props["level"] = level
         props["subtopics"] = list(subtopic or [])
     parent = _parent_path(path)
-    with open_store() as store:
-        node = store.taxonomy.add_node(
-            parent,
-            implied,
-            names[-1],
-            status=Status.PROPOSED if proposed else Status.APPROVED,
-            props=props,
-        )
-    console.print(
-        f"{node.kind.label} [bold]{escape(node.path or '')}[/] ({node.id}, {node.status})"
-    )
+    status = Status.PROPOSED if proposed else Status.APPROVED
+    with reach() as store:
+        if isinstance(store, Remote):
+            node = store.add_node(parent, implied.label, names[-1], status=status, props=props)
+        else:
+            added = store.taxonomy.add_node(parent, implied, names[-1], status=status, props=props)
+            node = NodeView.of(added)
+    console.print(f"{node.kind} [bold]{escape(node.path or '')}[/] ({node.id}, {node.status})")
 
 
 def _parent_path(path: str) -> str | None:
@@ -256,8 +343,11 @@ def review(
     ]
     if len(chosen) != 1:
         raise fail("give exactly one of --approve, --reject, --propose", 2)
-    with open_store() as store:
-        node = store.taxonomy.review(path, chosen[0])
+    with reach() as store:
+        if isinstance(store, Remote):
+            node = store.review(path, chosen[0])
+        else:
+            node = NodeView.of(store.taxonomy.review(path, chosen[0]))
     console.print(f"{escape(node.path or '')}: {node.status}")
 
 
@@ -267,10 +357,13 @@ def link(
     subject: Annotated[str, typer.Argument(help="an existing subject's path")],
 ) -> None:
     """Put an existing subject under one more discipline (shared subjects are kept once)."""
-    with open_store() as store:
-        node = store.taxonomy.link(parent, subject)
-        paths = store.taxonomy.paths_of(node.id)
-    console.print(f"{escape(node.name)} now under {len(paths)} discipline(s)")
+    with reach() as store:
+        if isinstance(store, Remote):
+            name, paths = store.link(parent, subject)
+        else:
+            node = store.taxonomy.link(parent, subject)
+            name, paths = node.name, store.taxonomy.paths_of(node.id)
+    console.print(f"{escape(name)} now under {len(paths)} discipline(s)")
 
 
 @app.command()
@@ -279,28 +372,34 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
 ) -> None:
     """Delete a node and what lies only beneath it (prefer `review --reject`, which keeps data)."""
-    with open_store() as store:
-        counts = store.coverage.counts(path)
+
+    def confirm(counts: dict[str, int]) -> None:
         if not yes:
             typer.confirm(
                 f"delete {path!r} and {_count_text(counts) or 'nothing below'}?", abort=True
             )
-        removed = store.taxonomy.delete_subtree(path)
+
+    with reach() as store:
+        if isinstance(store, Remote):
+            confirm(store.counts(path))
+            removed = store.delete(path)
+        else:
+            confirm(store.coverage.counts(path))
+            removed = store.taxonomy.delete_subtree(path)
     console.print(", ".join(f"{n} {k}" for k, n in removed.items() if n) or "nothing removed")
 
 
 @app.command()
 def show(path: str) -> None:
     """Show one node: its properties, every path that reaches it, and counts below it."""
-    with open_store() as store:
-        node = store.taxonomy.node(path)
-        info = {
-            "kind": node.kind.label,
-            **{k: v for k, v in node.props.items() if v not in (None, "", [])},
-            "paths": store.taxonomy.paths_of(node.id),
-            "hidden": node.hidden,
-            "counts": store.coverage.counts(path),
-        }
+    with reach() as store:
+        if isinstance(store, Remote):
+            info = store.show(path)
+        else:
+            node = store.taxonomy.node(path)
+            paths = store.taxonomy.paths_of(node.id)
+            counts = store.coverage.counts(path)
+            info = show_info(node.kind.label, node.props, paths, node.hidden, counts)
     console.print_json(json.dumps(info, default=str))
 
 
@@ -353,17 +452,24 @@ def generate(
         auto_approve=cfg.auto_approve,
     )
     stages = list(PIPELINE) if stage == "all" else [stage]
-    with open_store(cfg) as store, _llm_endpoint(cfg, local) as run_cfg, _progress_bars() as bar:
-        results = run_pipeline(
-            store,
-            run_cfg.llm_config(),
-            run_cfg.stage_params,
-            stages,
-            path,
-            options,
-            concurrency=concurrency or run_cfg.llm_concurrency,
-            progress=bar,
-        )
+    with reach(cfg) as store:
+        if isinstance(store, Remote):
+            results = _generate_through(
+                store, stages, path, options, rounds_given=rounds is not None, local=local,
+                concurrency=concurrency,
+            )  # fmt: skip
+        else:
+            with _llm_endpoint(cfg, local) as run_cfg, _progress_bars() as bar:
+                results = run_pipeline(
+                    store,
+                    run_cfg.llm_config(),
+                    run_cfg.stage_params,
+                    stages,
+                    path,
+                    options,
+                    concurrency=concurrency or run_cfg.llm_concurrency,
+                    progress=bar,
+                )
     for r in results:
         console.print(
             f"{r.stage:<9} {r.status:<24} {r.done}/{r.total} done ({r.skipped} earlier), "
@@ -378,6 +484,54 @@ def generate(
         err.print(f"[yellow]{escape(line)}[/]")
     if judged.exit_code:
         raise typer.Exit(judged.exit_code)
+
+
+def _generate_through(
+    remote: Remote,
+    stages: list[str],
+    path: str | None,
+    options: Any,
+    *,
+    rounds_given: bool,
+    local: bool,
+    concurrency: int | None,
+) -> list[Any]:
+    """Run the stages as jobs in the server that holds the store, one after another, each
+    followed to its end with the same progress bars; the last state of each."""
+    from generators.jobs import JobStatus
+
+    if local:
+        raise ServerError(
+            f"--local starts the bundled model for a run in this process, but {remote.name} "
+            "holds the store and runs its jobs with its own model endpoint: stop the server "
+            "to run with --local, or start it with GLAN_LLM_BASE_URL pointing at `glan model "
+            "serve`"
+        )
+    if concurrency is not None:
+        err.print(
+            f"[yellow]note:[/] --concurrency is not used: {escape(remote.name)} runs jobs with "
+            "its own GLAN_LLM_CONCURRENCY"
+        )
+    results = []
+    with _progress_bars() as bar:
+        for stage in stages:
+            try:
+                state = remote.generate(
+                    stage, path, options, rounds_given=rounds_given, progress=bar
+                )
+            except KeyboardInterrupt:
+                # as a local run does on Ctrl-C: the job stops (what is done stays done)
+                if remote.started is not None:
+                    with contextlib.suppress(GlanError):
+                        remote.cancel(remote.started)
+                        err.print(f"cancelled job {remote.started} in {escape(remote.name)}")
+                raise
+            if state.status == JobStatus.FAILED and not state.total and state.error:
+                raise ServerError(state.error)  # it could not plan: as a local run says it
+            results.append(state)
+            if state.status not in (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_FAILURES):
+                break  # stopped in the server: later stages would run on part of its output
+    return results
 
 
 @contextmanager
@@ -455,9 +609,15 @@ def jobs(
     """Generation jobs with their progress and token usage."""
     from rich.table import Table
 
-    with open_store() as store:
-        rows = store.jobs.all()
-        units = {j["id"]: store.jobs.units(j["id"]) for j in rows} if failed else {}
+    units: dict[str, Any] = {}
+    with reach() as store:
+        if isinstance(store, Remote):
+            # all units for --json, which prints them; else only the failed ones it lists
+            rows, units = store.jobs(units=("all" if as_json else "failed") if failed else None)
+        else:
+            rows = store.jobs.all()
+            if failed:
+                units = {j["id"]: _by_id(store.jobs.units(j["id"])) for j in rows}
     if as_json:
         console.print_json(json.dumps({"jobs": rows, "units": units}, default=str))
         return
@@ -484,6 +644,10 @@ def jobs(
                 )
 
 
+def _by_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: str(r["id"]))
+
+
 @app.command()
 def export(
     path: Annotated[str | None, typer.Argument(help="subtree to export (default: all)")] = None,
@@ -504,7 +668,7 @@ def export(
         raise fail("give exactly one of --out FILE.jsonl and --hf DIR", 2)
     if responses not in ("first", "all"):
         raise fail("--responses must be first or all", 2)
-    with open_store() as store:
+    with whole_store("export") as store:
         if out is not None:
             result = export_jsonl(
                 store,
@@ -556,7 +720,7 @@ def dedup(
     """Mark exact and near-duplicate instructions (a DUPLICATE_OF edge); export skips them."""
     from generators.cleaning import dedup as run_dedup
 
-    with open_store() as store:
+    with whole_store("dedup") as store:
         result = run_dedup(store, path, threshold=threshold, near=near)
     console.print(
         f"scanned {result.scanned:,} instructions: {len(result.exact):,} exact and "
@@ -574,7 +738,7 @@ def decontaminate(
     """Mark instructions and responses that share a word n-gram with a benchmark question."""
     from generators.cleaning import decontaminate as run
 
-    with open_store() as store:
+    with whole_store("decontaminate") as store:
         result = run(store, path, [(b, column) for b in benchmark], n=n)
     console.print(
         f"scanned {result.scanned:,} instructions: {len(result.instructions):,} "
@@ -594,7 +758,7 @@ def report(
 
     from generators.report import build_report
 
-    with open_store() as store:
+    with whole_store("report") as store:
         rep = build_report(store, path)
     if as_json:
         console.print_json(json.dumps(rep.as_dict()))
@@ -643,7 +807,9 @@ def serve(
     from .app import create_app
 
     cfg = settings()
-    uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port)
+    # the app records where it listens (beside an embedded store), for the CLI to find it
+    cfg = cfg.model_copy(update={"host": host or cfg.host, "port": port or cfg.port})
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port)
 
 
 model_app = _App(help="The bundled offline model.", no_args_is_help=True)

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     api_max_body_kb: int = Field(default=DEFAULT_MAX_BODY_KB, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
+    #: the CLI: send commands to the glan server at this address (http://host:port) instead
+    #: of opening the store (unset: only while a server holds the embedded store, found
+    #: by the record it leaves beside the database)
+    server_url: str | None = None
 
     # --- LLM endpoint (any OpenAI-compatible server)
     llm_base_url: str = "http://127.0.0.1:8080/v1"

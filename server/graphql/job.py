@@ -94,6 +94,19 @@ class Job:
     prompt_tokens: int
     completion_tokens: int
     error: str | None
+    skipped: int = strawberry.field(
+        default=0,
+        description="Units an earlier run had done, which this server's last run of the job "
+        "skipped (0 when this server has not run it).",
+    )
+    failed_raw: int = strawberry.field(
+        default=0,
+        description="Of the units that failed in this server's last run of the job, those "
+        "that kept the model's raw text (the rest got no text back).",
+    )
+    first_error: str | None = strawberry.field(
+        default=None, description="The error of the first unit that failed in that run."
+    )
     row: strawberry.Private[dict[str, Any] | None] = None
 
     @classmethod
@@ -110,6 +123,9 @@ class Job:
             prompt_tokens=p.prompt_tokens,
             completion_tokens=p.completion_tokens,
             error=p.error,
+            skipped=p.skipped,
+            failed_raw=p.failed_raw,
+            first_error=p.first_error,
             row=row,
         )
 
