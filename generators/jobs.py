@@ -41,7 +41,24 @@ class JobStatus:
     COMPLETED = "completed"
     COMPLETED_WITH_FAILURES = "completed_with_failures"
     CANCELLED = "cancelled"
+    #: stopped by its process stopping (a server shut down), not by anyone asking: a server
+    #: resumes these when it starts again, like those it was running when it was killed
+    INTERRUPTED = "interrupted"
     FAILED = "failed"
+
+
+class StopRequest(asyncio.Event):
+    """Asks a running job to stop after its units in flight, and says what it is stored as
+    then: cancelled (someone asked) or interrupted (its process is stopping). A plain
+    asyncio.Event does the same and stores the job as cancelled."""
+
+    def __init__(self, status: str = JobStatus.CANCELLED) -> None:
+        super().__init__()
+        self.status = status
+
+    def request(self, status: str) -> None:
+        self.status = status
+        self.set()
 
 
 class UnitStatus:
@@ -269,6 +286,10 @@ class JobRunner:
                 write_waiting()
 
         tasks = [*workers, asyncio.create_task(writer())]
+
+        def stopped() -> str:  # read when the job stops: a request may change it until then
+            return cancel.status if isinstance(cancel, StopRequest) else JobStatus.CANCELLED
+
         try:
             await asyncio.gather(*tasks)
             write_waiting()
@@ -279,16 +300,13 @@ class JobRunner:
             # stopped the job is still the one reported
             with contextlib.suppress(Exception):
                 write_waiting()
-            state.status = (
-                JobStatus.CANCELLED
-                if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-                else JobStatus.FAILED
-            )
-            state.error = None if state.status == JobStatus.CANCELLED else repr(exc)
+            stopping = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+            state.status = stopped() if stopping else JobStatus.FAILED
+            state.error = None if stopping else repr(exc)
             self.store.jobs.save(state.as_row(params))
             raise
         if cancel is not None and cancel.is_set() and state.finished < state.total:
-            state.status = JobStatus.CANCELLED
+            state.status = stopped()
         elif state.failed:
             state.status = JobStatus.COMPLETED_WITH_FAILURES
         else:

@@ -1,24 +1,53 @@
-"""Jobs running inside a long-lived process (the server): start, watch, cancel.
+"""Jobs running inside a long-lived process (the server): start, watch, cancel, resume.
 
 One job per stage and scope at a time: a second request for a stage on a scope that
 overlaps a running one (the same subtree, or one inside the other) is refused, so two
 jobs never generate the same unit at once.
+
+Jobs survive the server: one it stops when it shuts down is stored as interrupted, and one
+it was running when it was killed is still stored as running. When it starts again it
+resumes both (resume_interrupted), with their counters recounted from their units first;
+a job cancelled through `cancel` stays cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from graph.errors import GlanError
 from graph.model import name_key, split_path
+from graph.records import now_iso
 from graph.store import Store
 
-from .jobs import JobRunner, JobStatus, Progress, job_id_for
+from .jobs import (
+    JobRunner,
+    JobStatus,
+    Progress,
+    Stage,
+    StopRequest,
+    UnitStatus,
+    job_id_for,
+)
 from .llm import LLMClient, StageParams
 from .pipeline import PipelineOptions
 from .stages import STAGES
+
+#: one line per job resumed (or not) when the server starts, as warnings: shown by a server
+#: whose logging is not set up (uvicorn sets up only its own)
+log = logging.getLogger("glan.jobs")
+
+#: stored states of a job that no one stopped on purpose: what a starting server resumes
+RESUMABLE = (JobStatus.RUNNING, JobStatus.INTERRUPTED)
+#: why a job is stored as interrupted when the server starts with resuming off
+NOT_RESUMED = (
+    "the server stopped while this job ran and does not resume jobs (GLAN_RESUME_JOBS is "
+    "off): start the same job again, or start the server with resuming on, to resume it"
+)
 
 
 class JobConflict(GlanError):
@@ -34,6 +63,10 @@ class JobNotFound(GlanError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job {job_id!r} (see the jobs query)")
+
+
+class CannotResume(GlanError):
+    """A stored job that cannot be started again as it was (its stage or options)."""
 
 
 #: finished jobs whose last state a manager keeps (see JobManager.finished)
@@ -53,7 +86,7 @@ class _Running:
     stage: str
     scope: str
     task: asyncio.Task[Progress]
-    cancel: asyncio.Event
+    cancel: StopRequest
     latest: Progress
     watchers: list[asyncio.Queue[Progress]] = field(default_factory=list)
 
@@ -76,21 +109,41 @@ class JobManager:
         #: has what only a run knows (units an earlier run had done, failures that kept the
         #: model's text, the first error), for a watcher that comes after the job ended
         self.finished: dict[str, Progress] = {}
+        self._resuming: set[asyncio.Task[None]] = set()  # resume_interrupted's tasks
 
     def start(self, stage_name: str, path: str | None, options: PipelineOptions) -> Progress:
         """Start a job in the background and return its first state at once."""
+        stage, scope_text, job_id = self._prepare(stage_name, path, options)
+        other = self._overlapping(stage_name, scope_text)
+        if other is not None:
+            raise JobConflict(other, stage_name, self.running[other].scope)
+        first = Progress(job_id, stage_name, scope_text, JobStatus.RUNNING)
+        return self._launch(stage, path, first)
+
+    def _prepare(
+        self, stage_name: str, path: str | None, options: PipelineOptions
+    ) -> tuple[Stage, str, str]:
+        """The stage to run, the scope's path and the job's id; refuses unknown, unapproved
+        and wrong-kind scopes."""
         scope = self.store.taxonomy.scope(path)  # refuses unknown and unapproved paths
         scope_text = scope.path or "" if scope else ""
         stage = STAGES[stage_name](
             self.store, self.llm, self.params_for(stage_name), options.for_stage(stage_name)
         )
         stage.check_scope(scope)
-        job_id = job_id_for(stage_name, scope_text, stage.job_key())
+        return stage, scope_text, job_id_for(stage_name, scope_text, stage.job_key())
+
+    def _overlapping(self, stage_name: str, scope_text: str) -> str | None:
+        """The running job of this stage whose scope overlaps this one, if any."""
         for other_id, other in self.running.items():
             if other.stage == stage_name and _overlaps(other.scope, scope_text):
-                raise JobConflict(other_id, stage_name, other.scope)
-        cancel = asyncio.Event()
-        first = Progress(job_id, stage_name, scope_text, JobStatus.RUNNING)
+                return other_id
+        return None
+
+    def _launch(self, stage: Stage, path: str | None, first: Progress) -> Progress:
+        job_id = first.job_id
+        # stopped from outside (the server shutting down) unless cancel() says otherwise
+        cancel = StopRequest(JobStatus.INTERRUPTED)
         entry: _Running
 
         def progress(state: Progress) -> None:
@@ -102,7 +155,7 @@ class JobManager:
         task = asyncio.create_task(
             self.runner.run(stage, path, progress=progress, cancel=cancel), name=job_id
         )
-        entry = _Running(stage_name, scope_text, task, cancel, first)
+        entry = _Running(stage.name, first.scope, task, cancel, first)
         self.running[job_id] = entry
         task.add_done_callback(lambda t: self._finished(job_id, t))
         return first
@@ -126,13 +179,20 @@ class JobManager:
             q.put_nowait(entry.latest)
 
     def cancel(self, job_id: str) -> Progress:
+        """Stop a job for good: a running one after its units in flight, and one waiting to
+        be resumed (interrupted, or left running by a server that was killed) at once. Either
+        is stored as cancelled, which a starting server does not resume."""
         entry = self.running.get(job_id)
         if entry is None:
             stored = self.store.jobs.get(job_id)
             if stored is None:
                 raise JobNotFound(job_id)
+            if stored.get("status") in RESUMABLE:
+                change = {"id": job_id, "status": JobStatus.CANCELLED, "updated_at": now_iso()}
+                self.store.jobs.save(change)
+                stored = {**stored, **change}
             return _from_row(stored)
-        entry.cancel.set()
+        entry.cancel.request(JobStatus.CANCELLED)
         return entry.latest
 
     def state(self, job_id: str) -> Progress | None:
@@ -163,6 +223,91 @@ class JobManager:
         finally:
             entry.watchers.remove(queue)
 
+    def resume_interrupted(self, *, resume: bool = True) -> asyncio.Task[None]:
+        """Resume, in the background, the jobs the server was running when it stopped: those
+        stored as interrupted (a clean stop) or still as running while none runs here (a
+        kill). Without `resume`, those left running are stored as interrupted, with why."""
+        task = asyncio.create_task(self._resume_all(resume), name="resume jobs")
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+        return task
+
+    async def _resume_all(self, resume: bool) -> None:
+        rows = sorted(
+            (
+                r
+                for r in self.store.jobs.all()
+                if r.get("status") in RESUMABLE and r["id"] not in self.running
+            ),
+            key=lambda r: str(r.get("created_at") or ""),  # in the order they were started
+        )
+        for row in rows:
+            job_id = str(row["id"])
+            # counters from the units first: the job's own are saved only now and then (read
+            # off the event loop: a big job has many units, and the server answers meanwhile)
+            counted = {**await asyncio.to_thread(self._recount, job_id), "updated_at": now_iso()}
+            now = self.store.jobs.get(job_id) or {}
+            if job_id in self.running or now.get("status") not in RESUMABLE:
+                continue  # started again or cancelled meanwhile
+            if not resume:
+                if now.get("status") == JobStatus.RUNNING:
+                    counted.update(status=JobStatus.INTERRUPTED, error=NOT_RESUMED)
+                    log.warning("not resuming %s job %s: resuming is off", now.get("kind"), job_id)
+                self.store.jobs.save(counted)
+                continue
+            self.store.jobs.save(counted)
+            task = asyncio.create_task(self._resume_one(job_id), name=f"resume {job_id}")
+            self._resuming.add(task)
+            task.add_done_callback(self._resuming.discard)
+
+    async def _resume_one(self, job_id: str) -> None:
+        """Start a stored job again as it was: same stage, scope and options, so the same id
+        and, for a sampled plan, the same plan. Waits while an overlapping job of its stage
+        runs; a job that cannot run as it was any more is stored as failed, with why."""
+        while True:
+            row = self.store.jobs.get(job_id)
+            if job_id in self.running or row is None or row.get("status") not in RESUMABLE:
+                return  # started again, cancelled or finished meanwhile
+            stage_name, scope = str(row.get("kind") or ""), str(row.get("scope") or "")
+            try:
+                stage, scope_text, again = self._prepare(
+                    stage_name, scope or None, _options_of(row)
+                )
+                if again != job_id:
+                    raise CannotResume(_changed(row, stage))
+            except Exception as exc:  # nothing else would report it: stored with the job
+                error = f"could not be resumed when the server started: {exc}"
+                failed = {"id": job_id, "status": JobStatus.FAILED, "error": error}
+                self.store.jobs.save({**failed, "updated_at": now_iso()})
+                log.warning("not resuming %s job %s: %s", stage_name, job_id, exc)
+                return
+            other = self._overlapping(stage_name, scope_text)
+            if other is None:
+                break
+            await asyncio.wait({self.running[other].task})
+        first = replace(_from_row(row), status=JobStatus.RUNNING, error=None)
+        self._launch(stage, scope or None, first)
+        log.warning(
+            "resuming %s job %s on %s: %d of %d units done",
+            stage_name,
+            job_id,
+            scope_text or "the whole store",
+            first.done,
+            first.total,
+        )
+
+    def _recount(self, job_id: str) -> dict[str, Any]:
+        """A job's counters as its units say: what it has done, not what it last saved."""
+        units = self.store.jobs.units(job_id)
+        return {
+            "id": job_id,
+            "total": len(units),
+            "done": sum(u.get("status") == UnitStatus.DONE for u in units),
+            "failed": sum(u.get("status") == UnitStatus.FAILED for u in units),
+            "prompt_tokens": sum(int(u.get("prompt_tokens") or 0) for u in units),
+            "completion_tokens": sum(int(u.get("completion_tokens") or 0) for u in units),
+        }
+
     def _as_run(self, stored: Progress) -> Progress:
         """A stored job's state with what its last run here knew, if that run is what the
         store holds (nothing has changed the job since)."""
@@ -173,12 +318,40 @@ class JobManager:
         return stored
 
     async def shutdown(self) -> None:
-        """Cancel what runs (each unit already stored stays; a restart resumes)."""
+        """Stop what runs after its units in flight, as interrupted: each unit already stored
+        stays, and the next start resumes the job (a job being cancelled stays cancelled)."""
+        for waiting in list(self._resuming):
+            waiting.cancel()
         for entry in list(self.running.values()):
-            entry.cancel.set()
-        tasks = [e.task for e in self.running.values()]
+            if not entry.cancel.is_set():
+                entry.cancel.request(JobStatus.INTERRUPTED)
+        tasks = [*self._resuming, *(e.task for e in self.running.values())]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _options_of(row: dict[str, Any]) -> PipelineOptions:
+    """The options a stored job was started with, from its key (its `params`)."""
+    try:
+        key = json.loads(str(row.get("params") or "{}"))
+    except ValueError as exc:
+        raise CannotResume(f"its stored options are not JSON ({exc})") from exc
+    stage = str(row.get("kind") or "")
+    if stage not in STAGES or not isinstance(key, dict):
+        raise CannotResume(f"it is not a job of a known stage ({stage!r}, {key!r})")
+    return PipelineOptions.from_stage(stage, key)
+
+
+def _changed(row: dict[str, Any], stage: Stage) -> str:
+    """What differs between a stored job's key and the one it would be started with now."""
+    stored = json.loads(str(row.get("params") or "{}"))
+    now = stage.job_key()
+    diff = ", ".join(
+        f"{k} was {stored.get(k)!r}, now {now.get(k)!r}"
+        for k in sorted(set(stored) | set(now))
+        if stored.get(k) != now.get(k)
+    )
+    return f"it would not be the same job ({diff or 'its id differs'})"
 
 
 def _from_row(row: dict[str, object]) -> Progress:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,20 @@ class PipelineOptions:
                 "prefer_uncovered": self.prefer_uncovered,
             }
         return {}
+
+    @classmethod
+    def from_stage(cls, stage: str, options: Mapping[str, Any]) -> PipelineOptions:
+        """The options whose for_stage(stage) gives back `options` (a stored job's key):
+        what a job is started with again. Keys the stage does not take are left out, so the
+        job's id, checked against the stored one, tells whether it really is the same job."""
+        # for_stage's keys that are not the option of their name (taxonomy's rounds is fixed)
+        renamed: dict[str, str | None] = {"n": "taxonomy_n", "rounds": None}
+        values: dict[str, Any] = {}
+        for key in cls().for_stage(stage):
+            name = renamed.get(key, key) if stage == "taxonomy" else key
+            if name is not None and key in options:
+                values[name] = options[key]
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         jobs = JobManager(store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency)
         app.state.glan = Resources(cfg, store, llm, jobs, pool)
         log.info("glan API on %s", store.driver.description)
+        # the jobs it was running when it stopped, in the background: it answers at once
+        jobs.resume_interrupted(resume=cfg.resume_jobs)
         record = announce(cfg)  # beside an embedded store: how the CLI finds this server
         try:
             yield

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     api_max_body_kb: int = Field(default=DEFAULT_MAX_BODY_KB, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
+    #: on start, resume the jobs the server was running when it stopped (killed or shut
+    #: down; not those cancelled); off, those are stored as interrupted
+    resume_jobs: bool = True
     #: the CLI: send commands to the glan server at this address (http://host:port) instead
     #: of opening the store (unset: only while a server holds the embedded store, found
     #: by the record it leaves beside the database)

@@ -29,6 +29,7 @@ class JobState(Enum):
     COMPLETED = JobStatus.COMPLETED
     COMPLETED_WITH_FAILURES = JobStatus.COMPLETED_WITH_FAILURES
     CANCELLED = JobStatus.CANCELLED
+    INTERRUPTED = JobStatus.INTERRUPTED
     FAILED = JobStatus.FAILED
 
 
@@ -85,8 +86,9 @@ class Job:
     scope: str = strawberry.field(description="The path it runs under ('' for everything).")
     status: JobState
     live: bool = strawberry.field(
-        description="Running in this server now. A stored RUNNING job that is not live was "
-        "interrupted: start it again to resume."
+        description="Running in this server now. A job the server was running when it "
+        "stopped (INTERRUPTED, or RUNNING and not live) resumes when it starts again (unless "
+        "GLAN_RESUME_JOBS is off), or when it is started again; cancelJob stops it for good."
     )
     total: int
     done: int
