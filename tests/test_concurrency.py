@@ -123,3 +123,34 @@ def test_requests_for_one_read_share_it_until_a_write(api: Api) -> None:
     added = api.gql('mutation { addNode(kind: FIELD, name: "Shared Reads") { __typename } }')
     assert added["addNode"]["__typename"] == "NodePayload"
     assert asyncio.run(many(5))[0]["fields"] == fields + 1
+
+
+def test_a_query_text_is_parsed_and_validated_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same text again skips parsing and validation, and keeps its answer: a valid
+    query its data, a query the rules refuse the same refusal."""
+    from collections import OrderedDict
+
+    import strawberry.schema.schema as executing
+
+    from server.graphql import limits
+
+    monkeypatch.setattr(limits, "_PARSED", OrderedDict())  # nothing from earlier tests
+    monkeypatch.setattr(limits, "_VALIDATED", OrderedDict())
+    validated: list[int] = []
+    real = executing.validate_document
+
+    def counted(*args: object) -> object:
+        validated.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(executing, "validate_document", counted)
+    good = '{ node(path: "Arts") { ... on TaxonomyNode { name } } }'
+    deep = "{ children { edges { node { children { edges { node { children { edges { node {"
+    deep += " children { edges { node { name } } } } } } } } } } } } }"
+    answers = [api.post(good).json() for _ in range(3)]
+    refusals = [api.post(deep).json() for _ in range(3)]
+    assert answers == [{"data": {"node": {"name": "Arts"}}}] * 3
+    assert refusals[0]["errors"] and refusals == [refusals[0]] * 3
+    assert len(validated) == 2  # once per text

@@ -14,7 +14,8 @@ before it changes anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -150,3 +151,49 @@ class _Walker:
                     check(args[name])
                 except InvalidInput as exc:
                     self.problems.append(f"{field}: {exc}")
+
+
+class ParsedOnce(SchemaExtension):
+    """Parse and validate each query text once, not once per request.
+
+    A dashboard or a script sends the same few queries again and again; parsing and
+    validating one (every rule of the schema walks it) cost as much as answering it from
+    shared reads. Results are kept by text, for texts up to REUSE_MAX_CHARS, at most
+    REUSE_ENTRIES of them: the rules never change while the server runs, and validation
+    does not look at variables.
+    """
+
+    def on_parse(self) -> Iterator[None]:
+        ctx = self.execution_context
+        key = _reuse_key(ctx.query)
+        if key is not None and (document := _PARSED.get(key)) is not None:
+            ctx.graphql_document = document
+        yield
+        if key is not None and ctx.graphql_document is not None:
+            _keep(_PARSED, key, ctx.graphql_document)
+
+    def on_validate(self) -> Iterator[None]:
+        ctx = self.execution_context
+        key = _reuse_key(ctx.query)
+        if key is not None and (errors := _VALIDATED.get(key)) is not None:
+            ctx.pre_execution_errors = list(errors)
+        yield
+        if key is not None and ctx.pre_execution_errors is not None:
+            _keep(_VALIDATED, key, list(ctx.pre_execution_errors))
+
+
+REUSE_MAX_CHARS = 16_000
+REUSE_ENTRIES = 512
+_PARSED: OrderedDict[Hashable, Any] = OrderedDict()
+_VALIDATED: OrderedDict[Hashable, list[GraphQLError]] = OrderedDict()
+
+
+def _reuse_key(query: str | None) -> str | None:
+    return query if query and len(query) <= REUSE_MAX_CHARS else None
+
+
+def _keep(cache: OrderedDict[Hashable, Any], key: Hashable, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > REUSE_ENTRIES:
+        cache.popitem(last=False)

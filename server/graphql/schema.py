@@ -19,7 +19,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from .errors import UNEXPECTED, is_unexpected, log_unexpected
-from .limits import QueryCost
+from .limits import ParsedOnce, QueryCost
 from .mutation import Mutation
 from .query import Query
 from .subscription import Subscription
@@ -88,6 +88,8 @@ schema = GlanSchema(
         partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         partial(QueryCost, max_cost=MAX_COST),
+        # after the rules are added: a text validated once, with them, is not again
+        ParsedOnce,
         partial(MaskErrors, should_mask_error=is_unexpected, error_message=UNEXPECTED),
     ],
 )
