@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -187,6 +188,18 @@ class Stage(ABC):
         }
 
 
+@dataclass
+class _Prepared:
+    """A job ready to run: its state, stored key, units left and tokens spent so far, or
+    the error its planning met (stored on the job as its failure)."""
+
+    state: Progress
+    params: str
+    todo: list[UnitSpec]
+    spent: dict[str, Usage]
+    error: GlanError | None = None
+
+
 def job_id_for(stage: str, scope_path: str, key: Mapping[str, Any]) -> str:
     return node_id(JOB, stage, scope_path.casefold(), json.dumps(key, sort_keys=True))
 
@@ -198,6 +211,7 @@ class JobRunner:
         self.store = store
         self.concurrency = max(1, concurrency)
         self._last_job_save = 0.0
+        self._writing = threading.RLock()
 
     async def run(
         self,
@@ -207,56 +221,25 @@ class JobRunner:
         progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
     ) -> Progress:
-        scope = self.store.taxonomy.scope(scope_path)
-        stage.check_scope(scope)
-        scope_text = scope.path or "" if scope else ""
-        key = stage.job_key()
-        params = json.dumps(key, sort_keys=True)
-        stage.job_id = job_id_for(stage.name, scope_text, key)
-        state = Progress(stage.job_id, stage.name, scope_text, JobStatus.RUNNING)
-        if self.store.jobs.get(stage.job_id) is None:
-            self.store.jobs.save({**state.as_row(params), "created_at": now_iso()})
-        # Tokens are counted from the units, which store theirs with their output: the job's
-        # own counters are saved only now and then, so after a crash they lag behind.
-        spent = {
-            u["id"]: Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-            for u in self.store.jobs.units(stage.job_id)
-        }
-        state.prompt_tokens = sum(u.prompt_tokens for u in spent.values())
-        state.completion_tokens = sum(u.completion_tokens for u in spent.values())
-
-        try:
-            units = stage.plan(scope)
-        except GlanError as exc:  # stored as failed, so the job does not look alive forever
-            state.status, state.error = JobStatus.FAILED, str(exc)
-            self.store.jobs.save(state.as_row(params))
-            if progress:
-                progress(state)
-            raise
-        statuses = self.store.jobs.unit_statuses([u.id for u in units])
-        todo = [u for u in units if statuses.get(u.id) != UnitStatus.DONE]
-        state.total = len(units)
-        state.skipped = state.done = len(units) - len(todo)
-        # The plan is stored whole or not at all: a re-run reads it back instead of drawing
-        # a new sample.
-        with self.store.driver.transaction() as tx:
-            new = [u for u in units if u.id not in statuses]
-            rows = [self._unit_row(stage, u, UnitStatus.PENDING) for u in new]
-            self.store.jobs.save_units(rows, update_existing=False, tx=tx)
-            self.store.jobs.save(state.as_row(params), tx=tx)
+        # planning reads (a question job's draws read every syllabus of its scope) and the
+        # plan's write run off the event loop, which a server shares with its requests
+        prepared = await asyncio.to_thread(self._prepare, stage, scope_path)
+        state, params, todo, spent = prepared.state, prepared.params, prepared.todo, prepared.spent
         if progress:
             progress(state)
+        if prepared.error is not None:
+            raise prepared.error
 
         queue: asyncio.Queue[UnitSpec] = asyncio.Queue()
         for u in todo:
             queue.put_nowait(u)
         waiting: list[tuple[UnitSpec, Outcome]] = []  # finished, not yet written
 
-        def write_waiting() -> None:
+        async def write_waiting() -> None:
             group = waiting[:]
             waiting.clear()  # a group that fails to write is not tried again: it runs again
             if group:
-                self._write_group(stage, group, state, params)
+                await asyncio.to_thread(self._write_group, stage, group, state, params)
                 if progress:
                     progress(state)
 
@@ -276,14 +259,14 @@ class JobRunner:
                 outcome.usage = spent.get(unit.id, Usage()) + outcome.usage
                 waiting.append((unit, outcome))
                 if len(waiting) >= WRITE_GROUP:
-                    write_waiting()
+                    await write_waiting()
 
         workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
 
         async def writer() -> None:
             while not all(w.done() for w in workers):
                 await asyncio.sleep(WRITE_AFTER_S)
-                write_waiting()
+                await write_waiting()
 
         tasks = [*workers, asyncio.create_task(writer())]
 
@@ -292,14 +275,18 @@ class JobRunner:
 
         try:
             await asyncio.gather(*tasks)
-            write_waiting()
+            await write_waiting()
         except BaseException as exc:
             for t in tasks:
                 t.cancel()
-            # what the model already answered is kept if it can be; if not, the error that
-            # stopped the job is still the one reported
+            # what the model already answered is kept if it can be (here, on this thread: the
+            # loop may be stopping; a group still being written in a worker thread is waited
+            # for); if not, the error that stopped the job is still the one reported
             with contextlib.suppress(Exception):
-                write_waiting()
+                group = waiting[:]
+                waiting.clear()
+                if group:
+                    self._write_group(stage, group, state, params)
             stopping = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
             state.status = stopped() if stopping else JobStatus.FAILED
             state.error = None if stopping else repr(exc)
@@ -316,6 +303,44 @@ class JobRunner:
             progress(state)
         return state
 
+    def _prepare(self, stage: Stage, scope_path: str | None) -> _Prepared:
+        """The job's row, its plan and what is left of it, stored before any unit runs."""
+        scope = self.store.taxonomy.scope(scope_path)
+        stage.check_scope(scope)
+        scope_text = scope.path or "" if scope else ""
+        key = stage.job_key()
+        params = json.dumps(key, sort_keys=True)
+        stage.job_id = job_id_for(stage.name, scope_text, key)
+        state = Progress(stage.job_id, stage.name, scope_text, JobStatus.RUNNING)
+        if self.store.jobs.get(stage.job_id) is None:
+            self.store.jobs.save({**state.as_row(params), "created_at": now_iso()})
+        # Tokens are counted from the units, which store theirs with their output: the job's
+        # own counters are saved only now and then, so after a crash they lag behind.
+        spent = {
+            u["id"]: Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+            for u in self.store.jobs.units(stage.job_id)
+        }
+        state.prompt_tokens = sum(u.prompt_tokens for u in spent.values())
+        state.completion_tokens = sum(u.completion_tokens for u in spent.values())
+        try:
+            units = stage.plan(scope)
+        except GlanError as exc:  # stored as failed, so the job does not look alive forever
+            state.status, state.error = JobStatus.FAILED, str(exc)
+            self.store.jobs.save(state.as_row(params))
+            return _Prepared(state, params, [], spent, exc)
+        statuses = self.store.jobs.unit_statuses([u.id for u in units])
+        todo = [u for u in units if statuses.get(u.id) != UnitStatus.DONE]
+        state.total = len(units)
+        state.skipped = state.done = len(units) - len(todo)
+        # The plan is stored whole or not at all: a re-run reads it back instead of drawing
+        # a new sample.
+        with self.store.driver.transaction() as tx:
+            new = [u for u in units if u.id not in statuses]
+            rows = [self._unit_row(stage, u, UnitStatus.PENDING) for u in new]
+            self.store.jobs.save_units(rows, update_existing=False, tx=tx)
+            self.store.jobs.save(state.as_row(params), tx=tx)
+        return _Prepared(state, params, todo, spent)
+
     def _write_group(
         self,
         stage: Stage,
@@ -324,8 +349,19 @@ class JobRunner:
         params: str,
     ) -> None:
         """Write finished units' outputs, their states and the job's counters in one
-        transaction. A group the store refuses (e.g. an empty name in one output) is written
-        again a unit at a time, so only the unit at fault fails."""
+        transaction, one group at a time (groups come from worker threads). A group the
+        store refuses (e.g. an empty name in one output) is written again a unit at a time,
+        so only the unit at fault fails."""
+        with self._writing:
+            self._write_group_now(stage, group, state, params)
+
+    def _write_group_now(
+        self,
+        stage: Stage,
+        group: Sequence[tuple[UnitSpec, Outcome]],
+        state: Progress,
+        params: str,
+    ) -> None:
         counted = [(unit, outcome, _status(outcome)) for unit, outcome in group]
         for _, outcome, status in counted:
             self._count(state, status, +1, outcome)
@@ -338,7 +374,7 @@ class JobRunner:
                 self._count(state, status, -1, outcome)
             if len(group) > 1:
                 for one in group:
-                    self._write_group(stage, [one], state, params)
+                    self._write_group_now(stage, [one], state, params)
                 return
             unit, outcome = group[0]
             outcome.error = f"could not store the output: {exc}"

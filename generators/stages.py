@@ -6,6 +6,7 @@ writes its outputs back with provenance (model, prompt name and version, job, un
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ from graph.model import (
     SESSION,
     SUBFIELD,
     SUBJECT,
+    NodeKind,
     Source,
     Status,
     child_kind,
@@ -76,10 +78,14 @@ class TaxonomyStage(PromptStage):
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         path = unit.payload["path"]
-        parent_kind = self.store.taxonomy.node(path).kind if path else None
+
+        def inputs() -> tuple[NodeKind | None, list[str]]:
+            parent_kind = self.store.taxonomy.node(path).kind if path else None
+            return parent_kind, [c.name for c in self.store.taxonomy.children(path or None)]
+
+        parent_kind, existing = await asyncio.to_thread(inputs)
         kind = child_kind(parent_kind) if parent_kind else FIELD
         assert kind is not None
-        existing = [c.name for c in self.store.taxonomy.children(path or None)]
         return await self.ask(
             path=path or "all human knowledge and capabilities",
             parent_kind=parent_kind.label if parent_kind else "root",
@@ -134,13 +140,19 @@ class SubjectsStage(PromptStage):
         ]
 
     async def execute(self, unit: UnitSpec) -> Outcome:
-        discipline = self.store.nodes.get(unit.target_id)
+        def inputs() -> tuple[Node | None, list[str]]:
+            return (
+                self.store.nodes.get(unit.target_id),
+                self.store.syllabi.subject_names(unit.target_id),
+            )
+
+        discipline, existing = await asyncio.to_thread(inputs)
         assert discipline is not None
         return await self.ask(
             discipline=discipline.name,
             path=discipline.props.get("path") or discipline.name,
             n=int(self.options.get("per_call", 10)),
-            existing=self.store.syllabi.subject_names(discipline.id),
+            existing=existing,
         )
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
@@ -167,9 +179,14 @@ class SyllabusStage(PromptStage):
         ]
 
     async def execute(self, unit: UnitSpec) -> Outcome:
-        subject = self.store.nodes.get(unit.target_id)
+        def inputs() -> tuple[Node | None, list[str]]:
+            return (
+                self.store.nodes.get(unit.target_id),
+                self.store.taxonomy.paths_of(unit.target_id),
+            )
+
+        subject, paths = await asyncio.to_thread(inputs)
         assert subject is not None
-        paths = self.store.taxonomy.paths_of(subject.id)
         discipline = split_path(paths[0])[2] if paths else ""
         return await self.ask(
             subject=subject.name,
@@ -280,8 +297,8 @@ class QuestionsStage(PromptStage):
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         p = unit.payload
-        subject, discipline = self._subject(p["subject_id"])
-        syllabus = self._syllabus(subject.id)
+        subject, discipline = await asyncio.to_thread(self._subject, p["subject_id"])
+        syllabus = await asyncio.to_thread(self._syllabus, subject.id)
         by_id = {s.id: s for s in syllabus}
         names = {c.id: c.name for s in syllabus for c in s.concepts}
         sessions = [by_id[i] for i in p["session_ids"] if i in by_id]
@@ -348,14 +365,20 @@ class AnswersStage(PromptStage):
             for i in self.store.instructions.ids_in_scope(scope)
         ]
 
-    async def execute(self, unit: UnitSpec) -> Outcome:
-        instruction = self.store.nodes.get(unit.target_id)
-        assert instruction is not None
+    def _inputs(self, instruction_id: str) -> tuple[Node | None, Node | None]:
+        """An instruction and its subject (each subject read once per job)."""
+        instruction = self.store.nodes.get(instruction_id)
+        if instruction is None:
+            return None, None
         sid = instruction.props["subject_id"]
         self._asked_in[instruction.id] = sid
         if sid not in self._subjects:
             self._subjects[sid] = self.store.nodes.get(sid) if sid else None
-        subject = self._subjects[sid]
+        return instruction, self._subjects[sid]
+
+    async def execute(self, unit: UnitSpec) -> Outcome:
+        instruction, subject = await asyncio.to_thread(self._inputs, unit.target_id)
+        assert instruction is not None
         prompt = self.prompt
         messages = prompt.render(
             question=instruction.props["text"],
