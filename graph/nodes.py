@@ -257,6 +257,41 @@ class Nodes:
         share = self.d.whole_read_share
         return many and len(subject_ids) >= share * self.count_kind(SUBJECT)
 
+    #: subjects a walk from every subject reads at once (Q.subject_range)
+    subjects_per_walk = 2048
+
+    def subject_ranges(self) -> list[dict[str, int]]:
+        """The parameters of each part of a walk from every subject: a range of subject
+        references (Q.subject_range), or the whole walk at once where the engine has none."""
+        query = Q.subject_refs_end(self.d)
+        if query is None:
+            return [{}]
+        end = int(self.driver.execute(query)[0]["n"] or 0)
+        step = self.subjects_per_walk
+        return [{"lo": lo, "hi": lo + step} for lo in range(0, max(end, 1), step)]
+
+    def every_subject(self, query: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        """The rows of a walk from every subject (a query built with `every=True`), a range
+        of subjects at a time: a subject's rows all come from one range."""
+        return [
+            row
+            for part in self.subject_ranges()
+            for row in self.driver.execute(query, {**(params or {}), **part})
+        ]
+
+    def every_subject_table(
+        self,
+        query: str,
+        params: Mapping[str, Any] | None = None,
+        keep: Callable[[pa.Table], pa.Table] | None = None,
+    ) -> pa.Table:
+        """every_subject as one Arrow table, each range filtered by `keep` as it comes."""
+        parts = []
+        for part in self.subject_ranges():
+            table = self.driver.table(query, {**(params or {}), **part})
+            parts.append(keep(table) if keep is not None and table.num_rows else table)
+        return pa.concat_tables([t for t in parts if t.num_rows] or parts[:1])
+
     def linked(
         self, rel: RelKind, ids: Sequence[str], *, reverse: bool = False
     ) -> dict[str, list[str]]:

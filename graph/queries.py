@@ -296,19 +296,41 @@ def subject_names(d: Dialect) -> str:
     )
 
 
-def _of_subjects(one: bool, every: bool, *conditions: str) -> tuple[str, str]:
+def subject_range(d: Dialect, var: str) -> list[str]:
+    """Conditions of a walk from every subject where the engine has node references: the
+    subject `var` is one of those from reference $lo up to $hi (Nodes.every_subject gives
+    the ranges).
+
+    The embedded engine holds a walk's groups and distinct values in its page cache until
+    the walk ends: over every subject of a GLAN-scale store (1.9M concepts, 1M pairs) each
+    subject rollup needed more than a 512 MB cache. A range of 2,048 subjects at a time
+    peaks at about 300 MB of process memory, and the ranges together take half the time of
+    the whole walk."""
+    ref = d.node_ref(var)
+    return [] if ref is None else [f"{ref} >= $lo", f"{ref} < $hi"]
+
+
+def subject_refs_end(d: Dialect) -> str | None:
+    """One past the largest subject reference, as `n` (None where the engine has none)."""
+    ref = d.node_ref("s")
+    if ref is None:
+        return None
+    return f"MATCH (s:{d.q(SUBJECT.label)}) RETURN max({ref}) + 1 AS n"
+
+
+def _of_subjects(d: Dialect, one: bool, every: bool, *conditions: str) -> tuple[str, str]:
     """The head of a walk from each subject n3 of $ids (or from $id), and its WHERE clause:
-    n3 is that subject, and the conditions hold. For a walk from every subject, no head and
-    only the conditions."""
+    n3 is that subject, and the conditions hold. For a walk from every subject, no head,
+    the conditions and the subject range (subject_range)."""
     head, x = ("", "") if every else each_id(one)
-    where = list(conditions) if every else [f"n3.id = {x}", *conditions]
+    where = [*conditions, *subject_range(d, "n3")] if every else [f"n3.id = {x}", *conditions]
     return head, f"WHERE {' AND '.join(where)} " if where else ""
 
 
 def subject_concept_stats(d: Dialect, one: bool = False, every: bool = False) -> str:
     """Per subject of $ids (or every subject): approved concepts, and how many an
     instruction already covers."""
-    head, where = _of_subjects(one, every, approved(4, 5))
+    head, where = _of_subjects(d, one, every, approved(4, 5))
     # Concepts are grouped by the engine's integer reference where it has one: the
     # embedded engine grouping the 1.9M concepts of a GLAN-scale store by their string ids
     # peaked at 1.0 GB and needed more than a 512 MB cache; by reference, 0.74 GB.
@@ -334,7 +356,7 @@ def syllabus_sessions(d: Dialect, one: bool = False) -> str:
 def _approved_concepts(d: Dialect, one: bool, returns: str, every: bool = False) -> str:
     """`returns` of the approved concepts (n5) of the approved sessions (n4) of the
     subjects (n3) $ids, or of every subject."""
-    head, where = _of_subjects(one, every, approved(4, 5))
+    head, where = _of_subjects(d, one, every, approved(4, 5))
     return f"{head}MATCH {chain(d, 3, 5)} {where}RETURN {returns}"
 
 
@@ -361,7 +383,7 @@ def syllabus_coverage(d: Dialect, one: bool = False, every: bool = False) -> str
     """How many instructions cover each covered concept of the subjects $ids, or of all
     subjects (a separate read: counting in the read of the concepts groups by every column
     of every row)."""
-    head, where = _of_subjects(one, every)
+    head, where = _of_subjects(d, one, every)
     return (
         f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-(i:{d.q(INSTRUCTION.label)}) "
         f"{where}RETURN n5.id AS concept, count(i) AS covered"
@@ -563,13 +585,14 @@ def stale_rollups(d: Dialect, top: int | None) -> str:
     )
 
 
-def _each_subject(one: bool, every: bool) -> tuple[str, str]:
-    """The head of a walk from each subject of $ids (or from $id), and the property map that
-    finds it: neither, for a walk from every subject."""
+def _each_subject(d: Dialect, one: bool, every: bool) -> tuple[str, str, list[str]]:
+    """The head of a walk from each subject s of $ids (or from $id), the property map that
+    finds it, and conditions on s: for a walk from every subject, only the subject range
+    (subject_range)."""
     if every:
-        return "", ""
+        return "", "", subject_range(d, "s")
     head, x = each_id(one)
-    return head, f" {{id: {x}}}"
+    return head, f" {{id: {x}}}", []
 
 
 def rollup_syllabus(d: Dialect, one: bool = False, every: bool = False) -> str:
@@ -577,10 +600,11 @@ def rollup_syllabus(d: Dialect, one: bool = False, every: bool = False) -> str:
     with none gives a row of zeros)."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
     has_concept = d.q(CHILD_REL[SESSION.label].type)
-    head, key = _each_subject(one, every)
+    head, key, where = _each_subject(d, one, every)
     return (
         f"{head}MATCH (s:{d.q(SUBJECT.label)}{key}) "
-        f"OPTIONAL MATCH (s)-[:{has_session}]->(ss:{d.q(SESSION.label)}) "
+        + (f"WHERE {' AND '.join(where)} " if where else "")
+        + f"OPTIONAL MATCH (s)-[:{has_session}]->(ss:{d.q(SESSION.label)}) "
         "WHERE ss.status <> $rejected "
         f"OPTIONAL MATCH (ss)-[:{has_concept}]->(c:{d.q(HIERARCHY[5].label)}) "
         "WHERE c.status <> $rejected "
@@ -593,11 +617,11 @@ def rollup_generated(d: Dialect, one: bool = False, every: bool = False) -> str:
     """Per subject of $ids (or any subject) that has any: instructions asked from its visible
     sessions, their responses and distinct concept combinations."""
     has_session = d.q(CHILD_REL[SUBJECT.label].type)
-    head, key = _each_subject(one, every)
+    head, key, where = _each_subject(d, one, every)
     return (
         f"{head}MATCH (s:{d.q(SUBJECT.label)}{key})-[:{has_session}]->"
         f"(ss:{d.q(SESSION.label)})<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
-        "WHERE ss.status <> $rejected "
+        f"WHERE {' AND '.join(['ss.status <> $rejected', *where])} "
         f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
         "RETURN s.id AS id, count(DISTINCT i.id) AS rollup_instructions, "
         "count(DISTINCT r.id) AS rollup_responses, count(DISTINCT i.combo_key) AS rollup_combos"
@@ -607,7 +631,7 @@ def rollup_generated(d: Dialect, one: bool = False, every: bool = False) -> str:
 def rollup_covered(d: Dialect, one: bool = False, every: bool = False) -> str:
     """Per subject of $ids (or any subject) that has any: visible concepts at least one
     instruction covers."""
-    head, where = _of_subjects(one, every, visible(4, 5))
+    head, where = _of_subjects(d, one, every, visible(4, 5))
     return (
         f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
         f"(i:{d.q(INSTRUCTION.label)}) {where}"

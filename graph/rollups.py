@@ -68,7 +68,7 @@ class Rollups(Part):
             # once (see Syllabi.index). The stamps still hold: a write that lands meanwhile
             # marks its subject again, past the stamp it gets here.
             for build in counts:
-                add(self.driver.execute(build(self.d, every=True), args))
+                add(self.nodes.every_subject(build(self.d, every=True), args))
             for batch in batched(ids, self.batch_size):
                 with self.driver.transaction() as tx:
                     self.nodes.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)

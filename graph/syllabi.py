@@ -146,7 +146,7 @@ class Syllabi(Part):
         ids = list(dict.fromkeys(subject_ids))
         if self.nodes.reads_whole(ids):  # see index
             wanted = set(ids)
-            every = self.driver.execute(Q.subject_concept_stats(self.d, every=True), params)
+            every = self.nodes.every_subject(Q.subject_concept_stats(self.d, every=True), params)
             rows = [r for r in every if r["id"] in wanted]
         else:
             rows = self.nodes.by_ids(partial(Q.subject_concept_stats, self.d), ids, params)
@@ -196,11 +196,15 @@ class Syllabi(Part):
             return SyllabusIndex.empty()
         approved = {"approved": str(Status.APPROVED)}
         if self.nodes.reads_whole(ids):
-            rows = self.driver.table(Q.syllabus_outline(self.d, every=True), approved)
-            if rows.num_rows:
-                wanted = pa.array(ids, pa.string())
-                rows = rows.filter(pc.is_in(rows["subject"], value_set=wanted))
-            counts: pa.Table | None = self.driver.table(Q.syllabus_coverage(self.d, every=True))
+            wanted = pa.array(ids, pa.string())
+            rows = self.nodes.every_subject_table(
+                Q.syllabus_outline(self.d, every=True),
+                approved,
+                lambda part: part.filter(pc.is_in(part["subject"], value_set=wanted)),
+            )
+            counts: pa.Table | None = self.nodes.every_subject_table(
+                Q.syllabus_coverage(self.d, every=True)
+            )
         else:
             rows = self.nodes.table_by_ids(partial(Q.syllabus_outline, self.d), ids, approved)
             counts = self.nodes.table_by_ids(partial(Q.syllabus_coverage, self.d), ids)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.graph_scale import build
+from bench.graph_scale import build, write_pairs
+from generators.sampling import Sampler, Strategy
 from graph.backends.embedded import EmbeddedDriver
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig
 from graph.errors import StoreMemoryExceeded
@@ -112,3 +113,35 @@ def test_the_api_shows_a_refused_read_naming_the_setting(filled: Path, stub: Stu
         found = api.gql('{ node(path: "Field 0") { ... on TaxonomyNode { name } } }')
         assert found["node"] == {"name": "Field 0"}
     assert any("GLAN_DB_BUFFER_MB=16" in m and "MATCH" not in m for m in messages), messages
+
+
+def test_walks_over_every_subject_read_in_ranges_give_the_one_walk(filled: Path) -> None:
+    """Rollups, concept stats and the syllabi for sampling read every subject a range of
+    subjects at a time (`Nodes.subjects_per_walk`), which bounds the engine's memory; any
+    range gives what one walk over all of them gives."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        sampler = Sampler(store.syllabi.concept_stats(subjects), store.syllabi.index, seed=1)
+        write_pairs(store, sampler.draw(300, Strategy.MIXED))
+    found = []
+    for per_walk in (100_000, 7):
+        with Store.open(StoreConfig(db_path=filled)) as store:
+            store.nodes.subjects_per_walk = per_walk
+            assert len(store.nodes.subject_ranges()) == (1 if per_walk > 40 else 6)
+            store.rollups.mark_stale(subjects)
+            assert store.rollups.refresh(None) == 40
+            report = store.coverage.report(None)
+            index = store.syllabi.index(subjects)
+            found.append(
+                (
+                    report.total.counts,
+                    report.total.covered_concepts,
+                    report.total.combinations,
+                    [(row.path, row.counts, row.covered_concepts) for row in report.children],
+                    store.syllabi.concept_stats(subjects),
+                    (index.subject_ids, index.session_ids, index.concept_ids, index.covered),
+                )
+            )
+    whole, ranged = found
+    assert ranged == whole
+    assert whole[0]["instructions"] == 300 and whole[1] > 0
