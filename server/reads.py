@@ -31,8 +31,14 @@ class SharedReads:
         self.computed = 0
         self.shared = 0
 
-    async def get(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
-        """The result of `compute` for `key` at the store's current version."""
+    async def get(
+        self,
+        key: Hashable,
+        compute: Callable[[], Awaitable[T]],
+        keep: Callable[[T], bool] = lambda _: True,
+    ) -> T:
+        """The result of `compute` for `key` at the store's current version; one that `keep`
+        refuses (an answer with errors) is given to those waiting for it, not kept."""
         version = self.version()
         if version is None:
             self.computed += 1
@@ -53,6 +59,8 @@ class SharedReads:
             value = await asyncio.shield(future)
         finally:
             self._flying.pop((key, version), None)
+        if not keep(value):
+            return value
         # kept under the version it was read at: a write since (this read's own refresh of
         # stale rollups included) makes the next request read again
         self._done[key] = (version, value)

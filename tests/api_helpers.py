@@ -77,12 +77,14 @@ class Api:
 
     @contextmanager
     def counting(self) -> Iterator[QueryCounter]:
-        """Count the database statements issued inside the block."""
+        """Count the database statements issued inside the block, each request reading for
+        itself (no answer shared from another: what one read costs)."""
         counter = QueryCounter()
         driver: Any = self.store.driver
         driver.counter = counter
         try:
-            yield counter
+            with self.unshared():
+                yield counter
         finally:
             driver.counter = None
 

@@ -154,3 +154,37 @@ def test_a_query_text_is_parsed_and_validated_once(
     assert answers == [{"data": {"node": {"name": "Arts"}}}] * 3
     assert refusals[0]["errors"] and refusals == [refusals[0]] * 3
     assert len(validated) == 2  # once per text
+
+
+def test_a_query_of_the_store_alone_is_answered_once_per_version(api: Api) -> None:
+    """Ten clients sending the same node query at once cost the statements of one; a query
+    that shows live job progress is never shared, and a write is seen at once."""
+    from graph.driver import QueryCounter
+    from server.graphql.schema import reads_store_only
+
+    query = '{ node(path: "Arts") { ... on TaxonomyNode { name children { totalCount } } } }'
+    assert reads_store_only(query, None)
+    live = '{ jobs { __typename } node(path: "Arts") { __typename } }'
+    assert not reads_store_only(live, None)
+    assert not reads_store_only('mutation { cancelJob(id: "x") { __typename } }', None)
+
+    async def many(n: int) -> list[object]:
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            replies = await asyncio.gather(
+                *(client.post("/graphql", json={"query": query}) for _ in range(n))
+            )
+        return [r.json() for r in replies]
+
+    one = api.post(query).json()
+    counter = QueryCounter()
+    api.store.driver.counter = counter  # type: ignore[attr-defined]
+    try:
+        answers = asyncio.run(many(10))
+    finally:
+        api.store.driver.counter = None  # type: ignore[attr-defined]
+    assert answers == [one] * 10 and counter.count == 0  # all ten from the one answer
+    api.gql('mutation { addNode(parentPath: "Arts", kind: SUBFIELD, name: "New Arts") '
+            "{ __typename } }")  # fmt: skip
+    after = api.post(query).json()
+    total = after["data"]["node"]["children"]["totalCount"]
+    assert total == one["data"]["node"]["children"]["totalCount"] + 1  # type: ignore[index]

@@ -143,10 +143,10 @@ def test_subtree_carries_the_coverage_query_numbers_at_every_level(dataset: Api)
 
 def test_subtree_coverage_costs_one_query_per_level_only_when_asked(dataset: Api) -> None:
     plain = "{ subtree(depth: 3) { ... on TreeNode { path children { children { path } } } } }"
-    with dataset.unshared(), dataset.counting() as without:
+    with dataset.counting() as without:
         dataset.gql(plain)
     dataset.gql(SUBTREE, {"p": None, "d": 3})  # the first read brings subject rollups up to date
-    with dataset.unshared(), dataset.counting() as with_coverage:
+    with dataset.counting() as with_coverage:
         dataset.gql(SUBTREE, {"p": None, "d": 3})
     # a check for stale subject rollups, the root's covered concepts and one grouped query
     # for each of the three levels

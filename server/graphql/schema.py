@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    get_operation_ast,
+    parse,
+)
 from strawberry.extensions import (
     MaskErrors,
     MaxAliasesLimiter,
@@ -18,8 +27,9 @@ from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from ..reads import SharedReads
 from .errors import UNEXPECTED, is_unexpected, log_unexpected
-from .limits import ParsedOnce, QueryCost
+from .limits import REUSE_MAX_CHARS, ParsedOnce, QueryCost
 from .mutation import Mutation
 from .query import Query
 from .subscription import Subscription
@@ -61,8 +71,9 @@ class GlanSchema(strawberry.Schema):
         call): left to it, a subscription sent over HTTP resolves its field to an async
         generator, fails with a TypeError and reaches the client as an internal error."""
         allowed = set(OperationType if allowed_operation_types is None else allowed_operation_types)
-        try:
-            return await super().execute(
+
+        async def run() -> ExecutionResult:
+            return await super(GlanSchema, self).execute(
                 query,
                 variable_values=variable_values,
                 context_value=context_value,
@@ -71,11 +82,68 @@ class GlanSchema(strawberry.Schema):
                 allowed_operation_types=allowed - {OperationType.SUBSCRIPTION},
                 operation_extensions=operation_extensions,
             )
+
+        try:
+            shared: SharedReads | None = getattr(context_value, "shared", None)
+            if shared is None or not reads_store_only(query, operation_name):
+                return await run()
+            # a query of the store alone: its whole answer is shared at one store version
+            key = ("answer", query, _canonical(variable_values), operation_name)
+            return await shared.get(key, run, keep=lambda result: not result.errors)
         except InvalidOperationTypeError as exc:
             subscription = exc.operation_type is OperationType.SUBSCRIPTION
             if subscription and OperationType.SUBSCRIPTION in allowed:
                 return ExecutionResult(data=None, errors=[GraphQLError(SUBSCRIPTION_OVER_HTTP)])
             raise  # the view answers the others (a mutation over GET) with a 400
+
+
+#: Root fields whose answers depend on the store alone (and their arguments): not `job` or
+#: `jobs`, which show the live progress of jobs this server runs.
+STORE_READS = frozenset(
+    {"node", "children", "subtree", "search", "coverage", "gaps", "instructions",
+     "sampleInstructions", "__typename"}
+)  # fmt: skip
+
+
+@lru_cache(maxsize=512)
+def _root_fields(query: str, operation_name: str | None) -> tuple[str, frozenset[str]] | None:
+    """The operation's type and the names of its root fields (fragments followed); None for
+    a text that does not parse or name one operation, which execution then reports."""
+    try:
+        document = parse(query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return None
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        return None
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    names: set[str] = set()
+    pending, seen = [operation.selection_set], set()
+    while pending:
+        for sel in pending.pop().selections:
+            if isinstance(sel, FieldNode):
+                names.add(sel.name.value)
+            elif isinstance(sel, InlineFragmentNode):
+                pending.append(sel.selection_set)
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value not in seen:
+                seen.add(sel.name.value)
+                if (fragment := fragments.get(sel.name.value)) is not None:
+                    pending.append(fragment.selection_set)
+    return operation.operation.value, frozenset(names)
+
+
+def reads_store_only(query: str | None, operation_name: str | None) -> bool:
+    """Whether an operation is a query whose every root field reads the store alone."""
+    if not query or len(query) > REUSE_MAX_CHARS:
+        return False
+    found = _root_fields(query, operation_name)
+    return found is not None and found[0] == "query" and found[1] <= STORE_READS
+
+
+def _canonical(variables: dict[str, Any] | None) -> str:
+    return json.dumps(variables or {}, sort_keys=True, default=str)
 
 
 schema = GlanSchema(
