@@ -8,14 +8,21 @@ Jobs survive the server: one it stops when it shuts down is stored as interrupte
 it was running when it was killed is still stored as running. When it starts again it
 resumes both (resume_interrupted), with their counters recounted from their units first;
 a job cancelled through `cancel` stays cancelled.
+
+Jobs run on an event loop of their own, in a thread of their own (`JobLoop`), with the
+model client they call through: a server busy answering hundreds of requests on its own
+loop still gives its jobs their turn, rather than queueing each of their steps behind
+every request. Progress comes back to the server's loop, where watchers follow it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -81,11 +88,38 @@ def _overlaps(a: str, b: str) -> bool:
     return pa[:n] == pb[:n]
 
 
+class JobLoop:
+    """An event loop in a thread of its own, for jobs: their model calls and waits never
+    queue behind a busy server's requests (each store call of theirs goes to a worker
+    thread as it does in the CLI)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="glan-jobs", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, work: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(work, self.loop)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
 @dataclass
 class _Running:
     stage: str
     scope: str
-    task: asyncio.Task[Progress]
+    task: asyncio.Future[Progress]
     cancel: StopRequest
     latest: Progress
     watchers: list[asyncio.Queue[Progress]] = field(default_factory=list)
@@ -110,6 +144,8 @@ class JobManager:
         #: model's text, the first error), for a watcher that comes after the job ended
         self.finished: dict[str, Progress] = {}
         self._resuming: set[asyncio.Task[None]] = set()  # resume_interrupted's tasks
+        #: where jobs run; made with the first job (the server's loop is running by then)
+        self._jobs: JobLoop | None = None
 
     def start(self, stage_name: str, path: str | None, options: PipelineOptions) -> Progress:
         """Start a job in the background and return its first state at once."""
@@ -145,22 +181,28 @@ class JobManager:
         # stopped from outside (the server shutting down) unless cancel() says otherwise
         cancel = StopRequest(JobStatus.INTERRUPTED)
         entry: _Running
+        here = asyncio.get_running_loop()
+        if self._jobs is None:
+            self._jobs = JobLoop()
 
-        def progress(state: Progress) -> None:
-            snapshot = replace(state)
+        def show(snapshot: Progress) -> None:  # on the server's loop
+            if entry.task.done():
+                return  # the end is told by _finished
             entry.latest = snapshot
             for q in entry.watchers:
                 q.put_nowait(snapshot)
 
-        task = asyncio.create_task(
-            self.runner.run(stage, path, progress=progress, cancel=cancel), name=job_id
-        )
+        def progress(state: Progress) -> None:  # on the jobs' loop
+            here.call_soon_threadsafe(show, replace(state))
+
+        run = self.runner.run(stage, path, progress=progress, cancel=cancel)
+        task = asyncio.wrap_future(self._jobs.submit(run), loop=here)
         entry = _Running(stage.name, first.scope, task, cancel, first)
         self.running[job_id] = entry
         task.add_done_callback(lambda t: self._finished(job_id, t))
         return first
 
-    def _finished(self, job_id: str, task: asyncio.Task[Progress]) -> None:
+    def _finished(self, job_id: str, task: asyncio.Future[Progress]) -> None:
         entry = self.running.pop(job_id, None)
         if entry is None:
             return
@@ -192,8 +234,14 @@ class JobManager:
                 self.store.jobs.save(change)
                 stored = {**stored, **change}
             return _from_row(stored)
-        entry.cancel.request(JobStatus.CANCELLED)
+        self._stop(entry, JobStatus.CANCELLED)
         return entry.latest
+
+    def _stop(self, entry: _Running, status: str) -> None:
+        """Ask a running job to stop, on the loop it runs on."""
+        entry.cancel.status = status  # seen at once here; the request reaches the job next
+        if self._jobs is not None:
+            self._jobs.call(entry.cancel.request, status)
 
     def state(self, job_id: str) -> Progress | None:
         entry = self.running.get(job_id)
@@ -323,11 +371,19 @@ class JobManager:
         for waiting in list(self._resuming):
             waiting.cancel()
         for entry in list(self.running.values()):
-            if not entry.cancel.is_set():
-                entry.cancel.request(JobStatus.INTERRUPTED)
-        tasks = [*self._resuming, *(e.task for e in self.running.values())]
+            if not entry.cancel.is_set() and entry.cancel.status != JobStatus.CANCELLED:
+                self._stop(entry, JobStatus.INTERRUPTED)
+        tasks: list[asyncio.Future[Any]] = [
+            *self._resuming,
+            *(e.task for e in self.running.values()),
+        ]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._jobs is not None:
+            # the model client's connections were made on the jobs' loop: closed there
+            await asyncio.wrap_future(self._jobs.submit(self.llm.aclose()))
+            self._jobs.close()
+            self._jobs = None
 
 
 def _options_of(row: dict[str, Any]) -> PipelineOptions:
