@@ -5,6 +5,14 @@ Full scale is the paper's shape: 126 disciplines x 150 subjects x 20 sessions x 
 `--scale 0.01` runs a smoke version in seconds. Prints a table and a final JSON line.
 
     python bench/graph_scale.py --scale 1
+    python bench/graph_scale.py --scale 1 --pairs 10000000   # in steps: 1M, 2M, 5M, 10M
+
+With `--pairs`, the store grows in steps (a tenth, a fifth, half, all of it, or
+`--steps`), and each step reports what a growing store costs: the step's writes, the first
+coverage after them and the next, planning a 100k-question job, an export of every pair
+(in a process of its own: pairs/s and its peak memory) and the database's size. The rate
+of the last step's writes is set against the first's: a store that fills must not slow
+down as it grows.
 """
 
 from __future__ import annotations
@@ -241,9 +249,120 @@ def export_in_subprocess(config: StoreConfig, out: Path) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: targets of a run in steps, per step (see run_steps)
+STEP_TARGETS = {
+    "coverage_cold_s": (1.0, "lower"),
+    "export_pairs_per_s": (10_000.0, "higher"),
+    "export_peak_rss_mb": (1024.0, "lower"),
+}
+#: the last step's write rate against the first's, at least
+WRITE_RATE_KEPT = 0.5
+
+
+def run_steps(args: argparse.Namespace) -> Results:
+    """The taxonomy at this scale, then pairs written in steps up to args.pairs, with a
+    store's costs measured after each (see the module docstring)."""
+    fractions = [float(f) for f in args.steps.split(",")] if args.steps else [0.1, 0.2, 0.5, 1]
+    totals = sorted({max(1, int(args.pairs * f)) for f in fractions})
+    samples_n = max(1000, min(100_000, args.pairs // 10))
+    folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
+    db = args.keep or folder / "bench.lbug"
+    config = StoreConfig(db_path=db)
+    if args.buffer_mb is not None:
+        config = config.model_copy(update={"buffer_pool_mb": args.buffer_mb})
+    results = Results(
+        scale=args.scale, machine=f"{os.cpu_count()} cores", buffer_mb=config.buffer_pool_mb
+    )
+    steps: list[dict[str, Any]] = []
+    store = Store.open(config)
+    try:
+        results["load_s"], found = timed(lambda: build(store, *shape(args.scale)))
+        results.update(found)
+        opened = [store]  # the store is closed for each export and opened again
+
+        def syllabi(ids: Sequence[str]) -> Any:
+            return opened[0].syllabi.index(ids)
+
+        stats = store.syllabi.concept_stats(store.taxonomy.ids_in_scope(None, SUBJECT))
+        sampler = Sampler(stats, syllabi, seed=2)
+        written = 0
+        for total in totals:
+            step: dict[str, Any] = {"pairs": total}
+            seconds = 0.0
+            while written < total:
+                chunk = sampler.draw(min(100_000, total - written), Strategy.MIXED)
+                if not chunk:
+                    break
+                seconds += timed(partial(write_pairs, store, chunk))[0]
+                written += len(chunk)
+            step["pairs"] = written
+            step["write_pairs_per_s"] = round((written - _before(steps)) / max(seconds, 1e-9), 1)
+            step.update(_reads_after_writes(store, samples_n))
+            store.close()
+            step["export_s"], exported = timed(
+                lambda: export_in_subprocess(config, folder / "p.jsonl")
+            )
+            step["export_pairs_per_s"] = round(exported["exported"] / step["export_s"], 1)
+            step["export_peak_rss_mb"] = round(exported["peak_rss_mb"], 1)
+            (folder / "p.jsonl").unlink(missing_ok=True)
+            step["db_size_mb"] = _db_size_mb(db)
+            store = opened[0] = Store.open(config)
+            steps.append(step)
+            for key, value in step.items():
+                if key != "pairs":
+                    results[f"at_{written}_{key}"] = round(value, 3)
+            if written < total:
+                break  # the taxonomy has no more new combinations to draw
+    finally:
+        store.close()
+    first, last = steps[0]["write_pairs_per_s"], steps[-1]["write_pairs_per_s"]
+    results["write_rate_kept"] = round(last / first, 3) if first else 0.0
+    results["steps_met"] = {
+        key: all(_meets(s[key], *goal) for s in steps) for key, goal in STEP_TARGETS.items()
+    } | {"write_rate_kept": results["write_rate_kept"] >= WRITE_RATE_KEPT}
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def _reads_after_writes(store: Store, samples_n: int) -> dict[str, float]:
+    """The first coverage after a step's writes and the next, and planning a question job
+    of samples_n over the whole store."""
+
+    def plan() -> int:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        drawn = plan_sampler(store, subjects, samples_n, seed=3)
+        return len(drawn.draw(samples_n, Strategy.MIXED))
+
+    return {
+        "coverage_cold_s": timed(lambda: store.coverage.report(None))[0],
+        "coverage_s": timed(lambda: store.coverage.report(None))[0],
+        "plan_s": timed(plan)[0],
+    }
+
+
+def _before(steps: list[dict[str, Any]]) -> int:
+    return int(steps[-1]["pairs"]) if steps else 0
+
+
+def _meets(value: float, goal: float, better: str) -> bool:
+    return value <= goal if better == "lower" else value >= goal
+
+
+def _db_size_mb(db: Path) -> float:
+    files = (f for f in Path(db).parent.rglob("*") if f.is_file())
+    return round(
+        sum(f.stat().st_size for f in files if f.name.startswith(Path(db).name)) / 2**20, 1
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1 = GLAN scale")
+    parser.add_argument(
+        "--pairs", type=int, help="grow the store to this many pairs, in steps (see --steps)"
+    )
+    parser.add_argument("--steps", help="the steps, as shares of --pairs (default 0.1,0.2,0.5,1)")
     parser.add_argument("--keep", type=Path, help="keep the database here")
     parser.add_argument(
         "--buffer-mb",
@@ -253,7 +372,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     with MemoryWatch() as watch:
-        results = run(args)
+        results = run_steps(args) if args.pairs else run(args)
     results.update(watch.figures())
     report(results)
 
