@@ -259,12 +259,9 @@ STEP_TARGETS = {
 WRITE_RATE_KEPT = 0.5
 
 
-def run_steps(args: argparse.Namespace) -> Results:
-    """The taxonomy at this scale, then pairs written in steps up to args.pairs, with a
-    store's costs measured after each (see the module docstring)."""
-    fractions = [float(f) for f in args.steps.split(",")] if args.steps else [0.1, 0.2, 0.5, 1]
-    totals = sorted({max(1, int(args.pairs * f)) for f in fractions})
-    samples_n = max(1000, min(100_000, args.pairs // 10))
+def _setup(args: argparse.Namespace) -> tuple[Path, Path, StoreConfig, Results]:
+    """A folder for the run, the database's path in it (or --keep), the store's settings
+    and the results, which start with the machine and the page cache."""
     folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
     db = args.keep or folder / "bench.lbug"
     config = StoreConfig(db_path=db)
@@ -273,6 +270,16 @@ def run_steps(args: argparse.Namespace) -> Results:
     results = Results(
         scale=args.scale, machine=f"{os.cpu_count()} cores", buffer_mb=config.buffer_pool_mb
     )
+    return folder, db, config, results
+
+
+def run_steps(args: argparse.Namespace) -> Results:
+    """The taxonomy at this scale, then pairs written in steps up to args.pairs, with a
+    store's costs measured after each (see the module docstring)."""
+    fractions = [float(f) for f in args.steps.split(",")] if args.steps else [0.1, 0.2, 0.5, 1]
+    totals = sorted({max(1, int(args.pairs * f)) for f in fractions})
+    samples_n = max(1000, min(100_000, args.pairs // 10))
+    folder, db, config, results = _setup(args)
     steps: list[dict[str, Any]] = []
     store = Store.open(config)
     try:
@@ -437,14 +444,7 @@ def run(args: argparse.Namespace) -> Results:
     pairs = pairs_at(args.scale)
     samples_n = max(1000, int(100_000 * min(args.scale * 10, 1)))
 
-    folder = Path(tempfile.mkdtemp(prefix="glan-bench-"))
-    db = args.keep or folder / "bench.lbug"
-    config = StoreConfig(db_path=db)
-    if args.buffer_mb is not None:
-        config = config.model_copy(update={"buffer_pool_mb": args.buffer_mb})
-    results = Results(
-        scale=args.scale, machine=f"{os.cpu_count()} cores", buffer_mb=config.buffer_pool_mb
-    )
+    folder, db, config, results = _setup(args)
     store = Store.open(config)
     try:
         results["load_s"], found = timed(lambda: build(store, *shape(args.scale)))
