@@ -462,7 +462,7 @@ def run(args: argparse.Namespace) -> Results:
             lambda: export_in_subprocess(config, folder / "p.jsonl")
         )
         results["exported"] = exported["exported"]
-        results["export_peak_rss_mb"] = exported["peak_rss_mb"]
+        results["export_peak_rss_mb"] = round(exported["peak_rss_mb"], 1)  # as the tree's
         store = Store.open(config)
         # what dedup and the report walk (every instruction), and decontamination (with
         # its answers), against a benchmark of 1,000 questions none of which is in the store
