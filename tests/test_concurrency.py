@@ -207,3 +207,18 @@ def test_jobs_run_on_a_loop_of_their_own(api: Api, monkeypatch: pytest.MonkeyPat
     job = start(api, "generateSubjects(path: $p, rounds: 2, perCall: 2)", {"p": "Arts"})
     assert api.wait_for(job["id"])["status"] == "COMPLETED"
     assert threads == {"glan-jobs"}
+
+
+def test_a_refused_statement_in_a_transaction_reports_its_own_error(store: Store) -> None:
+    """A statement the engine refuses inside a transaction may end the transaction itself:
+    the caller is told what that statement did wrong, not that there was nothing to roll
+    back, and the store takes the next transaction as usual."""
+    from graph.errors import QueryError
+
+    with (
+        pytest.raises(QueryError, match="(?i)parser|syntax|not exist|cannot"),
+        store.driver.transaction() as tx,
+    ):
+        tx.execute("MATCH (n:NoSuchTable) RETURN n")
+    store.taxonomy.add_node(None, FIELD, "After The Refusal")
+    assert store.nodes.count_kind(FIELD) == 3

@@ -12,6 +12,7 @@ and so sees its own writes.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
@@ -347,7 +348,10 @@ class EmbeddedDriver:
                 yield _Tx(self)
             except BaseException:
                 self._tx_owner = None
-                self._conn.execute("ROLLBACK")
+                # a statement the engine refused (one out of memory, say) may have ended the
+                # transaction already: the error to report is that statement's, not this one
+                with contextlib.suppress(RuntimeError):
+                    self._conn.execute("ROLLBACK")
                 raise
             else:
                 self._tx_owner = None
