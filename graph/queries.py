@@ -201,11 +201,13 @@ def response_ids_for(d: Dialect) -> str:
     )
 
 
-def children_of_many(d: Dialect, parent: NodeKind) -> str:
+def children_of_many(d: Dialect, parent: NodeKind, one: bool = False) -> str:
+    """The children of each parent of $ids (or of $id), with its id as `parent`."""
     rel = CHILD_REL[parent.label]
+    head, x = each_id(one)
     return (
-        f"UNWIND $ids AS x MATCH (p:{d.q(parent.label)} {{id: x}})-[:{d.q(rel.type)}]->"
-        f"(c:{d.q(rel.dst.label)}) RETURN x AS parent, c"
+        f"{head}MATCH (p:{d.q(parent.label)} {{id: {x}}})-[:{d.q(rel.type)}]->"
+        f"(c:{d.q(rel.dst.label)}) RETURN {x} AS parent, c"
     )
 
 
