@@ -1,8 +1,9 @@
 """Where the data stands: counts below nodes, trees with counts, coverage and gaps.
 
 Every figure comes from a fixed number of grouped queries, whatever the size of the
-subtree. Above subjects they sum subject rollups (graph/rollups.py), refreshed first where
-a write made them stale; at a subject or below they walk the nodes themselves.
+subtree. Above subjects they sum subject rollups (graph/rollups.py), which writes keep
+current (one left stale, as by a bulk load, is recomputed first); at a subject or below
+they walk the nodes themselves.
 """
 
 from __future__ import annotations
@@ -280,7 +281,8 @@ class Coverage(Part):
 
         For the node and each child, computed in the database with a fixed number of
         grouped queries whatever the size of the subtree. Above subjects, what lies below
-        each subject comes from its rollup (recomputed first where a write made it stale),
+        each subject comes from its rollup (which writes keep current; one left stale is
+        recomputed first, and finding none costs one pass over the subjects),
         so the queries walk the taxonomy down to subjects, not every concept and
         instruction; a subject or session is small enough to walk whole.
         """

@@ -8,14 +8,15 @@ sessions (FROM); a response ANSWERS it. Duplicate marks are DUPLICATE_OF edges.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
 from . import queries as Q
-from .driver import GraphDriver, Tx, batched
+from .driver import Tx, batched
 from .errors import InvalidInput, WrongKind
 from .filters import InstructionFilter
 from .model import (
@@ -59,10 +60,15 @@ class Instructions(Part):
         *,
         tx: Tx | None = None,
     ) -> UpsertResult:
-        res = self.nodes.upsert_nodes(INSTRUCTION, rows, tx=tx)
-        self.nodes.upsert_edges(COVERS, covers, new_sources=res.new_ids, tx=tx)
-        self.nodes.upsert_edges(FROM, sessions, new_sources=res.new_ids, tx=tx)
-        self.rollups.mark_stale([str(r["subject_id"]) for r in rows if r.get("subject_id")], tx=tx)
+        """Store instructions, the concepts each covers and the sessions it was asked from,
+        and bring their subjects' rollups up to date: all in one transaction (the caller's,
+        or one of its own), so a reader sees the whole batch or none of it."""
+        with self.driver.transaction() if tx is None else nullcontext(tx) as t:
+            before = self.rollups.before_questions(rows, covers, sessions, tx=t)
+            res = self.nodes.upsert_nodes(INSTRUCTION, rows, tx=t)
+            made_covers = self._link(COVERS, covers, res.new_ids, tx=t)
+            made_from = self._link(FROM, sessions, res.new_ids, tx=t)
+            self.rollups.questions_written(before, res.new_ids, made_covers, made_from, tx=t)
         return res
 
     def write_responses(
@@ -72,19 +78,39 @@ class Instructions(Part):
         subject_ids: Sequence[str] | None = None,
         tx: Tx | None = None,
     ) -> UpsertResult:
-        """Store answers. `subject_ids`, the subjects their instructions were asked in, saves
-        looking them up when the caller already knows them."""
-        res = self.nodes.upsert_nodes(RESPONSE, rows, tx=tx)
-        pairs = [(r["id"], r["instruction_id"]) for r in rows]
-        self.nodes.upsert_edges(ANSWERS, pairs, new_sources=res.new_ids, tx=tx)
-        if subject_ids is None:
-            runner: Tx | GraphDriver = tx if tx is not None else self.driver
-            subject_ids = []
-            for batch in batched(list(dict.fromkeys(i for _, i in pairs)), self.batch_size):
-                found = runner.execute(Q.subjects_of_instructions(self.d), {"ids": batch})
-                subject_ids += [r["id"] for r in found if r["id"]]
-        self.rollups.mark_stale(subject_ids, tx=tx)
+        """Store answers and bring the rollups of their instructions' subjects up to date, in
+        one transaction (the caller's, or one of its own).
+
+        `subject_ids`, the subjects their instructions were asked in, is no longer needed:
+        a rollup counts an answer under the subjects of the visible sessions its question was
+        asked from, which the write reads itself. It is accepted, and unused."""
+        del subject_ids
+        with self.driver.transaction() if tx is None else nullcontext(tx) as t:
+            res = self.nodes.upsert_nodes(RESPONSE, rows, tx=t)
+            pairs = [(str(r["id"]), str(r["instruction_id"])) for r in rows]
+            made = self._link(ANSWERS, pairs, res.new_ids, tx=t)
+            self.rollups.answers_written(res.new_ids, made, tx=t)
         return res
+
+    def _link(
+        self,
+        rel: RelKind,
+        pairs: Sequence[tuple[str, str]],
+        new_sources: Set[str],
+        *,
+        tx: Tx,
+    ) -> list[tuple[str, str]]:
+        """Create the `rel` edges not already there, as Nodes.upsert_edges does, and return
+        them: what the rollups count. Edges from nodes this write created cannot exist yet;
+        those of the others are read first."""
+        unique = list(dict.fromkeys(pairs))
+        sources = list(dict.fromkeys(s for s, _ in unique))
+        old = [s for s in sources if s not in new_sources]
+        found = self.nodes.by_ids(partial(Q.existing_edges, self.d, rel), old, tx=tx)
+        have = {(r["src"], r["dst"]) for r in found}
+        todo = [p for p in unique if p not in have] if have else unique
+        self.nodes.upsert_edges(rel, todo, new_sources=set(sources), tx=tx)
+        return todo
 
     def ids_in_scope(self, scope: Node | None) -> list[str]:
         top = self._instruction_top(scope)

@@ -101,8 +101,10 @@ DISCIPLINE = NodeKind("Discipline", "dis", _HIERARCHY + (Prop("path"),) + _PROVE
 # them, their responses, covered concepts, distinct combinations), kept on the subject so
 # that coverage of a large subtree sums one row per subject instead of walking every
 # concept and instruction. Everything below a subject belongs to it alone, so these add up.
-# A write below a subject bumps `rollup_dirty`; the rollup is current when `rollup_clean`
-# equals it, and is recomputed on the next coverage read otherwise (see graph/rollups.py).
+# Every write below a subject brings its rollup up to date in the write's own transaction
+# and bumps `rollup_dirty`, its write count; the rollup is current when `rollup_clean`
+# equals it. One that is not (made by an older glan or a bulk load, or marked stale) is
+# recomputed on the next coverage read (see graph/rollups.py).
 ROLLUPS: tuple[str, ...] = (
     "rollup_sessions",
     "rollup_concepts",

@@ -569,24 +569,117 @@ def mark_subjects_dirty(d: Dialect) -> str:
     return f"UNWIND $ids AS x MATCH (s:{d.q(SUBJECT.label)} {{id: x}}) SET {_rollup_dirty('s')}"
 
 
-def subjects_of_instructions(d: Dialect) -> str:
-    """The subject each instruction of $ids was asked in (a key lookup per id: joining on to
-    the subject in the same query makes the embedded engine scan the instructions)."""
+def _rollup_sets(d: Dialect, var: str, value: str, names: Sequence[str] = ROLLUPS) -> str:
+    """SET items giving the rollups `names` of `var` the value `value` builds from each name."""
+    return ", ".join(f"{var}.{d.q(r)} = {value.format(r=d.q(r))}" for r in names)
+
+
+def add_to_rollups(d: Dialect, names: Sequence[str] = ROLLUPS) -> str:
+    """Add the columns `names` of each row of $rows to those rollups of its subject `id`:
+    what a write below a subject changed, in the write's transaction. A current rollup stays
+    current (its clean stamp moves with its write count); a stale one stays stale for
+    `refresh`, and a refresh that read before this write stamps it with a count this write
+    has moved past."""
     return (
-        f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)} {{id: x}}) "
-        "RETURN DISTINCT i.subject_id AS id"
+        f"UNWIND $rows AS r MATCH (s:{d.q(SUBJECT.label)} {{id: r.id}}) "
+        "WITH s, r, coalesce(s.rollup_dirty, 0) AS dirty, coalesce(s.rollup_clean, -1) AS clean "
+        f"SET {_rollup_sets(d, 's', 'coalesce(s.{r}, 0) + r.{r}', names)}, "
+        "s.rollup_dirty = dirty + 1, "
+        "s.rollup_clean = CASE WHEN clean = dirty THEN dirty + 1 ELSE clean END"
+    )
+
+
+def set_rollups(d: Dialect) -> str:
+    """Give each subject `id` of $rows the rollup_* columns of its row, current as of now:
+    a rollup recomputed inside the transaction of the write that changed it."""
+    return (
+        f"UNWIND $rows AS r MATCH (s:{d.q(SUBJECT.label)} {{id: r.id}}) "
+        "WITH s, r, coalesce(s.rollup_dirty, 0) + 1 AS stamp "
+        f"SET {_rollup_sets(d, 's', 'r.{r}')}, s.rollup_dirty = stamp, s.rollup_clean = stamp"
+    )
+
+
+def _covered(d: Dialect, var: str) -> str:
+    """Condition: an instruction covers the concept `var` (a subquery: counting the covers
+    of every concept costs the embedded engine about twice as much)."""
+    return f"EXISTS {{ MATCH ({var})<-[:{d.q(COVERS.type)}]-(:{d.q(INSTRUCTION.label)}) }}"
+
+
+def sessions_below(d: Dialect, one: bool = False) -> str:
+    """For each visible session of $ids (or $id): its subject and concepts, and of those the
+    visible ones no instruction covers yet (`open`): a COVERS edge to one of them adds a
+    covered concept to the subject."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (s:{d.q(SUBJECT.label)})-[:{d.q(CHILD_REL[SUBJECT.label].type)}]->"
+        f"(ss:{d.q(SESSION.label)} {{id: {x}}}) WHERE ss.status <> $rejected "
+        f"OPTIONAL MATCH (ss)-[:{d.q(CHILD_REL[SESSION.label].type)}]->"
+        f"(c:{d.q(HIERARCHY[5].label)}) "
+        f"WITH s, ss, c, c.status <> $rejected AND NOT {_covered(d, 'c')} AS open "
+        "RETURN ss.id AS id, s.id AS subject, "
+        "collect(c.id) AS concepts, collect(CASE WHEN open THEN c.id END) AS open"
+    )
+
+
+def uncovered_concepts(d: Dialect, one: bool = False) -> str:
+    """The visible concepts among $ids (or $id) that no instruction covers yet, each with its
+    subject: a COVERS edge to one of them adds a covered concept to that subject."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (s:{d.q(SUBJECT.label)})-[:{d.q(CHILD_REL[SUBJECT.label].type)}]->"
+        f"(ss:{d.q(SESSION.label)})-[:{d.q(CHILD_REL[SESSION.label].type)}]->"
+        f"(c:{d.q(HIERARCHY[5].label)} {{id: {x}}}) "
+        "WHERE ss.status <> $rejected AND c.status <> $rejected AND NOT "
+        f"{_covered(d, 'c')} RETURN c.id AS id, s.id AS subject"
+    )
+
+
+def asked_combos(d: Dialect) -> str:
+    """The instructions asked from a visible session that carry a combination of $keys:
+    each with its key and the subject of that session."""
+    return (
+        f"UNWIND $keys AS k MATCH (i:{d.q(INSTRUCTION.label)}) WHERE i.combo_key = k "
+        f"MATCH (i)-[:{d.q(FROM.type)}]->(ss:{d.q(SESSION.label)})"
+        f"<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-(s:{d.q(SUBJECT.label)}) "
+        "WHERE ss.status <> $rejected RETURN DISTINCT s.id AS subject, k AS key, i.id AS id"
+    )
+
+
+def answered_by_subject(d: Dialect, one: bool = False) -> str:
+    """How many of the instructions $ids (or $id) each subject's rollup counts: those asked
+    from its visible sessions."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (i:{d.q(INSTRUCTION.label)} {{id: {x}}})-[:{d.q(FROM.type)}]->"
+        f"(ss:{d.q(SESSION.label)})<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-"
+        f"(s:{d.q(SUBJECT.label)}) WHERE ss.status <> $rejected "
+        "RETURN s.id AS subject, count(DISTINCT i.id) AS n"
+    )
+
+
+def subjects_asking(d: Dialect, one: bool = False) -> str:
+    """For each instruction of $ids (or $id): the subjects of the visible sessions it was
+    asked from, the subjects whose rollups count it."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (i:{d.q(INSTRUCTION.label)} {{id: {x}}})-[:{d.q(FROM.type)}]->"
+        f"(ss:{d.q(SESSION.label)})<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-"
+        f"(s:{d.q(SUBJECT.label)}) WHERE ss.status <> $rejected "
+        f"RETURN DISTINCT {x} AS id, s.id AS subject"
     )
 
 
 def stale_rollups(d: Dialect, top: int | None) -> str:
     """Subjects under the scope whose rollup is missing or older than their last write, with
     the write count it will be current for."""
-    start = 0 if top is None else top
     where = "coalesce(n3.rollup_clean, -1) <> coalesce(n3.rollup_dirty, 0)"
+    # the whole store: one pass over the subjects' table, where writes keep every rollup
+    # current and this finds none
+    pattern = f"(n3:{d.q(SUBJECT.label)})"
     if top is not None:
-        where = f"n{top}.id = $id AND {where}"
+        pattern, where = chain(d, top, 3), f"n{top}.id = $id AND {where}"
     return (
-        f"MATCH {chain(d, start, 3)} WHERE {where} "
+        f"MATCH {pattern} WHERE {where} "
         "RETURN DISTINCT n3.id AS id, coalesce(n3.rollup_dirty, 0) AS dirty"
     )
 

@@ -9,6 +9,7 @@ most of the store's subjects as one walk over all of them (`Nodes.reads_whole`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -36,7 +37,7 @@ from .records import (
     SyllabusIndex,
     validate_name,
 )
-from .rollups import Rollups
+from .rollups import EMPTY_ROLLUP, Rollups
 
 
 class Syllabi(Part):
@@ -77,6 +78,9 @@ class Syllabi(Part):
                     "status": str(Status.APPROVED),
                     "source": str(Source.LLM),
                     **provenance,
+                    # nothing below it yet: its rollup is current (only new subjects get
+                    # these, as a subject already known keeps its properties)
+                    **EMPTY_ROLLUP,
                 },
             )
         self.nodes.upsert_nodes(SUBJECT, list(rows.values()), update_existing=False, tx=tx)
@@ -133,11 +137,16 @@ class Syllabi(Part):
                     **provenance,
                 }
                 has_concept.append((ses_id, cid))
-        self.nodes.upsert_nodes(SESSION, session_rows, tx=tx)
-        self.nodes.upsert_nodes(CONCEPT, list(concept_rows.values()), tx=tx)
-        self.nodes.upsert_edges(CHILD_REL[SUBJECT.label], has_session, tx=tx)
-        self.nodes.upsert_edges(CHILD_REL[SESSION.label], has_concept, tx=tx)
-        self.rollups.mark_stale([subject_id], tx=tx)
+        with self.driver.transaction() if tx is None else nullcontext(tx) as t:
+            made = self.nodes.upsert_nodes(SESSION, session_rows, tx=t)
+            concepts = self.nodes.upsert_nodes(CONCEPT, list(concept_rows.values()), tx=t)
+            self.nodes.upsert_edges(CHILD_REL[SUBJECT.label], has_session, tx=t)
+            self.nodes.upsert_edges(CHILD_REL[SESSION.label], has_concept, tx=t)
+            if made.created == len(session_rows):
+                # all new: so are their concepts, approved, and nothing was asked from them
+                self.rollups.syllabus_written(subject_id, made.created, concepts.created, tx=t)
+            else:  # written again: a session may come back from review, or gain concepts
+                self.rollups.recompute([subject_id], tx=t)
         return [r["id"] for r in session_rows]
 
     def concept_stats(self, subject_ids: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -46,12 +46,12 @@ from .records import (
     validate_name,
     validate_text,
 )
-from .rollups import Rollups
+from .rollups import EMPTY_ROLLUP, Rollups
 
 
 class Taxonomy(Part):
-    """Paths, children and the edits to the hierarchy; edits below a subject mark its
-    rollup stale in their own transaction."""
+    """Paths, children and the edits to the hierarchy; edits below a subject recompute its
+    rollup in their own transaction."""
 
     def __init__(self, nodes: Nodes, rollups: Rollups) -> None:
         super().__init__(nodes)
@@ -227,13 +227,15 @@ class Taxonomy(Part):
         }
         if "path" in kind.prop_names:
             row["path"] = join_path([*(split_path(parent.path or "") if parent else []), name])
+        if kind is SUBJECT:  # nothing below it yet (a subject already there keeps its own)
+            row.update(EMPTY_ROLLUP)
         with self.driver.transaction() as tx:
             if "position" in kind.prop_names and row.get("position") is None and parent:
                 row["position"] = len(self._children_ids(parent, tx))
             self.nodes.upsert_nodes(kind, [row], update_existing=False, tx=tx)
             if parent is not None:
                 self.nodes.upsert_edges(CHILD_REL[parent.kind.label], [(parent.id, node_id)], tx=tx)
-            self.rollups.mark_stale(_subject_above(above, len(above)), tx=tx)
+            self.rollups.recompute(_subject_above(above, len(above)), tx=tx)
         path = join_path([*(split_path(parent.path or "") if parent else []), name])
         return self.node(path)
 
@@ -316,7 +318,7 @@ class Taxonomy(Part):
                 Q.set_status(self.d, node.kind),
                 {"id": node.id, "status": str(status), "now": now_iso()},
             )
-            self.rollups.mark_stale(_subject_above(nodes, len(nodes) - 1), tx=tx)
+            self.rollups.recompute(_subject_above(nodes, len(nodes) - 1), tx=tx)
         return self.node(path)
 
     def delete_subtree(self, path: str) -> dict[str, int]:
@@ -361,7 +363,7 @@ class Taxonomy(Part):
                 for batch in batched(ids, self.batch_size):
                     tx.execute(Q.delete_nodes(self.d, kind), {"ids": batch})
                 counts[kind.label] = len(ids)
-            self.rollups.mark_stale(_subject_above(nodes, len(nodes) - 1), tx=tx)
+            self.rollups.recompute(_subject_above(nodes, len(nodes) - 1), tx=tx)
         return counts
 
     def _ids_below(self, parent_ids: list[str], parent_kind: NodeKind) -> list[str]:
@@ -454,8 +456,8 @@ class Taxonomy(Part):
 
 
 def _subject_above(path: Sequence[Node], level: int) -> list[str]:
-    """The subject on a resolved path whose rollup a change at `level` makes stale: a change
-    to a session or concept; none for a change at the subject or above."""
+    """The subject on a resolved path whose rollup a change at `level` changes: a change to
+    a session or concept; none for a change at the subject or above."""
     subject = HIERARCHY.index(SUBJECT)
     return [path[subject].id] if level > subject else []
 

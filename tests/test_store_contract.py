@@ -469,6 +469,301 @@ def test_coverage_from_subject_rollups_equals_a_full_walk(
     assert store.rollups.refresh(None) == 0  # every read above left them current
 
 
+# ---------------------------------------------------------------------- rollups kept by writes
+
+ROLLUP_SCOPES = [None, "Natural Sciences", PHYSICS, "Formal Sciences", PURE]
+
+
+def _stale_subjects(store: Store) -> list[str]:
+    """The subjects whose rollups a coverage read would have to recompute first."""
+    from graph import queries as Q
+
+    return [r["id"] for r in store.driver.execute(Q.stale_rollups(store.driver.dialect, None))]
+
+
+def _rollups_current(store: Store) -> None:
+    """No rollup is stale, so coverage recomputes nothing; and coverage summed from them is
+    what walking every node and instruction finds."""
+    assert _stale_subjects(store) == []
+    for path in ROLLUP_SCOPES:
+        assert _coverage_rows(store, path) == _walked_rows(store, path), path
+
+
+def _questions(
+    store: Store,
+    subject: str,
+    asked: list[tuple[str, list[str], list[str]]],
+    *,
+    key: str | None = None,
+    tx: Any = None,
+) -> list[str]:
+    """Store instructions (name, concept ids, session ids) of one subject in one write;
+    the combination is that of the concepts unless `key` says otherwise. Returns their ids."""
+    from generators.sampling import combo_key
+    from graph.model import INSTRUCTION, node_id
+
+    rows = [
+        {"id": node_id(INSTRUCTION, subject, name), "text": name, "strategy": "basic",
+         "combo_key": key or combo_key(concepts), "subject_id": subject}
+        for name, concepts, _ in asked
+    ]  # fmt: skip
+    store.instructions.write_instructions(
+        rows,
+        [(r["id"], c) for r, (_, concepts, _) in zip(rows, asked, strict=True) for c in concepts],
+        [(r["id"], s) for r, (_, _, sessions) in zip(rows, asked, strict=True) for s in sessions],
+        tx=tx,
+    )
+    return [r["id"] for r in rows]
+
+
+def _answer(store: Store, pairs: list[tuple[str, str]], tx: Any = None) -> None:
+    """Store one answer per (name, instruction id)."""
+    from graph.model import RESPONSE, node_id
+
+    store.instructions.write_responses(
+        [
+            {"id": node_id(RESPONSE, i, name), "text": name, "instruction_id": i}
+            for name, i in pairs
+        ],
+        tx=tx,
+    )
+
+
+class _Syllabi:
+    """What the rollup tests write below: subjects s0..s2 of Physics, each with sessions
+    (ids, then paths) and each session's concept ids."""
+
+    def __init__(self, store: Store) -> None:
+        self.subjects = store.taxonomy.children(PHYSICS)
+        self.sessions = [store.taxonomy.children(s.path) for s in self.subjects]
+        self.concepts = [
+            [[c.id for c in store.taxonomy.children(x.path)] for x in ss] for ss in self.sessions
+        ]
+
+
+def _write_syllabus_again(store: Store, s: _Syllabi) -> None:
+    """A syllabus written again: a session a reviewer rejected comes back, one gains a
+    concept, one is new."""
+    store.taxonomy.review(s.sessions[0][1].path, Status.REJECTED)
+    syllabus = [
+        {"title": x.name, "concepts": [c.name for c in store.taxonomy.children(x.path)]}
+        for x in s.sessions[0]
+    ]
+    syllabus[0]["concepts"].append("one more idea")
+    syllabus.append({"title": "A late session", "concepts": ["late idea"]})
+    store.syllabi.write_syllabus(s.subjects[0].id, syllabus, {"model": "test"})
+
+
+def _ask_overlapping(store: Store, s: _Syllabi) -> None:
+    """Instructions whose concepts overlap, two with one combination in one write, and in a
+    later write a new instruction with a combination asked before, a hard one over two
+    sessions, and one written again as it was."""
+    sid, x, c = s.subjects[0].id, s.sessions[0], s.concepts[0]
+    _questions(store, sid, [("a", c[0][:2], [x[0].id]), ("b", c[0][:2], [x[0].id]),
+                            ("c", c[0][1:3], [x[0].id])])  # fmt: skip
+    _questions(store, sid, [("d", c[0][:2], [x[0].id]), ("a", c[0][:2], [x[0].id]),
+                            ("e", [c[0][3], c[1][0]], [x[0].id, x[1].id])])  # fmt: skip
+    _questions(store, s.subjects[1].id, [("f", s.concepts[1][2][:1], [s.sessions[1][2].id])])
+
+
+def _ask_again_otherwise(store: Store, s: _Syllabi) -> None:
+    """An instruction written again with another combination, and asked from one more
+    session."""
+    sid, x, c = s.subjects[0].id, s.sessions[0], s.concepts[0]
+    _questions(store, sid, [("g", c[2][:1], [x[2].id])], key="another combination")
+    _questions(store, sid, [("g", c[2][:2], [x[2].id, x[1].id])])
+
+
+def _link_beyond(store: Store, s: _Syllabi) -> None:
+    """COVERS and FROM edges the model does not expect: a concept of a session the
+    instruction was not asked from, and edges from an instruction the write does not bring."""
+    sid, x, c = s.subjects[1].id, s.sessions[1], s.concepts[1]
+    (iid,) = _questions(store, sid, [("o", [c[0][0], c[2][3]], [x[0].id])])
+    _rollups_current(store)
+    store.instructions.write_instructions([], [(iid, c[1][1])], [(iid, x[1].id)])
+
+
+def _ask_from_rejected(store: Store, s: _Syllabi) -> None:
+    """Instructions asked from a rejected session: alone, and with a visible one; then the
+    session comes back."""
+    sid, x, c = s.subjects[2].id, s.sessions[2], s.concepts[2]
+    store.taxonomy.review(x[1].path, Status.REJECTED)
+    _questions(store, sid, [("h", c[1][:2], [x[1].id]), ("i", [c[1][2], c[2][0]],
+                            [x[1].id, x[2].id])])  # fmt: skip
+    _rollups_current(store)
+    store.taxonomy.review(x[1].path, Status.APPROVED)
+
+
+def _answer_all_ways(store: Store, s: _Syllabi) -> None:
+    """Answers: one each, then a second answer to one instruction, then two answers to one
+    instruction in one write, and one written again."""
+    sid, x, c = s.subjects[1].id, s.sessions[1], s.concepts[1]
+    ids = _questions(store, sid, [("j", c[0][:1], [x[0].id]), ("k", c[1][:2], [x[1].id])])
+    _answer(store, [("first", ids[0]), ("first", ids[1])])
+    _rollups_current(store)
+    _answer(store, [("second", ids[0])])
+    _rollups_current(store)
+    _answer(store, [("third", ids[1]), ("fourth", ids[1]), ("first", ids[0])])
+
+
+def _review(level: int) -> Any:
+    """Reject a session (level 4) or a concept (5) of s0, then approve it again."""
+
+    def review(store: Store, s: _Syllabi) -> None:
+        node = s.sessions[0][0] if level == 4 else store.taxonomy.children(s.sessions[0][0].path)[0]
+        store.taxonomy.review(node.path or "", Status.REJECTED)
+        _rollups_current(store)
+        store.taxonomy.review(node.path or "", Status.APPROVED)
+
+    return review
+
+
+def _add_below(store: Store, s: _Syllabi) -> None:
+    session = store.taxonomy.add_node(s.subjects[0].path, SESSION, "Added by hand")
+    store.taxonomy.add_node(session.path, CONCEPT, "a concept added by hand")
+    store.taxonomy.add_node(s.sessions[0][0].path, CONCEPT, "another by hand")
+    store.taxonomy.add_node(PHYSICS, SUBJECT, "A subject added by hand")
+    store.taxonomy.add_node(PURE, SUBJECT, "A subject added by hand")  # linked
+
+
+def _delete_session(store: Store, s: _Syllabi) -> None:
+    store.taxonomy.delete_subtree(s.sessions[0][0].path or "")
+    _rollups_current(store)
+    store.taxonomy.delete_subtree(store.taxonomy.children(s.sessions[1][0].path)[0].path or "")
+
+
+def _link(store: Store, s: _Syllabi) -> None:
+    store.taxonomy.link(PURE, s.subjects[0].path or "")
+
+
+def _mark(store: Store, s: _Syllabi) -> None:
+    """Duplicate and contamination marks change nothing a rollup counts."""
+    from graph.model import INSTRUCTION
+
+    _ask_overlapping(store, s)
+    _rollups_current(store)
+    ids = store.instructions.ids_in_scope(None)
+    store.instructions.mark_duplicates([(ids[1], ids[0], "exact")])
+    store.nodes.set_property(INSTRUCTION, "contaminated", {ids[2]: "a benchmark"})
+    store.instructions.clear_duplicates([ids[1]])
+
+
+def _one_transaction(store: Store, s: _Syllabi) -> None:
+    """Two writes of instructions and their answers in one transaction of the caller's:
+    the second sees what the first wrote."""
+    sid, x, c = s.subjects[2].id, s.sessions[2], s.concepts[2]
+    with store.driver.transaction() as tx:
+        first = _questions(store, sid, [("l", c[0][:2], [x[0].id])], tx=tx)
+        second = _questions(store, sid, [("m", c[0][:2], [x[0].id]), ("n", c[0][1:],
+                            [x[0].id])], tx=tx)  # fmt: skip
+        _answer(store, [("one", first[0]), ("one", second[0])], tx=tx)
+        _answer(store, [("two", first[0])], tx=tx)
+
+
+ROLLUP_WRITES = {
+    "syllabus-again": _write_syllabus_again,
+    "overlapping-questions": _ask_overlapping,
+    "question-again-otherwise": _ask_again_otherwise,
+    "from-a-rejected-session": _ask_from_rejected,
+    "edges-beyond-the-rows": _link_beyond,
+    "answers": _answer_all_ways,
+    "review-session": _review(4),
+    "review-concept": _review(5),
+    "add-below-and-subjects": _add_below,
+    "delete-session-and-concept": _delete_session,
+    "link-shared-subject": _link,
+    "duplicate-and-contamination-marks": _mark,
+    "one-transaction": _one_transaction,
+}
+
+
+@pytest.mark.parametrize("write", list(ROLLUP_WRITES))
+def test_writes_keep_subject_rollups_current(store: Store, write: str) -> None:
+    """Every kind of write below a subject leaves its rollup equal to a count from scratch,
+    and current: no coverage read after it recomputes a rollup (before, writes marked them
+    stale and the first read after a large write recomputed thousands)."""
+    from tests.test_sampling import fill
+
+    fill(store, subjects=3, sessions=3, concepts=4)  # subjects and syllabi, written
+    s = _Syllabi(store)
+    _questions(store, s.subjects[0].id, [("base", s.concepts[0][0][:1], [s.sessions[0][0].id])])
+    _answer(store, [("base", store.instructions.ids_in_scope(None)[0])])
+    _rollups_current(store)
+    ROLLUP_WRITES[write](store, s)
+    _rollups_current(store)
+    assert store.rollups.refresh(None) == 0
+
+
+def test_coverage_read_while_batches_are_written_sees_whole_batches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader on another thread, as the server reads while a job writes, sees coverage as
+    it stood after some batch, never halfway through one, and never recomputes a rollup."""
+    import threading
+    import time
+
+    from tests.test_sampling import fill
+
+    fill(store, subjects=3, sessions=3, concepts=4)
+    s = _Syllabi(store)
+    refreshed: list[int] = []
+    refresh = store.rollups.refresh
+
+    def counted(scope: Node | None = None) -> int:
+        refreshed.append(refresh(scope))
+        return refreshed[-1]
+
+    monkeypatch.setattr(store.rollups, "refresh", counted)
+
+    def state() -> tuple[int, ...]:
+        total = store.coverage.report_by_walk(None).total
+        return (total.counts["instructions"], total.counts["responses"],
+                total.covered_concepts, total.combinations, total.counts["concepts"])  # fmt: skip
+
+    states = [state()]
+    seen: list[tuple[int, ...]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for b in range(6):
+                with store.driver.transaction() as tx:
+                    asked = []
+                    for n, subject in enumerate(s.subjects):
+                        x, c = s.sessions[n][b % 3], s.concepts[n][b % 3]
+                        asked += _questions(store, subject.id, [(f"w{b}", c[: 1 + b % 4], [x.id]),
+                                            (f"v{b}", c[b % 4 :], [x.id])], tx=tx)  # fmt: skip
+                    _answer(store, [("w", i) for i in asked], tx=tx)
+                states.append(state())
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                total = store.coverage.report(None).total
+                seen.append((total.counts["instructions"], total.counts["responses"],
+                             total.covered_concepts, total.combinations,
+                             total.counts["concepts"]))  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert seen and len(states) == 7 and states[-1][0] == states[0][0] + 6 * 6
+    assert set(seen) <= set(states), (sorted(set(seen) - set(states)), states)
+    assert refreshed and not any(refreshed)  # every read found every rollup current
+    _rollups_current(store)
+
+
 def test_lookups_by_id_agree_one_at_a_time_and_in_batches(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
