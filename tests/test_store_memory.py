@@ -4,8 +4,13 @@ and a process that keeps running statements stays within the bound."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import ladybug
 import pytest
 
 from bench.graph_scale import build, write_pairs
@@ -145,3 +150,59 @@ def test_walks_over_every_subject_read_in_ranges_give_the_one_walk(filled: Path)
     whole, ranged = found
     assert ranged == whole
     assert whole[0]["instructions"] == 300 and whole[1] > 0
+
+
+#: what the engine says when its page cache cannot give a statement the memory it needs
+POOL_FULL = (
+    "Buffer manager exception: Unable to allocate memory! The buffer pool is full and no "
+    "memory could be freed!"
+)
+
+
+def test_a_read_refused_beside_other_reads_runs_again_alone(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads share the page cache: several at once can need more than it holds where each
+    alone fits. The engine is made to refuse a read whenever another runs beside it."""
+    query = "MATCH (n:Concept) RETURN count(n) AS crowded"
+    real = ladybug.Connection.execute
+    guard = threading.Lock()
+    seen = {"now": 0, "refused": 0}
+
+    def execute(self: ladybug.Connection, text: Any, *args: Any, **kwargs: Any) -> Any:
+        if text != query:
+            return real(self, text, *args, **kwargs)
+        with guard:
+            seen["now"] += 1
+        try:
+            time.sleep(0.1)  # long enough for the others to start
+            with guard:
+                if seen["now"] > 1:
+                    seen["refused"] += 1
+                    raise RuntimeError(POOL_FULL)
+            return real(self, text, *args, **kwargs)
+        finally:
+            with guard:
+                seen["now"] -= 1
+
+    monkeypatch.setattr(ladybug.Connection, "execute", execute)
+    with Store.open(StoreConfig(db_path=filled)) as store, ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: store.driver.execute(query), range(4)))
+    assert counts == [[{"crowded": 2000}]] * 4
+    assert seen["refused"] > 0  # they did run side by side, and were refused there
+
+
+def test_a_read_refused_alone_says_so(filled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    query = "MATCH (n:Concept) RETURN count(n) AS alone"
+    real = ladybug.Connection.execute
+
+    def execute(self: ladybug.Connection, text: Any, *args: Any, **kwargs: Any) -> Any:
+        if text == query:
+            raise RuntimeError(POOL_FULL)
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(ladybug.Connection, "execute", execute)
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        with pytest.raises(StoreMemoryExceeded, match="GLAN_DB_BUFFER_MB=512"):
+            store.driver.execute(query)
+        assert store.nodes.count_kind(CONCEPT) == 2000

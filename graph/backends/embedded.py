@@ -16,10 +16,10 @@ import contextlib
 import queue
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ladybug
 import numpy as np
@@ -48,6 +48,8 @@ _ARROW = {
 _POOL_FULL = "buffer pool is full"
 #: ... and when that happened in the checkpoint after a commit: the write itself was kept.
 _COMMITTED = "transaction committed successfully"
+T = TypeVar("T")
+
 #: Statements the connection keeps prepared, at most, before it forgets them all.
 MAX_PREPARED = 256
 #: Connections for reads outside the writer's transaction, at most, opened as needed.
@@ -181,6 +183,10 @@ class EmbeddedDriver:
         self._reader_slots = threading.BoundedSemaphore(max(readers, 1))
         self._reader_count = 0
         self._reads_apart = readers > 0
+        #: reads in flight on readers, and whether one is running alone (see _read_apart)
+        self._reads = threading.Condition()
+        self._reading = 0
+        self._alone = False
         self._writes = 0
 
     def _connect(self) -> Any:
@@ -217,6 +223,50 @@ class EmbeddedDriver:
                 yield conn
             finally:
                 self._readers.put(conn)
+
+    def _read_apart(self, read: Callable[[Any], T]) -> T:
+        """`read` on a reader connection. One the page cache refused is run once more alone:
+        no other read starts until it ends, and it waits for those in flight.
+
+        Reads running side by side share the page cache, so several large ones at once can
+        need more than it holds where each alone fits: at GLAN scale under the 512 MB cache,
+        the concepts, sessions and answers of an API page of 500 instructions. Refused
+        alone too, the read really needs more, and StoreMemoryExceeded says so."""
+        try:
+            with self._shared_read(), self._reader() as conn:
+                return read(conn)
+        except StoreMemoryExceeded:
+            pass
+        with self._read_alone(), self._reader() as conn:
+            return read(conn)
+
+    @contextmanager
+    def _shared_read(self) -> Iterator[None]:
+        with self._reads:
+            while self._alone:
+                self._reads.wait()
+            self._reading += 1
+        try:
+            yield
+        finally:
+            with self._reads:
+                self._reading -= 1
+                self._reads.notify_all()
+
+    @contextmanager
+    def _read_alone(self) -> Iterator[None]:
+        with self._reads:
+            while self._alone:
+                self._reads.wait()
+            self._alone = True
+            while self._reading:
+                self._reads.wait()
+        try:
+            yield
+        finally:
+            with self._reads:
+                self._alone = False
+                self._reads.notify_all()
 
     def _result(self, query: str, params: Params | None, conn: Any = None) -> Any:
         """The engine's result of one statement (of the last, given several), on `conn`
@@ -272,8 +322,7 @@ class EmbeddedDriver:
 
     def execute(self, query: str, params: Params | None = None) -> list[Row]:
         if self._apart(query):
-            with self._reader() as conn:
-                return self._run(query, params, conn)
+            return self._read_apart(lambda conn: self._run(query, params, conn))
         with self._lock:
             return self._run(query, params)
 
@@ -283,8 +332,7 @@ class EmbeddedDriver:
 
     def table(self, query: str, params: Params | None = None) -> pa.Table:
         if self._apart(query):
-            with self._reader() as conn:
-                return self._table(query, params, conn)
+            return self._read_apart(lambda conn: self._table(query, params, conn))
         with self._lock:
             return self._table(query, params, self._conn)
 
