@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import nullcontext
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -64,7 +65,7 @@ class Instructions(Part):
         and bring their subjects' rollups up to date: all in one transaction (the caller's,
         or one of its own), so a reader sees the whole batch or none of it."""
         with self.driver.transaction() if tx is None else nullcontext(tx) as t:
-            before = self.rollups.before_questions(rows, covers, sessions, tx=t)
+            before = self.rollups.before_questions(rows, sessions, tx=t)
             res = self.nodes.upsert_nodes(INSTRUCTION, rows, tx=t)
             made_covers = self._link(COVERS, covers, res.new_ids, tx=t)
             made_from = self._link(FROM, sessions, res.new_ids, tx=t)
@@ -87,7 +88,7 @@ class Instructions(Part):
         del subject_ids
         with self.driver.transaction() if tx is None else nullcontext(tx) as t:
             res = self.nodes.upsert_nodes(RESPONSE, rows, tx=t)
-            pairs = [(str(r["id"]), str(r["instruction_id"])) for r in rows]
+            pairs = list(dict.fromkeys((str(r["id"]), str(r["instruction_id"])) for r in rows))
             made = self._link(ANSWERS, pairs, res.new_ids, tx=t)
             self.rollups.answers_written(res.new_ids, made, tx=t)
         return res
@@ -99,17 +100,18 @@ class Instructions(Part):
         new_sources: Set[str],
         *,
         tx: Tx,
-    ) -> list[tuple[str, str]]:
+    ) -> Sequence[tuple[str, str]]:
         """Create the `rel` edges not already there, as Nodes.upsert_edges does, and return
-        them: what the rollups count. Edges from nodes this write created cannot exist yet;
-        those of the others are read first."""
-        unique = list(dict.fromkeys(pairs))
-        sources = list(dict.fromkeys(s for s, _ in unique))
-        old = [s for s in sources if s not in new_sources]
-        found = self.nodes.by_ids(partial(Q.existing_edges, self.d, rel), old, tx=tx)
-        have = {(r["src"], r["dst"]) for r in found}
-        todo = [p for p in unique if p not in have] if have else unique
-        self.nodes.upsert_edges(rel, todo, new_sources=set(sources), tx=tx)
+        them (a pair may repeat): what the rollups count. Edges from nodes this write
+        created cannot exist yet; those of the others are read first."""
+        sources = set(map(itemgetter(0), pairs))
+        old = sources - new_sources
+        todo = pairs
+        if old:
+            found = self.nodes.by_ids(partial(Q.existing_edges, self.d, rel), sorted(old), tx=tx)
+            have = {(r["src"], r["dst"]) for r in found}
+            todo = [p for p in pairs if p not in have]
+        self.nodes.upsert_edges(rel, todo, new_sources=sources, tx=tx)
         return todo
 
     def ids_in_scope(self, scope: Node | None) -> list[str]:

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from . import queries as Q
@@ -74,32 +74,30 @@ class Rollups(Part):
     def before_questions(
         self,
         rows: Sequence[Mapping[str, Any]],
-        covers: Sequence[tuple[str, str]],
         sessions: Sequence[tuple[str, str]],
         *,
         tx: Tx | None = None,
     ) -> Before:
         """What a write of instructions must read before it writes, to know what it changes:
         two grouped reads whatever the size of the batch. The visible sessions asked from,
-        with their subjects and concepts (the visible ones no instruction covers yet apart);
-        and the instructions already asked with one of the batch's combinations. A concept
-        covered that is under none of those sessions costs a third."""
+        with their subjects and their visible concepts no instruction covers yet; and the
+        instructions already asked with one of the batch's combinations.
+
+        An instruction covers concepts of the sessions it is asked from (the model's rule,
+        which the stages keep): a concept first covered here counts when it is under one
+        of the batch's sessions. One under none of them is not looked up (reading every
+        concept of the sessions to find it would double the cost of this read); its
+        subject's rollup counts it when next recomputed (`mark_stale` and `refresh`)."""
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
         args = {"rejected": str(Status.REJECTED)}
         before = Before()
         before.keys = {str(r["id"]): str(k) if (k := r.get("combo_key")) else None for r in rows}
         before.sets_keys = bool(rows) and "combo_key" in rows[0]  # rows share their keys
         session_ids = list(dict.fromkeys(s for _, s in sessions))
-        below: list[list[str]] = []  # the concepts of those sessions
-        for r in self._read(partial(Q.sessions_below, self.d), session_ids, args, tx=tx):
-            before.sessions[r["id"]] = subject = r["subject"]
-            below.append(r["concepts"] or [])
-            before.uncovered.update((c, subject) for c in r["open"] or () if c is not None)
-        known = set(chain.from_iterable(below))
-        elsewhere = list({c for _, c in covers} - known)
-        for r in self._read(partial(Q.uncovered_concepts, self.d), elsewhere, args, tx=tx):
-            before.uncovered[r["id"]] = r["subject"]
-        keys = sorted({k for k in before.keys.values() if k})
+        found = list(self._read(partial(Q.sessions_below, self.d), session_ids, args, tx=tx))
+        before.sessions = {r["id"]: r["subject"] for r in found}
+        before.uncovered = {c: r["subject"] for r in found for c in r["open"] or () if c}
+        keys = list({k for k in before.keys.values() if k})
         for batch in batched(keys, self.nodes.bulk_batch_size):
             for r in runner.execute(Q.asked_combos(self.d), {**args, "keys": batch}):
                 before.asked.add((r["subject"], r["key"]))
@@ -130,14 +128,14 @@ class Rollups(Part):
         # (new instruction, a subject it counts in); an instruction there before asked from
         # one more session, or one this write did not bring, has that subject recomputed
         asked_in = {(i, shown[x]) for i, x in sessions if x in shown and i in new}
-        if {i for i, _ in sessions} - new:
+        if set(map(itemgetter(0), sessions)) - new:
             again.update(shown[x] for i, x in sessions if x in shown and i not in new)
         combos = {(s, k) for i, s in asked_in if (k := keys.get(i)) and (s, k) not in asked}
         # concepts no instruction covered before: covered now, by an instruction of the
         # rows; an edge from one the write did not bring (it may not exist) has the
         # concept's subject recomputed
-        firsts = {c for _, c in covers} & uncovered.keys()
-        if firsts and not {i for i, _ in covers} <= keys.keys():
+        firsts = uncovered.keys() & set(map(itemgetter(1), covers))
+        if firsts and not set(map(itemgetter(0), covers)) <= keys.keys():
             again.update(uncovered[c] for i, c in covers if c in firsts and i not in keys)
             firsts = {c for i, c in covers if c in firsts and i in keys}
         # an instruction written again counts as before if it was asked with this
@@ -150,7 +148,7 @@ class Rollups(Part):
         for name, counts in (
             (_INSTRUCTIONS, Counter(s for _, s in asked_in)),
             (_COMBOS, Counter(s for s, _ in combos)),
-            (_COVERED, Counter(uncovered[c] for c in firsts)),
+            (_COVERED, Counter(map(uncovered.__getitem__, firsts))),
         ):
             for subject, n in counts.items():
                 adds[subject][name] = n

@@ -575,10 +575,11 @@ def _ask_again_otherwise(store: Store, s: _Syllabi) -> None:
 
 
 def _link_beyond(store: Store, s: _Syllabi) -> None:
-    """COVERS and FROM edges the model does not expect: a concept of a session the
-    instruction was not asked from, and edges from an instruction the write does not bring."""
+    """Edges the stages do not write: a concept of another session of the write than the
+    instruction's own, and edges from an instruction the write does not bring."""
     sid, x, c = s.subjects[1].id, s.sessions[1], s.concepts[1]
-    (iid,) = _questions(store, sid, [("o", [c[0][0], c[2][3]], [x[0].id])])
+    iid, _ = _questions(store, sid, [("o", [c[0][0], c[2][3]], [x[0].id]),
+                                     ("p", [c[2][0]], [x[2].id])])  # fmt: skip
     _rollups_current(store)
     store.instructions.write_instructions([], [(iid, c[1][1])], [(iid, x[1].id)])
 
