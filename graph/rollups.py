@@ -6,10 +6,11 @@ instructions asked from its visible sessions, their answers and their distinct c
 combinations. Writes keep it current in their own transaction:
 
 - a write of instructions or answers adds what it changed (`questions_written`,
-  `answers_written`), from what it wrote and a few reads made before it wrote: the subject
-  and review state of the sessions asked from, the concepts no instruction covered yet, the
-  combinations already asked. A batch of 50,000 pairs touching every subject costs a few
-  grouped reads, not a walk of every subject;
+  `answers_written`), from what it wrote and a few reads: the subjects of the visible
+  sessions asked from, the concepts no instruction covered yet, the combinations already
+  asked, the instructions answered. A batch of 50,000 pairs touching every subject costs a
+  few grouped reads, not a walk of every subject. They rely on one rule of the model,
+  which the stages keep: an instruction covers concepts of the sessions it is asked from;
 - a write that can change more than it knows (a syllabus written again, a session or
   concept reviewed, added or deleted, an instruction asked from one more session)
   recomputes the few subjects it touched (`recompute`).
@@ -94,14 +95,17 @@ class Rollups(Part):
         before.keys = {str(r["id"]): str(k) if (k := r.get("combo_key")) else None for r in rows}
         before.sets_keys = bool(rows) and "combo_key" in rows[0]  # rows share their keys
         session_ids = list(dict.fromkeys(s for _, s in sessions))
-        found = list(self._read(partial(Q.sessions_below, self.d), session_ids, args, tx=tx))
-        before.sessions = {r["id"]: r["subject"] for r in found}
-        before.uncovered = {c: r["subject"] for r in found for c in r["open"] or () if c}
+        below = list(self._read(partial(Q.sessions_below, self.d), session_ids, args, tx=tx))
+        before.sessions = {r["id"]: r["subject"] for r in below}
+        before.uncovered = {c: r["subject"] for r in below for c in r["open"] or () if c}
         keys = list({k for k in before.keys.values() if k})
+        found: dict[str, str] = {}  # instruction with one of those keys -> its key
         for batch in batched(keys, self.nodes.bulk_batch_size):
-            for r in runner.execute(Q.asked_combos(self.d), {**args, "keys": batch}):
-                before.asked.add((r["subject"], r["key"]))
-                before.asked_by.add((r["id"], r["key"]))
+            for r in runner.execute(Q.asked_combos(self.d), {"keys": batch}):
+                found[r["id"]] = r["key"]
+        for i, subjects in self._asking(list(found), tx=tx).items():
+            before.asked_by.add((i, found[i]))
+            before.asked.update((s, found[i]) for s in subjects)
         return before
 
     def questions_written(
@@ -161,7 +165,8 @@ class Rollups(Part):
         """Bring rollups up to date after a write of answers: the ids it created, and the
         ANSWERS edges (answer, instruction) it created. A new answer counts once in each
         subject its instruction counts in; an answer there before that answers one more
-        instruction has those subjects recomputed."""
+        instruction, or one of several new answers to one instruction, has those subjects
+        recomputed."""
         new = set(new_ids)
         answering: defaultdict[str, int] = defaultdict(int)  # new answers per instruction
         per_answer: defaultdict[str, int] = defaultdict(int)  # edges per answer
@@ -227,16 +232,18 @@ class Rollups(Part):
     def add(self, adds: Mapping[str, Mapping[str, int]], *, tx: Tx | None = None) -> None:
         """Add to the rollups of subjects (id -> rollup name -> how much), in the caller's
         transaction. A current rollup stays current, a stale one stale (see add_to_rollups).
-        Only the rollups some subject changes are sent: a write of answers changes one."""
+        Only the rollups some subject changes are sent, and subjects with the same
+        additions go as one group."""
         names = [r for r in ROLLUPS if any(a.get(r) for a in adds.values())]
-        rows = [
-            {"id": s, **{r: int(a.get(r) or 0) for r in names}}
-            for s, a in sorted(adds.items())
-            if any(a.get(r) for r in names)
-        ]
+        groups: defaultdict[tuple[int, ...], list[str]] = defaultdict(list)
+        for subject, a in adds.items():
+            values = tuple(int(a.get(r) or 0) for r in names)
+            if any(values):
+                groups[values].append(subject)
+        rows = [{"ids": ids, **dict(zip(names, v, strict=True))} for v, ids in groups.items()]
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
-        for batch in batched(rows, self.nodes.bulk_batch_size):
-            runner.execute(Q.add_to_rollups(self.d, names), {"rows": batch})
+        for batch in batched(rows, self.batch_size):
+            runner.execute(Q.add_to_rollups(self.d, names), {"groups": batch})
 
     def recompute(self, subject_ids: Sequence[str], *, tx: Tx | None = None) -> None:
         """Count the rollups of these subjects again and store them current, in the caller's
