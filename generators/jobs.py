@@ -26,7 +26,7 @@ from graph.model import JOB, UNIT, NodeKind, node_id
 from graph.records import Node, now_iso
 from graph.store import Store
 
-from .llm import LLMClient, LLMError, StageParams, Usage
+from .llm import ChatRequest, LLMClient, LLMError, Reply, StageParams, Usage
 
 #: How often the job node's counters are written while units finish (each unit's own state
 #: is written with its output, always).
@@ -35,6 +35,8 @@ JOB_SAVE_EVERY_S = 0.5
 #: many are waiting: one transaction per group instead of one per unit.
 WRITE_AFTER_S = 0.1
 WRITE_GROUP = 64
+#: Units whose inputs are read from the store together, ahead of the workers that ask them.
+PREPARE_CHUNK = 512
 
 
 class JobStatus:
@@ -83,6 +85,8 @@ class Outcome:
     raw: str = ""
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    #: why the model stopped ("length": cut off at max_tokens), where the endpoint said
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,9 +168,40 @@ class Stage(ABC):
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         """The units of this job. Must give the same units when run again."""
 
+    def prepare(self, units: Sequence[UnitSpec]) -> None:
+        """Read what these units' requests need from the store, in bulk, before any of them
+        is built. Called off the event loop, a chunk of units at a time. By default
+        nothing: `request` then reads what it needs itself."""
+        return None
+
     @abstractmethod
+    def request(self, unit: UnitSpec) -> ChatRequest | Outcome:
+        """The unit's chat request, exactly as any executor sends it, built from what
+        `prepare` read; an Outcome with the error when the unit cannot be asked."""
+
+    def accept(self, unit: UnitSpec, request: ChatRequest, reply: Reply) -> Outcome:
+        """A response to the unit's request, validated: the value to write, or the reason it
+        cannot be used, with the raw text kept either way. Every executor ends here."""
+        value, error = request.parse(reply.text)
+        return Outcome(value, reply.text, error, reply.usage, reply.finish_reason)
+
     async def execute(self, unit: UnitSpec) -> Outcome:
-        """Call the model for one unit. Never writes to the store."""
+        """The live executor's unit: send the request, accept the reply; a JSON answer that
+        cannot be used is asked for once more, showing the model its mistake. Never writes
+        to the store."""
+        request = self.request(unit)
+        if isinstance(request, Outcome):
+            return request
+        usage = Usage()
+        for attempt in (1, 2):
+            reply = await self.llm.send(request)
+            usage = usage + reply.usage
+            outcome = self.accept(unit, request, reply)
+            if outcome.ok or request.free_text or attempt == 2:
+                break
+            request = request.corrected(reply.text, outcome.error or "")
+        outcome.usage = usage
+        return outcome
 
     @abstractmethod
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
@@ -230,10 +265,31 @@ class JobRunner:
         if prepared.error is not None:
             raise prepared.error
 
-        queue: asyncio.Queue[UnitSpec] = asyncio.Queue()
-        for u in todo:
-            queue.put_nowait(u)
+        # Units are read for (`Stage.prepare`, off the loop) a chunk at a time as the
+        # workers need them: a million-unit job never holds all its inputs at once.
+        queue: asyncio.Queue[UnitSpec | None] = asyncio.Queue()
+        wanted = asyncio.Event()  # the queue ran low: read the next chunk
+        n_workers = min(self.concurrency, len(todo))
+        fed: list[BaseException] = []  # what stopped the feeder, if anything did
         waiting: list[tuple[UnitSpec, Outcome]] = []  # finished, not yet written
+
+        async def feed() -> None:
+            try:
+                for start in range(0, len(todo), PREPARE_CHUNK):
+                    while queue.qsize() > PREPARE_CHUNK // 2:
+                        wanted.clear()
+                        await wanted.wait()
+                    if cancel is not None and cancel.is_set():
+                        return
+                    chunk = todo[start : start + PREPARE_CHUNK]
+                    await asyncio.to_thread(stage.prepare, chunk)
+                    for u in chunk:
+                        queue.put_nowait(u)
+            except Exception as exc:
+                fed.append(exc)
+            finally:
+                for _ in range(n_workers):
+                    queue.put_nowait(None)
 
         async def write_waiting() -> None:
             group = waiting[:]
@@ -244,10 +300,14 @@ class JobRunner:
                     progress(state)
 
         async def worker() -> None:
-            while not queue.empty():
+            while True:
                 if cancel is not None and cancel.is_set():
                     return
-                unit = queue.get_nowait()
+                unit = await queue.get()
+                if queue.qsize() <= PREPARE_CHUNK // 2:
+                    wanted.set()
+                if unit is None:
+                    return
                 try:
                     outcome = await stage.execute(unit)
                 except LLMError as exc:
@@ -261,7 +321,8 @@ class JobRunner:
                 if len(waiting) >= WRITE_GROUP:
                     await write_waiting()
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
+        feeder = asyncio.create_task(feed())
+        workers = [asyncio.create_task(worker()) for _ in range(n_workers)]
 
         async def writer() -> None:
             while not all(w.done() for w in workers):
@@ -276,8 +337,10 @@ class JobRunner:
         try:
             await asyncio.gather(*tasks)
             await write_waiting()
+            if fed:
+                raise fed[0]
         except BaseException as exc:
-            for t in tasks:
+            for t in [*tasks, feeder]:
                 t.cancel()
             # what the model already answered is kept if it can be (here, on this thread: the
             # loop may be stopping; a group still being written in a worker thread is waited
@@ -292,6 +355,8 @@ class JobRunner:
             state.error = None if stopping else repr(exc)
             self.store.jobs.save(state.as_row(params))
             raise
+        finally:
+            feeder.cancel()  # stopped early, it may still wait for the queue to run low
         if cancel is not None and cancel.is_set() and state.finished < state.total:
             state.status = stopped()
         elif state.failed:

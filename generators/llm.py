@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast
 
 import httpx
@@ -87,6 +87,71 @@ class StructuredResult(Generic[T]):
     usage: Usage
     error: str | None = None
     attempts: int = 1
+    finish_reason: str | None = None
+
+
+@dataclass
+class Reply:
+    """What the endpoint sent back for one request: the text ("" if none), the tokens it
+    counted and why generation stopped ("length" when it hit max_tokens)."""
+
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One unit's chat completion, exactly as it is sent: the live client posts `body()`,
+    a batch input line carries the same body, a cluster executor sends it too. `reply` is
+    the pydantic model its answer must validate against; `free_text` answers are taken
+    whole as `reply(text=...)`, the others are read as JSON."""
+
+    messages: Messages
+    params: StageParams
+    reply: type[BaseModel]
+    response_format: dict[str, Any] | None = None
+    free_text: bool = False
+
+    def body(self) -> dict[str, Any]:
+        """The /v1/chat/completions request body."""
+        p = self.params
+        body: dict[str, Any] = {
+            "model": p.model,
+            "messages": self.messages,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+        }
+        if p.max_tokens is not None:
+            body["max_tokens"] = p.max_tokens
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        return body
+
+    def parse(self, text: str) -> tuple[BaseModel | None, str | None]:
+        """The answer validated against `reply`, or None and what was wrong with it."""
+        try:
+            if self.free_text:
+                return self.reply.model_validate({"text": text}), None
+            return self.reply.model_validate(extract_json(text)), None
+        except ValueError as exc:  # no JSON, or a pydantic ValidationError
+            return None, f"the answer did not match {self.reply.__name__}: {_describe(exc)}"
+
+    def corrected(self, raw: str, error: str) -> ChatRequest:
+        """The same request again, showing the model its last answer and what was wrong."""
+        detail = error.split(": ", 1)[-1]
+        messages = [
+            *self.messages,
+            {"role": "assistant", "content": raw},
+            {
+                "role": "user",
+                "content": f"Your previous answer did not match the schema: {detail}. "
+                "Reply with JSON only.",
+            },
+        ]
+        return ChatRequest(messages, self.params, self.reply, self.response_format, False)
 
 
 class _Bucket:
@@ -284,9 +349,7 @@ class LLMClient:
         if self._owns_http:
             await self._client.close()
 
-    async def _send(
-        self, messages: Messages, params: StageParams, extra: dict[str, Any]
-    ) -> tuple[str, Usage]:
+    async def _send(self, messages: Messages, params: StageParams, extra: dict[str, Any]) -> Reply:
         """One request, no retries: the single place that talks to the endpoint."""
         self.calls += 1
         self.in_flight += 1
@@ -308,7 +371,14 @@ class LLMClient:
             self.in_flight -= 1
         used = reply.usage
         usage = Usage(used.prompt_tokens, used.completion_tokens) if used else Usage()
-        return (reply.choices[0].message.content if reply.choices else None) or "", usage
+        if not reply.choices:
+            return Reply("", usage)
+        choice = reply.choices[0]
+        return Reply(choice.message.content or "", usage, choice.finish_reason)
+
+    async def send(self, request: ChatRequest) -> Reply:
+        """One unit's request, retried on transient failures."""
+        return await self._complete(request.messages, request.params, request.response_format)
 
     async def complete(
         self,
@@ -318,6 +388,12 @@ class LLMClient:
         response_format: dict[str, Any] | None = None,
     ) -> tuple[str, Usage]:
         """One chat completion, retried on transient failures; its text ("" if none) and usage."""
+        reply = await self._complete(messages, params, response_format)
+        return reply.text, reply.usage
+
+    async def _complete(
+        self, messages: Messages, params: StageParams, response_format: dict[str, Any] | None
+    ) -> Reply:
         options = {"max_tokens": params.max_tokens, "seed": params.seed}
         extra: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
         if response_format is not None:
@@ -330,7 +406,7 @@ class LLMClient:
             taken = await self._tpm.take(estimate)
             try:
                 async with self._slots:
-                    text, usage = await self._send(messages, params, extra)
+                    reply = await self._send(messages, params, extra)
             except openai.APIError as exc:
                 status, failure, wait = self._transient(exc, where)
                 if attempt == attempts:
@@ -341,9 +417,9 @@ class LLMClient:
                     ) from exc
                 await asyncio.sleep(wait if wait is not None else self._backoff(attempt))
                 continue
-            self._tpm.settle(taken, usage.total or taken)
-            self.usage = self.usage + usage
-            return text, usage
+            self._tpm.settle(taken, reply.usage.total or taken)
+            self.usage = self.usage + reply.usage
+            return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _transient(self, exc: openai.APIError, where: str) -> tuple[int | None, str, float | None]:
@@ -368,14 +444,10 @@ class LLMClient:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(0, ceiling)  # full jitter: retries from many units spread out
 
-    async def structured(
-        self, messages: Messages, model_cls: type[T], params: StageParams
-    ) -> StructuredResult[T]:
-        """Ask for JSON matching `model_cls`; one retry that shows the model its mistake.
-
-        Transport failures raise `LLMError`; an answer that does not validate is returned
-        with value None, the reason and the raw text, for the caller to record.
-        """
+    def request(
+        self, messages: Messages, model_cls: type[BaseModel], params: StageParams
+    ) -> ChatRequest:
+        """A request for JSON matching `model_cls`, in this endpoint's structured-output mode."""
         schema = _schema(model_cls)
         fmt: dict[str, Any] | None = None
         if self.config.structured == "json_schema":
@@ -389,37 +461,45 @@ class LLMClient:
             messages = _with_system(
                 messages, f"Reply with JSON only, matching this JSON schema: {json.dumps(schema)}"
             )
-        usage, raw, error = Usage(), "", ""
+        return ChatRequest(messages, params, model_cls, fmt)
+
+    @staticmethod
+    def text_request(
+        messages: Messages, model_cls: type[BaseModel], params: StageParams
+    ) -> ChatRequest:
+        """A request for free text (an answer), taken whole as `model_cls(text=...)`."""
+        return ChatRequest(messages, params, model_cls, None, free_text=True)
+
+    async def ask(self, request: ChatRequest) -> StructuredResult[Any]:
+        """Send a request and validate its answer; a JSON answer that does not validate is
+        asked for once more, showing the model its mistake.
+
+        Transport failures raise `LLMError`; an answer that does not validate is returned
+        with value None, the reason and the raw text, for the caller to record."""
+        usage = Usage()
         for attempt in (1, 2):
-            raw, used = await self.complete(messages, params, response_format=fmt)
-            usage = usage + used
-            try:
-                value = model_cls.model_validate(extract_json(raw))
-                return StructuredResult(value, raw, usage, None, attempt)
-            except ValueError as exc:  # no JSON, or a pydantic ValidationError
-                detail = _describe(exc)
-            error = f"the answer did not match {model_cls.__name__}: {detail}"
-            messages = [
-                *messages,
-                {"role": "assistant", "content": raw},
-                {
-                    "role": "user",
-                    "content": f"Your previous answer did not match the schema: {detail}. "
-                    "Reply with JSON only.",
-                },
-            ]
-        return StructuredResult(None, raw, usage, error, 2)
+            reply = await self.send(request)
+            usage = usage + reply.usage
+            value, error = request.parse(reply.text)
+            if value is not None or request.free_text or attempt == 2:
+                return StructuredResult(
+                    value, reply.text, usage, error, attempt, reply.finish_reason
+                )
+            assert error is not None
+            request = request.corrected(reply.text, error)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def structured(
+        self, messages: Messages, model_cls: type[T], params: StageParams
+    ) -> StructuredResult[T]:
+        """Ask for JSON matching `model_cls`; one retry that shows the model its mistake."""
+        return await self.ask(self.request(messages, model_cls, params))
 
     async def text(
         self, messages: Messages, model_cls: type[T], params: StageParams
     ) -> StructuredResult[T]:
         """Free text (an answer), validated as `model_cls(text=...)`; never JSON-parsed."""
-        raw, usage = await self.complete(messages, params)
-        try:
-            return StructuredResult(model_cls.model_validate({"text": raw}), raw, usage)
-        except ValidationError as exc:
-            error = f"the answer did not match {model_cls.__name__}: {_describe(exc)}"
-            return StructuredResult(None, raw, usage, error)
+        return await self.ask(self.text_request(messages, model_cls, params))
 
 
 def _with_system(messages: Messages, note: str) -> Messages:
