@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from graph.driver import Tx
 from graph.errors import GlanError, WrongKind
@@ -27,6 +27,9 @@ from graph.records import Node, now_iso
 from graph.store import Store
 
 from .llm import ChatRequest, LLMClient, LLMError, Reply, StageParams, Usage
+
+if TYPE_CHECKING:
+    from .cost import CapGuard, CostCap
 
 #: How often the job node's counters are written while units finish (each unit's own state
 #: is written with its output, always).
@@ -48,6 +51,9 @@ class JobStatus:
     #: resumes these when it starts again, like those it was running when it was killed
     INTERRUPTED = "interrupted"
     FAILED = "failed"
+    #: stopped before its cost cap (--max-cost) would be passed: what is done stays done, and
+    #: running it again with a higher cap goes on
+    COST_CAPPED = "cost_capped"
 
 
 class StopRequest(asyncio.Event):
@@ -110,6 +116,10 @@ class Progress:
     #: no answer at all), and the error of one of them: what a run's summary reports
     failed_raw: int = 0
     first_error: str | None = None
+    #: the model its units ask (what its tokens are priced at), and the cost cap in US
+    #: dollars this run keeps, if any: stored with the job, so a resumed job keeps its cap
+    model: str | None = None
+    max_cost: float | None = None
 
     @property
     def finished(self) -> int:
@@ -129,6 +139,8 @@ class Progress:
             "completion_tokens": self.completion_tokens,
             "error": self.error,
             "updated_at": now_iso(),
+            "model": self.model,
+            "max_cost": self.max_cost,
         }
 
 
@@ -224,9 +236,9 @@ class Stage(ABC):
 
 
 @dataclass
-class _Prepared:
-    """A job ready to run: its state, stored key, units left and tokens spent so far, or
-    the error its planning met (stored on the job as its failure)."""
+class PreparedJob:
+    """A job ready to run, whatever executor runs it: its state, stored key, units left and
+    tokens spent so far, or the error its planning met (stored on the job as its failure)."""
 
     state: Progress
     params: str
@@ -255,15 +267,24 @@ class JobRunner:
         *,
         progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
+        cost_cap: CostCap | None = None,
     ) -> Progress:
+        if cost_cap is not None:  # a model with no price cannot be capped: refused first
+            cost_cap.check_model(stage.params.model)
         # planning reads (a question job's draws read every syllabus of its scope) and the
         # plan's write run off the event loop, which a server shares with its requests
-        prepared = await asyncio.to_thread(self._prepare, stage, scope_path)
+        prepared = await asyncio.to_thread(self.prepare_job, stage, scope_path)
         state, params, todo, spent = prepared.state, prepared.params, prepared.todo, prepared.spent
         if progress:
             progress(state)
         if prepared.error is not None:
             raise prepared.error
+        guard: CapGuard | None = None
+        if cost_cap is not None:
+            guard = await asyncio.to_thread(cost_cap.guard, self.store, stage, todo)
+            state.max_cost = cost_cap.limit_usd
+            self.store.jobs.save({"id": state.job_id, "max_cost": state.max_cost})
+        in_flight = 0  # units started and not finished: what a cost cap counts ahead
 
         # Units are read for (`Stage.prepare`, off the loop) a chunk at a time as the
         # workers need them: a million-unit job never holds all its inputs at once.
@@ -295,7 +316,7 @@ class JobRunner:
             group = waiting[:]
             waiting.clear()  # a group that fails to write is not tried again: it runs again
             if group:
-                await asyncio.to_thread(self._write_group, stage, group, state, params)
+                await asyncio.to_thread(self.write_group, stage, group, state, params)
                 if progress:
                     progress(state)
 
@@ -308,10 +329,16 @@ class JobRunner:
                     wanted.set()
                 if unit is None:
                     return
+                nonlocal in_flight
+                if guard is not None and not guard.allows(state, in_flight):
+                    return  # the unit stays pending: a run with a higher cap asks it
+                in_flight += 1
                 try:
                     outcome = await stage.execute(unit)
                 except LLMError as exc:
                     outcome = Outcome(error=str(exc), raw=getattr(exc, "raw", "") or "")
+                finally:
+                    in_flight -= 1
                 # the unit keeps the tokens of all its attempts, by earlier runs too, so a
                 # job's tokens are always the sum of its units'
                 state.prompt_tokens += outcome.usage.prompt_tokens
@@ -349,7 +376,7 @@ class JobRunner:
                 group = waiting[:]
                 waiting.clear()
                 if group:
-                    self._write_group(stage, group, state, params)
+                    self.write_group(stage, group, state, params)
             stopping = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
             state.status = stopped() if stopping else JobStatus.FAILED
             state.error = None if stopping else repr(exc)
@@ -357,8 +384,23 @@ class JobRunner:
             raise
         finally:
             feeder.cancel()  # stopped early, it may still wait for the queue to run low
-        if cancel is not None and cancel.is_set() and state.finished < state.total:
-            state.status = stopped()
+        stopped_early = cancel is not None and cancel.is_set() and state.finished < state.total
+        if not stopped_early and guard is not None and guard.reached:
+            state.error = guard.message(state)
+            return self.finish(state, params, JobStatus.COST_CAPPED, progress)
+        return self.finish(state, params, stopped() if stopped_early else None, progress)
+
+    def finish(
+        self,
+        state: Progress,
+        params: str,
+        stopped: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Progress:
+        """Store a job's end: `stopped` (cancelled, interrupted) when it stopped before all
+        its units finished, else completed, with failures or without."""
+        if stopped is not None:
+            state.status = stopped
         elif state.failed:
             state.status = JobStatus.COMPLETED_WITH_FAILURES
         else:
@@ -368,15 +410,18 @@ class JobRunner:
             progress(state)
         return state
 
-    def _prepare(self, stage: Stage, scope_path: str | None) -> _Prepared:
-        """The job's row, its plan and what is left of it, stored before any unit runs."""
+    def prepare_job(self, stage: Stage, scope_path: str | None) -> PreparedJob:
+        """The job's row, its plan and what is left of it, stored before any unit runs.
+        Executors other than the live one start here too, and end in `write_group`."""
         scope = self.store.taxonomy.scope(scope_path)
         stage.check_scope(scope)
         scope_text = scope.path or "" if scope else ""
         key = stage.job_key()
         params = json.dumps(key, sort_keys=True)
         stage.job_id = job_id_for(stage.name, scope_text, key)
-        state = Progress(stage.job_id, stage.name, scope_text, JobStatus.RUNNING)
+        state = Progress(
+            stage.job_id, stage.name, scope_text, JobStatus.RUNNING, model=stage.params.model
+        )
         if self.store.jobs.get(stage.job_id) is None:
             self.store.jobs.save({**state.as_row(params), "created_at": now_iso()})
         # Tokens are counted from the units, which store theirs with their output: the job's
@@ -392,7 +437,7 @@ class JobRunner:
         except GlanError as exc:  # stored as failed, so the job does not look alive forever
             state.status, state.error = JobStatus.FAILED, str(exc)
             self.store.jobs.save(state.as_row(params))
-            return _Prepared(state, params, [], spent, exc)
+            return PreparedJob(state, params, [], spent, exc)
         statuses = self.store.jobs.unit_statuses([u.id for u in units])
         todo = [u for u in units if statuses.get(u.id) != UnitStatus.DONE]
         state.total = len(units)
@@ -404,9 +449,9 @@ class JobRunner:
             rows = [self._unit_row(stage, u, UnitStatus.PENDING) for u in new]
             self.store.jobs.save_units(rows, update_existing=False, tx=tx)
             self.store.jobs.save(state.as_row(params), tx=tx)
-        return _Prepared(state, params, todo, spent)
+        return PreparedJob(state, params, todo, spent)
 
-    def _write_group(
+    def write_group(
         self,
         stage: Stage,
         group: Sequence[tuple[UnitSpec, Outcome]],
