@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from . import queries as Q
+from .combinations import basic_space, join, subject_space
 from .driver import Row
 from .errors import InvalidInput
 from .model import (
@@ -28,6 +29,7 @@ from .nodes import Nodes, Part, each
 from .records import (
     COUNT_NAMES,
     LEVEL_INSTRUCTION,
+    CombinationGap,
     ConceptGap,
     CoverageReport,
     CoverageRow,
@@ -163,11 +165,20 @@ class Coverage(Part):
                 total.setdefault(COUNT_NAMES[lv], 0)
         return out
 
-    def tree(self, path: str | None = None, depth: int = 3, *, covered: bool = False) -> TreeNode:
+    def tree(
+        self,
+        path: str | None = None,
+        depth: int = 3,
+        *,
+        covered: bool = False,
+        combinations: bool = False,
+    ) -> TreeNode:
         """The subtree below a path (or all fields), `depth` levels deep, with counts.
 
         With `covered`, every node also gets its covered concepts: one more grouped query
         per level, so a chart can colour a whole tree by coverage without a query per node.
+        With `combinations`, its combination space and the combinations used in it (see
+        CoverageRow): summed from subject rollups down to subjects, walked for sessions.
         """
         if depth < 0:
             raise InvalidInput("depth must be 0 or more")
@@ -181,7 +192,7 @@ class Coverage(Part):
             params["id"] = scope.id
         shown = not (scope and scope.hidden)
         subject = HIERARCHY.index(SUBJECT)
-        if covered and shown and (top is None or top <= subject):
+        if (covered or combinations) and shown and (top is None or top <= subject):
             self.rollups.refresh(scope)
 
         def covered_by(group: int | None) -> dict[str, int]:
@@ -194,8 +205,25 @@ class Coverage(Part):
             rows = self.driver.execute(query, params)
             return {str(r.get("id", "")): int(r[column] or 0) for r in rows}
 
+        def combinations_by(group: int | None) -> dict[str, tuple[int, int]]:
+            """(space, used) per node at `group` (or of the scope, keyed "")."""
+            if top is not None and top > HIERARCHY.index(SESSION):
+                return {}
+            if (top is None or top <= subject) and (group is None or group <= subject):
+                rows = self.driver.execute(Q.sum_rollups(self.d, top, group), params)
+                return {
+                    str(r.get("id", "")): (_space_of(r), int(r["rollup_combos"] or 0)) for r in rows
+                }
+            if group is not None and group > HIERARCHY.index(SESSION):
+                return {}
+            query = Q.session_combinations(self.d, top, group)
+            found = self.driver.execute(query, self._params(top, **params))
+            return {str(r.get("id", "")): (basic_space(int(r["n"])), int(r["used"])) for r in found}
+
         if covered and shown:
             root.covered_concepts = covered_by(None).get("", 0)
+        if combinations and shown:
+            root.combination_space, root.combinations_used = combinations_by(None).get("", (0, 0))
         frontier: list[TreeNode] = [root]
         for level in range(top_level + 1, min(top_level + 1 + depth, len(HIERARCHY))):
             if not frontier:
@@ -219,6 +247,7 @@ class Coverage(Part):
             covers: dict[str, int] = {}
             if covered and shown and level <= HIERARCHY.index(CONCEPT):
                 covers = covered_by(level)
+            spaces = combinations_by(level) if combinations and shown else {}
             for t in frontier:
                 key = t.node.id if t.node else ""
                 for shared in sorted(children.get(key, []), key=display_order):
@@ -240,6 +269,8 @@ class Coverage(Part):
                             for t in range(level + 1, len(COUNT_NAMES))
                         }
                         node.covered_concepts = covers.get(child.id, 0)
+                        space, used = spaces.get(child.id, (0, 0))
+                        node.combination_space, node.combinations_used = space, used
                     t.children.append(node)
                     kids.append(node)
             frontier = kids
@@ -327,6 +358,8 @@ class Coverage(Part):
                 row.counts[name] = int(values.get(rollup) or 0)
             row.covered_concepts = int(values.get("rollup_covered") or 0)
             row.combinations = int(values.get("rollup_combos") or 0)
+            row.combination_space = _space_of(values)
+            row.combinations_used = row.combinations
         if not hidden:
             self._extras(self._childless(top), top, group, params, total, rows)
         ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
@@ -386,19 +419,76 @@ class Coverage(Part):
                 ("combinations", partial(Q.covered_combos, self.d, top), 5),
             ]
             self._extras(walked + self._childless(top), top, group, params, total, rows)
+            self._walked_combinations(top, group, self._params(top, **params), total, rows)
         ordered = [CoverageRow(c, c.path or "") for c in children if c.hidden]
         return CoverageReport(total, sorted([*rows.values(), *ordered], key=_row_order))
 
-    def gaps(self, path: str | None = None, limit: int = 10) -> Gaps:
+    def _walked_combinations(
+        self,
+        top: int | None,
+        group: int,
+        params: Mapping[str, Any],
+        total: CoverageRow,
+        rows: Mapping[str, CoverageRow],
+    ) -> None:
+        """The combination space of the scope and of each child, walked from the sessions
+        (what the subject rollups must add up to): a subject's space from its sessions'
+        sizes, a session's its own basic one with the combinations asked from it alone."""
+        total_row = total.node.id if total.node else ""
+        session = HIERARCHY.index(SESSION)
+        if top is not None and top >= session:  # a session: its own basic combinations
+            if top == session:
+                found = self.driver.execute(Q.session_combinations(self.d, top, None), params)
+                for r in found:
+                    total.combination_space = basic_space(int(r["n"]))
+                    total.combinations_used = int(r["used"])
+            return
+        sizes: dict[str, dict[str, list[int]]] = {}  # group node -> subject -> its sizes
+        for r in self.driver.execute(Q.session_combinations(self.d, top, None), params):
+            sizes.setdefault(total_row, {}).setdefault(r["subject"], []).append(int(r["n"]))
+        if rows and group <= session:
+            query = Q.session_combinations(self.d, top, group)
+            for r in self.driver.execute(query, params):
+                if r["id"] not in rows:
+                    continue
+                if group == session:
+                    rows[r["id"]].combination_space = basic_space(int(r["n"]))
+                    rows[r["id"]].combinations_used = int(r["used"])
+                else:
+                    sizes.setdefault(r["id"], {}).setdefault(r["subject"], []).append(int(r["n"]))
+        for key, row in [(total_row, total), *rows.items()]:
+            if key in sizes:
+                row.combination_space = sum(subject_space(s) for s in sizes[key].values())
+                row.combinations_used = row.combinations
+
+    @staticmethod
+    def _params(top: int | None, **more: Any) -> dict[str, Any]:
+        """The parameters of a read under a scope at `top` (its id, if any, in `more`)."""
+        return {"rejected": str(Status.REJECTED), "approved": str(Status.APPROVED), **more}
+
+    def gaps(
+        self,
+        path: str | None = None,
+        limit: int = 10,
+        *,
+        min_count: int = 0,
+        thinnest: bool = False,
+    ) -> Gaps:
         """The least covered concepts under a path and its subjects without a syllabus,
         `limit` of each, in two queries whatever the size of the subtree: what a reviewer
-        looks at to decide where to generate next."""
+        looks at to decide where to generate next.
+
+        With `min_count`, also the approved concepts fewer instructions cover (`limit` of
+        them, fewest first, and their number); with `thinnest`, the subjects (from their
+        rollups) and sessions (walked) whose combination space is least asked about."""
         if limit < 1:
             raise InvalidInput("limit must be 1 or more")
+        if min_count < 0:
+            raise InvalidInput("min_count must be 0 or more")
         scope = self.taxonomy.node(path) if path else None
         where = scope.path or "" if scope else ""
         if scope is not None and scope.hidden:
-            return Gaps(where, [], [])
+            return Gaps(where, [], [], min_count=min_count)
         top = scope.level if scope else None
         params: dict[str, Any] = {"rejected": str(Status.REJECTED), "limit": limit}
         if scope:
@@ -411,7 +501,42 @@ class Coverage(Part):
         if top is None or top <= HIERARCHY.index(SUBJECT):
             rows = self.driver.execute(Q.subjects_without_syllabus(self.d, top), params)
             without = [Node.from_row(r["s"]) for r in rows]
-        return Gaps(where, least, without)
+        gaps = Gaps(where, least, without, min_count=min_count)
+        wider = self._params(top, limit=limit, min=min_count, **({"id": scope.id} if scope else {}))
+        if min_count > 0:
+            found = self.driver.execute(Q.concepts_below(self.d, top), wider)
+            gaps.below_min = [
+                ConceptGap(
+                    Node.from_row(r["c"]), r["subject"] or "", r["session"] or "", int(r["k"])
+                )
+                for r in found
+            ]
+            counted = self.driver.execute(Q.concepts_below(self.d, top, count=True), wider)
+            gaps.below_min_count = int(counted[0]["n"]) if counted else 0
+        if thinnest:
+            self._thinnest(scope, top, wider, gaps)
+        return gaps
+
+    def _thinnest(
+        self, scope: Node | None, top: int | None, params: Mapping[str, Any], gaps: Gaps
+    ) -> None:
+        """The subjects and sessions under the scope whose combination space is least asked
+        about: subjects from their rollups (brought up to date first), sessions walked."""
+        session = HIERARCHY.index(SESSION)
+        if top is None or top <= HIERARCHY.index(SUBJECT):
+            self.rollups.refresh(scope)
+            for r in self.driver.execute(Q.thinnest_subjects(self.d, top), params):
+                node = Node.from_row(r["s"])
+                space = _space_of(node.props)
+                used = int(node.props.get("rollup_combos") or 0)
+                gaps.thinnest_subjects.append(CombinationGap(node, "", space, used))
+        if top is None or top <= session:
+            query = Q.session_combinations(self.d, top, None, thinnest=True)
+            for r in self.driver.execute(query, params):
+                space = basic_space(int(r["n"]))
+                gaps.thinnest_sessions.append(
+                    CombinationGap(Node.from_row(r["s"]), r["subject"] or "", space, int(r["used"]))
+                )
 
 
 def _add_counts(out: dict[str, dict[str, int]], rows: list[Row], levels: range) -> None:
@@ -420,6 +545,11 @@ def _add_counts(out: dict[str, dict[str, int]], rows: list[Row], levels: range) 
         counts = out.setdefault(str(row.get("id", "")), {})
         for lv in levels:
             counts[COUNT_NAMES[lv]] = int(row.get(f"c{lv}") or 0)
+
+
+def _space_of(values: Mapping[str, Any]) -> int:
+    """The combination space summed rollups hold (see graph/combinations.py)."""
+    return join(int(values.get("rollup_space_hi") or 0), int(values.get("rollup_space_lo") or 0))
 
 
 def _row_order(row: CoverageRow) -> tuple[int, str]:

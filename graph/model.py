@@ -112,6 +112,10 @@ ROLLUPS: tuple[str, ...] = (
     "rollup_responses",
     "rollup_covered",
     "rollup_combos",
+    # the subject's combination space (graph/combinations.py), as hi * 2^31 + lo: sums of
+    # them over every subject stay exact int64 in any engine
+    "rollup_space_hi",
+    "rollup_space_lo",
 )
 SUBJECT = NodeKind(
     "Subject",
@@ -138,6 +142,7 @@ INSTRUCTION = NodeKind(
         Prop("created_at"),
         Prop("duplicate"),  # exact | near, with a DUPLICATE_OF edge to the kept instruction
         Prop("contaminated"),  # the benchmark(s) it overlaps; excluded from export
+        Prop("contamination"),  # JSON: each overlap of it or its answers (generators/cleaning)
     )
     + _PROVENANCE,
 )
@@ -172,6 +177,8 @@ JOB = NodeKind(
         Prop("error"),
         Prop("created_at"),
         Prop("updated_at"),
+        Prop("model"),  # the model its last run asked (what its tokens are priced at)
+        Prop("max_cost", FLOAT),  # the cost cap in US dollars its last run kept (0: none)
     ),
 )
 # One resumable piece of a job (discipline+round, subject, sampled combination, ...).

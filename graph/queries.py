@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .combinations import LIMB, MAX_CONCEPTS
 from .driver import Dialect
 from .filters import InstructionFilter
 from .model import (
@@ -497,6 +498,20 @@ def count_instructions(d: Dialect, top: int | None, flt: InstructionFilter) -> s
     return f"MATCH {pattern} WHERE {where} RETURN count(DISTINCT i.id) AS n"
 
 
+def contamination_marks(d: Dialect, top: int | None) -> str:
+    """The contamination record and flag of the instructions under the scope that have
+    either, grouped: each distinct (record, flag) with how many instructions carry it."""
+    pattern, where = _instruction_scope(d, top, InstructionFilter())
+    marked = " OR ".join(
+        f"coalesce(i.{d.q(name)}, $blank) <> $blank" for name in ("contamination", "contaminated")
+    )
+    return (
+        f"MATCH {pattern} WHERE {where} AND ({marked}) "
+        f"WITH DISTINCT i.id AS id, i.{d.q('contamination')} AS record, "
+        f"i.{d.q('contaminated')} AS flag RETURN record, flag, count(*) AS n"
+    )
+
+
 def pick_instructions(d: Dialect, top: int | None) -> str:
     """The instructions at the 0-based positions $offsets of the scope's ids in ascending
     order, each with its position `o`. The ids are gathered and sorted inside the database,
@@ -676,6 +691,8 @@ def stale_rollups(d: Dialect, top: int | None) -> str:
     """Subjects under the scope whose rollup is missing or older than their last write, with
     the write count it will be current for."""
     where = "coalesce(n3.rollup_clean, -1) <> coalesce(n3.rollup_dirty, 0)"
+    # a rollup kept by a glan from before combination spaces has none: counted once
+    where = f"({where} OR n3.rollup_space_lo IS NULL)"
     # the whole store: one pass over the subjects' table, where writes keep every rollup
     # current and this finds none
     pattern = f"(n3:{d.q(SUBJECT.label)})"
@@ -741,6 +758,28 @@ def rollup_covered(d: Dialect, one: bool = False, every: bool = False) -> str:
     )
 
 
+def rollup_space(d: Dialect, one: bool = False, every: bool = False) -> str:
+    """Per subject of $ids (or any subject) with approved sessions: the number of approved
+    concepts of each approved session (`sizes`), what its combination space counts
+    (graph/combinations.py)."""
+    has_session = d.q(CHILD_REL[SUBJECT.label].type)
+    has_concept = d.q(CHILD_REL[SESSION.label].type)
+    head, key, where = _each_subject(d, one, every)
+    return (
+        f"{head}MATCH (s:{d.q(SUBJECT.label)}{key})-[:{has_session}]->(ss:{d.q(SESSION.label)}) "
+        f"WHERE {' AND '.join(['ss.status = $approved', *where])} "
+        f"OPTIONAL MATCH (ss)-[:{has_concept}]->(c:{d.q(HIERARCHY[5].label)}) "
+        "WHERE c.status = $approved "
+        "WITH s.id AS id, ss.id AS session, count(DISTINCT c.id) AS n "
+        "RETURN id, collect(n) AS sizes"
+    )
+
+
+def subject_sessions(d: Dialect) -> str:
+    """The sessions the rollup of subject $id counts (null when it has none yet)."""
+    return f"MATCH (s:{d.q(SUBJECT.label)} {{id: $id}}) RETURN s.rollup_sessions AS n"
+
+
 def sum_rollups(d: Dialect, top: int | None, group: int | None) -> str:
     """The rollups of the distinct visible subjects under the scope, summed (per group node
     with a group). A subject under two disciplines of one group counts once for it."""
@@ -783,6 +822,95 @@ def subjects_without_syllabus(d: Dialect, top: int | None) -> str:
         f"OPTIONAL MATCH (n3)-[:{d.q(rel.type)}]->(x:{d.q(rel.dst.label)}) "
         "WITH n3, count(x) AS k WHERE k = 0 "
         "RETURN n3 AS s ORDER BY n3.name, n3.id LIMIT $limit"
+    )
+
+
+def concepts_below(d: Dialect, top: int | None, *, count: bool = False) -> str:
+    """Approved concepts under the scope (reached through approved nodes, as generation
+    reaches them) that fewer than $min instructions cover, with their subject and session:
+    at most $limit, fewest first then by id; with `count`, how many there are (`n`)."""
+    start = 0 if top is None else top
+    where = [approved(start, 5)]
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    covers = (
+        f"MATCH {chain(d, start, 5)} WHERE {' AND '.join(where)} "
+        f"OPTIONAL MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
+    )
+    if count:
+        return f"{covers}WITH n5, count(DISTINCT i.id) AS k WHERE k < $min RETURN count(n5) AS n"
+    subject = "n3.name" if start <= 3 else "''"
+    session = "n4.name" if start <= 4 else "''"
+    return (
+        f"{covers}WITH n5, {subject} AS subject, {session} AS session, count(DISTINCT i.id) AS k "
+        "WHERE k < $min RETURN n5 AS c, subject, session, k ORDER BY k, n5.id LIMIT $limit"
+    )
+
+
+def _basic_space(x: str) -> str:
+    """graph/combinations.basic_space of the float `x`, as arithmetic: each term is
+    C(x, k), which is 0 for a whole x below k."""
+    terms, product, factorial = [], x, 1
+    for k in range(1, MAX_CONCEPTS + 1):
+        if k > 1:
+            product, factorial = f"{product} * ({x} - {k - 1})", factorial * k
+        terms.append(f"{product} / {factorial}.0")
+    return " + ".join(terms)
+
+
+def session_combinations(
+    d: Dialect, top: int | None, group: int | None, *, thinnest: bool = False
+) -> str:
+    """Per approved session under the scope (below visible nodes): its approved concepts
+    `n` (its basic combination space is basic_space(n)) and `used`, the distinct
+    combinations of the instructions asked from it alone; with the `subject` id, and the
+    group node's `id` with a group (at most the session level).
+
+    With `thinnest`: the $limit sessions with concepts whose basic space is least asked
+    about, as nodes `s` with their subject's name, lowest share first then by id."""
+    start = 0 if top is None else top
+    where = [visible(start, 3)] if start <= 3 else []
+    where.append("n4.status = $approved")
+    if top is not None:
+        where.append(f"n{top}.id = $id")
+    keys = ([f"n{group}.id AS id"] if group is not None else []) + (["n3"] if start <= 3 else [])
+    kept = (["id"] if group is not None else []) + (["n3"] if start <= 3 else [])
+    carry = "".join(f"{k}, " for k in kept)
+    has_concept = d.q(CHILD_REL[SESSION.label].type)
+    walk = (
+        f"MATCH {chain(d, start, 4)} WHERE {' AND '.join(where)} "
+        f"WITH DISTINCT {''.join(f'{k}, ' for k in keys)}n4 "
+        f"OPTIONAL MATCH (n4)-[:{has_concept}]->(c:{d.q(HIERARCHY[5].label)}) "
+        "WHERE c.status = $approved "
+        f"WITH {carry}n4, count(DISTINCT c.id) AS n "
+        f"OPTIONAL MATCH (n4)<-[:{d.q(FROM.type)}]-(i:{d.q(INSTRUCTION.label)}) "
+        f"OPTIONAL MATCH (i)-[:{d.q(FROM.type)}]->(x:{d.q(SESSION.label)}) "
+        f"WITH {carry}n4, n, i, count(x) AS k "
+        f"WITH {carry}n4, n, count(DISTINCT CASE WHEN k = 1 THEN i.combo_key END) AS used "
+    )
+    if thinnest:
+        subject = "n3.name" if start <= 3 else "''"
+        return (
+            f"{walk}WHERE n > 0 WITH {carry}n4, n, used, n * 1.0 AS x "
+            f"WITH {carry}n4, n, used, used / ({_basic_space('x')}) AS share "
+            f"RETURN n4 AS s, {subject} AS subject, n, used ORDER BY share, n4.id LIMIT $limit"
+        )
+    subject = "n3.id" if start <= 3 else "''"
+    head = "id, " if group is not None else ""
+    return f"{walk}RETURN {head}{subject} AS subject, n4.id AS session, n, used"
+
+
+def thinnest_subjects(d: Dialect, top: int | None) -> str:
+    """The $limit visible subjects under the scope with a combination space whose share
+    asked about (their rollups) is lowest, lowest first then by id."""
+    pattern, where, _ = _scoped(d, top, None, 3)
+    names = ("rollup_space_hi", "rollup_space_lo", "rollup_combos")
+    hi, lo, used = (f"coalesce(n3.{d.q(r)}, 0)" for r in names)
+    return (
+        f"MATCH {pattern} WHERE {where} WITH DISTINCT n3 "
+        f"WITH n3, {hi} * {float(2**LIMB)!r} + {lo} AS space WHERE space > 0 "
+        f"WITH n3, {used} / space AS share "
+        "RETURN n3 AS s ORDER BY share, n3.id LIMIT $limit"
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import combinations
 from .errors import InvalidInput
 from .model import (
     HIERARCHY,
@@ -100,6 +101,14 @@ class TreeNode:
     children: list[TreeNode] = field(default_factory=list)
     #: concepts below with at least one instruction (set when tree() is asked for coverage)
     covered_concepts: int = 0
+    #: the combination space below and the combinations used in it (set when tree() is
+    #: asked for combinations; see CoverageRow)
+    combination_space: int = 0
+    combinations_used: int = 0
+
+    @property
+    def combination_share(self) -> float:
+        return combinations.share(self.combinations_used, self.combination_space)
 
 
 @dataclass(slots=True)  # millions of them when the sampler reads a whole store
@@ -195,12 +204,24 @@ class CoverageRow:
     combinations: int = 0
     subjects_without_syllabus: int = 0
     disciplines_without_subjects: int = 0
+    #: the combination space below (graph/combinations.py): a subject's basic and hard
+    #: combinations, summed over the subjects below; a session's own basic ones. An exact
+    #: integer of any size: the API gives it while it fits int64, and its log10 always
+    combination_space: int = 0
+    #: distinct combinations asked within that space: all those of the subjects below; for a
+    #: session, those asked from it alone
+    combinations_used: int = 0
 
     @property
     def concept_coverage(self) -> float:
         """Fraction of concepts at least one instruction covers."""
         concepts = self.counts.get("concepts", 0)
         return self.covered_concepts / concepts if concepts else 0.0
+
+    @property
+    def combination_share(self) -> float:
+        """Fraction of the combination space asked about (0 for an empty space)."""
+        return combinations.share(self.combinations_used, self.combination_space)
 
 
 @dataclass
@@ -220,12 +241,36 @@ class ConceptGap:
 
 
 @dataclass
+class CombinationGap:
+    """A subject or session and how much of its combination space was asked about (see
+    Coverage.gaps): a subject's basic and hard space, a session's basic one."""
+
+    node: Node
+    subject: str  # for a session, its subject's name; for a subject, ""
+    space: int
+    used: int
+
+    @property
+    def share(self) -> float:
+        return combinations.share(self.used, self.space)
+
+
+@dataclass
 class Gaps:
-    """What is missing under a node: the least covered concepts, subjects with no syllabus."""
+    """What is missing under a node: the least covered concepts, subjects with no syllabus,
+    and (when asked for) the thinnest combination shares and concepts below a count."""
 
     path: str  # the node's path as stored ("" for the whole store)
     least_covered: list[ConceptGap]
     subjects_without_syllabus: list[Node]
+    #: subjects and sessions with the lowest share of their combination space asked
+    thinnest_subjects: list[CombinationGap] = field(default_factory=list)
+    thinnest_sessions: list[CombinationGap] = field(default_factory=list)
+    #: approved concepts fewer than `min_count` instructions cover (at most the limit), and
+    #: how many there are in all
+    min_count: int = 0
+    below_min: list[ConceptGap] = field(default_factory=list)
+    below_min_count: int = 0
 
 
 @dataclass

@@ -31,6 +31,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import queries as Q
+from .combinations import split, subject_space
 from .driver import GraphDriver, Row, Tx, batched
 from .model import (
     HIERARCHY,
@@ -44,7 +45,7 @@ from .records import (
 )
 
 #: What each rollup counts, by short name.
-_SESSIONS, _CONCEPTS, _INSTRUCTIONS, _RESPONSES, _COVERED, _COMBOS = ROLLUPS
+_SESSIONS, _CONCEPTS, _INSTRUCTIONS, _RESPONSES, _COVERED, _COMBOS, _SPACE_HI, _SPACE_LO = ROLLUPS
 #: The properties of a subject with nothing below it: a rollup of zeros, current.
 EMPTY_ROLLUP: dict[str, int] = {**dict.fromkeys(ROLLUPS, 0), "rollup_dirty": 0, "rollup_clean": 0}
 
@@ -189,13 +190,29 @@ class Rollups(Part):
         self.recompute(sorted(again), tx=tx)
 
     def syllabus_written(
-        self, subject_id: str, sessions: int, concepts: int, *, tx: Tx | None = None
+        self, subject_id: str, sizes: Sequence[int], *, tx: Tx | None = None
     ) -> None:
-        """After a syllabus was written whose sessions are all new (and so its concepts):
-        they add to the subject's rollup, and nothing can be asked from them yet."""
-        if sessions or concepts:
-            row = {**dict.fromkeys(ROLLUPS, 0), _SESSIONS: sessions, _CONCEPTS: concepts}
-            self.add({subject_id: row}, tx=tx)
+        """After a syllabus was written whose sessions are all new (and so its concepts,
+        all approved; `sizes`: each session's concepts): they add to the subject's rollup,
+        and nothing can be asked from them yet. Its combination space adds up only when
+        the subject had no session before (its hard combinations pair old sessions with
+        new ones): otherwise the subject is recomputed."""
+        if not sizes:
+            return
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        found = runner.execute(Q.subject_sessions(self.d), {"id": subject_id})
+        if found and int(found[0]["n"] or 0):
+            self.recompute([subject_id], tx=tx)
+            return
+        hi, lo = split(subject_space(sizes))
+        row = {
+            **dict.fromkeys(ROLLUPS, 0),
+            _SESSIONS: len(sizes),
+            _CONCEPTS: sum(sizes),
+            _SPACE_HI: hi,
+            _SPACE_LO: lo,
+        }
+        self.add({subject_id: row}, tx=tx)
 
     def _asking(self, instruction_ids: Sequence[str], *, tx: Tx | None) -> dict[str, set[str]]:
         """For each instruction: the subjects whose rollups count it (those of the visible
@@ -262,6 +279,9 @@ class Rollups(Part):
         args = {"rejected": str(Status.REJECTED)}
         for build in (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered):
             _merge(values, self.nodes.by_ids(partial(build, self.d), ids, args, tx=tx))
+        approved = {"approved": str(Status.APPROVED)}
+        sizes = self.nodes.by_ids(partial(Q.rollup_space, self.d), ids, approved, tx=tx)
+        _merge_spaces(values, sizes)
         return values
 
     # ------------------------------------------------------------------ the fallback
@@ -302,6 +322,9 @@ class Rollups(Part):
             # moves its subject's write count past the stamp it gets here.
             for build in counts:
                 _merge(values, self.nodes.every_subject(build(self.d, every=True), args))
+            approved = {"approved": str(Status.APPROVED)}
+            spaces = self.nodes.every_subject(Q.rollup_space(self.d, every=True), approved)
+            _merge_spaces(values, spaces)
             for batch in batched(ids, self.batch_size):
                 with self.driver.transaction() as tx:
                     self.nodes.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)
@@ -310,6 +333,9 @@ class Rollups(Part):
             with self.driver.transaction() as tx:
                 for build in counts:
                     _merge(values, self.nodes.by_ids(partial(build, self.d), batch, args, tx=tx))
+                sizes = partial(Q.rollup_space, self.d)
+                approved = {"approved": str(Status.APPROVED)}
+                _merge_spaces(values, self.nodes.by_ids(sizes, batch, approved, tx=tx))
                 self.nodes.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)
         return len(ids)
 
@@ -319,3 +345,12 @@ def _merge(values: dict[str, dict[str, Any]], rows: Iterable[Row]) -> None:
     for r in rows:
         if r["id"] in values:
             values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
+
+
+def _merge_spaces(values: dict[str, dict[str, Any]], rows: Iterable[Row]) -> None:
+    """Put the combination space of each subject's session sizes (Q.rollup_space) into the
+    values of their subjects, as its two rollups."""
+    for r in rows:
+        if r["id"] in values:
+            hi, lo = split(subject_space(int(n or 0) for n in r["sizes"] or ()))
+            values[r["id"]].update({_SPACE_HI: hi, _SPACE_LO: lo})

@@ -8,6 +8,7 @@ most of the store's subjects as one walk over all of them (`Nodes.reads_whole`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
@@ -139,12 +140,14 @@ class Syllabi(Part):
                 has_concept.append((ses_id, cid))
         with self.driver.transaction() if tx is None else nullcontext(tx) as t:
             made = self.nodes.upsert_nodes(SESSION, session_rows, tx=t)
-            concepts = self.nodes.upsert_nodes(CONCEPT, list(concept_rows.values()), tx=t)
+            self.nodes.upsert_nodes(CONCEPT, list(concept_rows.values()), tx=t)
             self.nodes.upsert_edges(CHILD_REL[SUBJECT.label], has_session, tx=t)
             self.nodes.upsert_edges(CHILD_REL[SESSION.label], has_concept, tx=t)
             if made.created == len(session_rows):
                 # all new: so are their concepts, approved, and nothing was asked from them
-                self.rollups.syllabus_written(subject_id, made.created, concepts.created, tx=t)
+                per_session = Counter(ses for ses, _ in has_concept)
+                sizes = [per_session[r["id"]] for r in session_rows]
+                self.rollups.syllabus_written(subject_id, sizes, tx=t)
             else:  # written again: a session may come back from review, or gain concepts
                 self.rollups.recompute([subject_id], tx=t)
         return [r["id"] for r in session_rows]

@@ -368,7 +368,7 @@ def _coverage_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
     cov = store.coverage.report(path)
     return [
         (r.path, r.counts, r.covered_concepts, r.combinations, r.subjects_without_syllabus,
-         r.disciplines_without_subjects)
+         r.disciplines_without_subjects, r.combination_space, r.combinations_used)
         for r in [cov.total, *cov.children]
     ]  # fmt: skip
 
@@ -377,7 +377,7 @@ def _walked_rows(store: Store, path: str | None) -> list[tuple[object, ...]]:
     cov = store.coverage.report_by_walk(store.taxonomy.node(path) if path else None)
     return [
         (r.path, r.counts, r.covered_concepts, r.combinations, r.subjects_without_syllabus,
-         r.disciplines_without_subjects)
+         r.disciplines_without_subjects, r.combination_space, r.combinations_used)
         for r in [cov.total, *cov.children]
     ]  # fmt: skip
 
