@@ -140,7 +140,8 @@ class Progress:
             "error": self.error,
             "updated_at": now_iso(),
             "model": self.model,
-            "max_cost": self.max_cost,
+            # 0 for none: the embedded engine takes no null into a number in a batch update
+            "max_cost": self.max_cost or 0.0,
         }
 
 
@@ -195,21 +196,7 @@ class Stage(ABC):
         """A response to the unit's request, validated: the value to write, or the reason it
         cannot be used, with the raw text kept either way. Every executor ends here."""
         value, error = request.parse(reply.text)
-        error = self.check(unit, request, reply, value, error)
-        value = value if error is None else None
         return Outcome(value, reply.text, error, reply.usage, reply.finish_reason)
-
-    def check(
-        self,
-        unit: UnitSpec,
-        request: ChatRequest,
-        reply: Reply,
-        value: Any,
-        error: str | None,
-    ) -> str | None:
-        """Why a reply cannot be used: its parse error (None when it parsed), or what the
-        stage's validators reject in the parsed value (generators/validators.py)."""
-        return error
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         """The live executor's unit: send the request, accept the reply; a JSON answer that
@@ -335,6 +322,7 @@ class JobRunner:
                     progress(state)
 
         async def worker() -> None:
+            nonlocal in_flight
             while True:
                 if cancel is not None and cancel.is_set():
                     return
@@ -343,7 +331,6 @@ class JobRunner:
                     wanted.set()
                 if unit is None:
                     return
-                nonlocal in_flight
                 if guard is not None and not guard.allows(state, in_flight):
                     return  # the unit stays pending: a run with a higher cap asks it
                 in_flight += 1
@@ -357,6 +344,8 @@ class JobRunner:
                 # job's tokens are always the sum of its units'
                 state.prompt_tokens += outcome.usage.prompt_tokens
                 state.completion_tokens += outcome.usage.completion_tokens
+                if guard is not None:
+                    guard.record(outcome.usage)
                 outcome.usage = spent.get(unit.id, Usage()) + outcome.usage
                 waiting.append((unit, outcome))
                 if len(waiting) >= WRITE_GROUP:

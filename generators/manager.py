@@ -31,6 +31,7 @@ from graph.model import name_key, split_path
 from graph.records import now_iso
 from graph.store import Store
 
+from .cost import CostCap, PriceTable, load_prices
 from .jobs import (
     JobRunner,
     JobStatus,
@@ -133,10 +134,14 @@ class JobManager:
         params_for: Callable[[str], StageParams],
         *,
         concurrency: int = 8,
+        prices: Callable[[], PriceTable] | None = None,
     ) -> None:
         self.store = store
         self.llm = llm
         self.params_for = params_for
+        #: what models cost, read when a job with a cost cap is resumed (None: the shipped
+        #: table)
+        self.prices = prices or load_prices
         self.runner = JobRunner(store, concurrency=concurrency)
         self.running: dict[str, _Running] = {}
         #: the last state of jobs this process ran, newest last (at most KEEP_FINISHED): it
@@ -147,14 +152,24 @@ class JobManager:
         #: where jobs run; made with the first job (the server's loop is running by then)
         self._jobs: JobLoop | None = None
 
-    def start(self, stage_name: str, path: str | None, options: PipelineOptions) -> Progress:
-        """Start a job in the background and return its first state at once."""
+    def start(
+        self,
+        stage_name: str,
+        path: str | None,
+        options: PipelineOptions,
+        *,
+        cost_cap: CostCap | None = None,
+    ) -> Progress:
+        """Start a job in the background and return its first state at once; with a cost
+        cap, one whose model has no price is refused."""
         stage, scope_text, job_id = self._prepare(stage_name, path, options)
+        if cost_cap is not None:
+            cost_cap.check_model(stage.params.model)
         other = self._overlapping(stage_name, scope_text)
         if other is not None:
             raise JobConflict(other, stage_name, self.running[other].scope)
         first = Progress(job_id, stage_name, scope_text, JobStatus.RUNNING)
-        return self._launch(stage, path, first)
+        return self._launch(stage, path, first, cost_cap)
 
     def _prepare(
         self, stage_name: str, path: str | None, options: PipelineOptions
@@ -176,7 +191,9 @@ class JobManager:
                 return other_id
         return None
 
-    def _launch(self, stage: Stage, path: str | None, first: Progress) -> Progress:
+    def _launch(
+        self, stage: Stage, path: str | None, first: Progress, cost_cap: CostCap | None = None
+    ) -> Progress:
         job_id = first.job_id
         # stopped from outside (the server shutting down) unless cancel() says otherwise
         cancel = StopRequest(JobStatus.INTERRUPTED)
@@ -195,7 +212,7 @@ class JobManager:
         def progress(state: Progress) -> None:  # on the jobs' loop
             here.call_soon_threadsafe(show, replace(state))
 
-        run = self.runner.run(stage, path, progress=progress, cancel=cancel)
+        run = self.runner.run(stage, path, progress=progress, cancel=cancel, cost_cap=cost_cap)
         task = asyncio.wrap_future(self._jobs.submit(run), loop=here)
         entry = _Running(stage.name, first.scope, task, cancel, first)
         self.running[job_id] = entry
@@ -323,6 +340,11 @@ class JobManager:
                 )
                 if again != job_id:
                     raise CannotResume(_changed(row, stage))
+                # the cap its last run kept, kept again
+                cap = row.get("max_cost")
+                cost_cap = CostCap(float(cap), self.prices()) if cap else None
+                if cost_cap is not None:
+                    cost_cap.check_model(stage.params.model)
             except Exception as exc:  # nothing else would report it: stored with the job
                 error = f"could not be resumed when the server started: {exc}"
                 failed = {"id": job_id, "status": JobStatus.FAILED, "error": error}
@@ -334,7 +356,7 @@ class JobManager:
                 break
             await asyncio.wait({self.running[other].task})
         first = replace(_from_row(row), status=JobStatus.RUNNING, error=None)
-        self._launch(stage, scope or None, first)
+        self._launch(stage, scope or None, first, cost_cap)
         log.warning(
             "resuming %s job %s on %s: %d of %d units done",
             stage_name,

@@ -9,6 +9,7 @@ from typing import Any
 
 from graph.store import Store
 
+from .cost import CostCap
 from .jobs import JobRunner, JobStatus, Progress, ProgressCallback
 from .llm import LLMClient, LLMConfig, StageParams
 from .stages import STAGES
@@ -26,15 +27,6 @@ class PipelineOptions:
     prefer_uncovered: bool = True
     taxonomy_n: int = 10  # children proposed per taxonomy call
     auto_approve: bool = False
-    #: questions: coverage instead of a count, each approved concept covered by this many
-    #: questions (0: off), or this share of them at least (None: all)
-    min_per_concept: int = 0
-    until_share: float | None = None
-
-    @property
-    def coverage_target(self) -> bool:
-        """Questions are planned for coverage (min_per_concept, until_share), not n."""
-        return self.min_per_concept > 0 or self.until_share is not None
 
     def for_stage(self, stage: str) -> dict[str, Any]:
         """The options a stage uses; they are also what identifies its job."""
@@ -44,15 +36,6 @@ class PipelineOptions:
             return {"rounds": self.rounds, "per_call": self.per_call}
         if stage == "syllabus":
             return {"sessions": self.sessions}
-        if stage == "questions" and self.coverage_target:
-            # a coverage job is known by its target, not by a count it does not use
-            return {
-                "min_per_concept": self.min_per_concept or 1,
-                "until_share": self.until_share,
-                "strategy": self.strategy,
-                "basic_ratio": self.basic_ratio,
-                "seed": self.seed,
-            }
         if stage == "questions":
             return {
                 "n": self.n,
@@ -71,8 +54,7 @@ class PipelineOptions:
         # for_stage's keys that are not the option of their name (taxonomy's rounds is fixed)
         renamed: dict[str, str | None] = {"n": "taxonomy_n", "rounds": None}
         values: dict[str, Any] = {}
-        keys = dict.fromkeys([*cls().for_stage(stage), *cls(min_per_concept=1).for_stage(stage)])
-        for key in keys:
+        for key in cls().for_stage(stage):
             name = renamed.get(key, key) if stage == "taxonomy" else key
             if name is not None and key in options:
                 values[name] = options[key]
@@ -135,7 +117,12 @@ def verdict(results: Sequence[Progress], *, strict: bool = False) -> Verdict:
             "running the same command again retries the failed units and extends the "
             "later stages to what they make"
         )
-    if failed:
+    if any(r.status == JobStatus.COST_CAPPED for r in results):
+        lines.append(
+            "incomplete: stopped at the cost cap, with nothing lost; run the same command "
+            "again with a higher --max-cost to go on"
+        )
+    elif failed:
         stages = ", ".join(f"{r.stage} {r.failed:,} of {r.total:,}" for r in results if r.failed)
         last = f"incomplete: {failed:,} of {total:,} units failed ({stages})"
         lines.append(f"{last}; run the same command again to retry them")
@@ -163,15 +150,24 @@ async def run_stages(
     concurrency: int = 8,
     progress: ProgressCallback | None = None,
     cancel: asyncio.Event | None = None,
+    cost_cap: CostCap | None = None,
 ) -> list[Progress]:
-    """Run each stage as a job under `path`; stops early when cancelled."""
+    """Run each stage as a job under `path`; stops early when cancelled, or when a job
+    stops at its cost cap (each job keeps `cost_cap` on its own cost)."""
+    if cost_cap is not None:  # refused before any stage runs when one cannot be capped
+        for name in stages:
+            cost_cap.check_model(params_for(name).model)
     runner = JobRunner(store, concurrency=concurrency)
     results: list[Progress] = []
     for name in stages:
         stage = STAGES[name](store, llm, params_for(name), options.for_stage(name))
-        results.append(await runner.run(stage, path, progress=progress, cancel=cancel))
+        results.append(
+            await runner.run(stage, path, progress=progress, cancel=cancel, cost_cap=cost_cap)
+        )
         if cancel is not None and cancel.is_set():
             break
+        if results[-1].status == JobStatus.COST_CAPPED:
+            break  # later stages would run on part of its output
     return results
 
 
@@ -185,6 +181,7 @@ def run_pipeline(
     *,
     concurrency: int = 8,
     progress: ProgressCallback | None = None,
+    cost_cap: CostCap | None = None,
 ) -> list[Progress]:
     """Synchronous entry for the CLI: one event loop, one client, closed at the end."""
 
@@ -200,6 +197,7 @@ def run_pipeline(
                 options,
                 concurrency=concurrency,
                 progress=progress,
+                cost_cap=cost_cap,
             )
         finally:
             await llm.aclose()

@@ -13,6 +13,7 @@ from graph.model import DISCIPLINE, HIERARCHY
 from graph.store import Store
 
 from .cleaning import iter_instructions
+from .cost import PriceTable, job_cost, job_model, load_prices
 from .export import Skipped, iter_pairs
 
 
@@ -34,6 +35,14 @@ class Report:
     combinations: int = 0
     most_covered: list[dict[str, Any]] = field(default_factory=list)
     least_covered: list[dict[str, Any]] = field(default_factory=list)
+    #: the jobs under the path: stage, scope, status, model, tokens, estimated cost
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: the jobs' cost at the price table's prices, over those whose model has a price
+    estimated_cost_usd: float = 0.0
+    #: jobs that spent tokens on a model with no price: their cost is not in the sum
+    unpriced_jobs: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +70,34 @@ def length_summary(lengths: Sequence[int]) -> dict[str, float]:
     }
 
 
-def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
+def _add_job(report: Report, job: dict[str, Any], prices: PriceTable) -> None:
+    """A job's line in the report, and its tokens and cost in the totals."""
+    spent = (int(job.get("prompt_tokens") or 0), int(job.get("completion_tokens") or 0))
+    cost = job_cost(job, prices)
+    report.jobs.append(
+        {
+            "id": job["id"],
+            "stage": job.get("kind"),
+            "scope": job.get("scope") or "",
+            "status": job.get("status"),
+            "model": job_model(job),
+            "prompt_tokens": spent[0],
+            "completion_tokens": spent[1],
+            "estimated_cost_usd": cost,
+        }
+    )
+    report.prompt_tokens += spent[0]
+    report.completion_tokens += spent[1]
+    if cost is not None:
+        report.estimated_cost_usd += cost
+    elif sum(spent):
+        report.unpriced_jobs += 1
+
+
+def build_report(
+    store: Store, path: str | None, *, top: int = 5, prices: PriceTable | None = None
+) -> Report:
+    """The report; `prices` (default: the shipped table) prices the jobs' tokens."""
     report = Report(path or "")
     for node in iter_instructions(store, path):
         report.instructions += 1
@@ -90,9 +126,11 @@ def build_report(store: Store, path: str | None, *, top: int = 5) -> Report:
 
     scope_path = path or ""
     failures: Counter[str] = Counter()
+    prices = prices if prices is not None else load_prices()
     for job in store.jobs.all():
         if scope_path and not (job.get("scope") or "").casefold().startswith(scope_path.casefold()):
             continue
+        _add_job(report, job, prices)
         if not job.get("failed"):
             continue
         for unit in store.jobs.units(job["id"]):

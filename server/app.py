@@ -138,7 +138,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         asyncio.get_running_loop().set_default_executor(pool)
         store = Store.open(cfg.store_config())
         llm = LLMClient(cfg.llm_config())
-        jobs = JobManager(store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency)
+        jobs = JobManager(
+            store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency, prices=cfg.price_table
+        )
         app.state.glan = Resources(cfg, store, llm, jobs, pool)
         log.info("glan API on %s", store.driver.description)
         # the jobs it was running when it stopped, in the background: it answers at once

@@ -426,6 +426,20 @@ def generate(
     strict: Annotated[
         bool, typer.Option("--strict", help="exit 1 when any unit failed, not only a whole stage")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="print each stage's units and estimated cost; store and ask nothing"
+        ),
+    ] = False,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0.000001,
+            help="US dollars a job may cost in all (its earlier runs too): it stops starting "
+            "units before passing this, and a run with a higher cap goes on",
+        ),
+    ] = None,
 ) -> None:
     """Run GLAN stages under PATH as resumable jobs; run the same command again to resume.
 
@@ -452,11 +466,14 @@ def generate(
         auto_approve=cfg.auto_approve,
     )
     stages = list(PIPELINE) if stage == "all" else [stage]
+    if dry_run:
+        _dry_run(cfg, stages, path, options, rounds_given=rounds is not None, local=local)
+        return
     with reach(cfg) as store:
         if isinstance(store, Remote):
             results = _generate_through(
                 store, stages, path, options, rounds_given=rounds is not None, local=local,
-                concurrency=concurrency,
+                concurrency=concurrency, max_cost=max_cost,
             )  # fmt: skip
         else:
             with _llm_endpoint(cfg, local) as run_cfg, _progress_bars() as bar:
@@ -469,6 +486,7 @@ def generate(
                     options,
                     concurrency=concurrency or run_cfg.llm_concurrency,
                     progress=bar,
+                    cost_cap=_cost_cap(run_cfg, max_cost),
                 )
     for r in results:
         console.print(
@@ -486,6 +504,90 @@ def generate(
         raise typer.Exit(judged.exit_code)
 
 
+def _cost_cap(cfg: Settings, max_cost: float | None) -> Any:
+    from generators.cost import CostCap
+
+    return CostCap(max_cost, cfg.price_table()) if max_cost is not None else None
+
+
+def _dry_run(
+    cfg: Settings,
+    stages: list[str],
+    path: str | None,
+    options: Any,
+    *,
+    rounds_given: bool,
+    local: bool,
+) -> None:
+    """Print what each stage's job would do and cost, with nothing stored or asked: planned
+    here on the store, or by the server that holds it (with its model and prices)."""
+    with reach(cfg) as store:
+        if isinstance(store, Remote):
+            if local:
+                raise ServerError(
+                    f"--local runs the bundled model in this process, but {store.name} "
+                    "holds the store and runs its jobs with its own model: drop --local to "
+                    "estimate the server's run"
+                )
+            found = [store.estimate(s, path, options, rounds_given=rounds_given) for s in stages]
+        else:
+            found = _estimate_here(store, _local_settings(cfg) if local else cfg, stages, path,
+                                   options)  # fmt: skip
+    _print_estimates(found)
+
+
+def _estimate_here(
+    store: Store, cfg: Settings, stages: list[str], path: str | None, options: Any
+) -> list[dict[str, Any]]:
+    import asyncio
+
+    from generators.cost import estimate_stages
+    from generators.llm import LLMClient
+
+    llm = LLMClient(cfg.llm_config())  # shapes the requests measured; never sends one
+    try:
+        prices = cfg.price_table()
+        found = estimate_stages(store, llm, cfg.stage_params, stages, path, options, prices)
+    finally:
+        asyncio.run(llm.aclose())
+    return [e.as_dict() for e in found]
+
+
+def _print_estimates(found: list[dict[str, Any]]) -> None:
+    from generators.cost import usd
+
+    console.print("dry run: nothing was stored and the model was not asked")
+    for e in found:
+        if e["basis"] == "history":
+            basis = f"from the average of {e['sample']:,} done units of {e['stage']} on this model"
+        elif e["basis"] == "prompt":
+            basis = f"from {e['sample']:,} measured prompts, about 4 characters a token"
+        else:
+            basis = "nothing to ask"
+        cost = usd(e["estimated_usd"]) if e["estimated_usd"] is not None else (
+            f"unknown (no price for model {e['model']!r}: add it to a GLAN_PRICES table)"
+        )  # fmt: skip
+        spent = f", {usd(e['spent_usd'])} spent by earlier runs" if e["spent_usd"] else ""
+        console.print(
+            f"{e['stage']:<9} {e['total']:,} units ({e['done']:,} done earlier, {e['todo']:,} "
+            f"to ask) on {escape(e['model'])}: about {e['prompt_tokens']:,} tokens in / "
+            f"{e['completion_tokens']:,} out ({basis}); estimated cost {escape(cost)}{spent}",
+            soft_wrap=True,
+        )
+    known = [e["estimated_usd"] for e in found if e["estimated_usd"] is not None]
+    unknown = len(found) - len(known)
+    if len(found) > 1:
+        console.print(
+            "later stages are planned on what the store holds now; each also runs on what "
+            "the stages before it make, which is not counted here",
+            soft_wrap=True,
+        )
+    total = f"estimated total: {usd(sum(known))}" if known else "estimated total: unknown"
+    if known and unknown:
+        total += f" for the stages with a price; {unknown} without one"
+    console.print(total, soft_wrap=True)
+
+
 def _generate_through(
     remote: Remote,
     stages: list[str],
@@ -495,6 +597,7 @@ def _generate_through(
     rounds_given: bool,
     local: bool,
     concurrency: int | None,
+    max_cost: float | None = None,
 ) -> list[Any]:
     """Run the stages as jobs in the server that holds the store, one after another, each
     followed to its end with the same progress bars; the last state of each."""
@@ -517,8 +620,9 @@ def _generate_through(
         for stage in stages:
             try:
                 state = remote.generate(
-                    stage, path, options, rounds_given=rounds_given, progress=bar
-                )
+                    stage, path, options, rounds_given=rounds_given, progress=bar,
+                    max_cost=max_cost,
+                )  # fmt: skip
             except KeyboardInterrupt:
                 # as a local run does on Ctrl-C: the job stops (what is done stays done)
                 if remote.started is not None:
@@ -586,17 +690,26 @@ def _llm_endpoint(cfg: Settings, local: bool) -> Iterator[Settings]:
 
     console.print("starting the bundled model (SmolLM2-135M-Instruct) on loopback ...")
     with start_local_model(n_threads=local_threads()) as server:
-        yield cfg.model_copy(
-            update={
-                "llm_base_url": server.base_url,
-                "model": server.model,
-                "question_model": None,
-                "answer_model": None,
-                "llm_structured": "json_object_schema",
-                # a small model can ramble: bound every answer
-                "max_tokens": cfg.max_tokens or 768,
-            }
-        )
+        yield _local_settings(cfg, server.base_url, server.model)
+
+
+def _local_settings(
+    cfg: Settings, base_url: str | None = None, model: str | None = None
+) -> Settings:
+    """The settings a --local run calls the bundled model with (at `base_url`, once started)."""
+    from generators.local_model import MODEL_ALIAS
+
+    return cfg.model_copy(
+        update={
+            "llm_base_url": base_url or cfg.llm_base_url,
+            "model": model or MODEL_ALIAS,
+            "question_model": None,
+            "answer_model": None,
+            "llm_structured": "json_object_schema",
+            # a small model can ramble: bound every answer
+            "max_tokens": cfg.max_tokens or 768,
+        }
+    )
 
 
 @app.command()
@@ -606,22 +719,30 @@ def jobs(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Generation jobs with their progress and token usage."""
-    from rich.table import Table
+    """Generation jobs with their progress, token usage and estimated cost (their tokens at
+    the price table's prices: 'unknown' for a model without a price)."""
+    from rich.table import Column, Table
 
+    from generators.cost import usd
+
+    cfg = settings()
+    prices = cfg.price_table()
     units: dict[str, Any] = {}
-    with reach() as store:
+    with reach(cfg) as store:
         if isinstance(store, Remote):
             # all units for --json, which prints them; else only the failed ones it lists
             rows, units = store.jobs(units=("all" if as_json else "failed") if failed else None)
         else:
-            rows = store.jobs.all()
+            rows = [_priced(j, prices) for j in store.jobs.all()]
             if failed:
                 units = {j["id"]: _by_id(store.jobs.units(j["id"])) for j in rows}
     if as_json:
         console.print_json(json.dumps({"jobs": rows, "units": units}, default=str))
         return
-    table = Table("job", "stage", "scope", "status", "done", "failed", "total", "tokens in/out")
+    cost = Column("cost", no_wrap=True, min_width=7)  # 'unknown', or dollars
+    table = Table(
+        "job", "stage", "scope", "status", "done", "failed", "total", "tokens in/out", cost
+    )  # fmt: skip
     for j in rows:
         table.add_row(
             j["id"],
@@ -632,6 +753,7 @@ def jobs(
             str(j["failed"]),
             str(j["total"]),
             f"{j['prompt_tokens'] or 0:,}/{j['completion_tokens'] or 0:,}",
+            usd(j.get("estimated_cost_usd")),
         )
     console.print(table)
     for job_id, us in units.items():
@@ -642,6 +764,18 @@ def jobs(
                     f"[red]{u['id']}[/] ({job_id}): {escape(u.get('error') or '')}"
                     f"\n  raw: {escape(raw)}"
                 )
+
+
+def _priced(row: dict[str, Any], prices: Any) -> dict[str, Any]:
+    """A stored job's row with its model (as the API names it) and its cost so far."""
+    from generators.cost import job_cost, job_model
+
+    return {
+        **row,
+        "model": job_model(row),
+        "max_cost": row.get("max_cost") or None,  # stored as 0 when there is none
+        "estimated_cost_usd": job_cost(row, prices),
+    }
 
 
 def _by_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -756,10 +890,12 @@ def report(
     """Pairs, what export keeps and why the rest is out, failures, lengths, coverage."""
     from rich.table import Table
 
+    from generators.cost import usd
     from generators.report import build_report
 
+    prices = settings().price_table()
     with whole_store("report") as store:
-        rep = build_report(store, path)
+        rep = build_report(store, path, prices=prices)
     if as_json:
         console.print_json(json.dumps(rep.as_dict()))
         return
@@ -782,7 +918,22 @@ def report(
         table.add_row(f"answer length {k}", f"{v:,}")
     for reason, count in rep.failed_units.items():
         table.add_row(f"failed: {escape(reason)}", str(count))
+    table.add_row("tokens in / out", f"{rep.prompt_tokens:,} / {rep.completion_tokens:,}")
+    unpriced = f" ({rep.unpriced_jobs} job(s) with no price left out)" if rep.unpriced_jobs else ""
+    table.add_row("estimated cost", f"{usd(rep.estimated_cost_usd)}{unpriced}")
     console.print(table)
+    if rep.jobs:
+        t = Table("stage", "scope", "status", "model", "tokens in/out", "cost", title="jobs")
+        for j in rep.jobs:
+            t.add_row(
+                j["stage"],
+                escape(j["scope"] or "(all)"),
+                j["status"],
+                escape(j["model"] or "?"),
+                f"{j['prompt_tokens']:,}/{j['completion_tokens']:,}",
+                usd(j["estimated_cost_usd"]),
+            )
+        console.print(t)
     for title, rows in (("most covered", rep.most_covered), ("least covered", rep.least_covered)):
         if rows:
             t = Table("discipline", "instructions", "concepts", "per concept", title=title)

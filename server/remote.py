@@ -58,7 +58,11 @@ _JOB = (
 )
 _STORED_JOB = (
     "id kind scope params status total done failed promptTokens completionTokens error "
-    "createdAt updatedAt"
+    "createdAt updatedAt model maxCostUsd estimatedCostUsd"
+)
+_ESTIMATE = (
+    "jobId kind scope model stored total done todo promptTokens completionTokens basis sample "
+    "estimatedCostUsd spentCostUsd"
 )
 _UNIT = "id targetId status error raw payload promptTokens completionTokens updatedAt"
 
@@ -379,14 +383,19 @@ class Remote:
         *,
         rounds_given: bool,
         progress: ProgressCallback | None = None,
+        max_cost: float | None = None,
     ) -> Progress:
         """Start a stage's job in the server and follow it to its end: its last state."""
         name, params, args = _START[stage]
+        if max_cost is not None:  # a cap on the job's cost, kept by the server
+            params, args = f"{params}, $maxCost: Float", f"{args}, maxCost: $maxCost"
         mutation = (
             f"mutation({params}) {{ {name}({args}) {{ {_PROBLEM} "
             f"... on JobPayload {{ job {{ id }} }} }} }}"
         )
         variables: dict[str, Any] = {"path": path}
+        if max_cost is not None:
+            variables["maxCost"] = max_cost
         if stage == "taxonomy":
             variables["n"] = options.taxonomy_n
         elif stage == "subjects":
@@ -403,6 +412,47 @@ class Remote:
                 basicRatio=options.basic_ratio,
             )
         return asyncio.run(self._run_job(name, mutation, variables, progress))
+
+    def estimate(
+        self, stage: str, path: str | None, options: PipelineOptions, *, rounds_given: bool
+    ) -> dict[str, Any]:
+        """A dry run of a stage's job in the server (its model, its prices): the keys of
+        generators.cost.Estimate.as_dict."""
+        query = (
+            "query($stage: Stage!, $path: String, $n: Int!, $strategy: Strategy!, $seed: Int!, "
+            "$basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!) { "
+            "jobEstimate(stage: $stage, path: $path, n: $n, strategy: $strategy, seed: $seed, "
+            "basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall, sessions: $sessions) "
+            f"{{ {_PROBLEM} ... on JobEstimate {{ {_ESTIMATE} }} }} }}"
+        )
+        variables = {
+            "stage": stage.upper(),
+            "path": path,
+            "n": options.taxonomy_n if stage == "taxonomy" else options.n,
+            "strategy": options.strategy.upper(),
+            "seed": options.seed,
+            "basicRatio": options.basic_ratio,
+            # without --rounds, the server's own GLAN_SUBJECT_ROUNDS, as its jobs use
+            "rounds": options.rounds if rounds_given else None,
+            "perCall": options.per_call,
+            "sessions": options.sessions,
+        }
+        e = self._result(self.gql(query, variables)["jobEstimate"])
+        return {
+            "stage": str(e["kind"]).lower(),
+            "scope": e["scope"],
+            "job_id": e["jobId"],
+            "model": e["model"],
+            "total": e["total"],
+            "done": e["done"],
+            "todo": e["todo"],
+            "prompt_tokens": e["promptTokens"],
+            "completion_tokens": e["completionTokens"],
+            "basis": e["basis"],
+            "sample": e["sample"],
+            "estimated_usd": e["estimatedCostUsd"],
+            "spent_usd": e["spentCostUsd"],
+        }
 
     def cancel(self, job_id: str) -> None:
         query = "mutation($id: ID!) { cancelJob(id: $id) { __typename } }"  # best effort
@@ -561,6 +611,9 @@ def _job_row(job: Mapping[str, Any]) -> dict[str, Any]:
         "error": job.get("error"),
         "created_at": job.get("createdAt"),
         "updated_at": job.get("updatedAt"),
+        "model": job.get("model"),
+        "max_cost": job.get("maxCostUsd"),
+        "estimated_cost_usd": job.get("estimatedCostUsd"),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from generators.cost import PriceTable, load_prices
 from generators.llm import LLMConfig, StageParams
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig, default_db_path
 
@@ -78,6 +79,8 @@ class Settings(BaseSettings):
     # --- generation defaults
     auto_approve: bool = False
     subject_rounds: int = 10
+    #: a YAML price table laid over the shipped one (generators/prices.yaml)
+    prices: Path | None = None
 
     def store_config(self, *, read_only: bool = False) -> StoreConfig:
         return StoreConfig(
@@ -92,6 +95,10 @@ class Settings(BaseSettings):
             bolt_database=self.bolt_database,
             bolt_flavor=self.bolt_flavor,
         )
+
+    def price_table(self) -> PriceTable:
+        """What models cost: the shipped list prices with GLAN_PRICES's table over them."""
+        return load_prices(self.prices)
 
     def llm_config(self) -> LLMConfig:
         return LLMConfig(

@@ -8,6 +8,7 @@ from typing import Any
 import strawberry
 from strawberry.types import Info
 
+from generators.cost import job_cost, job_model
 from generators.jobs import JobStatus, Progress, UnitStatus
 
 from ..context import Context
@@ -31,6 +32,7 @@ class JobState(Enum):
     CANCELLED = JobStatus.CANCELLED
     INTERRUPTED = JobStatus.INTERRUPTED
     FAILED = JobStatus.FAILED
+    COST_CAPPED = JobStatus.COST_CAPPED
 
 
 @strawberry.enum
@@ -164,6 +166,27 @@ class Job:
     @strawberry.field
     async def updated_at(self, info: Info[Context, None]) -> str | None:
         return (await self.stored(info)).get("updated_at")
+
+    @strawberry.field(
+        description="The model its last run asked (null for a job stored before glan recorded "
+        "it, unless its options name the model)."
+    )
+    async def model(self, info: Info[Context, None]) -> str | None:
+        return job_model(await self.stored(info))
+
+    @strawberry.field(description="The cost cap, in US dollars, its last run kept (null: none).")
+    async def max_cost_usd(self, info: Info[Context, None]) -> float | None:
+        value = (await self.stored(info)).get("max_cost")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    @strawberry.field(
+        description="What its tokens so far cost, in US dollars, at its model's price in the "
+        "server's price table (list prices: an estimate); null when the model has no price."
+    )
+    async def estimated_cost_usd(self, info: Info[Context, None]) -> float | None:
+        row = await self.stored(info)
+        spent = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        return job_cost({**row, **spent}, info.context.settings.price_table())
 
     @strawberry.field(description="Its units, e.g. status: FAILED with the model's raw output.")
     async def units(
