@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from itertools import combinations
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,78 @@ def test_subjects_without_space_are_not_thinnest(embedded_store: Store) -> None:
     found = embedded_store.coverage.gaps(None, 10, thinnest=True)
     assert [g.node.name for g in found.thinnest_subjects] == ["One"]
     assert found.thinnest_subjects[0].node.kind is SUBJECT
+
+
+# ---------------------------------------------------------------------- through the API
+
+ROW = (
+    "path combinationSpace combinationSpaceLog10 combinationsUsed combinationShare "
+    "counts { concepts }"
+)
+
+
+def test_the_api_gives_the_space_and_plans_for_coverage(api: Any) -> None:
+    """coverage, subtree and gaps give the figures; generateInstructions(minPerConcept)
+    covers every concept that many times."""
+    from graph.records import Node
+
+    store: Store = api.store
+    physics: Node = store.taxonomy.node("Natural Sciences/Physical Sciences/Physics")
+    store.syllabi.write_subjects(physics.id, [{"name": n} for n in SYLLABI], {})
+    for name, sizes in SYLLABI.items():
+        sid = store.taxonomy.node(f"{physics.path}/{name}").id
+        store.syllabi.write_syllabus(
+            sid,
+            [
+                {"title": f"{name} {i}", "concepts": [f"{name} {i}.{j}" for j in range(n)]}
+                for i, n in enumerate(sizes)
+            ],  # fmt: skip
+            {},
+        )
+    path = physics.path
+    spaces = {n: sum(brute_force(s)) for n, s in SYLLABI.items()}
+    found = api.gql(
+        f"query($p: String) {{ coverage(path: $p) {{ ... on Coverage {{ total {{ {ROW} }} "
+        f"children {{ {ROW} }} }} }} }}",
+        {"p": path},
+    )["coverage"]
+    assert found["total"]["combinationSpace"] == str(sum(spaces.values()))  # an Int64 string
+    assert found["total"]["combinationSpaceLog10"] == pytest.approx(log10(sum(spaces.values())))
+    assert (found["total"]["combinationsUsed"], found["total"]["combinationShare"]) == (0, 0.0)
+    by_name = {c["path"].rsplit("/", 1)[1]: c["combinationSpace"] for c in found["children"]}
+    assert {n: by_name[n] for n in SYLLABI} == {n: str(s) for n, s in spaces.items()}
+
+    started = api.gql(
+        "mutation($p: String) { generateInstructions(path: $p, minPerConcept: 2, seed: 1) { "
+        "__typename ... on JobPayload { job { id } } ... on Problem { message } } }",
+        {"p": path},
+    )["generateInstructions"]
+    assert started["__typename"] == "JobPayload", started
+    job = api.wait_for(started["job"]["id"])
+    assert job["status"] == "COMPLETED" and job["total"] > 0
+    gaps = api.gql(
+        "query($p: String) { gaps(path: $p, first: 3, minCount: 2) { ... on Gaps { "
+        "conceptsBelowMinCount conceptsBelowMin { concept { name } } "
+        "thinnestSubjects { node { name } combinationSpace combinationsUsed combinationShare } "
+        "thinnestSessions { node { name } subject combinationShare } } } }",
+        {"p": path},
+    )["gaps"]
+    assert (gaps["conceptsBelowMinCount"], gaps["conceptsBelowMin"]) == (0, [])
+    assert len(gaps["thinnestSubjects"]) == 3 and len(gaps["thinnestSessions"]) == 3
+    shares = [g["combinationShare"] for g in gaps["thinnestSubjects"]]
+    assert shares == sorted(shares) and all(0 < s <= 1 for s in shares)
+    tree = api.gql(
+        "query($p: String) { subtree(path: $p, depth: 1) { ... on TreeNode { "
+        "combinationSpace combinationsUsed children { path combinationShare } } } }",
+        {"p": path},
+    )["subtree"]
+    assert tree["combinationSpace"] == str(sum(spaces.values()))
+    assert tree["combinationsUsed"] == job["total"]  # every question a new combination
+    assert all(c["combinationShare"] > 0 for c in tree["children"])
+
+    bad = api.gql(
+        "mutation($p: String) { generateInstructions(path: $p, minPerConcept: 0) { "
+        "__typename ... on Problem { message } } }",
+        {"p": path},
+    )["generateInstructions"]
+    assert bad["__typename"] == "InvalidInputError" and "between" in bad["message"]

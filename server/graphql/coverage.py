@@ -7,6 +7,7 @@ import strawberry
 from graph.records import CoverageReport
 from graph.records import CoverageRow as StoreCoverageRow
 
+from .combinations import SHARE, SPACE, SPACE_LOG10, USED, Int64, figures
 from .node import Counts, TaxonomyNode
 
 
@@ -26,6 +27,10 @@ class CoverageRow:
     )
     subjects_without_syllabus: int
     disciplines_without_subjects: int
+    combination_space: Int64 | None = strawberry.field(description=SPACE)
+    combination_space_log10: float | None = strawberry.field(description=SPACE_LOG10)
+    combinations_used: int = strawberry.field(description=USED)
+    combination_share: float = strawberry.field(description=SHARE)
 
     @classmethod
     def of(cls, r: StoreCoverageRow) -> CoverageRow:
@@ -38,6 +43,7 @@ class CoverageRow:
             combinations=r.combinations,
             subjects_without_syllabus=r.subjects_without_syllabus,
             disciplines_without_subjects=r.disciplines_without_subjects,
+            **figures(r.combination_space, r.combinations_used),
         )
 
 

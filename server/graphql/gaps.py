@@ -7,6 +7,7 @@ import strawberry
 from graph.records import ConceptGap as StoreConceptGap
 from graph.records import Gaps as StoreGaps
 
+from .combinations import CombinationGap
 from .node import TaxonomyNode
 
 
@@ -36,6 +37,21 @@ class Gaps:
     subjects_without_syllabus: list[TaxonomyNode] = strawberry.field(
         description="By name; their number is coverage's subjectsWithoutSyllabus."
     )
+    thinnest_subjects: list[CombinationGap] = strawberry.field(
+        description="Subjects with a combination space whose share asked about is lowest, "
+        "lowest first then by id."
+    )
+    thinnest_sessions: list[CombinationGap] = strawberry.field(
+        description="Sessions whose basic combination space is least asked about, lowest "
+        "share first then by id."
+    )
+    concepts_below_min: list[ConceptGap] = strawberry.field(
+        description="Approved concepts fewer than `minCount` instructions cover (none when "
+        "minCount is 0), fewest first then by id."
+    )
+    concepts_below_min_count: int = strawberry.field(
+        description="How many approved concepts fewer than `minCount` instructions cover."
+    )
 
     @classmethod
     def of(cls, g: StoreGaps) -> Gaps:
@@ -43,4 +59,8 @@ class Gaps:
             path=g.path,
             least_covered_concepts=[ConceptGap.of(c) for c in g.least_covered],
             subjects_without_syllabus=[TaxonomyNode.of(n) for n in g.subjects_without_syllabus],
+            thinnest_subjects=[CombinationGap.of(x) for x in g.thinnest_subjects],
+            thinnest_sessions=[CombinationGap.of(x) for x in g.thinnest_sessions],
+            concepts_below_min=[ConceptGap.of(c) for c in g.below_min],
+            concepts_below_min_count=g.below_min_count,
         )

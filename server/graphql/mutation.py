@@ -17,7 +17,6 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
-from generators.cost import CostCap
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError, InvalidInput
 from graph.model import Status
@@ -45,6 +44,7 @@ LIMITS = {
     "rounds": (1, 100),
     "perCall": (1, 100),
     "sessions": (1, 60),
+    "minPerConcept": (1, 100),
 }
 
 
@@ -120,29 +120,12 @@ def _bounded(**values: int) -> None:
         _check(name, value, low, high)
 
 
-#: the cost cap every generation mutation takes
-MaxCost = Annotated[
-    float | None,
-    strawberry.argument(
-        description="US dollars the job may cost in all, its earlier runs included, at the "
-        "server's price table: it stops starting units before passing this (status "
-        "COST_CAPPED); the same mutation with a higher cap goes on. Refused for a model "
-        "with no price."
-    ),
-]
-
-
 def _start(
-    info: Info[Context, None],
-    stage: str,
-    path: str | None,
-    options: PipelineOptions,
-    max_cost: float | None = None,
+    info: Info[Context, None], stage: str, path: str | None, options: PipelineOptions
 ) -> Any:
     """Start a job (refused when an overlapping one of the same stage runs)."""
     try:
-        cap = None if max_cost is None else CostCap(max_cost, info.context.settings.price_table())
-        started = info.context.jobs.start(stage, path or None, options, cost_cap=cap)
+        started = info.context.jobs.start(stage, path or None, options)
     except GlanError as exc:
         return problem(exc)
     return JobPayload(job=Job.of(started, live=True))
@@ -260,18 +243,14 @@ class Mutation:
         "for review (approved at once when the server runs with GLAN_AUTO_APPROVE).",
     )
     def generate_taxonomy(
-        self,
-        info: Info[Context, None],
-        path: str | None = None,
-        n: int = 10,
-        max_cost: MaxCost = None,
+        self, info: Info[Context, None], path: str | None = None, n: int = 10
     ) -> StartJobResult:
         try:
             _check("n", n, *LIMITS["taxonomy n"])
         except InvalidInput as exc:
             return problem(exc)
         options = PipelineOptions(taxonomy_n=n, auto_approve=info.context.settings.auto_approve)
-        return _start(info, "taxonomy", path, options, max_cost)
+        return _start(info, "taxonomy", path, options)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -284,15 +263,13 @@ class Mutation:
         path: str | None = None,
         rounds: int | None = None,
         per_call: int = 10,
-        max_cost: MaxCost = None,
     ) -> StartJobResult:
         rounds = rounds if rounds is not None else info.context.settings.subject_rounds
         try:
             _bounded(rounds=rounds, perCall=per_call)
         except InvalidInput as exc:
             return problem(exc)
-        options = PipelineOptions(rounds=rounds, per_call=per_call)
-        return _start(info, "subjects", path, options, max_cost)
+        return _start(info, "subjects", path, PipelineOptions(rounds=rounds, per_call=per_call))
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -300,22 +277,22 @@ class Mutation:
         "path that has none yet.",
     )
     def generate_syllabus(
-        self,
-        info: Info[Context, None],
-        path: str | None = None,
-        sessions: int = 12,
-        max_cost: MaxCost = None,
+        self, info: Info[Context, None], path: str | None = None, sessions: int = 12
     ) -> StartJobResult:
         try:
             _bounded(sessions=sessions)
         except InvalidInput as exc:
             return problem(exc)
-        return _start(info, "syllabus", path, PipelineOptions(sessions=sessions), max_cost)
+        return _start(info, "syllabus", path, PipelineOptions(sessions=sessions))
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="`n` homework questions under a path from sampled key concepts: BASIC (one "
-        "session, 1-5 concepts), HARD (two sessions, 2-5), or MIXED (`basicRatio` basic).",
+        "session, 1-5 concepts), HARD (two sessions, 2-5), or MIXED (`basicRatio` basic). "
+        "With `minPerConcept` K instead, exactly the questions that cover every approved "
+        "concept under the path K times, thinnest first, no combination asked twice (`n` is "
+        "not used); with `untilShare` S, until that share of the concepts is (K times) "
+        "covered. Run again after taxonomy edits, the same job plans only what is missing.",
     )
     def generate_instructions(
         self,
@@ -325,15 +302,27 @@ class Mutation:
         strategy: Strategy = Strategy.MIXED,
         seed: int = 0,
         basic_ratio: float = 0.5,
-        max_cost: MaxCost = None,
+        min_per_concept: int | None = None,
+        until_share: float | None = None,
     ) -> StartJobResult:
         try:
             _bounded(n=n)
             _check("basicRatio", basic_ratio, 0.0, 1.0)
+            if min_per_concept is not None:
+                _bounded(minPerConcept=min_per_concept)
+            if until_share is not None and not 0.0 < until_share <= 1.0:
+                raise InvalidInput(f"untilShare must be above 0 and at most 1, got {until_share}")
         except InvalidInput as exc:
             return problem(exc)
-        options = PipelineOptions(n=n, strategy=strategy.value, seed=seed, basic_ratio=basic_ratio)
-        return _start(info, "questions", path, options, max_cost)
+        options = PipelineOptions(
+            n=n,
+            strategy=strategy.value,
+            seed=seed,
+            basic_ratio=basic_ratio,
+            min_per_concept=min_per_concept or 0,
+            until_share=until_share,
+        )
+        return _start(info, "questions", path, options)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -341,9 +330,9 @@ class Mutation:
         "answer model yet.",
     )
     def generate_answers(
-        self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
+        self, info: Info[Context, None], path: str | None = None
     ) -> StartJobResult:
-        return _start(info, "answers", path, PipelineOptions(), max_cost)
+        return _start(info, "answers", path, PipelineOptions())
 
     @strawberry.mutation(
         permission_classes=AUTH,

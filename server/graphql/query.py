@@ -22,7 +22,6 @@ from .errors import (
     WrongKindError,
     problem,
 )
-from .estimate import EstimateResult, job_estimate
 from .gaps import Gaps
 from .instruction import Instruction, InstructionFilter, InstructionSample
 from .job import Job, JobState, StageName
@@ -139,6 +138,7 @@ class Query:
         ctx = info.context
         # coverage costs a query per level: only when the selection asks for it
         covered = _selects(info.selected_fields, {"coveredConcepts", "conceptCoverage"})
+        combinations = _selects(info.selected_fields, COMBINATION_FIELDS)
 
         def read() -> SubtreeResult:
             try:
@@ -147,11 +147,14 @@ class Query:
                         f"depth must be between 0 and {MAX_SUBTREE_DEPTH}; for deeper levels "
                         "ask for the subtree of a lower path"
                     )
-                return TreeNode.of(ctx.store.coverage.tree(path or None, depth, covered=covered))
+                tree = ctx.store.coverage.tree(
+                    path or None, depth, covered=covered, combinations=combinations
+                )
+                return TreeNode.of(tree)
             except GlanError as exc:
                 return problem(exc)
 
-        return await ctx.read(("subtree", path or None, depth, covered), read)
+        return await ctx.read(("subtree", path or None, depth, covered, combinations), read)
 
     @strawberry.field(description="Nodes whose name contains the text, case ignored, by id.")
     async def search(
@@ -196,20 +199,31 @@ class Query:
 
     @strawberry.field(
         description="Under a path: the `first` least covered concepts and the first subjects "
-        "without a syllabus (each list at most `first` long)."
+        "without a syllabus, the subjects and sessions with the lowest share of their "
+        "combination space asked about, and the approved concepts fewer than `minCount` "
+        "instructions cover (each list at most `first` long)."
     )
     async def gaps(
-        self, info: Info[Context, None], path: str | None = None, first: int = 10
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        first: int = 10,
+        min_count: int = 0,
     ) -> GapsResult:
         ctx = info.context
+        # the thinnest sessions walk every session below: only when the selection asks
+        thinnest = _selects(info.selected_fields, {"thinnestSubjects", "thinnestSessions"})
 
         def read() -> GapsResult:
             try:
-                return Gaps.of(ctx.store.coverage.gaps(path or None, page_size(first)))
+                found = ctx.store.coverage.gaps(
+                    path or None, page_size(first), min_count=min_count, thinnest=thinnest
+                )
+                return Gaps.of(found)
             except GlanError as exc:
                 return problem(exc)
 
-        return await ctx.read(("gaps", path or None, first), read)
+        return await ctx.read(("gaps", path or None, first, min_count, thinnest), read)
 
     @strawberry.field(description="Instructions under an approved path (session or above), by id.")
     async def instructions(
@@ -300,15 +314,18 @@ class Query:
             return NotFoundError(message=f"no job {str(id)!r} (see the jobs query)", id=id)
         return found
 
-    job_estimate: EstimateResult = strawberry.field(
-        resolver=job_estimate,
-        description="A dry run: the job a generation mutation with these arguments would start "
-        "or resume, its units left and what they would cost; nothing is stored or asked.",
-    )
-
 
 def _id(node: Node) -> str:
     return node.id
+
+
+#: TreeNode fields that need tree(combinations=True)
+COMBINATION_FIELDS = {
+    "combinationSpace",
+    "combinationSpaceLog10",
+    "combinationsUsed",
+    "combinationShare",
+}
 
 
 def _selects(selections: Sequence[Any], names: set[str]) -> bool:

@@ -23,11 +23,13 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     QueryDepthLimiter,
 )
+from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from ..reads import SharedReads
+from .combinations import SCALARS
 from .errors import UNEXPECTED, is_unexpected, log_unexpected
 from .limits import REUSE_MAX_CHARS, ParsedOnce, QueryCost
 from .mutation import Mutation
@@ -150,6 +152,7 @@ schema = GlanSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
+    config=StrawberryConfig(scalar_map=SCALARS),
     extensions=[
         # factories, not instances: each request gets its own extension state
         partial(QueryDepthLimiter, max_depth=MAX_DEPTH),

@@ -6,6 +6,7 @@ import strawberry
 
 from graph.records import TreeNode as StoreTreeNode
 
+from .combinations import SHARE, SPACE, SPACE_LOG10, USED, Int64, figures
 from .node import Counts, TaxonomyNode
 
 
@@ -18,6 +19,10 @@ class TreeNode:
     covered_concepts: int = strawberry.field(
         description="Concepts below at least one instruction covers (as `coverage` counts them)."
     )
+    combination_space: Int64 | None = strawberry.field(description=SPACE)
+    combination_space_log10: float | None = strawberry.field(description=SPACE_LOG10)
+    combinations_used: int = strawberry.field(description=USED)
+    combination_share: float = strawberry.field(description=SHARE)
 
     @strawberry.field(description="coveredConcepts / concepts (0 when there are no concepts).")
     def concept_coverage(self) -> float:
@@ -31,4 +36,5 @@ class TreeNode:
             counts=Counts.of(t.counts),
             children=[cls.of(c) for c in t.children],
             covered_concepts=t.covered_concepts,
+            **figures(t.combination_space, t.combinations_used),
         )
