@@ -27,6 +27,15 @@ class PipelineOptions:
     prefer_uncovered: bool = True
     taxonomy_n: int = 10  # children proposed per taxonomy call
     auto_approve: bool = False
+    #: questions: coverage instead of a count, each approved concept covered by this many
+    #: questions (0: off), or this share of them at least (None: all)
+    min_per_concept: int = 0
+    until_share: float | None = None
+
+    @property
+    def coverage_target(self) -> bool:
+        """Questions are planned for coverage (min_per_concept, until_share), not n."""
+        return self.min_per_concept > 0 or self.until_share is not None
 
     def for_stage(self, stage: str) -> dict[str, Any]:
         """The options a stage uses; they are also what identifies its job."""
@@ -36,6 +45,15 @@ class PipelineOptions:
             return {"rounds": self.rounds, "per_call": self.per_call}
         if stage == "syllabus":
             return {"sessions": self.sessions}
+        if stage == "questions" and self.coverage_target:
+            # a coverage job is known by its target, not by a count it does not use
+            return {
+                "min_per_concept": self.min_per_concept or 1,
+                "until_share": self.until_share,
+                "strategy": self.strategy,
+                "basic_ratio": self.basic_ratio,
+                "seed": self.seed,
+            }
         if stage == "questions":
             return {
                 "n": self.n,
@@ -54,7 +72,8 @@ class PipelineOptions:
         # for_stage's keys that are not the option of their name (taxonomy's rounds is fixed)
         renamed: dict[str, str | None] = {"n": "taxonomy_n", "rounds": None}
         values: dict[str, Any] = {}
-        for key in cls().for_stage(stage):
+        keys = dict.fromkeys([*cls().for_stage(stage), *cls(min_per_concept=1).for_stage(stage)])
+        for key in keys:
             name = renamed.get(key, key) if stage == "taxonomy" else key
             if name is not None and key in options:
                 values[name] = options[key]

@@ -9,26 +9,37 @@ A question job splits its samples evenly over the subjects with a syllabus (shar
 Sampler.draw_shares), so that a subject whose syllabus arrives later can be given the same
 share. The graph is traversed lazily: only the syllabi of subjects drawn from are read
 (unless a job draws over most of its subjects: see plan_sampler).
+
+A job can ask for coverage instead of a count (CoveragePlanner, plan_coverage): exactly the
+samples that bring every approved concept of its scope to a number of questions, thinnest
+first, never asking a combination twice. The space these draws come from is counted in
+graph/combinations.py.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import chain, combinations
 
 import numpy as np
 
+from graph.combinations import MAX_CONCEPTS
+from graph.errors import InvalidInput
 from graph.model import stable_hash
 from graph.records import SyllabusIndex
 from graph.store import Store
 
-MAX_CONCEPTS = 5
 #: tries for a combination not seen before, per draw, before giving the draw up
 MAX_TRIES = 30
+#: combinations a coverage plan tries in order for a short concept before random ones
+CANDIDATES = 64
 #: draws of a subject that find no new combination before draw_shares gives it up
 MAX_SHARE_MISSES = 3
 #: a job drawing at least this many samples per subject of its scope reads every syllabus
@@ -396,3 +407,338 @@ def shares(n: int, subject_ids: Iterable[str], seed: int) -> dict[str, int]:
     each, rest = divmod(n, len(ids))
     ranked = sorted(ids, key=lambda s: stable_hash("share", str(seed), s))
     return {s: each + (i < rest) for i, s in enumerate(ranked)}
+
+
+# ---------------------------------------------------------------------- coverage as a target
+
+
+@dataclass
+class CoveragePlan:
+    """What a coverage target asks for (see CoveragePlanner): the samples, in the order they
+    were drawn (thinnest first), and how the scope's approved concepts stand."""
+
+    samples: list[Sample] = field(default_factory=list)
+    #: questions each concept should be covered by
+    target: int = 1
+    #: approved concepts in scope
+    concepts: int = 0
+    #: of them, at the target before the plan (counting questions planned and not yet asked)
+    reached_before: int = 0
+    #: the concepts the plan is to bring to the target (all below it, or as many as a share
+    #: asks for)
+    wanted: int = 0
+    #: at the target once the plan is asked
+    reached: int = 0
+    #: wanted concepts no new combination could bring to the target with the strategy (a
+    #: small session whose combinations were all asked; any concept of a one-session
+    #: syllabus under the hard strategy)
+    short: int = 0
+
+    def per_subject(self) -> Counter[str]:
+        return Counter(s.subject_id for s in self.samples)
+
+
+class CoveragePlanner:
+    """Plans exactly the samples that bring approved concepts to `target` questions each.
+
+    Concepts count the questions already asked about them and those planned and not yet
+    asked (`planned`). Work goes in passes: pass t raises every concept still at t questions
+    to t + 1, so the thinnest concepts of the whole scope are served first; within a pass,
+    the subjects whose concepts stand furthest from the target come first. Each sample takes
+    up to MAX_CONCEPTS concepts still short of the pass, from the session with the most of
+    them (basic), or from the two with the most (hard: at least one of each; a concept of
+    another session joins when only one has any left); `mixed` chooses per sample,
+    basic_ratio basic, and a one-session syllabus gives basic samples only. So a sample
+    never covers fewer concepts than it could, and the plan is as short as its strategy
+    allows.
+
+    A combination asked before (`asked`, and those this plan drew) is never drawn again:
+    another one holding the same first short concept is tried, up to MAX_TRIES, else that
+    concept is given up (counted `short`). With `until_share`, the plan stops once that
+    share of the approved concepts is at the target: the concepts it raises are taken
+    subject by subject, thinnest first. Deterministic for a seed and an index."""
+
+    def __init__(
+        self,
+        index: SyllabusIndex,
+        *,
+        target: int,
+        seed: int,
+        strategy: Strategy = Strategy.MIXED,
+        basic_ratio: float = 0.5,
+        until_share: float | None = None,
+        asked: Iterable[str] = (),
+        planned: Mapping[str, int] | None = None,
+    ) -> None:
+        if target < 1:
+            raise InvalidInput("the questions per concept must be 1 or more")
+        if until_share is not None and not 0.0 < until_share <= 1.0:
+            raise InvalidInput("the share of concepts to cover must be above 0 and at most 1")
+        if not 0.0 <= basic_ratio <= 1.0:
+            raise InvalidInput("basic_ratio must be between 0 and 1")
+        self.index = index
+        self.target = target
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.strategy = strategy
+        self.basic_ratio = basic_ratio
+        self.until_share = until_share
+        self.taken = set(asked)
+        planned = planned or {}
+        self.count = [
+            k + planned.get(c, 0) for c, k in zip(index.concept_ids, index.covered, strict=True)
+        ]
+        n = len(index.session_ids)
+        self.session_of = np.repeat(np.arange(n), np.diff(index.concept_start)).tolist()
+        #: concepts the plan means to raise; given up ones leave it
+        self.wanted = [k < target for k in self.count]
+        self.given_up = 0
+
+    # ------------------------------------------------------------------ the plan
+
+    def plan(self) -> CoveragePlan:
+        with _collector_paused():
+            return self._plan()
+
+    def _plan(self) -> CoveragePlan:
+        ix, target = self.index, self.target
+        result = CoveragePlan(target=target, concepts=len(self.count))
+        result.reached_before = sum(k >= target for k in self.count)
+        order = self._subject_order()
+        if self.until_share is not None:
+            self._want_share(order)
+        result.wanted = sum(self.wanted)
+        low = min((k for k, w in zip(self.count, self.wanted, strict=True) if w), default=target)
+        for t in range(low, target):
+            for i in order:
+                first, end = ix.session_start[i], ix.session_start[i + 1]
+                if first < end:
+                    self._subject_pass(i, first, end, t, result.samples)
+        result.reached = sum(k >= target for k in self.count)
+        result.short = (
+            sum(k < target for k, w in zip(self.count, self.wanted, strict=True) if w)
+            + self.given_up
+        )
+        return result
+
+    def _subject_order(self) -> list[int]:
+        """Subjects by how far their concepts stand from the target (least met first),
+        then in an order drawn from the seed."""
+        ix, target = self.index, self.target
+        starts = np.asarray(ix.concept_start, dtype=np.int64)
+        bounds = np.asarray(ix.session_start, dtype=np.int64)
+        first, end = starts[bounds[:-1]], starts[bounds[1:]]
+        met = np.minimum(np.asarray(self.count, dtype=np.int64), target)
+        sums = np.r_[0, np.cumsum(met)]
+        sizes = np.maximum(end - first, 1)
+        share = ((sums[end] - sums[first]) / (sizes * target)).tolist()
+        seed = str(self.seed)
+        return sorted(
+            range(len(ix.subject_ids)),
+            key=lambda i: (share[i], stable_hash("coverage", seed, ix.subject_ids[i])),
+        )
+
+    def _want_share(self, order: Sequence[int]) -> None:
+        """Keep wanted only as many concepts below the target as until_share needs, taken
+        subject by subject in `order`, each subject's in syllabus order."""
+        assert self.until_share is not None
+        ix, count, target = self.index, self.count, self.target
+        total = len(count)
+        need = math.ceil(self.until_share * total - 1e-9) - sum(k >= target for k in count)
+        keep = [False] * total
+        for i in order:
+            if need <= 0:
+                break
+            lo = ix.concept_start[ix.session_start[i]]
+            hi = ix.concept_start[ix.session_start[i + 1]]
+            for c in range(lo, hi):
+                if need > 0 and count[c] < target:
+                    keep[c] = True
+                    need -= 1
+        self.wanted = keep
+
+    def _subject_pass(self, subject: int, first: int, end: int, t: int, out: list[Sample]) -> None:
+        """Samples raising every wanted concept of a subject still at t questions (or fewer:
+        one given up earlier stays given up)."""
+        ix, count, wanted, rand = self.index, self.count, self.wanted, self.rng.random
+        due: dict[int, list[int]] = {}
+        #: each session's concepts in an order drawn for this pass: how ties are broken
+        shuffled: dict[int, list[int]] = {}
+        for s in range(first, end):
+            mixed = list(range(ix.concept_start[s], ix.concept_start[s + 1]))
+            for i in range(len(mixed) - 1, 0, -1):  # rng.shuffle, without its slow helper
+                j = int(rand() * (i + 1))
+                mixed[i], mixed[j] = mixed[j], mixed[i]
+            shuffled[s] = mixed
+            found = [c for c in mixed if wanted[c] and count[c] <= t]
+            if found:
+                due[s] = found
+        sessions = end - first
+        while due:
+            chosen = self.strategy
+            if chosen is Strategy.MIXED:
+                chosen = Strategy.BASIC if self.rng.random() < self.basic_ratio else Strategy.HARD
+                if sessions < 2:
+                    chosen = Strategy.BASIC
+            if chosen is Strategy.HARD and sessions < 2:
+                for waiting in due.values():  # a one-session syllabus has no hard samples
+                    self._give_up(waiting)
+                return
+            sample, touched = self._draw(subject, first, end, due, shuffled, chosen)
+            if sample is not None:
+                out.append(sample)
+            # concepts covered now, or given up, leave their sessions' lists
+            for s in touched:
+                if s in due:
+                    due[s] = [c for c in due[s] if wanted[c] and count[c] <= t]
+                    if not due[s]:
+                        del due[s]
+
+    def _give_up(self, concepts: Iterable[int]) -> None:
+        for c in concepts:
+            if self.wanted[c]:
+                self.wanted[c] = False
+                self.given_up += 1
+
+    def _draw(
+        self,
+        subject: int,
+        first: int,
+        end: int,
+        due: Mapping[int, list[int]],
+        shuffled: Mapping[int, list[int]],
+        strategy: Strategy,
+    ) -> tuple[Sample | None, set[int]]:
+        """One sample for the most short-handed session(s), or None when no new combination
+        holds its first short concept (that concept is then given up); and the sessions
+        whose concepts it changed.
+
+        The sample takes short concepts first, then fills up to MAX_CONCEPTS with the least
+        covered others of its session(s): a full sample raises what later passes would
+        have to. When that combination was asked, others holding the same first concept
+        are tried, those with the most short concepts and then the most concepts first
+        (CANDIDATES of them), then random ones (MAX_TRIES)."""
+        ranked = sorted(due, key=lambda s: (-len(due[s]), s))
+        a = ranked[0]
+        sessions = [a]
+        if strategy is Strategy.HARD:  # with the one with the fewest: it is finished first
+            sessions.append(ranked[-1] if len(ranked) > 1 else self._other_session(first, end, a))
+        short = self._short_first(due, sessions)
+        head = short[0]
+        ix, session_of = self.index, self.session_of
+        waiting = set(short)
+        others = [c for s in sessions for c in shuffled[s] if c not in waiting]
+        others.sort(key=self.count.__getitem__)  # the least covered first, ties as shuffled
+        variants = (self._variant(head, first, end, a, strategy) for _ in range(MAX_TRIES))
+        for picked in chain(self._candidates(short, others, sessions), variants):
+            if picked is None:
+                continue
+            key = combo_key([ix.concept_ids[c] for c in picked])
+            if key not in self.taken:
+                sample = self._accept(subject, strategy, picked, key)
+                return sample, {session_of[c] for c in picked}
+        self._give_up([head])
+        return None, {a}
+
+    @staticmethod
+    def _short_first(due: Mapping[int, list[int]], sessions: list[int]) -> list[int]:
+        """The short concepts of the sample's sessions, those it takes first leading: of a
+        hard sample's two sessions, as many of the second's (the one with fewer) as leave
+        room for one of the first's, and the first's filling the rest."""
+        in_a, in_b = due[sessions[0]], due.get(sessions[-1], []) if len(sessions) > 1 else []
+        k = min(MAX_CONCEPTS, len(in_a) + len(in_b))
+        nb = min(len(in_b), k - 1)
+        na = k - nb
+        return in_a[:na] + in_b[:nb] + in_a[na:] + in_b[nb:]
+
+    def _candidates(
+        self, short: list[int], others: list[int], sessions: list[int]
+    ) -> Iterator[list[int]]:
+        """Combinations holding short[0], of short concepts and others, the most short ones
+        first, then the most concepts, each in the order of the lists; for a hard sample
+        only those touching both sessions."""
+        head, rest = short[0], short[1:]
+        need = set(sessions) if len(sessions) > 1 else None
+        session_of, budget = self.session_of, CANDIDATES
+        for s in range(min(MAX_CONCEPTS, len(short)), 0, -1):
+            for pad in range(min(MAX_CONCEPTS - s, len(others)), -1, -1):
+                for d in combinations(rest, s - 1):
+                    for p in combinations(others, pad):
+                        budget -= 1
+                        if budget < 0:
+                            return
+                        picked = [head, *d, *p]
+                        if need is None or {session_of[c] for c in picked} == need:
+                            yield picked
+
+    def _other_session(self, first: int, end: int, other_than: int) -> int:
+        i = int(self.rng.random() * (end - first - 1))
+        return first + i + (first + i >= other_than)
+
+    def _variant(
+        self, head: int, first: int, end: int, a: int, strategy: Strategy
+    ) -> list[int] | None:
+        """Another combination holding `head`, drawn at random: of its session alone
+        (basic), or with a concept of another session at least (hard)."""
+        ix, rand = self.index, self.rng.random
+        own = [c for c in range(ix.concept_start[a], ix.concept_start[a + 1]) if c != head]
+        if strategy is Strategy.BASIC:
+            k = int(rand() * min(MAX_CONCEPTS, len(own) + 1))  # besides the head
+            return [head, *self.rng.sample(own, k)]
+        if end - first < 2:
+            return None
+        b = self._other_session(first, end, a)
+        theirs = list(range(ix.concept_start[b], ix.concept_start[b + 1]))
+        partner = theirs[int(rand() * len(theirs))]
+        rest = [c for c in own + theirs if c != partner]
+        k = int(rand() * (min(MAX_CONCEPTS, len(rest) + 2) - 1))  # besides head and partner
+        return [head, partner, *self.rng.sample(rest, k)]
+
+    def _accept(self, subject: int, strategy: Strategy, picked: list[int], key: str) -> Sample:
+        self.taken.add(key)
+        for c in picked:
+            self.count[c] += 1
+        ordered = sorted(picked)
+        ix, session_of = self.index, self.session_of
+        return Sample(
+            ix.subject_ids[subject],
+            strategy,
+            tuple(ix.session_ids[s] for s in dict.fromkeys(session_of[c] for c in ordered)),
+            tuple(ix.concept_ids[c] for c in ordered),
+            key,
+        )
+
+
+def plan_coverage(
+    store: Store,
+    subject_ids: Sequence[str],
+    *,
+    target: int,
+    seed: int,
+    strategy: Strategy = Strategy.MIXED,
+    basic_ratio: float = 0.5,
+    until_share: float | None = None,
+    planned: Iterable[Sequence[str]] = (),
+    taken: Iterable[str] = (),
+) -> CoveragePlan:
+    """The samples that bring every approved concept of these subjects to `target`
+    questions (or `until_share` of them): one read of their syllabi with coverage and of
+    the combinations asked there, then CoveragePlanner. `planned`: the concept ids of each
+    sample planned before and not asked yet, which count as asked; `taken`: combinations
+    planned before (asked or not), never drawn again."""
+    index = store.syllabi.index(subject_ids)
+    asked = store.syllabi.combo_keys(subject_ids) | set(taken)
+    pending: Counter[str] = Counter()
+    for concepts in planned:
+        pending.update(concepts)
+    planner = CoveragePlanner(
+        index,
+        target=target,
+        seed=seed,
+        strategy=strategy,
+        basic_ratio=basic_ratio,
+        until_share=until_share,
+        asked=asked,
+        planned=pending,
+    )
+    return planner.plan()

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 from graph.driver import Tx
 from graph.model import DISCIPLINE, FIELD, INSTRUCTION, SUBFIELD, SUBJECT, node_id, split_path
 from graph.records import Node
 
-from ..jobs import Outcome, UnitSpec, unit_id
-from ..sampling import Sample, Sampler, Strategy, plan_sampler, shares
+from ..jobs import Outcome, UnitSpec, UnitStatus, unit_id
+from ..sampling import (
+    CoveragePlan,
+    Sample,
+    Sampler,
+    Strategy,
+    plan_coverage,
+    plan_sampler,
+    shares,
+)
 from .base import PromptStage
 
 
@@ -21,6 +29,8 @@ class QuestionsStage(PromptStage):
     name = "questions"
     prompt_name = "question"
     scope_kinds = (FIELD, SUBFIELD, DISCIPLINE, SUBJECT)
+    #: a coverage job's last plan, with how its concepts stand (see _coverage_units)
+    coverage: CoveragePlan | None = None
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         """The job's samples: n split over the subjects in scope that have a syllabus
@@ -35,13 +45,14 @@ class QuestionsStage(PromptStage):
         subjects plans nothing new. The job then holds more than n samples: the ones
         drawn before, and the new subjects' shares."""
         subjects = self.store.taxonomy.ids_in_scope(scope, SUBJECT)
+        rows = self.store.jobs.units(self.job_id)
         stored = sorted(
-            (
-                UnitSpec(u["id"], u["target_id"], json.loads(u["payload"]))
-                for u in self.store.jobs.units(self.job_id)
-            ),
+            (UnitSpec(u["id"], u["target_id"], json.loads(u["payload"])) for u in rows),
             key=lambda u: u.payload["index"],
         )
+        if "min_per_concept" in self.options:
+            done = {u["id"] for u in rows if u.get("status") == UnitStatus.DONE}
+            return stored + self._coverage_units(subjects, stored, done)
         n, seed = int(self.options.get("n", 10)), int(self.options.get("seed", 0))
         strategy = Strategy(self.options["strategy"])
         if not stored:
@@ -60,6 +71,31 @@ class QuestionsStage(PromptStage):
             sorted(new), sum(new.values()), taken=[u.payload["combo_key"] for u in stored]
         )
         return stored + self._units(sampler.draw_shares(new, strategy), len(stored))
+
+    def _coverage_units(
+        self, subjects: list[str], stored: Sequence[UnitSpec], done: Set[str]
+    ) -> list[UnitSpec]:
+        """A coverage job's plan (`min_per_concept`, `until_share`): the samples still needed
+        for every approved concept in scope to be covered by that many questions (see
+        sampling.CoveragePlanner), after the stored units. Questions asked count, and so
+        do stored units not done yet (a re-run asks them); no stored combination is drawn
+        again. So a re-run plans only what is missing: nothing when the taxonomy did not
+        change, the work of a subject or session added since, concepts a review brought
+        back. The plan's figures are kept as `self.coverage`."""
+        target = self.options.get("min_per_concept") or 1
+        share = self.options.get("until_share")
+        self.coverage = plan_coverage(
+            self.store,
+            subjects,
+            target=int(target),
+            until_share=float(share) if share is not None else None,
+            seed=int(self.options.get("seed", 0)),
+            strategy=Strategy(self.options["strategy"]),
+            basic_ratio=float(self.options.get("basic_ratio", 0.5)),
+            planned=[u.payload["concept_ids"] for u in stored if u.id not in done],
+            taken=[u.payload["combo_key"] for u in stored],
+        )
+        return self._units(self.coverage.samples, len(stored))
 
     def _sampler(self, subjects: list[str], n: int, taken: Sequence[str] = ()) -> Sampler:
         return plan_sampler(
