@@ -196,7 +196,21 @@ class Stage(ABC):
         """A response to the unit's request, validated: the value to write, or the reason it
         cannot be used, with the raw text kept either way. Every executor ends here."""
         value, error = request.parse(reply.text)
+        error = self.check(unit, request, reply, value, error)
+        value = value if error is None else None
         return Outcome(value, reply.text, error, reply.usage, reply.finish_reason)
+
+    def check(
+        self,
+        unit: UnitSpec,
+        request: ChatRequest,
+        reply: Reply,
+        value: Any,
+        error: str | None,
+    ) -> str | None:
+        """Why a reply cannot be used: its parse error (None when it parsed), or what the
+        stage's validators reject in the parsed value (generators/validators.py)."""
+        return error
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         """The live executor's unit: send the request, accept the reply; a JSON answer that

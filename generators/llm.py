@@ -142,13 +142,15 @@ class ChatRequest:
     def corrected(self, raw: str, error: str) -> ChatRequest:
         """The same request again, showing the model its last answer and what was wrong."""
         detail = error.split(": ", 1)[-1]
+        # a validator's rejection ("rejected by <rule>: ...", generators/validators.py) is
+        # not a schema error: the model is told what was wrong with what it wrote
+        wrong = "was rejected" if error.startswith("rejected by ") else "did not match the schema"
         messages = [
             *self.messages,
             {"role": "assistant", "content": raw},
             {
                 "role": "user",
-                "content": f"Your previous answer did not match the schema: {detail}. "
-                "Reply with JSON only.",
+                "content": f"Your previous answer {wrong}: {detail}. Reply with JSON only.",
             },
         ]
         return ChatRequest(messages, self.params, self.reply, self.response_format, False)

@@ -10,6 +10,7 @@ from graph.model import DISCIPLINE, FIELD, RESPONSE, SESSION, SUBFIELD, SUBJECT,
 from graph.records import Node
 
 from ..jobs import Outcome, UnitSpec, unit_id
+from ..validators import Text
 from .base import PromptStage
 
 
@@ -56,6 +57,9 @@ class AnswersStage(PromptStage):
                 "level": (subject.props.get("level") if subject else "") or "",
             }
         return found
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        return [Text("answer", value.text)]
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         self.write_many([(unit, outcome)], tx)

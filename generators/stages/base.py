@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from .. import validators
 from ..jobs import Outcome, Stage, UnitSpec
-from ..llm import ChatRequest, Messages
+from ..llm import ChatRequest, Messages, Reply
 from ..prompting import Prompt, get_prompt
+from ..validators import Text
 
 
 class PromptStage(Stage):
@@ -16,11 +18,16 @@ class PromptStage(Stage):
     prompt_name: ClassVar[str]
     #: whether the answer is taken whole as text (an answer) rather than read as JSON
     free_text: ClassVar[bool] = False
+    #: the prompt variable that names the node a unit's output sits under (a subject's
+    #: discipline, a syllabus's subject): what the repeats_parent rule compares names with
+    parent_variable: ClassVar[str | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: what `prepare` read for each unit not yet asked, dropped once its request is built
         self.inputs: dict[str, Any] = {}
+        #: unit id -> the name of the node its output sits under, kept from its request
+        self._parents: dict[str, str] = {}
 
     @property
     def prompt(self) -> Prompt:
@@ -40,6 +47,8 @@ class PromptStage(Stage):
             variables = self.read_inputs([unit]).get(unit.id, {})
         if isinstance(variables, Outcome):
             return variables
+        if self.parent_variable is not None:
+            self._parents[unit.id] = str(variables.get(self.parent_variable) or "")
         return self.chat_request(self.prompt.render(**variables))
 
     def chat_request(self, messages: Messages) -> ChatRequest:
@@ -47,6 +56,36 @@ class PromptStage(Stage):
         if self.free_text:
             return self.llm.text_request(messages, model, self.params)
         return self.llm.request(messages, model, self.params)
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        """The texts of a parsed reply the validators check, each with its kind, the name
+        it sits under and the group its name must be unique in."""
+        return []
+
+    def parent_name(self, unit: UnitSpec) -> str | None:
+        """The name of the node a unit's output sits under: kept when its request was built,
+        else (a request another executor built) read from the store."""
+        if unit.id in self._parents:
+            return self._parents[unit.id] or None
+        node = self.store.nodes.get(unit.target_id)
+        return node.name if node is not None else None
+
+    def check(
+        self,
+        unit: UnitSpec,
+        request: ChatRequest,
+        reply: Reply,
+        value: Any,
+        error: str | None,
+    ) -> str | None:
+        texts = self.texts(unit, value) if error is None and value is not None else []
+        return validators.check(
+            texts,
+            prompt=validators.prompt_text(request.messages),
+            finish_reason=reply.finish_reason,
+            free_text=request.free_text,
+            parse_error=error,
+        )
 
     def stamp(self, unit: UnitSpec) -> dict[str, Any]:
         return self.provenance(unit, self.prompt.name, self.prompt.version)

@@ -20,6 +20,7 @@ from ..sampling import (
     plan_sampler,
     shares,
 )
+from ..validators import Text
 from .base import PromptStage
 
 
@@ -161,6 +162,9 @@ class QuestionsStage(PromptStage):
                 "last_session_title": sessions[-1].title,
             }
         return found
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        return [Text("question", value.question)]
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         self.write_many([(unit, outcome)], tx)

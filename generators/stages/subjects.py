@@ -10,6 +10,7 @@ from graph.model import DISCIPLINE, FIELD, SUBFIELD
 from graph.records import Node
 
 from ..jobs import Outcome, UnitSpec, unit_id
+from ..validators import Text
 from .base import PromptStage
 
 
@@ -19,6 +20,7 @@ class SubjectsStage(PromptStage):
     name = "subjects"
     prompt_name = "subjects"
     scope_kinds = (FIELD, SUBFIELD, DISCIPLINE)
+    parent_variable = "discipline"
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         rounds = int(self.options.get("rounds", 10))
@@ -44,6 +46,15 @@ class SubjectsStage(PromptStage):
                 "existing": existing[discipline.id],
             }
         return found
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        discipline = self.parent_name(unit)
+        out: list[Text] = []
+        for i, s in enumerate(value.subjects):
+            out.append(Text("subject", s.name, discipline, "subjects"))
+            out.append(Text("level", s.level))
+            out += [Text("subtopic", t, s.name, f"subtopics {i}") for t in s.subtopics]
+        return out
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         subjects = [s.model_dump() for s in outcome.value.subjects]

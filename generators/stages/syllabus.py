@@ -10,6 +10,7 @@ from graph.model import DISCIPLINE, FIELD, SUBFIELD, SUBJECT, split_path
 from graph.records import Node
 
 from ..jobs import Outcome, UnitSpec, unit_id
+from ..validators import Text
 from .base import PromptStage
 
 
@@ -19,6 +20,7 @@ class SyllabusStage(PromptStage):
     name = "syllabus"
     prompt_name = "syllabus"
     scope_kinds = (FIELD, SUBFIELD, DISCIPLINE, SUBJECT)
+    parent_variable = "subject"
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         # Subjects whose syllabus came from elsewhere (added by hand) are left alone.
@@ -50,6 +52,15 @@ class SyllabusStage(PromptStage):
                 "n_sessions": int(self.options.get("sessions", 12)),
             }
         return found
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        subject = self.parent_name(unit)
+        out: list[Text] = []
+        for i, s in enumerate(value.sessions):
+            out.append(Text("session", s.title, subject, "sessions"))
+            out.append(Text("description", s.description))
+            out += [Text("concept", c, s.title, f"concepts {i}") for c in s.concepts]
+        return out
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         sessions = [s.model_dump() for s in outcome.value.sessions]

@@ -22,6 +22,7 @@ from graph.model import (
 from graph.records import Node, validate_name
 
 from ..jobs import Outcome, UnitSpec, unit_id
+from ..validators import Text
 from .base import PromptStage
 
 
@@ -59,6 +60,15 @@ class TaxonomyStage(PromptStage):
                 "n": int(self.options.get("n", 10)),
             }
         return found
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        path = unit.payload["path"]
+        parent = split_path(path)[-1] if path else None
+        out: list[Text] = []
+        for item in value.items:
+            out.append(Text("node", item.name, parent, "items"))
+            out.append(Text("description", item.description))
+        return out
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:
         path = unit.payload["path"]

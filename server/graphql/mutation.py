@@ -17,6 +17,7 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
+from generators.cost import CostCap
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError, InvalidInput
 from graph.model import Status
@@ -120,12 +121,29 @@ def _bounded(**values: int) -> None:
         _check(name, value, low, high)
 
 
+#: the cost cap every generation mutation takes
+MaxCost = Annotated[
+    float | None,
+    strawberry.argument(
+        description="US dollars the job may cost in all, its earlier runs included, at the "
+        "server's price table: it stops starting units before passing this (status "
+        "COST_CAPPED); the same mutation with a higher cap goes on. Refused for a model "
+        "with no price."
+    ),
+]
+
+
 def _start(
-    info: Info[Context, None], stage: str, path: str | None, options: PipelineOptions
+    info: Info[Context, None],
+    stage: str,
+    path: str | None,
+    options: PipelineOptions,
+    max_cost: float | None = None,
 ) -> Any:
     """Start a job (refused when an overlapping one of the same stage runs)."""
     try:
-        started = info.context.jobs.start(stage, path or None, options)
+        cap = None if max_cost is None else CostCap(max_cost, info.context.settings.price_table())
+        started = info.context.jobs.start(stage, path or None, options, cost_cap=cap)
     except GlanError as exc:
         return problem(exc)
     return JobPayload(job=Job.of(started, live=True))
@@ -243,14 +261,18 @@ class Mutation:
         "for review (approved at once when the server runs with GLAN_AUTO_APPROVE).",
     )
     def generate_taxonomy(
-        self, info: Info[Context, None], path: str | None = None, n: int = 10
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        n: int = 10,
+        max_cost: MaxCost = None,
     ) -> StartJobResult:
         try:
             _check("n", n, *LIMITS["taxonomy n"])
         except InvalidInput as exc:
             return problem(exc)
         options = PipelineOptions(taxonomy_n=n, auto_approve=info.context.settings.auto_approve)
-        return _start(info, "taxonomy", path, options)
+        return _start(info, "taxonomy", path, options, max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -263,13 +285,15 @@ class Mutation:
         path: str | None = None,
         rounds: int | None = None,
         per_call: int = 10,
+        max_cost: MaxCost = None,
     ) -> StartJobResult:
         rounds = rounds if rounds is not None else info.context.settings.subject_rounds
         try:
             _bounded(rounds=rounds, perCall=per_call)
         except InvalidInput as exc:
             return problem(exc)
-        return _start(info, "subjects", path, PipelineOptions(rounds=rounds, per_call=per_call))
+        options = PipelineOptions(rounds=rounds, per_call=per_call)
+        return _start(info, "subjects", path, options, max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -277,13 +301,17 @@ class Mutation:
         "path that has none yet.",
     )
     def generate_syllabus(
-        self, info: Info[Context, None], path: str | None = None, sessions: int = 12
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        sessions: int = 12,
+        max_cost: MaxCost = None,
     ) -> StartJobResult:
         try:
             _bounded(sessions=sessions)
         except InvalidInput as exc:
             return problem(exc)
-        return _start(info, "syllabus", path, PipelineOptions(sessions=sessions))
+        return _start(info, "syllabus", path, PipelineOptions(sessions=sessions), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -302,6 +330,7 @@ class Mutation:
         strategy: Strategy = Strategy.MIXED,
         seed: int = 0,
         basic_ratio: float = 0.5,
+        max_cost: MaxCost = None,
         min_per_concept: int | None = None,
         until_share: float | None = None,
     ) -> StartJobResult:
@@ -322,7 +351,7 @@ class Mutation:
             min_per_concept=min_per_concept or 0,
             until_share=until_share,
         )
-        return _start(info, "questions", path, options)
+        return _start(info, "questions", path, options, max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -330,9 +359,9 @@ class Mutation:
         "answer model yet.",
     )
     def generate_answers(
-        self, info: Info[Context, None], path: str | None = None
+        self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
     ) -> StartJobResult:
-        return _start(info, "answers", path, PipelineOptions())
+        return _start(info, "answers", path, PipelineOptions(), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,

@@ -22,6 +22,7 @@ from .errors import (
     WrongKindError,
     problem,
 )
+from .estimate import EstimateResult, job_estimate
 from .gaps import Gaps
 from .instruction import Instruction, InstructionFilter, InstructionSample
 from .job import Job, JobState, StageName
@@ -313,6 +314,12 @@ class Query:
         if found is None:
             return NotFoundError(message=f"no job {str(id)!r} (see the jobs query)", id=id)
         return found
+
+    job_estimate: EstimateResult = strawberry.field(
+        resolver=job_estimate,
+        description="A dry run: the job a generation mutation with these arguments would start "
+        "or resume, its units left and what they would cost; nothing is stored or asked.",
+    )
 
 
 def _id(node: Node) -> str:
