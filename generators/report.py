@@ -14,6 +14,7 @@ from graph.store import Store
 
 from .cleaning import iter_instructions
 from .cost import PriceTable, job_cost, job_model, load_prices
+from .diversity import measure
 from .export import Skipped, iter_pairs
 
 
@@ -35,6 +36,10 @@ class Report:
     combinations: int = 0
     most_covered: list[dict[str, Any]] = field(default_factory=list)
     least_covered: list[dict[str, Any]] = field(default_factory=list)
+    #: distinct-n, near-duplicate rates, questions per concept (generators/diversity.py)
+    diversity: dict[str, Any] = field(default_factory=dict)
+    #: instructions overlapping each benchmark split, per discipline and in all
+    contamination: dict[str, Any] = field(default_factory=dict)
     #: the jobs under the path: stage, scope, status, model, tokens, estimated cost
     jobs: list[dict[str, Any]] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -123,6 +128,9 @@ def build_report(
     report.covered_concepts = total.covered_concepts
     report.concept_coverage = round(total.concept_coverage, 4)
     report.combinations = total.combinations
+    diversity, matrix = measure(store, path, total)
+    report.diversity = asdict(diversity)
+    report.contamination = matrix.as_dict()
 
     scope_path = path or ""
     failures: Counter[str] = Counter()

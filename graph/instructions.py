@@ -164,6 +164,15 @@ class Instructions(Part):
         rows = self.driver.execute(Q.count_instructions(self.d, top, flt), params)
         return int(rows[0]["n"]) if rows else 0
 
+    def contamination_marks(self, scope: Node | None) -> list[tuple[str | None, str | None, int]]:
+        """(contamination record, contaminated flag, instructions) for each distinct pair
+        of them among the marked instructions under a scope (session or above): one grouped
+        read, whose rows are as few as the distinct marks."""
+        top = self._instruction_top(scope)
+        params = {**self.taxonomy.scope_params(scope), "blank": ""}
+        rows = self.driver.execute(Q.contamination_marks(self.d, top), params)
+        return [(r["record"], r["flag"], int(r["n"])) for r in rows]
+
     def sample(self, scope: Node | None, n: int, seed: int) -> list[Node]:
         """`n` instructions under a scope drawn without replacement (all of them when there
         are fewer), in the order drawn: the same ones for the same seed and data.

@@ -864,22 +864,69 @@ def dedup(
 
 @app.command()
 def decontaminate(
-    benchmark: Annotated[list[Path], typer.Option(help="JSONL, CSV or Parquet; repeatable")],
-    column: Annotated[str, typer.Option(help="the column holding the benchmark text")] = "question",
+    benchmark: Annotated[
+        list[str],
+        typer.Option(
+            help="[NAME=]PATH[:SPLIT], repeatable: a .jsonl, .csv or .parquet file (SPLIT: the "
+            "split it holds; default: a split word in its name, else test), or a directory "
+            "saved by datasets (SPLIT: the one to read; default: all)"
+        ),
+    ],
     path: Annotated[str | None, typer.Argument(help="subtree (default: all)")] = None,
-    n: Annotated[int, typer.Option(min=1, help="word n-gram length")] = 13,
+    field: Annotated[
+        str | None,
+        typer.Option(
+            "--field",
+            "--column",
+            help="the column holding the benchmark text (default: the first of question, "
+            "prompt, problem, input, text that the data has)",
+        ),
+    ] = None,
+    method: Annotated[str, typer.Option(help="containment|ngram|both")] = "both",
+    n: Annotated[int, typer.Option(min=1, max=100, help="word n-gram length")] = 13,
+    min_words: Annotated[
+        int,
+        typer.Option(
+            min=1, max=100, help="containment leaves out benchmark texts shorter than this"
+        ),
+    ] = 5,
 ) -> None:
-    """Mark instructions and responses that share a word n-gram with a benchmark question."""
+    """Mark pairs whose question or answer holds a benchmark text whole (after
+    normalisation) or shares an n-word run with one; export leaves them out."""
+    from generators.cleaning import BenchmarkSpec, load_benchmarks
     from generators.cleaning import decontaminate as run
 
-    with whole_store("decontaminate") as store:
-        result = run(store, path, [(b, column) for b in benchmark], n=n)
+    if method not in ("both", "containment", "ngram"):
+        raise fail("--method must be containment, ngram or both", 2)
+    # absolute, as the server that may read them has a working directory of its own
+    specs = [BenchmarkSpec.parse(b) for b in benchmark]
+    specs = [BenchmarkSpec(s.path.absolute(), s.split, s.name) for s in specs]
+    with reach() as store:
+        if isinstance(store, Remote):
+            result = store.decontaminate(
+                path, specs, field=field, method=method, n=n, min_words=min_words
+            )
+        else:
+            loaded = load_benchmarks(specs, field)
+            result = run(store, path, loaded, n=n, method=method, min_words=min_words)
+    read = ", ".join(f"{source} ({texts:,} texts)" for source, texts in result.benchmarks.items())
+    console.print(f"read {escape(read)}", soft_wrap=True)
+    if result.short:
+        console.print(
+            f"{result.short:,} benchmark texts under {min_words} words left out of containment"
+        )
     console.print(
         f"scanned {result.scanned:,} instructions: {len(result.instructions):,} "
         f"instructions and {len(result.responses):,} responses marked contaminated"
     )
-    for iid, names in sorted(result.instructions.items()):
-        console.print(f"  {iid}  {', '.join(names)}")
+    for iid, marks in sorted(result.marks.items()):
+        sides: dict[str, set[str]] = {}
+        for m in marks:
+            sides.setdefault(m.source, set()).add(m.side)
+        found = ", ".join(
+            f"{s} ({', '.join(sorted(v, reverse=True))})" for s, v in sorted(sides.items())
+        )
+        console.print(f"  {iid}  {escape(found)}", soft_wrap=True)
 
 
 @app.command()
@@ -945,6 +992,43 @@ def report(
                     str(r["per_concept"]),
                 )
             console.print(t)
+    _print_diversity_and_contamination(rep.diversity, rep.contamination)
+
+
+def _print_diversity_and_contamination(div: dict[str, Any], matrix: dict[str, Any]) -> None:
+    """The report's diversity table and its discipline x benchmark contamination matrix."""
+    from rich.table import Table
+
+    if div:
+        t = Table("measure", "value", title="diversity of the questions")
+        approx = " (approximate)" if div["distinct_approximate"] else ""
+        t.add_row("distinct-1", f"{div['distinct_1']}{approx}")
+        t.add_row("distinct-2", f"{div['distinct_2']}{approx}")
+        t.add_row("near-duplicate rate before dedup", str(div["near_duplicate_rate_before"]))
+        t.add_row("near-duplicate rate after dedup", str(div["near_duplicate_rate_after"]))
+        spread = div["questions_per_concept"]
+        t.add_row(
+            "questions per concept min / median / max",
+            f"{spread['min']} / {spread['median']} / {spread['max']}",
+        )
+        t.add_row("share of concepts used", str(div["concept_share"]))
+        space = div["combination_space"]
+        used = f"{div['combinations_used']:,}"
+        t.add_row(
+            "concept combinations used",
+            f"{used} of {space:,} ({div['combination_share']})" if space else used,
+        )
+        console.print(t)
+    if matrix and matrix["benchmarks"]:
+        t = Table("discipline", "instructions", *map(escape, matrix["benchmarks"]))
+        t.title = "contaminated instructions per benchmark (count, share)"
+        for row in [*matrix["rows"], {**matrix["total"], "discipline": "all"}]:
+            cells = [
+                f"{row['counts'].get(b, 0):,} ({row['shares'].get(b, 0.0):.1%})"
+                for b in matrix["benchmarks"]
+            ]
+            t.add_row(escape(row["discipline"]), f"{row['instructions']:,}", *cells)
+        console.print(t)
 
 
 @app.command()

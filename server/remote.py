@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from generators.cleaning import BenchmarkSpec, ContaminationResult, Mark
 from generators.jobs import Progress
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError
@@ -65,6 +66,11 @@ _ESTIMATE = (
     "estimatedCostUsd spentCostUsd"
 )
 _UNIT = "id targetId status error raw payload promptTokens completionTokens updatedAt"
+_DECONTAMINATION = (
+    "scanned shortTexts benchmarks { benchmark split texts } "
+    "instructions { id benchmarks } responses { id benchmarks } "
+    "matches { instructionId benchmark split side method }"
+)
 
 #: The generation mutation of each stage, with the variables it takes.
 _START = {
@@ -373,6 +379,45 @@ class Remote:
                 return items
             after = got["pageInfo"]["endCursor"]
 
+    # ------------------------------------------------------------------ cleaning
+
+    def decontaminate(
+        self,
+        path: str | None,
+        specs: Sequence[BenchmarkSpec],
+        *,
+        field: str | None,
+        method: str,
+        n: int,
+        min_words: int,
+    ) -> ContaminationResult:
+        """Decontamination run by the server, reading the benchmark files on its machine:
+        each path is made absolute here, as the server's working directory is its own."""
+        query = (
+            "mutation($benchmarks: [BenchmarkInput!]!, $path: String, $field: String, "
+            "$method: DecontaminationMethod!, $n: Int!, $minWords: Int!) { "
+            "decontaminate(benchmarks: $benchmarks, path: $path, field: $field, "
+            "method: $method, n: $n, minWords: $minWords) "
+            f"{{ {_PROBLEM} ... on DecontaminationPayload {{ {_DECONTAMINATION} }} }} }}"
+        )
+        variables = {
+            "benchmarks": [
+                {"path": str(s.path.absolute()), "split": s.split, "name": s.name} for s in specs
+            ],
+            "path": path,
+            "field": field,
+            "method": method.upper(),
+            "n": n,
+            "minWords": min_words,
+        }
+        # it reads the whole scope and the benchmarks: longer than a request's usual wait
+        waited, self.timeout_s = self.timeout_s, max(self.timeout_s, 3600.0)
+        try:
+            data = self._result(self.gql(query, variables)["decontaminate"])
+        finally:
+            self.timeout_s = waited
+        return _decontamination(data)
+
     # ------------------------------------------------------------------ generation
 
     def generate(
@@ -633,6 +678,19 @@ def _unit_row(unit: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]
         "completion_tokens": unit.get("completionTokens"),
         "updated_at": unit.get("updatedAt"),
     }
+
+
+def _decontamination(data: Mapping[str, Any]) -> ContaminationResult:
+    """A local run's result from the server's answer (the CLI prints either the same way)."""
+    result = ContaminationResult(scanned=int(data["scanned"]), short=int(data["shortTexts"]))
+    for b in data["benchmarks"]:
+        result.benchmarks[f"{b['benchmark']}:{b['split']}"] = int(b["texts"])
+    result.instructions = {m["id"]: list(m["benchmarks"]) for m in data["instructions"]}
+    result.responses = {m["id"]: list(m["benchmarks"]) for m in data["responses"]}
+    for m in data["matches"]:
+        mark = Mark(m["benchmark"], m["split"], m["side"], m["method"])
+        result.marks.setdefault(m["instructionId"], []).append(mark)
+    return result
 
 
 def _page(fields: str) -> str:

@@ -146,3 +146,13 @@ def test_server_load_smoke() -> None:
     for key in ("coverage_cold_s", "coverage_warm_s", "burst_p95_s", "mixed_p95_s"):
         assert found[key] > 0, key
     assert 0 < found["server_peak_rss_mb"] < 24 * 1024 and found["bench_peak_rss_mb"] > 0
+
+
+def test_decontamination_smoke() -> None:
+    found = bench("decontamination.py", "--benchmarks", "50,500", "--pairs", "200")
+    assert found["bench"] == "decontamination"
+    for run in found["runs"]:
+        # every planted benchmark question was found, and the index agrees with a plain search
+        assert run["found"] >= run["planted"] > 0 and run["agrees_with_naive"], run
+        for key in ("containment_pairs_per_s", "ngram_pairs_per_s", "naive_pairs_per_s"):
+            assert run[key] > 0, key

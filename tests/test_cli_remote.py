@@ -25,6 +25,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from graph.filters import InstructionFilter
 from server.cli import app
 from server.discovery import record_path
 from tests.api_helpers import Api, free_port, run_api, subscribe
@@ -247,7 +248,6 @@ def test_whole_store_commands_name_the_server_instead_of_running(
             ("export", "--out", "data.jsonl"),
             ("dedup",),
             ("report",),
-            ("decontaminate", "--benchmark", "b.jsonl"),
         ):
             code, out = t.remote(*args)
             text = out.replace("\n", " ")
@@ -255,6 +255,31 @@ def test_whole_store_commands_name_the_server_instead_of_running(
             assert "unset GLAN_SERVER_URL" in text and t.api.url in text
         code, out = t.remote("generate", "questions", ALGEBRA, "--local")
         assert code == 1 and "--local" in out and "Traceback" not in out
+
+
+def test_decontaminate_prints_the_same_through_the_server(
+    algebra: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server reads the benchmark files (given by a path relative to here) and marks
+    its own copy; the CLI prints what a local run prints."""
+    assert glan("generate", "questions", ALGEBRA, "--n", "3")[0] == 0
+    assert glan("generate", "answers", ALGEBRA)[0] == 0
+    code, out = glan("export", "--out", "pairs.jsonl")
+    assert code == 0, out
+    pairs = [json.loads(line) for line in Path("pairs.jsonl").read_text().splitlines()]
+    question = pairs[0]["messages"][0]["content"]
+    answer = pairs[1]["messages"][1]["content"]
+    Path("quiz_test.jsonl").write_text(json.dumps({"question": question.upper()}) + "\n")
+    Path("quiz_train.jsonl").write_text(json.dumps({"prompt": answer}) + "\n")
+    args = ("decontaminate", "--benchmark", "quiz_test.jsonl", "--benchmark", "quiz_train.jsonl")
+    with twins(algebra, stub, monkeypatch) as t:
+        out = t.same(*args, "--min-words", "1")
+        assert "read quiz:test (1 texts), quiz:train (1 texts)" in out
+        assert "(question)" in out and "(answer)" in out
+        marked = t.api.store.instructions.page(None, InstructionFilter(contaminated=True))[0]
+        assert [n.props["text"] for n in marked] == [question]
+        t.same("decontaminate", "--benchmark", "missing.jsonl", code=1)
+        t.same(*args, "--field", "nope", code=1)
 
 
 def _serve(db: Path, port: int, **env: str) -> subprocess.Popen[str]:

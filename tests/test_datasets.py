@@ -148,9 +148,12 @@ def test_decontamination_marks_exactly_the_overlaps(built: tuple[Store, dict[str
         None,
         [(FIXTURES / "benchmark.jsonl", "question"), (FIXTURES / "benchmark.csv", "prompt")],
     )
-    assert result.instructions == {ids["q5"]: ["benchmark.jsonl"], ids["q8"]: ["benchmark.csv"]}
-    assert result.responses == {"rsp_q6": ["benchmark.jsonl"]}
-    assert store.nodes.get(ids["q5"]).props["contaminated"] == "benchmark.jsonl"  # type: ignore[union-attr]
+    assert result.instructions == {
+        ids["q5"]: ["benchmark.jsonl:test"],
+        ids["q8"]: ["benchmark.csv:test"],
+    }
+    assert result.responses == {"rsp_q6": ["benchmark.jsonl:test"]}
+    assert store.nodes.get(ids["q5"]).props["contaminated"] == "benchmark.jsonl:test"  # type: ignore[union-attr]
     # a short benchmark question counts when it appears whole ("name the capital of france")
     subject = store.taxonomy.ids_in_scope(None, SUBJECT)[0]
     session = store.syllabi.of([subject])[subject][0].id

@@ -210,9 +210,10 @@ def test_using_it(tmp_path: Path) -> None:
 
 @pytest.fixture
 def benchmark_file(tmp_path: Path) -> Path:
-    """The benchmark file "Datasets out" names, made from the suite's small one."""
+    """The benchmark files "Datasets out" names, made from the suite's small one."""
     target = tmp_path / "gsm8k_test.jsonl"
     shutil.copy(ROOT / "tests" / "fixtures" / "benchmark.jsonl", target)
+    shutil.copy(target, tmp_path / "gsm8k_train.jsonl")
     return target
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import strawberry
+from strawberry.types import Info
 
-from graph.records import CoverageReport
+from graph.records import CoverageReport, Node
 from graph.records import CoverageRow as StoreCoverageRow
 
+from ..context import Context
+from .cleaning import ContaminationCount, contamination_of
 from .combinations import SHARE, SPACE, SPACE_LOG10, USED, Int64, figures
 from .node import Counts, TaxonomyNode
 
@@ -31,6 +34,14 @@ class CoverageRow:
     combination_space_log10: float | None = strawberry.field(description=SPACE_LOG10)
     combinations_used: int = strawberry.field(description=USED)
     combination_share: float = strawberry.field(description=SHARE)
+    scope: strawberry.Private[Node | None] = None
+
+    @strawberry.field(
+        description="Instructions under the node that overlap each benchmark split, as "
+        "decontamination marked them (question or answer side), and their share."
+    )
+    async def contamination(self, info: Info[Context, None]) -> list[ContaminationCount]:
+        return await contamination_of(info, self.scope, self.counts.instructions or 0)
 
     @classmethod
     def of(cls, r: StoreCoverageRow) -> CoverageRow:
@@ -44,6 +55,7 @@ class CoverageRow:
             subjects_without_syllabus=r.subjects_without_syllabus,
             disciplines_without_subjects=r.disciplines_without_subjects,
             **figures(r.combination_space, r.combinations_used),
+            scope=r.node,
         )
 
 

@@ -18,6 +18,7 @@ from strawberry.permission import BasePermission
 from strawberry.types import Info
 
 from generators.cost import CostCap
+from generators.cleaning import MIN_WORDS
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError, InvalidInput
 from graph.model import Status
@@ -25,6 +26,12 @@ from graph.records import COUNT_NAMES, Node
 
 from ..auth import IsAuthorized
 from ..context import Context
+from .cleaning import (
+    BenchmarkInput,
+    DecontaminateResult,
+    DecontaminationMethod,
+    run_decontamination,
+)
 from .errors import (
     InvalidInputError,
     JobConflictError,
@@ -362,6 +369,25 @@ class Mutation:
         self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
     ) -> StartJobResult:
         return _start(info, "answers", path, PipelineOptions(), max_cost)
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Mark the pairs under a path that overlap benchmarks read by the server "
+        "(a question or answer holding a benchmark text whole, or sharing an n-word run with "
+        "one), replacing earlier marks for the same benchmarks; export leaves them out. "
+        "Nothing is deleted.",
+    )
+    async def decontaminate(
+        self,
+        info: Info[Context, None],
+        benchmarks: list[BenchmarkInput],
+        path: str | None = None,
+        field: str | None = None,
+        method: DecontaminationMethod = DecontaminationMethod.BOTH,
+        n: int = 13,
+        min_words: int = MIN_WORDS,
+    ) -> DecontaminateResult:
+        return await run_decontamination(info, benchmarks, path, field, method, n, min_words)
 
     @strawberry.mutation(
         permission_classes=AUTH,
