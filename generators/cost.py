@@ -36,6 +36,7 @@ from graph.store import Store
 
 from .jobs import Outcome, Progress, Stage, UnitSpec, UnitStatus, job_id_for
 from .llm import LLMClient, StageParams, Usage
+from .planning import plan_summary
 
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
@@ -290,6 +291,9 @@ class Estimate:
     price: Price | None
     batch: bool = False
     stored: bool = False  # the job is in the store already (an earlier run)
+    #: a coverage-driven questions job: its target and questions per discipline
+    #: (generators/planning.py, plan_summary); None for any other job
+    coverage: dict[str, Any] | None = None
 
     @property
     def todo(self) -> int:
@@ -325,6 +329,7 @@ class Estimate:
             "sample": self.sample,
             "estimated_usd": self.estimated_usd,
             "spent_usd": self.spent_usd,
+            "coverage": self.coverage,
         }
 
 
@@ -366,6 +371,7 @@ def estimate_job(
         price=prices.price(stage.params.model),
         batch=batch,
         stored=row is not None,
+        coverage=plan_summary(store, stage, scope_text, todo),
     )
 
 

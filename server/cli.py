@@ -216,7 +216,18 @@ def _label(t: TreeView) -> str:
     elif t.node.hidden:
         text += " [red](hidden)[/]"
     counts = _count_text(t.counts)
-    return text + (f"  [cyan]{counts}[/]" if counts else "")
+    return text + (f"  [cyan]{counts}[/]" if counts else "") + _combination_text(t)
+
+
+def _combination_text(t: TreeView) -> str:
+    """`tree --combinations`: the combinations used of the node's space, and the share."""
+    c = t.combinations
+    if not c or c["space_log10"] is None:
+        return ""
+    space = f"{c['space']:,}" if c["space"] is not None else f"10^{c['space_log10']:.1f}"
+    share = c["share"] * 100
+    percent = f"{share:.2f}%" if share >= 0.01 or not share else f"{share:.1e}%"
+    return f"  [magenta]{c['used']:,} of {space} combinations ({percent})[/]"
 
 
 def _tree_json(t: TreeView) -> dict[str, Any]:
@@ -226,6 +237,7 @@ def _tree_json(t: TreeView) -> dict[str, Any]:
         "id": t.node.id if t.node else None,
         "status": t.node.status if t.node else None,
         "counts": t.counts,
+        **({"combinations": t.combinations} if t.combinations is not None else {}),
         "children": [_tree_json(c) for c in t.children],
     }
 
@@ -237,13 +249,22 @@ def tree(
     ] = None,
     depth: Annotated[int, typer.Option(min=0, max=6, help="levels to show below PATH")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a tree")] = False,
+    combinations: Annotated[
+        bool,
+        typer.Option(
+            "--combinations",
+            help="also each node's combination space (1-5 concepts of a session, 2-5 across "
+            "two) and the share of it asked about",
+        ),
+    ] = False,
 ) -> None:
     """Print the taxonomy below PATH with counts of what lies beneath each node."""
     with reach() as store:
         if isinstance(store, Remote):
-            root = store.tree(path, depth)
+            root = store.tree(path, depth, combinations=combinations)
         else:
-            root = TreeView.of(store.coverage.tree(path, depth))
+            found = store.coverage.tree(path, depth, combinations=combinations)
+            root = TreeView.of(found, combinations=combinations)
     if as_json:
         console.print_json(json.dumps(_tree_json(root)))
         return
@@ -419,6 +440,24 @@ def generate(
     strategy: Annotated[str, typer.Option(help="basic|hard|mixed")] = "mixed",
     basic_ratio: Annotated[float, typer.Option(min=0, max=1, help="share of basic in mixed")] = 0.5,
     seed: Annotated[int, typer.Option(help="sampling seed: same seed, same questions")] = 0,
+    min_per_concept: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=100,
+            help="questions: instead of --n, exactly the questions that cover every approved "
+            "concept under PATH this many times, thinnest first, no combination twice",
+        ),
+    ] = None,
+    until_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="questions: instead of --n, until this share of the approved concepts is "
+            "covered (--min-per-concept times, or once)",
+        ),
+    ] = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="parallel model calls")] = None,
     local: Annotated[
         bool, typer.Option("--local", help="start the bundled offline model for this run")
@@ -454,9 +493,13 @@ def generate(
         raise fail(f"unknown stage {stage!r}; choose one of {', '.join(STAGE_CHOICES)}", 2)
     if strategy not in ("basic", "hard", "mixed"):
         raise fail("--strategy must be basic, hard or mixed", 2)
+    if until_share is not None and until_share <= 0:
+        raise fail("--until-share must be above 0", 2)
     cfg = settings()
     options = PipelineOptions(
         n=n,
+        min_per_concept=min_per_concept or 0,
+        until_share=until_share,
         rounds=rounds or cfg.subject_rounds,
         per_call=per_call,
         sessions=sessions,
@@ -553,6 +596,28 @@ def _estimate_here(
     return [e.as_dict() for e in found]
 
 
+def _print_coverage(e: dict[str, Any]) -> None:
+    """A coverage-driven questions job in a dry run: its target, and the questions it asks
+    per discipline with their share of the estimated cost."""
+    from generators.cost import usd
+    from generators.planning import coverage_costs
+
+    c = e["coverage"]
+    share = f"{c['until_share']:.0%}" if c["until_share"] else "all"
+    short = f"; {c['short']:,} cannot be (no new combination left)" if c["short"] else ""
+    console.print(
+        f"  coverage: {c['target']} question(s) per concept for {share} of {c['concepts']:,} "
+        f"approved concepts, {c['reached_before']:,} at it already: {c['questions']:,} "
+        f"questions bring {c['reached']:,} to it{short}",
+        soft_wrap=True,
+    )
+    costs = coverage_costs(c, e["estimated_usd"], e["todo"])
+    for path, n in c["by_discipline"].items():
+        cost = f", about {usd(costs[path])}" if costs[path] is not None else ""
+        where = escape(path or "(no discipline)")
+        console.print(f"  {where}: {n:,} questions{cost}", soft_wrap=True)
+
+
 def _print_estimates(found: list[dict[str, Any]]) -> None:
     from generators.cost import usd
 
@@ -574,6 +639,8 @@ def _print_estimates(found: list[dict[str, Any]]) -> None:
             f"{e['completion_tokens']:,} out ({basis}); estimated cost {escape(cost)}{spent}",
             soft_wrap=True,
         )
+        if e.get("coverage"):
+            _print_coverage(e)
     known = [e["estimated_usd"] for e in found if e["estimated_usd"] is not None]
     unknown = len(found) - len(known)
     if len(found) > 1:

@@ -48,6 +48,7 @@ _TREE_NODE = (
     f"counts {{ {_COUNTS} }} }}"
 )
 _PROBLEM = "__typename ... on Problem { message }"
+_COMBINATIONS = "combinationSpace combinationSpaceLog10 combinationsUsed combinationShare"
 _NODE = (
     "id kind name path status source description level subtopics position hidden "
     "createdAt updatedAt paths provenance { model promptName promptVersion jobId unitId } "
@@ -63,7 +64,8 @@ _STORED_JOB = (
 )
 _ESTIMATE = (
     "jobId kind scope model stored total done todo promptTokens completionTokens basis sample "
-    "estimatedCostUsd spentCostUsd"
+    "estimatedCostUsd spentCostUsd coverage { target untilShare concepts reachedBefore wanted "
+    "reached short questions byDiscipline { path questions } }"
 )
 _UNIT = "id targetId status error raw payload promptTokens completionTokens updatedAt"
 _DECONTAMINATION = (
@@ -197,11 +199,13 @@ class Remote:
 
     # ------------------------------------------------------------------ the taxonomy
 
-    def tree(self, path: str | None, depth: int) -> TreeView:
-        """The subtree below a path, `depth` levels deep, as `glan tree` prints it."""
+    def tree(self, path: str | None, depth: int, *, combinations: bool = False) -> TreeView:
+        """The subtree below a path, `depth` levels deep, as `glan tree` prints it; with
+        `combinations`, each node's combination figures too."""
+        fragment = f"{_TREE_NODE[:-1]}{_COMBINATIONS} }}" if combinations else _TREE_NODE
         query = (
             f"query($path: String, $depth: Int!) {{ subtree(path: $path, depth: $depth) "
-            f"{{ {_PROBLEM} ... on TreeNode {{ {_TREE} }} }} }} {_TREE_NODE}"
+            f"{{ {_PROBLEM} ... on TreeNode {{ {_TREE} }} }} }} {fragment}"
         )
         got = self._result(
             self.gql(query, {"path": path, "depth": min(depth, SUBTREE_DEPTH)})["subtree"]
@@ -224,7 +228,7 @@ class Remote:
                     for i in range(len(batch))
                 )
                 data = self.gql(
-                    f"query($depth: Int!, {params}) {{ {parts} }} {_TREE_NODE}",
+                    f"query($depth: Int!, {params}) {{ {parts} }} {fragment}",
                     {"depth": step, **{f"p{i}": t.path for i, t in enumerate(batch)}},
                 )
                 for i, t in enumerate(batch):
@@ -434,6 +438,9 @@ class Remote:
         name, params, args = _START[stage]
         if max_cost is not None:  # a cap on the job's cost, kept by the server
             params, args = f"{params}, $maxCost: Float", f"{args}, maxCost: $maxCost"
+        if stage == "questions" and options.coverage_target:
+            params += ", $minPerConcept: Int, $untilShare: Float"
+            args += ", minPerConcept: $minPerConcept, untilShare: $untilShare"
         mutation = (
             f"mutation({params}) {{ {name}({args}) {{ {_PROBLEM} "
             f"... on JobPayload {{ job {{ id }} }} }} }}"
@@ -456,6 +463,10 @@ class Remote:
                 seed=options.seed,
                 basicRatio=options.basic_ratio,
             )
+            if options.coverage_target:
+                variables.update(
+                    minPerConcept=options.min_per_concept or None, untilShare=options.until_share
+                )
         return asyncio.run(self._run_job(name, mutation, variables, progress))
 
     def estimate(
@@ -464,9 +475,11 @@ class Remote:
         """A dry run of a stage's job in the server (its model, its prices): the keys of
         generators.cost.Estimate.as_dict."""
         query = (
-            "query($stage: Stage!, $path: String, $n: Int!, $strategy: Strategy!, $seed: Int!, "
+            "query($stage: Stage!, $path: String, $minPerConcept: Int, $untilShare: Float, "
+            "$n: Int!, $strategy: Strategy!, $seed: Int!, "
             "$basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!) { "
-            "jobEstimate(stage: $stage, path: $path, n: $n, strategy: $strategy, seed: $seed, "
+            "jobEstimate(stage: $stage, path: $path, minPerConcept: $minPerConcept, "
+            "untilShare: $untilShare, n: $n, strategy: $strategy, seed: $seed, "
             "basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall, sessions: $sessions) "
             f"{{ {_PROBLEM} ... on JobEstimate {{ {_ESTIMATE} }} }} }}"
         )
@@ -482,6 +495,10 @@ class Remote:
             "perCall": options.per_call,
             "sessions": options.sessions,
         }
+        if stage == "questions" and options.coverage_target:
+            variables.update(
+                minPerConcept=options.min_per_concept or None, untilShare=options.until_share
+            )
         e = self._result(self.gql(query, variables)["jobEstimate"])
         return {
             "stage": str(e["kind"]).lower(),
@@ -497,6 +514,7 @@ class Remote:
             "sample": e["sample"],
             "estimated_usd": e["estimatedCostUsd"],
             "spent_usd": e["spentCostUsd"],
+            "coverage": _coverage_estimate(e["coverage"]),
         }
 
     def cancel(self, job_id: str) -> None:
@@ -613,13 +631,39 @@ def _node_view(n: Mapping[str, Any]) -> NodeView:
     )
 
 
+def _coverage_estimate(c: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A dry run's coverage figures as generators.planning.plan_summary gives them."""
+    if c is None:
+        return None
+    return {
+        "target": c["target"],
+        "until_share": c["untilShare"],
+        "concepts": c["concepts"],
+        "reached_before": c["reachedBefore"],
+        "wanted": c["wanted"],
+        "reached": c["reached"],
+        "short": c["short"],
+        "questions": c["questions"],
+        "by_discipline": {d["path"]: d["questions"] for d in c["byDiscipline"]},
+    }
+
+
 def _tree_view(t: Mapping[str, Any], *, root: bool = False) -> TreeView:
     node = _node_view(t["node"]) if t.get("node") else None
     level = level_of(node.kind) if node else None
     # a hidden node below the root counts nothing: the local tree leaves its counts empty
     counts = {} if node and node.hidden and not root else counts_below(level, t["counts"])
     children = [_tree_view(c) for c in t.get("children") or []]
-    return TreeView(str(t["path"]), node, counts, children)
+    found = None
+    if "combinationsUsed" in t:  # asked for: as TreeView.of gives them
+        space = t["combinationSpace"]
+        found = {
+            "space": int(space) if space is not None else None,
+            "space_log10": t["combinationSpaceLog10"],
+            "used": t["combinationsUsed"],
+            "share": t["combinationShare"],
+        }
+    return TreeView(str(t["path"]), node, counts, children, found)
 
 
 def _progress(job: Mapping[str, Any]) -> Progress:

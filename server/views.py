@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from graph import combinations
 from graph.model import HIERARCHY
 from graph.records import COUNT_NAMES, Node, TreeNode
 
@@ -71,15 +72,30 @@ class TreeView:
     node: NodeView | None
     counts: dict[str, int] = field(default_factory=dict)
     children: list[TreeView] = field(default_factory=list)
+    #: with `tree --combinations`: the node's combination space (None past int64), its
+    #: log10, the combinations used in it and the share, as the API gives them
+    combinations: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, t: TreeNode) -> TreeView:
+    def of(cls, t: TreeNode, *, combinations: bool = False) -> TreeView:
         return cls(
             t.path,
             NodeView.of(t.node) if t.node else None,
             dict(t.counts),
-            [cls.of(c) for c in t.children],
+            [cls.of(c, combinations=combinations) for c in t.children],
+            combination_view(t.combination_space, t.combinations_used) if combinations else None,
         )
+
+
+def combination_view(space: int, used: int) -> dict[str, Any]:
+    """A space and the combinations used in it, as the API gives them
+    (server/graphql/combinations.py): the space only while it fits int64."""
+    return {
+        "space": space if space <= combinations.INT64_MAX else None,
+        "space_log10": combinations.log10(space),
+        "used": used,
+        "share": combinations.share(used, space),
+    }
 
 
 def show_info(

@@ -17,6 +17,7 @@ from ..context import Context
 from .errors import InvalidInputError, NotApprovedError, NotFoundError, WrongKindError, problem
 from .instruction import Strategy
 from .job import StageName
+from .planning import CoverageEstimate, with_coverage
 
 
 @strawberry.type(
@@ -45,6 +46,10 @@ class JobEstimate:
     spent_cost_usd: float | None = strawberry.field(
         description="What the job has spent so far (null: no price)."
     )
+    coverage: CoverageEstimate | None = strawberry.field(
+        description="For questions planned with minPerConcept or untilShare: the target and "
+        "the questions per discipline."
+    )
 
     @classmethod
     def of(cls, e: Estimate) -> JobEstimate:
@@ -63,6 +68,7 @@ class JobEstimate:
             sample=e.sample,
             estimated_cost_usd=e.estimated_usd,
             spent_cost_usd=e.spent_usd,
+            coverage=CoverageEstimate.of(e.coverage, e.estimated_usd, e.todo),
         )
 
 
@@ -115,6 +121,8 @@ async def job_estimate(
     rounds: int | None = None,
     per_call: int = 10,
     sessions: int = 12,
+    min_per_concept: int | None = None,
+    until_share: float | None = None,
 ) -> EstimateResult:
     """The query's resolver (see Query.job_estimate)."""
     ctx = info.context
@@ -130,6 +138,8 @@ async def job_estimate(
             sessions=sessions,
             auto_approve=ctx.settings.auto_approve,
         )
+        if stage.value == "questions":
+            options = with_coverage(options, min_per_concept, until_share)
         found = await ctx.run(partial(_estimate, ctx, stage.value, path or None, options))
     except GlanError as exc:
         return problem(exc)
