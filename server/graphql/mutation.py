@@ -17,8 +17,8 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
-from generators.cost import CostCap
 from generators.cleaning import MIN_WORDS
+from generators.cost import CostCap
 from generators.pipeline import PipelineOptions
 from graph.errors import GlanError, InvalidInput
 from graph.model import Status
