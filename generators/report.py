@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from graph.combinations import log10 as combination_log10
 from graph.model import DISCIPLINE, HIERARCHY
 from graph.store import Store
 
@@ -34,6 +35,13 @@ class Report:
     covered_concepts: int = 0
     concept_coverage: float = 0.0
     combinations: int = 0
+    #: the combination space under the path (graph/combinations.py), exact whatever its
+    #: size, its log10, and the share of it asked about
+    combination_space: int = 0
+    combination_space_log10: float | None = None
+    combination_share: float = 0.0
+    #: the subjects with the lowest combination share: path, space, used, share
+    least_combined: list[dict[str, Any]] = field(default_factory=list)
     most_covered: list[dict[str, Any]] = field(default_factory=list)
     least_covered: list[dict[str, Any]] = field(default_factory=list)
     #: distinct-n, near-duplicate rates, questions per concept (generators/diversity.py)
@@ -99,6 +107,22 @@ def _add_job(report: Report, job: dict[str, Any], prices: PriceTable) -> None:
         report.unpriced_jobs += 1
 
 
+def least_combined(store: Store, path: str | None, top: int) -> list[dict[str, Any]]:
+    """The `top` subjects under the path with the lowest share of their combination space
+    asked about (from their rollups)."""
+    found = store.coverage.gaps(path, top, thinnest=True).thinnest_subjects
+    paths = store.taxonomy.paths_of_many([g.node.id for g in found])
+    return [
+        {
+            "subject": (paths.get(g.node.id) or [g.node.name])[0],
+            "space": g.space,
+            "used": g.used,
+            "share": round(g.share, 6),
+        }
+        for g in found
+    ]
+
+
 def build_report(
     store: Store, path: str | None, *, top: int = 5, prices: PriceTable | None = None
 ) -> Report:
@@ -128,6 +152,10 @@ def build_report(
     report.covered_concepts = total.covered_concepts
     report.concept_coverage = round(total.concept_coverage, 4)
     report.combinations = total.combinations
+    report.combination_space = total.combination_space
+    report.combination_space_log10 = combination_log10(total.combination_space)
+    report.combination_share = total.combination_share
+    report.least_combined = least_combined(store, path, top)
     diversity, matrix = measure(store, path, total)
     report.diversity = asdict(diversity)
     report.contamination = matrix.as_dict()

@@ -1028,6 +1028,8 @@ def report(
         "combinations",
     ):
         table.add_row(key.replace("_", " "), f"{getattr(rep, key):,}")
+    table.add_row("combination space", f"{rep.combination_space:,}")
+    table.add_row("combination share", f"{rep.combination_share:.4%}")
     for k, v in rep.answer_length.items():
         table.add_row(f"answer length {k}", f"{v:,}")
     for reason, count in rep.failed_units.items():
@@ -1059,6 +1061,12 @@ def report(
                     str(r["per_concept"]),
                 )
             console.print(t)
+    if rep.least_combined:
+        t = Table("subject", "combinations used", "space", "share", title="least combined")
+        for r in rep.least_combined:
+            share = f"{r['share']:.4%}"
+            t.add_row(escape(r["subject"]), f"{r['used']:,}", f"{r['space']:,}", share)
+        console.print(t)
     _print_diversity_and_contamination(rep.diversity, rep.contamination)
 
 

@@ -230,3 +230,23 @@ def test_the_api_gives_the_space_and_plans_for_coverage(api: Any) -> None:
         {"p": path},
     )["generateInstructions"]
     assert bad["__typename"] == "InvalidInputError" and "between" in bad["message"]
+
+
+def test_the_report_gives_the_space_and_the_least_combined_subjects(
+    embedded_store: Store,
+) -> None:
+    from generators.report import build_report
+
+    ids = write_syllabi(embedded_store)
+    optics = embedded_store.taxonomy.children(f"{PHYSICS}/Optics")
+    first = [c.id for c in embedded_store.taxonomy.children(optics[0].path)]
+    _ask(embedded_store, ids["Optics"], first[:1], [optics[0].id], "one")
+    report = build_report(embedded_store, PHYSICS, top=2)
+    spaces = {name: sum(brute_force(sizes)) for name, sizes in SYLLABI.items()}
+    assert report.combination_space == sum(spaces.values())
+    assert report.combination_space_log10 == pytest.approx(log10(sum(spaces.values())))
+    assert report.combination_share == pytest.approx(1 / sum(spaces.values()))
+    assert [r["subject"].rsplit("/", 1)[1] for r in report.least_combined] == sorted(
+        ["Mechanics", "Acoustics"], key=lambda n: ids[n]
+    )
+    assert report.as_dict()["least_combined"][0]["used"] == 0
