@@ -425,6 +425,8 @@ def show(path: str) -> None:
 
 
 STAGE_CHOICES = ("taxonomy", "subjects", "syllabus", "questions", "answers", "all")
+#: what installs the cluster executor (generators/cluster.py says the same)
+RAY_EXTRA = "pip install 'glan[ray]'"
 
 
 @app.command()
@@ -479,6 +481,20 @@ def generate(
             "units before passing this, and a run with a higher cap goes on",
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="live: this process sends the requests; ray: a Ray cluster sends them and "
+            f"this process writes the results (needs {RAY_EXTRA})"
+        ),
+    ] = "live",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="the Ray cluster to join with --executor ray (default: GLAN_RAY_ADDRESS; "
+            "unset, a local Ray started for the run)"
+        ),
+    ] = None,
 ) -> None:
     """Run GLAN stages under PATH as resumable jobs; run the same command again to resume.
 
@@ -495,6 +511,10 @@ def generate(
         raise fail("--strategy must be basic, hard or mixed", 2)
     if until_share is not None and until_share <= 0:
         raise fail("--until-share must be above 0", 2)
+    if executor not in ("live", "ray"):
+        raise fail("--executor must be live or ray", 2)
+    if ray_address is not None and executor != "ray":
+        raise fail("--ray-address joins a Ray cluster for --executor ray", 2)
     cfg = settings()
     options = PipelineOptions(
         n=n,
@@ -514,10 +534,22 @@ def generate(
         return
     with reach(cfg) as store:
         if isinstance(store, Remote):
+            if executor == "ray":
+                raise ServerError(
+                    f"--executor ray writes what the cluster answers to the store from this "
+                    f"process, but {store.name} holds the store: stop the server to run on "
+                    "Ray, or drop --executor ray to run the job in the server"
+                )
             results = _generate_through(
                 store, stages, path, options, rounds_given=rounds is not None, local=local,
                 concurrency=concurrency, max_cost=max_cost,
             )  # fmt: skip
+        elif executor == "ray":
+            with _llm_endpoint(cfg, local) as run_cfg, _progress_bars() as bar:
+                results = _run_on_ray(
+                    store, run_cfg, stages, path, options, ray_address=ray_address,
+                    concurrency=concurrency, progress=bar, cost_cap=_cost_cap(run_cfg, max_cost),
+                )  # fmt: skip
         else:
             with _llm_endpoint(cfg, local) as run_cfg, _progress_bars() as bar:
                 results = run_pipeline(
@@ -545,6 +577,34 @@ def generate(
         err.print(f"[yellow]{escape(line)}[/]")
     if judged.exit_code:
         raise typer.Exit(judged.exit_code)
+
+
+def _run_on_ray(
+    store: Store,
+    cfg: Settings,
+    stages: list[str],
+    path: str | None,
+    options: Any,
+    *,
+    ray_address: str | None,
+    concurrency: int | None,
+    progress: Callable[[Any], None],
+    cost_cap: Any,
+) -> list[Any]:
+    """The stages as jobs whose requests a Ray cluster sends (generators/cluster.py)."""
+    from generators.cluster import RayOptions, run_stages_on_ray
+
+    ray_options = RayOptions(
+        address=ray_address or cfg.ray_address,
+        actors=cfg.ray_actors,
+        batch_size=concurrency or cfg.ray_batch_size,
+        vllm_model=cfg.ray_vllm_model,
+        vllm_engine_kwargs=cfg.ray_vllm_engine_kwargs,
+    )
+    return run_stages_on_ray(
+        store, cfg.llm_config(), cfg.stage_params, stages, path, options, ray_options,
+        progress=progress, cost_cap=cost_cap,
+    )  # fmt: skip
 
 
 def _cost_cap(cfg: Settings, max_cost: float | None) -> Any:

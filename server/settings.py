@@ -7,7 +7,7 @@ nothing else in glan reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     subject_rounds: int = 10
     #: a YAML price table laid over the shipped one (generators/prices.yaml)
     prices: Path | None = None
+
+    # --- the cluster executor (glan generate --executor ray; pip install 'glan[ray]')
+    #: the Ray cluster to join ("auto", "ray://head:10001"); unset, a local Ray for the run
+    ray_address: str | None = None
+    #: Ray workers that send requests, each with up to ray_batch_size of them in flight
+    ray_actors: int = Field(default=1, ge=1)
+    ray_batch_size: int = Field(default=64, ge=1)
+    #: a model for vLLM engines on the cluster to load and answer with, instead of the
+    #: cluster's workers calling GLAN_LLM_BASE_URL (needs vLLM and GPUs on the cluster)
+    ray_vllm_model: str | None = None
+    #: vLLM engine arguments as JSON, e.g. {"tensor_parallel_size": 2}
+    ray_vllm_engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     def store_config(self, *, read_only: bool = False) -> StoreConfig:
         return StoreConfig(
