@@ -51,6 +51,14 @@ class Pair:
             "question_prompt": f"{i.get('prompt_name')}@{i.get('prompt_version')}",
             "answer_prompt": f"{r.get('prompt_name')}@{r.get('prompt_version')}",
             "job_id": i.get("job_id") or "",
+            # the judge's overall score (1-10) and who gave it; null and "" when not judged
+            "score": r.get("score"),
+            "judge_model": r.get("judge_model") or "",
+            "judge_prompt": (
+                f"{r.get('judge_prompt_name')}@{r.get('judge_prompt_version')}"
+                if r.get("judge_model")
+                else ""
+            ),
         }
 
     def record(self, fmt: str) -> dict[str, Any]:
@@ -83,6 +91,21 @@ class Skipped:
     duplicates: int = 0
     contaminated: int = 0
     unanswered: int = 0
+    #: with a minimum score: questions whose answers the judge scored below it, or did not
+    #: score at all
+    below_score: int = 0
+    unjudged: int = 0
+
+
+@dataclass(frozen=True)
+class Keep:
+    """What export keeps besides clean pairs, and the judge's score it asks for. By default
+    duplicates and contaminated pairs are left out, and scores are not looked at."""
+
+    #: only answers the judge scored this or higher (overall, 1-10): unjudged ones are out
+    min_score: float | None = None
+    duplicates: bool = False
+    contaminated: bool = False
 
 
 def in_test_split(subject_id: str, fraction: float, seed: int) -> bool:
@@ -99,6 +122,7 @@ def iter_pairs(
     responses: Literal["first", "all"] = "first",
     skipped: Skipped | None = None,
     chunk: int = CHUNK,
+    keep: Keep | None = None,
 ) -> Iterator[Pair]:
     """Every exportable pair under an approved path, subject by subject, in a stable order,
     read a chunk of instructions at a time (`iter_details`)."""
@@ -107,7 +131,7 @@ def iter_pairs(
         group = list(dict.fromkeys(s for s, _ in found))
         subjects = store.nodes.get_many(group)
         paths = store.instructions.discipline_paths(group)
-        yield from _pairs(found, subjects, paths, responses, skipped)
+        yield from _pairs(found, subjects, paths, responses, skipped, keep or Keep())
 
 
 def _pairs(
@@ -116,22 +140,34 @@ def _pairs(
     paths: dict[str, list[str]],
     responses: str,
     skipped: Skipped,
+    keep: Keep,
 ) -> Iterator[Pair]:
     for subject_id, detail in found:
         ins = detail.instruction
-        if ins.props.get("duplicate"):
+        if ins.props.get("duplicate") and not keep.duplicates:
             skipped.duplicates += 1
             continue
-        if ins.props.get("contaminated"):
+        if ins.props.get("contaminated") and not keep.contaminated:
             skipped.contaminated += 1
             continue
-        clean = [r for r in detail.responses if not r.props.get("contaminated")]
+        clean = [
+            r for r in detail.responses if keep.contaminated or not r.props.get("contaminated")
+        ]
         if not clean:
             if detail.responses:
                 skipped.contaminated += 1
             else:
                 skipped.unanswered += 1
             continue
+        if keep.min_score is not None:
+            scores = [r.props.get("score") for r in clean]
+            clean = [r for r, s in zip(clean, scores, strict=True) if (s or 0) >= keep.min_score]
+            if not clean:
+                if any(s is not None for s in scores):
+                    skipped.below_score += 1
+                else:
+                    skipped.unjudged += 1
+                continue
         session_names = [name for _, name, _ in sorted(detail.sessions, key=lambda s: (s[2], s[0]))]
         concept_names = sorted(name for _, name, _ in detail.concepts)
         for response in clean if responses == "all" else clean[:1]:
@@ -161,6 +197,7 @@ def export_jsonl(
     responses: Literal["first", "all"] = "first",
     test_fraction: float = 0.0,
     seed: int = 0,
+    keep: Keep | None = None,
 ) -> ExportResult:
     """Write JSONL; with a test fraction, FILE.train.jsonl and FILE.test.jsonl."""
     _check(fmt, test_fraction)
@@ -172,7 +209,7 @@ def export_jsonl(
     out.parent.mkdir(parents=True, exist_ok=True)
     handles = {s: p.open("w", encoding="utf-8") for s, p in targets.items()}
     try:
-        for pair in iter_pairs(store, path, responses=responses, skipped=result.skipped):
+        for pair in iter_pairs(store, path, responses=responses, skipped=result.skipped, keep=keep):
             split = "test" if in_test_split(pair.subject.id, test_fraction, seed) else "train"
             handles[split].write(json.dumps(pair.record(fmt), ensure_ascii=False) + "\n")
             result.counts[split] += 1
@@ -192,6 +229,7 @@ def export_hf(
     responses: Literal["first", "all"] = "first",
     test_fraction: float = 0.0,
     seed: int = 0,
+    keep: Keep | None = None,
 ) -> ExportResult:
     """A `datasets.DatasetDict` saved to disk (load it with `datasets.load_from_disk`).
 
@@ -209,6 +247,7 @@ def export_hf(
         responses=responses,
         test_fraction=test_fraction,
         seed=seed,
+        keep=keep,
     )
     splits = {s: f for s, f in result.files.items() if result.counts[s] > 0}
     if not splits:

@@ -74,6 +74,26 @@ class Answer(_Model):
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20000)]
 
 
+#: a judge's score of one criterion: 1 (worst) to 10 (best)
+Score = Annotated[int, Field(ge=1, le=10)]
+
+
+class Judgement(_Model):
+    """A judge's scores of a question-answer pair (generators/stages/judge.py). The
+    rationale comes first, so that the scores follow from it."""
+
+    rationale: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)
+    ]
+    self_contained: Score
+    answerable: Score
+    correct: Score
+    complete: Score
+    uses_concepts: Score
+    on_topic: Score
+    overall: Score
+
+
 @dataclass(frozen=True)
 class Prompt:
     name: str
@@ -134,6 +154,7 @@ PROMPTS: dict[str, Prompt] = {
         Prompt("syllabus", "1", "syllabus.jinja2", Syllabus),
         Prompt("question", "1", "question.jinja2", Question),
         Prompt("answer", "1", "answer.jinja2", Answer),
+        Prompt("judge", "1", "judge.jinja2", Judgement),
     )
 }
 

@@ -10,13 +10,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graph.combinations import log10 as combination_log10
-from graph.model import DISCIPLINE, HIERARCHY
+from graph.model import DISCIPLINE, HIERARCHY, SESSION
+from graph.records import Node, Scores
 from graph.store import Store
 
 from .cleaning import iter_instructions
 from .cost import PriceTable, job_cost, job_model, load_prices
 from .diversity import measure
 from .export import Skipped, iter_pairs
+from .validators import rule_of
 
 
 @dataclass
@@ -56,6 +58,12 @@ class Report:
     estimated_cost_usd: float = 0.0
     #: jobs that spent tokens on a model with no price: their cost is not in the sum
     unpriced_jobs: int = 0
+    #: failed units a validator rejected, by rule (generators/validators.py)
+    validator_rejections: dict[str, int] = field(default_factory=dict)
+    #: the judge's overall scores under the path: judged, mean, histogram {score: pairs}
+    scores: dict[str, Any] = field(default_factory=dict)
+    #: the same per discipline (when the path is above disciplines), lowest mean first
+    scores_by_discipline: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +131,35 @@ def least_combined(store: Store, path: str | None, top: int) -> list[dict[str, A
     ]
 
 
+def _score_row(s: Scores) -> dict[str, Any]:
+    mean = s.mean
+    return {
+        "judged": s.judged,
+        "mean": round(mean, 2) if mean is not None else None,
+        "histogram": {k: s.histogram.get(k, 0) for k in range(1, 11)},
+    }
+
+
+def _add_scores(report: Report, store: Store, scope: Node | None) -> None:
+    """The judge's scores under the scope, and per discipline below it: one grouped read
+    each (Instructions.scores)."""
+    if scope is not None and scope.level > HIERARCHY.index(SESSION):
+        return
+    report.scores = _score_row(store.instructions.scores(scope).get("", Scores()))
+    level = HIERARCHY.index(DISCIPLINE)
+    if scope is not None and scope.level >= level:
+        return
+    found = store.instructions.scores(scope, level)
+    names = store.nodes.get_many(sorted(found))
+    rows = [
+        {"discipline": names[i].props.get("path") or names[i].name, **_score_row(s)}
+        for i, s in found.items()
+        if i in names
+    ]
+    rows.sort(key=lambda r: (r["mean"], r["discipline"]))
+    report.scores_by_discipline = rows
+
+
 def build_report(
     store: Store, path: str | None, *, top: int = 5, prices: PriceTable | None = None
 ) -> Report:
@@ -162,6 +199,7 @@ def build_report(
 
     scope_path = path or ""
     failures: Counter[str] = Counter()
+    rejections: Counter[str] = Counter()
     prices = prices if prices is not None else load_prices()
     for job in store.jobs.all():
         if scope_path and not (job.get("scope") or "").casefold().startswith(scope_path.casefold()):
@@ -172,7 +210,10 @@ def build_report(
         for unit in store.jobs.units(job["id"]):
             if unit.get("status") == "failed":
                 failures[f"{job['kind']}: {_reason(unit.get('error'))}"] += 1
+                if (rule := rule_of(unit.get("error"))) is not None:
+                    rejections[rule] += 1
     report.failed_units = dict(failures.most_common())
+    report.validator_rejections = dict(rejections.most_common())
 
     scope = store.taxonomy.node(path) if path else None
     level = HIERARCHY.index(DISCIPLINE)
@@ -195,4 +236,5 @@ def build_report(
         rows.sort(key=lambda r: (r["per_concept"], r["discipline"]))
         report.least_covered = rows[:top]
         report.most_covered = rows[::-1][:top]
+    _add_scores(report, store, scope)
     return report

@@ -24,3 +24,5 @@ class InstructionFilter:
     duplicate: bool | None = None
     contaminated: bool | None = None
     answered: bool | None = None
+    #: at least one response the judge scored this or higher (overall, 1-10)
+    min_score: float | None = None

@@ -39,6 +39,7 @@ from .records import (
     InstructionDetail,
     NameIndex,
     Node,
+    Scores,
     UpsertResult,
 )
 from .rollups import Rollups
@@ -172,6 +173,35 @@ class Instructions(Part):
         params = {**self.taxonomy.scope_params(scope), "blank": ""}
         rows = self.driver.execute(Q.contamination_marks(self.d, top), params)
         return [(r["record"], r["flag"], int(r["n"])) for r in rows]
+
+    def responses_in_scope(self, scope: Node | None) -> list[tuple[str, str]]:
+        """(response id, instruction id) of every answer to an instruction under a scope
+        (session or above), by response id: what a judge job plans over."""
+        top = self._instruction_top(scope)
+        rows = self.driver.execute(
+            Q.responses_in_scope(self.d, top), self.taxonomy.scope_params(scope)
+        )
+        return sorted((str(r["id"]), str(r["instruction"])) for r in rows)
+
+    def scores(self, scope: Node | None, group_level: int | None = None) -> dict[str, Scores]:
+        """The judge's overall scores of the pairs under a scope (session or above), in one
+        grouped read: under "" for the scope itself, or with `group_level` (the scope's
+        level or below, down to sessions) under the id of each node of that level that has
+        a judged pair. Unjudged pairs are not counted."""
+        top = self._instruction_top(scope)
+        if group_level is not None and not (top or 0) <= group_level <= HIERARCHY.index(SESSION):
+            raise InvalidInput("scores are grouped from the scope's level down to sessions")
+        params = self.taxonomy.scope_params(scope)
+        found: dict[str, Scores] = {}
+        for r in self.driver.execute(Q.score_counts(self.d, top, group_level), params):
+            key = str(r["id"]) if group_level is not None else ""
+            found.setdefault(key, Scores()).add(int(r["score"]), int(r["n"]))
+        return found
+
+    def write_judgements(self, rows: Sequence[Mapping[str, Any]], *, tx: Tx | None = None) -> None:
+        """Set the judge's scores, rationale and provenance on responses (an answer deleted
+        since is left alone). Counts and rollups do not change."""
+        self.nodes.update_existing(RESPONSE, rows, tx=tx)
 
     def sample(self, scope: Node | None, n: int, seed: int) -> list[Node]:
         """`n` instructions under a scope drawn without replacement (all of them when there

@@ -94,6 +94,30 @@ _PROVENANCE = (
     Prop("unit_id"),
 )
 
+# A pair's judgement (generators/stages/judge.py), kept on its Response: 1-10 on each of the
+# rubric's criteria, `score` the overall one, a one-sentence rationale, and which judge model,
+# prompt and job gave it. A pair has one current judgement: judged again (another judge
+# model), the newer one replaces it; each judging's reply stays on its unit.
+SCORE_CRITERIA: tuple[str, ...] = (
+    "self_contained",
+    "answerable",
+    "correct",
+    "complete",
+    "uses_concepts",
+    "on_topic",
+)
+_JUDGEMENT = (
+    Prop("score", INT),
+    *(Prop(f"score_{c}", INT) for c in SCORE_CRITERIA),
+    Prop("rationale"),
+    Prop("judge_model"),
+    Prop("judge_prompt_name"),
+    Prop("judge_prompt_version"),
+    Prop("judge_job_id"),
+    Prop("judge_unit_id"),
+    Prop("judged_at"),
+)
+
 FIELD = NodeKind("Field", "fld", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 SUBFIELD = NodeKind("SubField", "sub", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
 DISCIPLINE = NodeKind("Discipline", "dis", _HIERARCHY + (Prop("path"),) + _PROVENANCE)
@@ -158,7 +182,8 @@ RESPONSE = NodeKind(
         Prop("created_at"),
         Prop("contaminated"),
     )
-    + _PROVENANCE,
+    + _PROVENANCE
+    + _JUDGEMENT,
 )
 JOB = NodeKind(
     "Job",

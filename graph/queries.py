@@ -447,6 +447,11 @@ def instruction_conditions(d: Dialect, flt: InstructionFilter, var: str = "i") -
     if flt.answered is not None:
         exists = f"EXISTS {{ MATCH (:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->({var}) }}"
         conds.append(exists if flt.answered else f"NOT {exists}")
+    if flt.min_score is not None:  # a response the judge scored at least this
+        conds.append(
+            f"EXISTS {{ MATCH (js:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->({var}) "
+            f"WHERE js.{d.q('score')} >= $min_score }}"
+        )
     return conds
 
 
@@ -455,6 +460,8 @@ def instruction_params(flt: InstructionFilter) -> dict[str, Any]:
     params: dict[str, Any] = {n: getattr(flt, n) for n in _EQUAL if getattr(flt, n) is not None}
     if any(getattr(flt, n) is not None for n in _FLAGS):
         params["blank"] = ""
+    if flt.min_score is not None:
+        params["min_score"] = float(flt.min_score)
     return params
 
 
@@ -509,6 +516,30 @@ def contamination_marks(d: Dialect, top: int | None) -> str:
         f"MATCH {pattern} WHERE {where} AND ({marked}) "
         f"WITH DISTINCT i.id AS id, i.{d.q('contamination')} AS record, "
         f"i.{d.q('contaminated')} AS flag RETURN record, flag, count(*) AS n"
+    )
+
+
+def responses_in_scope(d: Dialect, top: int | None) -> str:
+    """The responses of the instructions under the scope, each with its instruction."""
+    pattern, where = _instruction_scope(d, top, InstructionFilter())
+    return (
+        f"MATCH {pattern}, (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
+        f"WHERE {where} RETURN DISTINCT r.id AS id, i.id AS instruction"
+    )
+
+
+def score_counts(d: Dialect, top: int | None, group: int | None) -> str:
+    """How many judged responses under the scope have each overall score: rows of `score`
+    and `n`; with a group level (the scope's or below, down to sessions), per node of that
+    level (`id`). A response counts once per group, however many of its sessions it is in."""
+    pattern, where = _instruction_scope(d, top, InstructionFilter())
+    key = f"n{group}.id AS gid, " if group is not None else ""
+    out = "gid AS id, " if group is not None else ""
+    return (
+        f"MATCH {pattern}, (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
+        f"WHERE {where} AND r.{d.q('score')} IS NOT NULL "
+        f"WITH DISTINCT {key}r.id AS rid, r.{d.q('score')} AS score "
+        f"RETURN {out}score, count(*) AS n"
     )
 
 

@@ -225,6 +225,26 @@ class CoverageRow:
 
 
 @dataclass
+class Scores:
+    """The judge's overall scores (1-10) of the pairs below a node: how many have each."""
+
+    histogram: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> int:
+        return sum(self.histogram.values())
+
+    @property
+    def mean(self) -> float | None:
+        """The mean overall score, None when no pair below is judged."""
+        n = self.judged
+        return sum(s * c for s, c in self.histogram.items()) / n if n else None
+
+    def add(self, score: int, count: int) -> None:
+        self.histogram[score] = self.histogram.get(score, 0) + count
+
+
+@dataclass
 class CoverageReport:
     total: CoverageRow
     children: list[CoverageRow]

@@ -424,7 +424,7 @@ def show(path: str) -> None:
     console.print_json(json.dumps(info, default=str))
 
 
-STAGE_CHOICES = ("taxonomy", "subjects", "syllabus", "questions", "answers", "all")
+STAGE_CHOICES = ("taxonomy", "subjects", "syllabus", "questions", "answers", "judge", "all")
 #: what installs the cluster executor (generators/cluster.py says the same)
 RAY_EXTRA = "pip install 'glan[ray]'"
 
@@ -832,6 +832,7 @@ def _local_settings(
             "model": model or MODEL_ALIAS,
             "question_model": None,
             "answer_model": None,
+            "judge_model": None,
             "llm_structured": "json_object_schema",
             # a small model can ramble: bound every answer
             "max_tokens": cfg.max_tokens or 768,
@@ -920,10 +921,24 @@ def export(
         float, typer.Option(min=0, max=0.99, help="share of subjects held out for test")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="seed of the train/test split")] = 0,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            min=1, max=10, help="only pairs the judge scored this or higher (1-10; unjudged out)"
+        ),
+    ] = None,
+    include_duplicates: Annotated[
+        bool, typer.Option("--include-duplicates", help="keep the pairs dedup marked")
+    ] = False,
+    include_contaminated: Annotated[
+        bool, typer.Option("--include-contaminated", help="keep the pairs decontamination marked")
+    ] = False,
 ) -> None:
     """Write instruction/response pairs with their provenance (approved subtrees only;
-    duplicates and contaminated pairs left out)."""
-    from generators.export import export_hf, export_jsonl
+    duplicates and contaminated pairs left out unless asked for)."""
+    from generators.export import Keep, export_hf, export_jsonl
+
+    keep = Keep(min_score, include_duplicates, include_contaminated)
 
     if (out is None) == (hf is None):
         raise fail("give exactly one of --out FILE.jsonl and --hf DIR", 2)
@@ -939,6 +954,7 @@ def export(
                 responses=responses,  # type: ignore[arg-type]
                 test_fraction=test_fraction,
                 seed=seed,
+                keep=keep,
             )
         else:
             assert hf is not None
@@ -950,6 +966,7 @@ def export(
                 responses=responses,  # type: ignore[arg-type]
                 test_fraction=test_fraction,
                 seed=seed,
+                keep=keep,
             )
     s = result.skipped
     # one line per file written, with the pairs in it; never wrapped, so paths stay whole
@@ -966,9 +983,14 @@ def export(
             f"to {escape(result.files['dataset'])}",
             soft_wrap=True,
         )
+    scored = (
+        f", {s.below_score:,} below the minimum score, {s.unjudged:,} not judged"
+        if min_score is not None
+        else ""
+    )
     console.print(
         f"left out {s.duplicates:,} duplicates, {s.contaminated:,} contaminated, "
-        f"{s.unanswered:,} unanswered"
+        f"{s.unanswered:,} unanswered{scored}"
     )
 
 
@@ -1128,6 +1150,32 @@ def report(
             t.add_row(escape(r["subject"]), f"{r['used']:,}", f"{r['space']:,}", share)
         console.print(t)
     _print_diversity_and_contamination(rep.diversity, rep.contamination)
+    _print_quality(rep)
+
+
+def _print_quality(rep: Any) -> None:
+    """The report's judge scores (under the path and per discipline) and its validator
+    rejections by rule."""
+    from rich.table import Table
+
+    def mean(row: dict[str, Any]) -> str:
+        return "-" if row["mean"] is None else f"{row['mean']:.2f}"
+
+    def bars(row: dict[str, Any]) -> str:
+        return " ".join(f"{k}:{n}" for k, n in row["histogram"].items() if n)
+
+    if rep.scores and rep.scores["judged"]:
+        t = Table("discipline", "judged", "mean", "pairs per score", title="judge scores (1-10)")
+        for row in rep.scores_by_discipline:
+            t.add_row(escape(row["discipline"]), f"{row['judged']:,}", mean(row), bars(row))
+        t.add_row(escape(rep.path or "all"), f"{rep.scores['judged']:,}", mean(rep.scores),
+                  bars(rep.scores))  # fmt: skip
+        console.print(t)
+    if rep.validator_rejections:
+        t = Table("rule", "failed units", title="validator rejections by rule")
+        for rule, count in rep.validator_rejections.items():
+            t.add_row(rule, f"{count:,}")
+        console.print(t)
 
 
 def _print_diversity_and_contamination(div: dict[str, Any], matrix: dict[str, Any]) -> None:

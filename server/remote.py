@@ -93,6 +93,7 @@ _START = {
         "path: $path, n: $n, strategy: $strategy, seed: $seed, basicRatio: $basicRatio",
     ),
     "answers": ("generateAnswers", "$path: String", "path: $path"),
+    "judge": ("generateJudgements", "$path: String", "path: $path"),
 }
 
 ProgressCallback = Callable[[Progress], None]

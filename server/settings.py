@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     model: str = "gpt-4o-mini"
     question_model: str | None = None
     answer_model: str | None = None
+    #: the model that scores question-answer pairs (glan generate judge); unset: GLAN_MODEL
+    judge_model: str | None = None
     temperature: float = 1.0
     top_p: float = 0.95
     answer_temperature: float = 0.7
@@ -126,6 +128,14 @@ class Settings(BaseSettings):
 
     def stage_params(self, stage: str) -> StageParams:
         """Model and sampling for one stage: taxonomy, subjects, syllabus, questions, answers."""
+        if stage == "judge":  # a judge should score the same pair the same way: no sampling
+            return StageParams(
+                model=self.judge_model or self.model,
+                temperature=0.0,
+                top_p=1.0,
+                max_tokens=self.max_tokens,
+                seed=self.llm_seed,
+            )
         if stage == "answers":
             return StageParams(
                 model=self.answer_model or self.model,

@@ -286,6 +286,15 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
+def fake_judgement(tag: str) -> dict[str, Any]:
+    """A judge's scores of a pair, 1-10, drawn from a digest of its prompt: the same pair is
+    always scored alike, and pairs spread over the whole scale."""
+    value = int(tag, 16)
+    criteria = ("self_contained", "answerable", "correct", "complete", "uses_concepts")
+    scores = {c: 1 + (value >> (4 * i)) % 10 for i, c in enumerate((*criteria, "on_topic"))}
+    return {"rationale": f"A fair pair ({tag}).", **scores, "overall": 1 + value % 10}
+
+
 def fake_glan_model(
     *, subjects: int = 3, sessions: int = 4, concepts: int = 4, items: int = 3
 ) -> Handler:
@@ -298,6 +307,8 @@ def fake_glan_model(
     def handler(body: dict[str, Any], n: int) -> Reply:
         user = first_user_message(body)
         tag = _digest(user)
+        if '{"rationale"' in user:  # a judge (first: its prompt quotes the pair it judges)
+            return ok_json(fake_judgement(tag))
         if '{"items"' in user:
             return ok_json(
                 {

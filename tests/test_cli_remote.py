@@ -382,3 +382,19 @@ def test_a_stale_record_is_ignored(env: Path, monkeypatch: pytest.MonkeyPatch) -
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_judge_runs_in_the_server_and_prints_the_same(
+    algebra: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert glan("generate", "questions", ALGEBRA, "--n", "4")[0] == 0
+    assert glan("generate", "answers", ALGEBRA)[0] == 0
+    monkeypatch.setenv("GLAN_JUDGE_MODEL", "judge-stub")
+    with twins(algebra, stub, monkeypatch, judge_model="judge-stub") as t:
+        out = t.same("generate", "judge", ALGEBRA)
+        assert out.strip().splitlines()[-1] == "done: all 4 units of judge are done"
+        (job,) = [j for j in t.api.store.jobs.all() if j["kind"] == "judge"]
+        assert (job["status"], job["done"]) == ("completed", 4)  # run in the server
+        scope = t.api.store.taxonomy.scope(ALGEBRA)
+        assert t.api.store.instructions.scores(scope)[""].judged == 4
+        assert "4/4 done (4 earlier)" in t.same("generate", "judge", ALGEBRA)

@@ -51,6 +51,14 @@ VARIABLES: dict[str, dict[str, Any]] = {
     },
     "question": QUESTION,
     "answer": {"question": "Why is the sky blue?", "subject": "Optics", "level": "undergraduate"},
+    "judge": {
+        "subject": "Optics",
+        "level": "undergraduate",
+        "discipline": "Physics",
+        "concepts": ["focal length", "reflection"],
+        "question": "What is the focal length of a thin lens?",
+        "answer": "The distance from the lens to its focal point.",
+    },
 }
 MENTIONS = {
     "taxonomy": [
@@ -95,6 +103,18 @@ MENTIONS = {
         "self-contained",
     ],
     "answer": ["Why is the sky blue?", "Optics", "undergraduate"],
+    "judge": [
+        '"Optics"',
+        "undergraduate",
+        "discipline: Physics",
+        "key concepts: focal length, reflection",
+        "What is the focal length of a thin lens?",
+        "The distance from the lens to its focal point.",
+        "one-sentence rationale",
+        "self_contained",
+        "on_topic: the question belongs to the course and to Physics",
+        "from 1 (worst) to 10 (best)",
+    ],
 }
 SAMPLES = {
     "taxonomy": {"items": [{"name": "Acoustics", "description": "sound"}, {"name": "Optics"}]},
@@ -113,6 +133,16 @@ SAMPLES = {
     },
     "question": {"question": "What is the focal length of a thin lens?"},
     "answer": {"text": "Rayleigh scattering."},
+    "judge": {
+        "rationale": "Correct and complete.",
+        "self_contained": 9,
+        "answerable": 10,
+        "correct": 8,
+        "complete": 7,
+        "uses_concepts": 6,
+        "on_topic": 10,
+        "overall": 8,
+    },
 }
 
 
@@ -209,6 +239,24 @@ def test_response_models_enforce_the_method() -> None:
         get_prompt("answer").response_model.model_validate({"text": " \n "})
     answer = get_prompt("answer").response_model.model_validate({"text": "  Blue.\n"})
     assert answer.model_dump() == {"text": "Blue."}
+
+
+def test_the_judges_scores_are_1_to_10_each_with_a_rationale() -> None:
+    judge = get_prompt("judge").response_model
+    scores = SAMPLES["judge"]
+    for bad in ({**scores, "overall": 0}, {**scores, "correct": 11}, {**scores, "rationale": " "}):
+        with pytest.raises(ValidationError):
+            judge.model_validate(bad)
+    missing = {k: v for k, v in scores.items() if k != "on_topic"}
+    with pytest.raises(ValidationError):
+        judge.model_validate(missing)
+
+
+def test_the_judge_prompt_without_concepts_or_discipline_leaves_no_holes() -> None:
+    variables = {**VARIABLES["judge"], "concepts": [], "discipline": ""}
+    user = get_prompt("judge").render(**variables)[1]["content"]
+    assert "key concepts:" not in user and "discipline" not in user
+    assert "uses the key concepts of the course" in user and "belongs to the course." in user
 
 
 def test_unknown_prompt() -> None:

@@ -11,13 +11,22 @@ from __future__ import annotations
 from ..jobs import Stage
 from .answers import AnswersStage
 from .base import PromptStage
+from .judge import JudgeStage
 from .questions import QuestionsStage
 from .subjects import SubjectsStage
 from .syllabus import SyllabusStage
 from .taxonomy import TaxonomyStage
 
 STAGES: dict[str, type[Stage]] = {
-    s.name: s for s in (TaxonomyStage, SubjectsStage, SyllabusStage, QuestionsStage, AnswersStage)
+    s.name: s
+    for s in (
+        TaxonomyStage,
+        SubjectsStage,
+        SyllabusStage,
+        QuestionsStage,
+        AnswersStage,
+        JudgeStage,
+    )
 }
 PIPELINE = ("subjects", "syllabus", "questions", "answers")
 
@@ -25,6 +34,7 @@ __all__ = [
     "PIPELINE",
     "STAGES",
     "AnswersStage",
+    "JudgeStage",
     "PromptStage",
     "QuestionsStage",
     "SubjectsStage",

@@ -12,6 +12,7 @@ from ..context import Context
 from .cleaning import ContaminationCount, contamination_of
 from .combinations import SHARE, SPACE, SPACE_LOG10, USED, Int64, figures
 from .node import Counts, TaxonomyNode
+from .scores import Place, ScoreSummary, scores_field
 
 
 @strawberry.type(description="Where the data under one node stands.")
@@ -34,6 +35,8 @@ class CoverageRow:
     combination_space_log10: float | None = strawberry.field(description=SPACE_LOG10)
     combinations_used: int = strawberry.field(description=USED)
     combination_share: float = strawberry.field(description=SHARE)
+    scores: ScoreSummary | None = scores_field()
+    place: strawberry.Private[Place | None] = None
     scope: strawberry.Private[Node | None] = None
 
     @strawberry.field(
@@ -66,4 +69,11 @@ class Coverage:
 
     @classmethod
     def of(cls, c: CoverageReport) -> Coverage:
-        return cls(total=CoverageRow.of(c.total), children=[CoverageRow.of(r) for r in c.children])
+        covered = cls(
+            total=CoverageRow.of(c.total), children=[CoverageRow.of(r) for r in c.children]
+        )
+        # the children's scores are read together, grouped under the node (server/graphql/scores)
+        covered.total.place = Place(c.total.node)
+        for row, r in zip(covered.children, c.children, strict=True):
+            row.place = Place(r.node, c.total.node, grouped=True)
+        return covered

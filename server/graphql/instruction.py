@@ -16,6 +16,7 @@ from graph.records import Node
 
 from ..context import Context
 from .node import Provenance, TaxonomyNode
+from .scores import Judgement
 
 
 @strawberry.enum(description="How an instruction's concepts were sampled (GLAN section 2.4).")
@@ -38,6 +39,9 @@ class Response:
     text: str
     contaminated: str | None
     provenance: Provenance
+    judgement: Judgement | None = strawberry.field(
+        description="The judge's scores of the pair (glan generate judge); null if not judged."
+    )
 
     @classmethod
     def of(cls, n: Node) -> Response:
@@ -47,6 +51,7 @@ class Response:
             text=p.get("text") or "",
             contaminated=p.get("contaminated"),
             provenance=Provenance.of(p),
+            judgement=Judgement.of(p),
         )
 
 

@@ -22,6 +22,7 @@ class StageName(Enum):
     SYLLABUS = "syllabus"
     QUESTIONS = "questions"
     ANSWERS = "answers"
+    JUDGE = "judge"
 
 
 @strawberry.enum

@@ -372,6 +372,17 @@ class Mutation:
 
     @strawberry.mutation(
         permission_classes=AUTH,
+        description="Score every question-answer pair under a path with the judge model "
+        "(GLAN_JUDGE_MODEL): 1-10 on each criterion of the rubric and overall, with a "
+        "one-sentence rationale. Pairs this judge model already scored are skipped.",
+    )
+    def generate_judgements(
+        self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
+    ) -> StartJobResult:
+        return _start(info, "judge", path, PipelineOptions(), max_cost)
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
         description="Mark the pairs under a path that overlap benchmarks read by the server "
         "(a question or answer holding a benchmark text whole, or sharing an n-word run with "
         "one), replacing earlier marks for the same benchmarks; export leaves them out. "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated, Any
 
 import strawberry
@@ -234,6 +235,13 @@ class Query:
         filter: InstructionFilter | None = None,
         first: int = 50,
         after: str | None = None,
+        min_score: Annotated[
+            float | None,
+            strawberry.argument(
+                description="Only instructions with an answer the judge scored this or higher "
+                "(overall, 1-10); unjudged ones are left out."
+            ),
+        ] = None,
     ) -> InstructionsResult:
         ctx = info.context
         store = ctx.store
@@ -242,6 +250,10 @@ class Query:
             try:
                 size = page_size(first)
                 flt = filter.to_filter() if filter else Filter()
+                if min_score is not None:
+                    if not 1 <= min_score <= 10:
+                        raise InvalidInput(f"minScore must be between 1 and 10, got {min_score}")
+                    flt = replace(flt, min_score=min_score)
                 scope = store.taxonomy.scope(path)
                 page, more = store.instructions.page(scope, flt, size, decode_cursor(after))
                 return connection(
