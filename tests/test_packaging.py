@@ -64,6 +64,8 @@ def test_the_wheel_holds_every_package_and_its_data(wheel: Path) -> None:
             if f.is_file() and "__pycache__" not in f.parts:
                 rel = f.relative_to(ROOT).as_posix()
                 assert rel in names, f"{rel} is missing from the wheel"
+    # the price table the cost estimates read (generators/cost.py)
+    assert "generators/prices.yaml" in names
     assert not any(n.startswith("tests/") for n in names)
 
 

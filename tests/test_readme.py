@@ -276,3 +276,24 @@ def test_the_server_commands_answer(tmp_path: Path) -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_cost(tmp_path: Path, stub: Stub) -> None:
+    """Cost's commands against the stub, priced by a GLAN_PRICES table, over subjects and
+    syllabi made under Algebra: the dry run asks nothing, the capped run finishes."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  stub: {input: 1, output: 2}\n", encoding="utf-8")
+    env = glan_env(
+        tmp_path, GLAN_LLM_BASE_URL=stub.base_url, GLAN_MODEL="stub", GLAN_PRICES=str(prices)
+    )
+    algebra = '"Formal Sciences/Mathematics/Algebra"'
+    made = [f"generate subjects {algebra} --rounds 1", f"generate syllabus {algebra}"]
+    run_script("\n".join(["glan init", *(f"glan {m}" for m in made)]), tmp_path, env)
+    (block,) = blocks_in("Cost", "bash")
+    calls = stub.calls
+    out = " ".join(run_script(block.text, tmp_path, env).split())
+    assert "dry run: nothing was stored and the model was not asked" in out
+    assert "questions 200 units (0 done earlier, 200 to ask) on stub" in out
+    assert "estimated total: $" in out
+    assert "done: all 200 units of questions are done" in out
+    assert stub.calls - calls == 200  # the dry run asked nothing
