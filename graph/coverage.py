@@ -195,22 +195,32 @@ class Coverage(Part):
         if (covered or combinations) and shown and (top is None or top <= subject):
             self.rollups.refresh(scope)
 
+        summed: dict[int | None, list[Row]] = {}
+
+        def rollups_by(group: int | None) -> list[Row] | None:
+            """The subject rollups summed per node at `group` (or of the scope), read once
+            for covered concepts and combinations alike; None below subjects."""
+            if not ((top is None or top <= subject) and (group is None or group <= subject)):
+                return None
+            if group not in summed:
+                summed[group] = self.driver.execute(Q.sum_rollups(self.d, top, group), params)
+            return summed[group]
+
         def covered_by(group: int | None) -> dict[str, int]:
             """Covered concepts per node at `group` (or of the scope): summed from subject
             rollups down to subjects, walked below them."""
-            if (top is None or top <= subject) and (group is None or group <= subject):
-                query, column = Q.sum_rollups(self.d, top, group), "rollup_covered"
-            else:
-                query, column = Q.covered_concepts(self.d, top, group), "n"
-            rows = self.driver.execute(query, params)
-            return {str(r.get("id", "")): int(r[column] or 0) for r in rows}
+            rows = rollups_by(group)
+            if rows is not None:
+                return {str(r.get("id", "")): int(r["rollup_covered"] or 0) for r in rows}
+            rows = self.driver.execute(Q.covered_concepts(self.d, top, group), params)
+            return {str(r.get("id", "")): int(r["n"] or 0) for r in rows}
 
         def combinations_by(group: int | None) -> dict[str, tuple[int, int]]:
             """(space, used) per node at `group` (or of the scope, keyed "")."""
             if top is not None and top > HIERARCHY.index(SESSION):
                 return {}
-            if (top is None or top <= subject) and (group is None or group <= subject):
-                rows = self.driver.execute(Q.sum_rollups(self.d, top, group), params)
+            rows = rollups_by(group)
+            if rows is not None:
                 return {
                     str(r.get("id", "")): (_space_of(r), int(r["rollup_combos"] or 0)) for r in rows
                 }
