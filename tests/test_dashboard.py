@@ -77,6 +77,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, stub: Stub) -> Iterator[Ap
         for mutation in (
             "generateInstructions(path: $p, n: 8, seed: 3)",
             "generateAnswers(path: $p)",
+            "generateJudgements(path: $p)",
         ):
             job = start(api, mutation, {"p": PHYSICS}, token=TOKEN)
             assert api.wait_for(job["id"])["status"] == "COMPLETED"
@@ -409,6 +410,77 @@ def test_the_chart_zooms_into_a_discipline_and_fills_the_panel(browser: Any, dat
     wait_until(
         lambda: panel_ready(browser, "Natural Sciences/Physical Sciences"), what="zooming out"
     )
+    assert console_errors(browser) == []
+
+
+SCORES = """query($p: String) { coverage(path: $p) { ... on Coverage {
+  total { scores { judged mean histogram { score count } } }
+  children { path scores { judged mean } } } } }"""
+
+
+def test_a_toggle_colours_the_chart_by_mean_judge_score_with_histograms(
+    browser: Any, dataset: Api
+) -> None:
+    def colour(path: str) -> str:
+        return str(arc(browser, path).get_attribute("fill"))
+
+    def ramp(share: float) -> str:
+        return str(browser.execute_script("return ramp(arguments[0])", share))
+
+    def bars() -> dict[int, int]:
+        found = browser.find_elements("css selector", "#panel .scores .hist .bar")
+        return {
+            int(b.get_attribute("data-score")): int(b.get_attribute("data-count")) for b in found
+        }
+
+    def histogram(scores: dict[str, Any]) -> dict[int, int]:
+        return {b["score"]: b["count"] for b in scores["histogram"]}
+
+    store_scores = dataset.gql(SCORES, {"p": None})["coverage"]["total"]["scores"]
+    physics = dataset.gql(SCORES, {"p": PHYSICS})["coverage"]
+    mean = physics["total"]["scores"]["mean"]
+    assert physics["total"]["scores"]["judged"] == store_scores["judged"] == 8
+
+    browser.get(dataset.url + "/dashboard")
+    wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+    coverage_colour = colour(PHYSICS)
+    assert not browser.find_elements("css selector", "#panel .scores")  # coverage mode
+    assert arc(browser, PHYSICS).get_attribute("data-score") == ""  # no scores asked for
+
+    browser.find_element("css selector", "#by-score").click()
+    wait_until(lambda: arc(browser, PHYSICS).get_attribute("data-score"), what="the scores")
+    assert arc(browser, PHYSICS).get_attribute("data-score") == f"{mean:.2f}"
+    assert colour(PHYSICS) == ramp((mean - 1) / 9)
+    for path in (CHEMISTRY, PURE):  # nothing judged there: grey
+        assert arc(browser, path).get_attribute("data-score") == "" and colour(path) == "#d0d0d0"
+    legend = browser.find_element("css selector", "#legend-ramp").text
+    assert legend == "mean judge score of the pairs below: 1 → 10"
+    # the store's panel, drawn again, shows its histogram
+    wait_until(lambda: panel_ready(browser, "") and bars(), what="the store's histogram")
+    assert bars() == histogram(store_scores) and sum(bars().values()) == 8
+    assert figure(browser, "meanScore") == f"{store_scores['mean']:.2f}"
+
+    click_arc(browser, PHYSICS)
+    wait_until(lambda: panel_ready(browser, PHYSICS) and bars(), what="the Physics histogram")
+    assert bars() == histogram(physics["total"]["scores"])
+    assert figure(browser, "judged") == "8" and figure(browser, "meanScore") == f"{mean:.2f}"
+    # each subject slice carries its own mean, as coverage reads it
+    by_subject = {c["path"]: c["scores"] for c in physics["children"]}
+    for path, scores in by_subject.items():
+        want = f"{scores['mean']:.2f}" if scores["judged"] else ""
+        assert arc(browser, path).get_attribute("data-score") == want, path
+    assert "mean score" in browser.find_element("css selector", "#chart .center text").text
+    shot(browser, "dashboard-scores.png")
+
+    def centre() -> str:
+        circle = browser.find_element("css selector", "#chart .center circle")
+        return str(circle.get_attribute("fill"))
+
+    assert centre() == ramp((mean - 1) / 9)  # the focus, Physics, in the middle
+    browser.find_element("css selector", "#by-score").click()  # back to coverage
+    wait_until(lambda: centre() == coverage_colour, what="the coverage colours")
+    wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel again")
+    assert not browser.find_elements("css selector", "#panel .scores")
     assert console_errors(browser) == []
 
 

@@ -14,13 +14,18 @@ const TOKEN_KEY = "glan-api-token";
 
 const NODE = "path coveredConcepts counts { subjects sessions concepts instructions responses } "
   + "node { id kind name status hidden }";
-const TREE = `query($p: String, $d: Int!) {
+// in score mode each node also brings its judge scores (one grouped read per ring)
+const SCORES = " scores { judged mean }";
+function treeQuery() {
+  const n = NODE + (state.byScore ? SCORES : "");
+  return `query($p: String, $d: Int!) {
   subtree(path: $p, depth: $d) {
     __typename
-    ... on TreeNode { ${NODE} children { ${NODE} children { ${NODE} children { ${NODE} } } } }
+    ... on TreeNode { ${n} children { ${n} children { ${n} children { ${n} } } } }
     ... on Problem { message }
   }
 }`;
+}
 const PANEL = `query($p: String) {
   coverage(path: $p) {
     __typename
@@ -45,6 +50,10 @@ const PANEL = `query($p: String) {
     ... on Problem { message }
   }
 }`;
+const PANEL_SCORES = "scores { judged mean histogram { score count } }";
+function panelQuery() {
+  return state.byScore ? PANEL.replace("total {", `total { ${PANEL_SCORES}`) : PANEL;
+}
 const JOB_FIELDS = "id kind scope status live done failed total error";
 const PROGRESS = `subscription($id: ID!) {
   jobProgress(id: $id) {
@@ -68,7 +77,16 @@ const STAGES = {
 const MAX_LISTED = 200; // members of an "other (N)" slice listed in the panel
 
 // jobs: the last progress seen per path, so a panel redrawn mid-job still shows it
-const state = { root: null, focus: null, selected: null, selectedSeq: 0, socket: null, jobs: {} };
+// byScore: the chart is coloured by mean judge score instead of coverage
+const state = {
+  root: null,
+  focus: null,
+  selected: null,
+  selectedSeq: 0,
+  socket: null,
+  jobs: {},
+  byScore: false,
+};
 
 // ------------------------------------------------------------------ GraphQL
 
@@ -144,6 +162,8 @@ function fromApi(t, level, fetchedTo, parent) {
     level,
     counts: t.counts,
     covered: t.coveredConcepts,
+    score: t.scores ? t.scores.mean : null,
+    judged: t.scores ? t.scores.judged : 0,
     parent,
     children: null,
   };
@@ -156,7 +176,7 @@ function fromApi(t, level, fetchedTo, parent) {
 async function fetchTree(node) {
   const level = node ? node.level : -1;
   const depth = Math.min(RINGS, SUBJECT_LEVEL - level);
-  const data = await gql(TREE, { p: node ? node.path || null : null, d: depth });
+  const data = await gql(treeQuery(), { p: node ? node.path || null : null, d: depth });
   const t = data.subtree;
   if (t.__typename !== "TreeNode") throw new Error(t.message);
   return fromApi(t, level, level + depth, node ? node.parent : null);
@@ -174,7 +194,12 @@ async function ensureLoaded(node) {
   const fresh = await fetchTree(node);
   node.children = fresh.children;
   node.children.forEach((c) => (c.parent = node));
-  Object.assign(node, { counts: fresh.counts, covered: fresh.covered });
+  Object.assign(node, {
+    counts: fresh.counts,
+    covered: fresh.covered,
+    score: fresh.score,
+    judged: fresh.judged,
+  });
 }
 
 function coverageOf(n) {
@@ -261,7 +286,10 @@ function groups(parent, small, total) {
         subjects: sum((d) => (d.level >= SUBJECT_LEVEL ? 1 : d.counts.subjects)),
       },
       covered: sum((d) => d.covered),
+      judged: sum((d) => d.judged),
     };
+    // a group's mean score: its members' means weighted by their judged pairs
+    group.score = group.judged ? sum((d) => (d.score || 0) * d.judged) / group.judged : null;
     const share = part.reduce((s, d) => s + weightOf.get(d), 0);
     out.push({ other: true, members: part, weight: share, data: group });
   }
@@ -270,10 +298,23 @@ function groups(parent, small, total) {
 
 const ramp = d3.interpolateRgbBasis(["#d73027", "#fc8d59", "#fee08b", "#91cf60", "#1a9850"]);
 
+// mean judge score 1 -> 10, on the same red-to-green ramp
+function scoreShare(n) {
+  return n.judged ? Math.max(0, Math.min(1, (n.score - 1) / 9)) : null;
+}
+
 function fillOf(n) {
   if (n.hidden || n.status === "REJECTED") return "url(#rejected)";
+  if (state.byScore) {
+    const s = scoreShare(n);
+    return s === null ? "#d0d0d0" : ramp(s);
+  }
   const c = coverageOf(n);
   return c === null ? "#d0d0d0" : ramp(c);
+}
+
+function scoreText(n) {
+  return n.judged ? `mean score ${n.score.toFixed(1)} of ${num(n.judged)} judged` : "no judged pairs";
 }
 
 function pct(x) {
@@ -340,6 +381,7 @@ function render() {
     .attr("data-path", (d) => d.data.data.path || "")
     .attr("data-name", (d) => d.data.data.name)
     .attr("data-status", (d) => d.data.data.status)
+    .attr("data-score", (d) => (d.data.data.judged ? d.data.data.score.toFixed(2) : ""))
     // where a click lands on this slice, from the chart's centre (the browser test uses it)
     .attr("data-centroid", (d) => arc.centroid(d).map(Math.round).join(","))
     .on("click", (event, d) => onArcClick(d.data));
@@ -351,7 +393,8 @@ function render() {
       return `${n.name}${status}\n${num(n.counts.concepts)} concepts, ${pct(coverageOf(n))} `
         + "covered" + (n.counts.instructions !== undefined
           ? `\n${num(n.counts.subjects)} subjects, ${num(n.counts.instructions)} instructions`
-          : "");
+          : "")
+        + (state.byScore ? `\n${scoreText(n)}` : "");
     });
 
   const labels = svg
@@ -390,9 +433,11 @@ function render() {
     .attr("dy", "1.3em")
     .attr("class", "small")
     .text(
-      focus.counts.concepts
-        ? `${pct(coverageOf(focus))} of ${num(focus.counts.concepts)} concepts covered`
-        : "no concepts yet"
+      state.byScore
+        ? scoreText(focus)
+        : focus.counts.concepts
+          ? `${pct(coverageOf(focus))} of ${num(focus.counts.concepts)} concepts covered`
+          : "no concepts yet"
     );
   if (focus.parent) {
     label.append("tspan").attr("x", 0).attr("dy", "1.4em").attr("class", "small hint").text("click to zoom out");
@@ -572,7 +617,7 @@ async function select(node) {
   panel.setAttribute("data-state", "loading");
   let data;
   try {
-    data = await gql(PANEL, { p: node.path || null });
+    data = await gql(panelQuery(), { p: node.path || null });
   } catch (err) {
     if (seq === state.selectedSeq) showError(err);
     return;
@@ -592,6 +637,7 @@ async function select(node) {
     parts.push(el("p", { class: "error" }, cov.message));
   } else {
     parts.push(figures(cov.total));
+    if (cov.total.scores) parts.push(scoresSection(cov.total.scores));
   }
   parts.push(gapsSection(data.gaps, cov.__typename === "Coverage" ? cov.total : null));
   parts.push(samplesSection(data.sampleInstructions));
@@ -626,6 +672,40 @@ function figures(t) {
     dl.append(el("dt", {}, label), el("dd", { "data-figure": key }, value));
   }
   return el("section", {}, bar, dl);
+}
+
+/** The node's judge scores: mean, pairs judged, and how many got each score 1-10. */
+function scoresSection(s) {
+  const box = el("section", { class: "scores" }, el("h3", {}, "Judge scores"));
+  const dl = el("dl", { class: "figures" });
+  dl.append(
+    el("dt", {}, "judged pairs"),
+    el("dd", { "data-figure": "judged" }, num(s.judged)),
+    el("dt", {}, "mean score"),
+    el("dd", { "data-figure": "meanScore" }, s.mean === null ? "–" : s.mean.toFixed(2))
+  );
+  box.append(dl);
+  if (!s.judged) {
+    box.append(el("p", { class: "muted" }, "No pair here is judged yet (glan generate judge)."));
+    return box;
+  }
+  const top = Math.max(...s.histogram.map((b) => b.count));
+  const hist = el("div", { class: "hist", role: "img", "aria-label": "pairs per score" });
+  const axis = el("div", { class: "hist-axis" });
+  for (const b of s.histogram) {
+    const bar = el("div", {
+      class: b.count ? "bar" : "bar empty",
+      "data-score": String(b.score),
+      "data-count": String(b.count),
+      title: `score ${b.score}: ${num(b.count)} pairs`,
+    });
+    bar.style.height = `${Math.round((100 * b.count) / top)}%`;
+    bar.style.background = b.count ? ramp((b.score - 1) / 9) : "";
+    hist.append(bar);
+    axis.append(el("span", {}, String(b.score)));
+  }
+  box.append(hist, axis);
+  return box;
 }
 
 function gapsSection(gaps, total) {
@@ -864,4 +944,16 @@ async function refresh() {
 }
 
 window.addEventListener("resize", () => state.focus && render());
+
+const LEGEND = {
+  coverage: "concepts covered by an instruction: 0% → 100%",
+  score: "mean judge score of the pairs below: 1 → 10",
+};
+document.getElementById("by-score").addEventListener("change", (event) => {
+  state.byScore = event.target.checked;
+  document.querySelector("#legend-ramp .text").textContent =
+    LEGEND[state.byScore ? "score" : "coverage"];
+  state.layout = null; // a new colouring, not a zoom: nothing to animate
+  refresh(); // the tree again, with (or without) the scores of every node
+});
 refresh();
