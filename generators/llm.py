@@ -1,10 +1,11 @@
 """One async client for any OpenAI-compatible endpoint: retries, limits, token accounting.
 
 Retries live here, and only for what waiting can fix (429, 5xx, timeouts, dropped
-connections), honouring Retry-After; the SDK's own retries are off so there is one policy.
-Every provider or transport error leaves as one `LLMError`. Structured calls validate the
-answer against a pydantic model, retry once showing the model its mistake, and always keep
-the model's raw text so a failed unit can be inspected.
+connections), honouring Retry-After. Requests travel by generators/http.py: a POST of the
+exact body, not the `openai` SDK, whose request path cost more than all the rest of a
+request's handling. Every provider or transport error leaves as one `LLMError`. Structured
+calls validate the answer against a pydantic model, retry once showing the model its
+mistake, and always keep the model's raw text so a failed unit can be inspected.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import httpx
-import openai
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from graph.errors import GlanError
+
+from .http import Answer, TransportFailure, TransportTimeout, make_transport, request_headers
+
+if TYPE_CHECKING:
+    import httpx
 
 T = TypeVar("T", bound=BaseModel)
 Messages = list[dict[str, str]]
@@ -330,16 +334,12 @@ class LLMClient:
     """Shared by all stages of a run, so its limits and usage totals cover the whole run."""
 
     def __init__(self, config: LLMConfig, *, http_client: httpx.AsyncClient | None = None):
+        """`http_client`, if given, carries the requests instead of the client's own
+        connections, and is left open by `aclose`."""
         self.config = config
-        self._owns_http = http_client is None
-        self._client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key.get_secret_value(),
-            timeout=config.timeout_s,
-            max_retries=0,  # retried in `complete`, where the policy lives
-            # the SDK takes either httpx generation; its annotation names only one
-            http_client=cast(Any, http_client),
-        )
+        self._http = make_transport(config.timeout_s, config.concurrency, http_client)
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._headers = request_headers(config.api_key.get_secret_value())
         self._slots = asyncio.Semaphore(config.concurrency)
         self._rpm, self._tpm = _Bucket(config.rpm), _Bucket(config.tpm)
         self.usage = Usage()
@@ -347,40 +347,39 @@ class LLMClient:
         self.in_flight = self.max_in_flight = 0
 
     async def aclose(self) -> None:
-        """Close the connection pool, unless the caller lent it (then it is theirs to close)."""
-        if self._owns_http:
-            await self._client.close()
+        """Close the connections, unless the caller lent them (then they are theirs to close)."""
+        await self._http.aclose()
 
-    async def _send(self, messages: Messages, params: StageParams, extra: dict[str, Any]) -> Reply:
-        """One request, no retries: the single place that talks to the endpoint."""
+    async def _send(self, data: bytes, where: str) -> Reply:
+        """One request, no retries: the single place that talks to the endpoint. Raises
+        `_Retry` for a failure waiting may fix, `LLMError` for the rest."""
         self.calls += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            reply = await self._client.chat.completions.create(
-                model=params.model,
-                # The messages travel in extra_body, which the SDK sends as given and which
-                # takes precedence over its typed parameters: their transform walks every
-                # message through the type annotations, about 2 ms a request, a fifth of
-                # the pipeline's own time against a fast endpoint.
-                messages=[],
-                extra_body={"messages": messages},
-                temperature=params.temperature,
-                top_p=params.top_p,
-                **extra,
-            )
+            answer = await self._http.post(self._url, data, self._headers)
+        except TransportTimeout as exc:
+            raise _Retry(None, f"no answer within {self.config.timeout_s:g} s") from exc
+        except TransportFailure as exc:
+            raise _Retry(None, f"connection failed: {exc}") from exc
         finally:
             self.in_flight -= 1
-        used = reply.usage
-        usage = Usage(used.prompt_tokens, used.completion_tokens) if used else Usage()
-        if not reply.choices:
-            return Reply("", usage)
-        choice = reply.choices[0]
-        return Reply(choice.message.content or "", usage, choice.finish_reason)
+        status = answer.status
+        if 200 <= status < 300:
+            return _reply_of(answer, where)
+        detail = _provider_message(answer)
+        if status == 429 or status >= 500:
+            wait = retry_after(answer.headers, self.config.backoff_max_s)
+            raise _Retry(status, f"HTTP {status}: {detail}", wait)
+        raise LLMError(
+            f"{where} refused the request with HTTP {status} (not retried; check the model "
+            f"name, endpoint and key): {detail}",
+            status_code=status,
+        )
 
     async def send(self, request: ChatRequest) -> Reply:
-        """One unit's request, retried on transient failures."""
-        return await self._complete(request.messages, request.params, request.response_format)
+        """One unit's request, its `body()` as it is, retried on transient failures."""
+        return await self._complete(request)
 
     async def complete(
         self,
@@ -390,17 +389,15 @@ class LLMClient:
         response_format: dict[str, Any] | None = None,
     ) -> tuple[str, Usage]:
         """One chat completion, retried on transient failures; its text ("" if none) and usage."""
-        reply = await self._complete(messages, params, response_format)
+        reply = await self._complete(ChatRequest(messages, params, BaseModel, response_format))
         return reply.text, reply.usage
 
-    async def _complete(
-        self, messages: Messages, params: StageParams, response_format: dict[str, Any] | None
-    ) -> Reply:
-        options = {"max_tokens": params.max_tokens, "seed": params.seed}
-        extra: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
-        if response_format is not None:
-            extra["response_format"] = response_format
-        estimate = sum(len(m.get("content", "")) for m in messages) / 4 + (params.max_tokens or 0)
+    async def _complete(self, request: ChatRequest) -> Reply:
+        body = request.body()
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        params = request.params
+        chars = sum(len(m.get("content", "")) for m in request.messages)
+        estimate = chars / 4 + (params.max_tokens or 0)
         where = f"{params.model} at {self.config.base_url}"
         attempts = self.config.max_retries + 1
         for attempt in range(1, attempts + 1):
@@ -408,39 +405,20 @@ class LLMClient:
             taken = await self._tpm.take(estimate)
             try:
                 async with self._slots:
-                    reply = await self._send(messages, params, extra)
-            except openai.APIError as exc:
-                status, failure, wait = self._transient(exc, where)
+                    reply = await self._send(data, where)
+            except _Retry as exc:
                 if attempt == attempts:
                     raise LLMError(
-                        f"{where} failed after {attempts} attempts; last error: {failure}",
-                        status_code=status,
+                        f"{where} failed after {attempts} attempts; last error: {exc.failure}",
+                        status_code=exc.status,
                         attempts=attempts,
                     ) from exc
-                await asyncio.sleep(wait if wait is not None else self._backoff(attempt))
+                await asyncio.sleep(exc.wait if exc.wait is not None else self._backoff(attempt))
                 continue
             self._tpm.settle(taken, reply.usage.total or taken)
             self.usage = self.usage + reply.usage
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _transient(self, exc: openai.APIError, where: str) -> tuple[int | None, str, float | None]:
-        """Status, account and Retry-After of a failure worth retrying; raises for the rest."""
-        if isinstance(exc, openai.APITimeoutError):
-            return None, f"no answer within {self.config.timeout_s:g} s", None
-        if isinstance(exc, openai.APIConnectionError):
-            return None, f"connection failed: {exc.__cause__ or exc}", None
-        if not isinstance(exc, openai.APIStatusError):  # a reply the SDK could not read
-            raise LLMError(f"{where} gave an unreadable answer: {exc}") from exc
-        status, detail = exc.status_code, _provider_message(exc)
-        if status == 429 or status >= 500:
-            wait = retry_after(exc.response.headers, self.config.backoff_max_s)
-            return status, f"HTTP {status}: {detail}", wait
-        raise LLMError(
-            f"{where} refused the request with HTTP {status} (not retried; check the model "
-            f"name, endpoint and key): {detail}",
-            status_code=status,
-        ) from exc
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
@@ -512,12 +490,47 @@ def _with_system(messages: Messages, note: str) -> Messages:
     return [{"role": "system", "content": note}, *messages]
 
 
-def _provider_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
+class _Retry(Exception):
+    """A failure waiting may fix: its HTTP status (None for a timeout or a lost connection),
+    what went wrong, and the wait the endpoint asked for (Retry-After), if it did."""
+
+    def __init__(self, status: int | None, failure: str, wait: float | None = None) -> None:
+        super().__init__(failure)
+        self.status, self.failure, self.wait = status, failure, wait
+
+
+def _reply_of(answer: Answer, where: str) -> Reply:
+    """The text, usage and finish reason of a chat completion; LLMError if it is none."""
+    try:
+        payload = json.loads(answer.body)
+        used = payload.get("usage") or {}
+        usage = Usage(int(used.get("prompt_tokens") or 0), int(used.get("completion_tokens") or 0))
+        choices = payload.get("choices") or []
+        if not choices:
+            return Reply("", usage)
+        choice = choices[0]
+        content = (choice.get("message") or {}).get("content") or ""
+        if isinstance(content, list):  # content parts, as some servers send them
+            content = "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+        return Reply(str(content), usage, choice.get("finish_reason"))
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not a completion
+        text = answer.body[:200].decode("utf-8", "replace")
+        raise LLMError(f"{where} gave an unreadable answer ({exc}): {text!r}") from exc
+
+
+def _provider_message(answer: Answer) -> str:
+    """What the endpoint said was wrong: its error message, else the start of its body."""
+    try:
+        body = json.loads(answer.body)
+    except ValueError:
+        body = None
     inner = body.get("error", body) if isinstance(body, dict) else None
     if isinstance(inner, dict) and "message" in inner:
         return str(inner["message"])[:500]
-    return str(exc.message)[:500]
+    if isinstance(inner, str) and inner:
+        return inner[:500]
+    text = answer.body.decode("utf-8", "replace").strip()
+    return (text or answer.reason or f"HTTP {answer.status}")[:500]
 
 
 def _describe(exc: ValueError) -> str:

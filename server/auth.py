@@ -20,11 +20,9 @@ if TYPE_CHECKING:
 
     from .context import Context
 
+from .denial import DENIED
+
 SCHEME = "Bearer "
-DENIED = (
-    "this server needs `Authorization: Bearer <token>` (its GLAN_API_TOKEN) to change things; "
-    'over websockets send it in the connection_init payload as {"Authorization": ...}'
-)
 
 
 def offered_token(header: str | None, connection_params: Mapping[str, Any] | None) -> str | None:

@@ -28,7 +28,7 @@ from graph.errors import GlanError
 from graph.model import HIERARCHY, Status
 from graph.records import COUNT_NAMES
 
-from .auth import DENIED
+from .denial import DENIED
 from .views import NodeView, TreeView, counts_below, level_of, removed_view, show_info
 
 #: How many levels one `subtree` query returns (the API's limit); deeper trees are asked for

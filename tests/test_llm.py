@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from generators.llm import (
     LLMClient,
@@ -477,3 +484,214 @@ def test_every_glan_fault_kind_is_survived(name: str) -> None:
         assert result.attempts == 1 and stub.requests[1] == stub.requests[0]
     if name == "429":
         assert took >= 0.9  # Retry-After: 1 was honoured
+
+
+# --- the HTTP path: what the client does itself since requests no longer go through an SDK
+
+
+@contextmanager
+def raw_server(answers: list[bytes]) -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback server that answers its n-th request with answers[n] (the last repeats),
+    written byte for byte, and then closes the connection; it records each request, head
+    and body, as it came."""
+    seen: list[bytes] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                (int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+                 if k.strip().lower() == b"content-length"),
+                0,
+            )  # fmt: skip
+            while len(body) < length:
+                body += self.request.recv(65536)
+            seen.append(head + b"\r\n\r\n" + body)
+            self.request.sendall(answers[min(len(seen) - 1, len(answers) - 1)])
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def http_answer(
+    status: str, body: bytes, *, length: int | None = None, kind: str = "json"
+) -> bytes:
+    """A whole HTTP/1.1 answer; `length` may claim more bytes than the body has."""
+    content_type = "application/json" if kind == "json" else "text/html"
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n"
+        f"content-length: {len(body) if length is None else length}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def completion(content: Any, finish: str | None = "stop", **usage: int) -> bytes:
+    choice = {
+        "index": 0,
+        "finish_reason": finish,
+        "message": {"role": "assistant", "content": content},
+    }
+    return json.dumps({"choices": [choice], "usage": usage or None}).encode()
+
+
+def test_the_request_is_the_exact_body_with_the_key_as_a_bearer_token() -> None:
+    asked = LLMClient(config("http://unused/v1")).request(
+        HELLO, Pair, PARAMS.model_copy(update={"seed": 3})
+    )
+    with raw_server([http_answer("200 OK", completion('{"a": 1, "b": "x"}'))]) as (url, seen):
+        result, _ = use(url, lambda llm: llm.ask(asked), api_key=SecretStr("sk-test"))
+    assert result.value == Pair(a=1, b="x") and len(seen) == 1
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == asked.body()
+    assert json.loads(body)["seed"] == 3 and "response_format" in json.loads(body)
+
+
+def test_finish_reason_usage_and_content_parts_are_read() -> None:
+    parts = [{"type": "text", "text": "two "}, {"type": "text", "text": "parts"}]
+    answer = completion(parts, "length", prompt_tokens=4, completion_tokens=9)
+    with raw_server([http_answer("200 OK", answer)]) as (url, _):
+        reply, llm = use(url, lambda llm: llm.send(llm.text_request(HELLO, Text, PARAMS)))
+    assert reply.text == "two parts" and reply.finish_reason == "length"
+    assert reply.usage == Usage(4, 9) and llm.usage == Usage(4, 9)
+
+
+def test_an_answer_without_choices_or_usage_is_empty_text() -> None:
+    with raw_server([http_answer("200 OK", b'{"choices": []}')]) as (url, _):
+        (text, usage), llm = use(url, hello)
+    assert text == "" and usage == Usage() and llm.calls == 1
+
+
+def test_an_unreadable_answer_is_one_error_and_not_retried() -> None:
+    with (
+        raw_server([http_answer("200 OK", b"<html>not a completion</html>", kind="html")]) as (
+            url,
+            seen,
+        ),
+        pytest.raises(LLMError, match="unreadable answer.*not a completion") as info,
+    ):
+        use(url, hello)
+    assert len(seen) == 1 and info.value.status_code is None
+
+
+def test_an_error_body_that_is_not_json_is_quoted() -> None:
+    gateway = http_answer(
+        "502 Bad Gateway", b"<html>upstream gateway fell over</html>", kind="html"
+    )
+    with (
+        raw_server([gateway]) as (url, seen),
+        pytest.raises(LLMError, match="HTTP 502: <html>upstream gateway fell over") as info,
+    ):
+        use(url, hello, max_retries=1)
+    assert len(seen) == 2 and info.value.status_code == 502 and info.value.attempts == 2
+
+
+def test_an_answer_cut_short_is_retried() -> None:
+    cut = http_answer("200 OK", completion("whole")[:20], length=400)  # then the server closes
+    with raw_server([cut, http_answer("200 OK", completion("whole"))]) as (url, seen):
+        (text, _), llm = use(url, hello)
+    assert text == "whole" and len(seen) == 2 and llm.calls == 2
+
+
+def test_a_refused_connection_runs_out_into_one_error() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(LLMError, match="2 attempts; last error: connection failed") as info:
+        use(f"http://127.0.0.1:{port}/v1", hello, max_retries=1)
+    assert info.value.status_code is None and info.value.attempts == 2
+
+
+def test_one_client_serves_one_event_loop_after_another() -> None:
+    """A client made once (a server's) may be used from a new loop: its connections are not
+    carried over from the loop that made them."""
+    with run_stub(sequence([ok("hi")])) as stub:
+        llm = LLMClient(config(stub.base_url))
+        first = asyncio.run(hello(llm))
+        second = asyncio.run(hello(llm))
+        asyncio.run(llm.aclose())
+    assert first[0] == second[0] == "hi" and stub.calls == 2
+
+
+def test_the_sdk_organization_and_project_variables_are_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-2")
+    with raw_server([http_answer("200 OK", completion("ok"))]) as (url, seen):
+        use(url, hello)
+    head = seen[0].split(b"\r\n\r\n")[0].decode().lower()
+    assert "openai-organization: org-1" in head and "openai-project: proj-2" in head
+
+
+def lent(base_url: str, work: Callable[[LLMClient], Awaitable[R]], **kw: Any) -> R:
+    """Run `work` on a client that sends through a lent httpx.AsyncClient."""
+
+    async def main() -> R:
+        async with httpx.AsyncClient() as http:
+            llm = LLMClient(config(base_url, **kw), http_client=http)
+            try:
+                return await work(llm)
+            finally:
+                await llm.aclose()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [error(429, headers={"retry-after": "0.3"}), error(503), dropped(), hang(1.0)],
+    ids=["429-retry-after", "503", "dropped", "timeout"],
+)
+def test_a_lent_http_client_retries_the_same_faults(fault: Reply) -> None:
+    with run_stub(sequence([fault, ok("recovered")])) as stub:
+        start = time.monotonic()
+        text, _ = lent(stub.base_url, hello, timeout_s=0.3)
+        waited = time.monotonic() - start
+    assert text == "recovered" and stub.calls == 2
+    if fault.status == 429:
+        assert waited >= 0.3
+
+
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        (error(400, "bad request body"), "refused the request with HTTP 400"),
+        (dropped(), "connection failed"),
+        (hang(1.0), r"no answer within 0\.3 s"),
+    ],
+    ids=["400", "dropped", "timeout"],
+)
+def test_a_lent_http_client_fails_into_the_same_errors(fault: Reply, says: str) -> None:
+    with run_stub(sequence([fault])) as stub, pytest.raises(LLMError, match=says):
+        lent(stub.base_url, hello, timeout_s=0.3, max_retries=1)
+    assert stub.calls == (1 if fault.status == 400 else 2)
+
+
+def test_the_live_client_and_the_cli_load_no_sdk_and_no_server_stack() -> None:
+    """Importing the client or the CLI leaves out what a run on the store never uses: the
+    `openai` SDK (the Batch API's), the GraphQL server and the HTTP client of the model
+    calls, which is loaded with the first request."""
+    code = (
+        "import sys, generators.llm, server.cli; "
+        "print(sorted(m for m in ('openai', 'strawberry', 'aiohttp') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
