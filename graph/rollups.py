@@ -276,12 +276,9 @@ class Rollups(Part):
     def _count(self, ids: Sequence[str], *, tx: Tx | None = None) -> dict[str, dict[str, Any]]:
         """The rollups of these subjects, counted by walking below each (from their ids)."""
         values: dict[str, dict[str, Any]] = {i: {"id": i, **dict.fromkeys(ROLLUPS, 0)} for i in ids}
-        args = {"rejected": str(Status.REJECTED)}
+        args = {"rejected": str(Status.REJECTED), "approved": str(Status.APPROVED)}
         for build in (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered):
             _merge(values, self.nodes.by_ids(partial(build, self.d), ids, args, tx=tx))
-        approved = {"approved": str(Status.APPROVED)}
-        sizes = self.nodes.by_ids(partial(Q.rollup_space, self.d), ids, approved, tx=tx)
-        _merge_spaces(values, sizes)
         return values
 
     # ------------------------------------------------------------------ the fallback
@@ -314,7 +311,7 @@ class Rollups(Part):
         values: dict[str, dict[str, Any]] = {
             i: {"id": i, **dict.fromkeys(ROLLUPS, 0), "rollup_clean": stale[i]} for i in ids
         }
-        args = {"rejected": str(Status.REJECTED)}
+        args = {"rejected": str(Status.REJECTED), "approved": str(Status.APPROVED)}
         counts = (Q.rollup_syllabus, Q.rollup_generated, Q.rollup_covered)
         if self.nodes.reads_whole(ids):
             # Most subjects are stale, as after a bulk load: each count walks every subject
@@ -322,9 +319,6 @@ class Rollups(Part):
             # moves its subject's write count past the stamp it gets here.
             for build in counts:
                 _merge(values, self.nodes.every_subject(build(self.d, every=True), args))
-            approved = {"approved": str(Status.APPROVED)}
-            spaces = self.nodes.every_subject(Q.rollup_space(self.d, every=True), approved)
-            _merge_spaces(values, spaces)
             for batch in batched(ids, self.batch_size):
                 with self.driver.transaction() as tx:
                     self.nodes.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)
@@ -333,24 +327,17 @@ class Rollups(Part):
             with self.driver.transaction() as tx:
                 for build in counts:
                     _merge(values, self.nodes.by_ids(partial(build, self.d), batch, args, tx=tx))
-                sizes = partial(Q.rollup_space, self.d)
-                approved = {"approved": str(Status.APPROVED)}
-                _merge_spaces(values, self.nodes.by_ids(sizes, batch, approved, tx=tx))
                 self.nodes.update_existing(SUBJECT, [values[i] for i in batch], tx=tx)
         return len(ids)
 
 
 def _merge(values: dict[str, dict[str, Any]], rows: Iterable[Row]) -> None:
-    """Put the rollup columns of count rows into the values of their subjects."""
+    """Put the rollup columns of count rows into the values of their subjects; session
+    `sizes` (Q.rollup_syllabus) as the subject's combination space, in its two rollups."""
     for r in rows:
         if r["id"] in values:
-            values[r["id"]].update({k: int(v or 0) for k, v in r.items() if k != "id"})
-
-
-def _merge_spaces(values: dict[str, dict[str, Any]], rows: Iterable[Row]) -> None:
-    """Put the combination space of each subject's session sizes (Q.rollup_space) into the
-    values of their subjects, as its two rollups."""
-    for r in rows:
-        if r["id"] in values:
-            hi, lo = split(subject_space(int(n or 0) for n in r["sizes"] or ()))
-            values[r["id"]].update({_SPACE_HI: hi, _SPACE_LO: lo})
+            found = values[r["id"]]
+            found.update({k: int(v or 0) for k, v in r.items() if k not in ("id", "sizes")})
+            if "sizes" in r:
+                hi, lo = split(subject_space(int(n or 0) for n in r["sizes"] or ()))
+                found.update({_SPACE_HI: hi, _SPACE_LO: lo})
