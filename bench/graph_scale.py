@@ -7,6 +7,11 @@ Full scale is the paper's shape: 126 disciplines x 150 subjects x 20 sessions x 
     python bench/graph_scale.py --scale 1
     python bench/graph_scale.py --scale 1 --pairs 10000000   # in steps: 1M, 2M, 5M, 10M
 
+`--plan-coverage` builds the taxonomy and measures only what a coverage-driven questions
+job plans over the whole store (`glan generate questions --min-per-concept 1`): reading
+every syllabus and the combinations asked, and drawing the samples; a plain run measures
+it too, on the empty store and after the pairs.
+
 With `--pairs`, the store grows in steps (a tenth, a fifth, half, all of it, or
 `--steps`), and each step reports what a growing store costs: the step's writes, the first
 coverage after them and the next, planning a 100k-question job, an export of every pair
@@ -34,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.memory import MemoryWatch, rss_mb  # noqa: E402
 from generators.cleaning import decontaminate, iter_instructions  # noqa: E402
-from generators.sampling import Sampler, Strategy, plan_sampler  # noqa: E402
+from generators.sampling import (  # noqa: E402
+    CoveragePlanner,
+    Sampler,
+    Strategy,
+    plan_coverage,
+    plan_sampler,
+)
 from graph.config import StoreConfig  # noqa: E402
 from graph.model import (  # noqa: E402
     CONCEPT,
@@ -375,6 +386,11 @@ def main() -> None:
     parser.add_argument("--steps", help="the steps, as shares of --pairs (default 0.1,0.2,0.5,1)")
     parser.add_argument("--keep", type=Path, help="keep the database here")
     parser.add_argument(
+        "--plan-coverage",
+        action="store_true",
+        help="only the taxonomy and a --min-per-concept 1 plan over all of it",
+    )
+    parser.add_argument(
         "--buffer-mb",
         type=int,
         help="the embedded engine's page cache (GLAN_DB_BUFFER_MB); 0: the engine's own "
@@ -382,7 +398,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     with MemoryWatch() as watch:
-        results = run_steps(args) if args.pairs else run(args)
+        if args.plan_coverage:
+            results = run_plan_coverage(args)
+        else:
+            results = run_steps(args) if args.pairs else run(args)
     results.update(watch.figures())
     report(results)
 
@@ -442,6 +461,47 @@ def sample(store: Store, results: Results, n: int) -> None:
         del sampler, drawn  # before the next sampler reads every syllabus again
 
 
+def plan_for_coverage(store: Store, results: Results, prefix: str, target: int = 1) -> None:
+    """What `--min-per-concept target` plans over the whole store: the whole planning (the
+    subjects in scope, every syllabus with its coverage, the combinations asked, the draws),
+    then the draws alone on the same syllabi, with how many samples and concepts."""
+    subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+    results[f"{prefix}_s"], plan = timed(
+        lambda: plan_coverage(store, subjects, target=target, seed=3, strategy=Strategy.MIXED)
+    )
+    results[f"{prefix}_samples"] = len(plan.samples)
+    results[f"{prefix}_concepts"] = plan.concepts
+    results[f"{prefix}_wanted"] = plan.wanted
+    results[f"{prefix}_reached"] = plan.reached
+    results[f"{prefix}_short"] = plan.short
+    del plan
+    index = store.syllabi.index(subjects)
+    asked = store.syllabi.combo_keys(subjects)
+    planner = CoveragePlanner(index, target=target, seed=3, asked=asked)
+    results[f"{prefix}_draws_s"], _ = timed(planner.plan)
+    del planner, index, asked
+
+
+def run_plan_coverage(args: argparse.Namespace) -> Results:
+    """The taxonomy at this scale, its combination space, and a coverage plan over it."""
+    folder, db, config, results = _setup(args)
+    store = Store.open(config)
+    try:
+        results["load_s"], found = timed(lambda: build(store, *shape(args.scale)))
+        results.update(found)
+        results["coverage_cold_s"], report = timed(lambda: store.coverage.report(None))
+        results["combination_space"] = report.total.combination_space
+        results["tree_with_combinations_s"], _ = timed(
+            lambda: store.coverage.tree(None, 3, covered=True, combinations=True)
+        )
+        plan_for_coverage(store, results, "plan_coverage")
+    finally:
+        store.close()
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
 def run(args: argparse.Namespace) -> Results:
     """Every measure, in order."""
     pairs = pairs_at(args.scale)
@@ -455,6 +515,7 @@ def run(args: argparse.Namespace) -> Results:
         # the first read computes every subject's rollup; later ones sum them
         results["coverage_cold_s"], _ = timed(lambda: store.coverage.report(None))
         results["coverage_s"], _ = timed(lambda: store.coverage.report(None))
+        plan_for_coverage(store, results, "plan_coverage")
         sample(store, results, samples_n)
         written, seconds = write_store(store, pairs)
         results["pairs_written"] = written
@@ -492,6 +553,7 @@ def run(args: argparse.Namespace) -> Results:
             return len(sampler.draw(samples_n, Strategy.MIXED))
 
         results["plan_after_pairs_s"], _ = timed(plan)
+        plan_for_coverage(store, results, "plan_coverage_after_pairs")
         # what the API's instructions query and sampleInstructions cost on the whole store
         results["instructions_page_s"], _ = timed(lambda: store.instructions.page(None, first=50))
         results["instructions_count_s"], _ = timed(lambda: store.instructions.count(None))

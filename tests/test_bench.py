@@ -61,6 +61,8 @@ def test_graph_scale_smoke() -> None:
         "write_pairs_per_s",
         "decontaminate_s",
         "plan_after_pairs_s",
+        "plan_coverage_s",
+        "plan_coverage_after_pairs_s",
     ):
         assert found[key] > 0, key
     assert 0 < found["export_peak_rss_mb"] < 24 * 1024
@@ -68,6 +70,17 @@ def test_graph_scale_smoke() -> None:
     # the export's process is the benchmark's child, seen by sampling while it ran (its own
     # high-water mark may still rise between the last sample and its exit)
     assert found["children_peak_rss_mb"] >= 0.5 * found["export_peak_rss_mb"] > 0
+
+
+def test_graph_scale_plan_coverage_smoke() -> None:
+    """--plan-coverage: the taxonomy's combination space, and a --min-per-concept 1 plan
+    that reaches every concept in about a fifth as many samples (five concepts each)."""
+    found = bench("graph_scale.py", "--scale", "0.001", "--plan-coverage")
+    assert found["combination_space"] > 0
+    assert found["plan_coverage_reached"] == found["plan_coverage_concepts"] == found["concepts"]
+    assert found["plan_coverage_short"] == 0
+    assert found["concepts"] / 5 <= found["plan_coverage_samples"] <= found["concepts"] / 3
+    assert found["plan_coverage_s"] > 0 and found["plan_coverage_draws_s"] > 0
 
 
 def assert_peaks(found: dict[str, Any]) -> None:
