@@ -185,6 +185,34 @@ RESPONSE = NodeKind(
     + _PROVENANCE
     + _JUDGEMENT,
 )
+# One follow-up turn of a conversation that goes on from a question-answer pair (the pair's
+# Response, which it CONTINUES): the student's next question, what kind of question it is,
+# and its answer once the pair's answer model gave it (null until then). Its id is the
+# pair's answer, its position (1 for the first follow-up) and the model that asked it.
+TURN = NodeKind(
+    "Turn",
+    "trn",
+    (
+        Prop("id"),
+        Prop("text"),  # the student's follow-up question
+        Prop("kind"),  # clarification | harder | application
+        Prop("position", INT),
+        Prop("response_id"),  # the pair's answer the conversation goes on from
+        Prop("instruction_id"),  # the pair's question
+        Prop("subject_id"),
+        Prop("temperature", FLOAT),
+        Prop("top_p", FLOAT),
+        Prop("created_at"),
+        Prop("answer"),  # the answer to it, by the model that answered the pair
+        Prop("answer_model"),
+        Prop("answer_prompt_name"),
+        Prop("answer_prompt_version"),
+        Prop("answer_job_id"),
+        Prop("answer_unit_id"),
+        Prop("answered_at"),
+    )
+    + _PROVENANCE,
+)
 JOB = NodeKind(
     "Job",
     "job",
@@ -204,6 +232,7 @@ JOB = NodeKind(
         Prop("updated_at"),
         Prop("model"),  # the model its last run asked (what its tokens are priced at)
         Prop("max_cost", FLOAT),  # the cost cap in US dollars its last run kept (0: none)
+        Prop("executor"),  # live | batch | offline: what its last run sent requests through
     ),
 )
 # One resumable piece of a job (discipline+round, subject, sampled combination, ...).
@@ -224,6 +253,32 @@ UNIT = NodeKind(
         Prop("prompt_tokens", INT),
         Prop("completion_tokens", INT),
         Prop("updated_at"),
+        Prop("batch"),  # the Batch it was last submitted in (the batch executor)
+    ),
+)
+# One batch of a job's requests submitted to a Files + Batches API (generators/batch.py):
+# recorded before it is submitted, so a killed process finds it again (by the API's
+# metadata, before its remote id is stored) and polls it instead of submitting it again.
+BATCH = NodeKind(
+    "Batch",
+    "bat",
+    (
+        Prop("id"),
+        Prop("job_id"),
+        Prop("seq", INT),  # its place among the job's batches, from 0
+        Prop("endpoint"),  # the API's base URL
+        Prop("status"),  # preparing (not yet known to the API), then the API's status
+        Prop("remote_id"),
+        Prop("input_file_id"),
+        Prop("output_file_id"),
+        Prop("error_file_id"),
+        Prop("requests", INT),  # lines in its input file
+        Prop("completed", INT),  # the API's request counts
+        Prop("failed", INT),
+        Prop("errors"),  # why the API refused or failed it, as it said
+        Prop("imported", INT),  # 1 once its output and error files were read into the store
+        Prop("created_at"),
+        Prop("updated_at"),
     ),
 )
 
@@ -236,8 +291,10 @@ NODE_KINDS: tuple[NodeKind, ...] = (
     CONCEPT,
     INSTRUCTION,
     RESPONSE,
+    TURN,
     JOB,
     UNIT,
+    BATCH,
 )
 KIND_BY_LABEL = {k.label: k for k in NODE_KINDS}
 
@@ -250,6 +307,10 @@ COVERS = RelKind("COVERS", INSTRUCTION, CONCEPT)
 FROM = RelKind("FROM", INSTRUCTION, SESSION)
 ANSWERS = RelKind("ANSWERS", RESPONSE, INSTRUCTION)
 DUPLICATE_OF = RelKind("DUPLICATE_OF", INSTRUCTION, INSTRUCTION)
+# a follow-up turn goes on from a pair (its answer), and reaches the concept it adds, if
+# any: coverage counts a concept reached in any turn as covered
+CONTINUES = RelKind("CONTINUES", TURN, RESPONSE)
+REACHES = RelKind("REACHES", TURN, CONCEPT)
 
 REL_KINDS: tuple[RelKind, ...] = (
     HAS_SUBFIELD,
@@ -261,6 +322,8 @@ REL_KINDS: tuple[RelKind, ...] = (
     FROM,
     ANSWERS,
     DUPLICATE_OF,
+    CONTINUES,
+    REACHES,
 )
 
 # The knowledge hierarchy, top down. A path "A/B/C" names the node at depth 3: a Discipline.

@@ -14,16 +14,20 @@ from .driver import Dialect
 from .filters import InstructionFilter
 from .model import (
     ANSWERS,
+    BATCH,
     CHILD_REL,
+    CONTINUES,
     COVERS,
     FROM,
     HIERARCHY,
     INSTRUCTION,
     JOB,
+    REACHES,
     RESPONSE,
     ROLLUPS,
     SESSION,
     SUBJECT,
+    TURN,
     UNIT,
     NodeKind,
     RelKind,
@@ -421,6 +425,14 @@ def unit_status(d: Dialect) -> str:
     )
 
 
+def unit_jobs(d: Dialect) -> str:
+    """The job of each unit among $ids that exists."""
+    return (
+        f"UNWIND $ids AS x MATCH (u:{d.q(UNIT.label)} {{id: x}}) "
+        "RETURN u.id AS id, u.job_id AS job"
+    )
+
+
 def instructions_in_scope(d: Dialect, top: int | None) -> str:
     """Instructions FROM approved sessions under the scope."""
     pattern, where = _instruction_scope(d, top, InstructionFilter())
@@ -562,6 +574,12 @@ def list_jobs(d: Dialect) -> str:
     return f"MATCH (j:{d.q(JOB.label)}) RETURN j ORDER BY j.created_at DESC"
 
 
+def job_batches(d: Dialect, *, every: bool = False) -> str:
+    """The batches of job $job (with `every`, of all jobs), by job then in submission order."""
+    where = "" if every else "WHERE b.job_id = $job "
+    return f"MATCH (b:{d.q(BATCH.label)}) {where}RETURN b ORDER BY b.job_id, b.seq"
+
+
 # ---------------------------------------------------------------------- coverage
 
 
@@ -577,11 +595,11 @@ def _scoped(d: Dialect, top: int | None, group: int | None, bottom: int) -> tupl
 
 
 def covered_concepts(d: Dialect, top: int | None, group: int | None) -> str:
-    """Visible concepts with at least one instruction covering them."""
+    """Visible concepts an instruction covers or a follow-up turn reaches."""
     pattern, where, key = _scoped(d, top, group, 5)
     return (
-        f"MATCH {pattern}, (i:{d.q(INSTRUCTION.label)})-[:{d.q(COVERS.type)}]->(n5) "
-        f"WHERE {where} RETURN {key}count(DISTINCT n5.id) AS n"
+        f"MATCH {pattern} WHERE {where} AND {_covered(d, 'n5')} "
+        f"RETURN {key}count(DISTINCT n5.id) AS n"
     )
 
 
@@ -659,10 +677,14 @@ def set_rollups(d: Dialect) -> str:
 
 
 def _covered(d: Dialect, var: str) -> str:
-    """Condition: an instruction covers the concept `var` (a subquery: counting the covers
-    of every concept costs the embedded engine about twice as much; only instructions have
-    COVERS edges, so the far end needs no label, which would make it read their table)."""
-    return f"EXISTS {{ MATCH ({var})<-[:{d.q(COVERS.type)}]-() }}"
+    """Condition: an instruction covers the concept `var`, or a follow-up turn reaches it
+    (subqueries: counting the covers of every concept costs the embedded engine about twice
+    as much; only instructions have COVERS edges and only turns REACHES edges, so the far
+    end needs no label, which would make it read their table)."""
+    return (
+        f"(EXISTS {{ MATCH ({var})<-[:{d.q(COVERS.type)}]-() }} "
+        f"OR EXISTS {{ MATCH ({var})<-[:{d.q(REACHES.type)}]-() }})"
+    )
 
 
 def sessions_below(d: Dialect, one: bool = False) -> str:
@@ -783,12 +805,11 @@ def rollup_generated(d: Dialect, one: bool = False, every: bool = False) -> str:
 
 
 def rollup_covered(d: Dialect, one: bool = False, every: bool = False) -> str:
-    """Per subject of $ids (or any subject) that has any: visible concepts at least one
-    instruction covers."""
-    head, where = _of_subjects(d, one, every, visible(4, 5))
+    """Per subject of $ids (or any subject) that has any: visible concepts an instruction
+    covers or a follow-up turn reaches."""
+    head, where = _of_subjects(d, one, every, visible(4, 5), _covered(d, "n5"))
     return (
-        f"{head}MATCH {chain(d, 3, 5)}<-[:{d.q(COVERS.type)}]-"
-        f"(i:{d.q(INSTRUCTION.label)}) {where}"
+        f"{head}MATCH {chain(d, 3, 5)} {where}"
         "RETURN n3.id AS id, count(DISTINCT n5.id) AS rollup_covered"
     )
 
@@ -1065,4 +1086,59 @@ def count_generated(d: Dialect, top: int | None, group: int | None, *, each: boo
         f"WHERE {' AND '.join(where)} "
         f"OPTIONAL MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) "
         f"RETURN {head}count(DISTINCT i.id) AS c6, count(DISTINCT r.id) AS c7"
+    )
+
+
+# ---------------------------------------------------------------------- conversations
+
+
+def answers_by_model(d: Dialect) -> str:
+    """For each instruction of $ids: its answer by the model $model, if any (the pair a
+    conversation goes on from). The instruction is matched first and carried over, as in
+    linked_to."""
+    return (
+        f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)} {{id: x}}) WITH i, x "
+        f"MATCH (r:{d.q(RESPONSE.label)})-[:{d.q(ANSWERS.type)}]->(i) WHERE r.model = $model "
+        "RETURN x AS instruction, r.id AS response"
+    )
+
+
+def turn_states(d: Dialect) -> str:
+    """For each answer of $ids: the follow-up turns that go on from it, without their text:
+    what planning a conversation's next step needs."""
+    return (
+        f"UNWIND $ids AS x MATCH (r:{d.q(RESPONSE.label)} {{id: x}}) WITH r, x "
+        f"MATCH (t:{d.q(TURN.label)})-[:{d.q(CONTINUES.type)}]->(r) "
+        "RETURN x AS response, t.id AS id, t.position AS position, t.model AS model, "
+        "t.answer IS NOT NULL AS answered"
+    )
+
+
+def turns_of(d: Dialect) -> str:
+    """For each answer of $ids: the whole follow-up turns that go on from it."""
+    return (
+        f"UNWIND $ids AS x MATCH (r:{d.q(RESPONSE.label)} {{id: x}}) WITH r, x "
+        f"MATCH (t:{d.q(TURN.label)})-[:{d.q(CONTINUES.type)}]->(r) RETURN x AS response, t"
+    )
+
+
+def turn_ids_for(d: Dialect) -> str:
+    """The follow-up turns that go on from the answers $ids."""
+    return (
+        f"UNWIND $ids AS x MATCH (t:{d.q(TURN.label)})-[:{d.q(CONTINUES.type)}]->"
+        f"(r:{d.q(RESPONSE.label)} {{id: x}}) RETURN DISTINCT t.id AS id"
+    )
+
+
+def open_concepts(d: Dialect, one: bool = False) -> str:
+    """Of the concepts $ids (or $id): those visible, in a visible session, that no
+    instruction covers and no turn reaches yet, with their subject: a REACHES edge to one
+    of them adds a covered concept to that subject."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (s:{d.q(SUBJECT.label)})-[:{d.q(CHILD_REL[SUBJECT.label].type)}]->"
+        f"(ss:{d.q(SESSION.label)})-[:{d.q(CHILD_REL[SESSION.label].type)}]->"
+        f"(c:{d.q(HIERARCHY[5].label)} {{id: {x}}}) "
+        f"WHERE ss.status <> $rejected AND c.status <> $rejected AND NOT {_covered(d, 'c')} "
+        "RETURN c.id AS id, s.id AS subject"
     )

@@ -7,6 +7,7 @@ Everything outside graph/ reaches the database through a `Store`, by concern:
     store.rollups       rollups.py       subject rollups: marked stale by writes, refreshed
     store.syllabi       syllabi.py       subjects and syllabi: written, read, sampled from
     store.instructions  instructions.py  questions and answers, pages, exports, dedup marks
+    store.turns         turns.py         follow-up turns: conversations going on from pairs
     store.jobs          jobs.py          generation jobs and their units
     store.nodes         nodes.py         upserts and reads by id, for all of the above
 
@@ -45,6 +46,7 @@ from .records import (
 from .rollups import Rollups
 from .syllabi import Syllabi
 from .taxonomy import Taxonomy
+from .turns import Turns
 
 
 class Store:
@@ -60,6 +62,7 @@ class Store:
         self.coverage = Coverage(self.nodes, self.taxonomy, self.rollups)
         self.syllabi = Syllabi(self.nodes, self.rollups)
         self.instructions = Instructions(self.nodes, self.taxonomy, self.rollups)
+        self.turns = Turns(self.nodes, self.rollups)
         self.jobs = Jobs(self.nodes)
 
     @classmethod

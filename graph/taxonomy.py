@@ -27,6 +27,7 @@ from .model import (
     SESSION,
     SHARED_KINDS,
     SUBJECT,
+    TURN,
     NodeKind,
     Source,
     Status,
@@ -353,9 +354,11 @@ class Taxonomy(Part):
         session_ids = doomed.get(HIERARCHY.index(SESSION), [])
         instruction_ids = self.nodes.column(Q.instruction_ids_from_sessions(self.d), session_ids)
         response_ids = self.nodes.column(Q.response_ids_for(self.d), instruction_ids)
+        turn_ids = self.nodes.column(Q.turn_ids_for(self.d), response_ids)
         counts: dict[str, int] = {}
         with self.driver.transaction() as tx:
             for kind, ids in [
+                (TURN, turn_ids),
                 (RESPONSE, response_ids),
                 (INSTRUCTION, instruction_ids),
                 *[(HIERARCHY[lv], doomed[lv]) for lv in sorted(doomed, reverse=True)],

@@ -661,6 +661,36 @@ def _one_transaction(store: Store, s: _Syllabi) -> None:
         _answer(store, [("two", first[0])], tx=tx)
 
 
+def _followup_turns(store: Store, s: _Syllabi) -> None:
+    """Follow-up turns: one reaches a concept no question covers, one a covered concept and
+    one reached twice in one write, one a concept of a rejected session; then a turn
+    written again reaches another concept, and one written again reaches none."""
+    from graph.model import RESPONSE, node_id
+
+    sid, x, c = s.subjects[1].id, s.sessions[1], s.concepts[1]
+    (iid,) = _questions(store, sid, [("t", c[0][:1], [x[0].id])])
+    _answer(store, [("t", iid)])
+    rid = node_id(RESPONSE, iid, "t")
+
+    def turn(n: int) -> dict[str, Any]:
+        return {"id": f"trn_{n}", "text": f"turn {n}", "position": n, "response_id": rid,
+                "instruction_id": iid, "subject_id": sid}  # fmt: skip
+
+    store.turns.write_turns([turn(1)], [("trn_1", c[0][1])])
+    _rollups_current(store)
+    store.taxonomy.review(x[2].path or "", Status.REJECTED)
+    store.turns.write_turns(
+        [turn(2), turn(3)],
+        [("trn_2", c[0][0]), ("trn_2", c[0][2]), ("trn_3", c[0][2]), ("trn_3", c[2][0])],
+    )
+    _rollups_current(store)
+    store.taxonomy.review(x[2].path or "", Status.APPROVED)
+    _rollups_current(store)
+    store.turns.write_turns([turn(1)], [("trn_1", c[1][0])])
+    _rollups_current(store)
+    store.turns.write_turns([turn(2)], [])
+
+
 ROLLUP_WRITES = {
     "syllabus-again": _write_syllabus_again,
     "overlapping-questions": _ask_overlapping,
@@ -675,6 +705,7 @@ ROLLUP_WRITES = {
     "link-shared-subject": _link,
     "duplicate-and-contamination-marks": _mark,
     "one-transaction": _one_transaction,
+    "followup-turns": _followup_turns,
 }
 
 
