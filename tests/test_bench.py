@@ -169,3 +169,19 @@ def test_decontamination_smoke() -> None:
         assert run["found"] >= run["planted"] > 0 and run["agrees_with_naive"], run
         for key in ("containment_pairs_per_s", "ngram_pairs_per_s", "naive_pairs_per_s"):
             assert run[key] > 0, key
+
+
+def test_quality_smoke() -> None:
+    found = bench("quality.py", "--pairs", "60", "--concurrency", "4")
+    assert found["bench"] == "quality"
+    # every pair was answered and judged, none failed
+    assert found["pairs"] == 60 and found["failed_units"] == 0
+    for key in ("answers_pairs_per_s", "judge_pairs_per_s", "validate_pairs_per_s"):
+        assert found[key] > 0, key
+    assert found["judge_vs_answers"] == pytest.approx(
+        found["judge_pairs_per_s"] / found["answers_pairs_per_s"], rel=0.01
+    )
+    # a pair's checks: its question's, its answer's and its judgement's, one after another
+    each = (found[f"validate_{k}_per_s"] for k in ("question", "answer", "judgement"))
+    assert found["validate_pairs_per_s"] < min(each)
+    assert_peaks(found)  # the stub is its child

@@ -297,3 +297,24 @@ def test_cost(tmp_path: Path, stub: Stub) -> None:
     assert "estimated total: $" in out
     assert "done: all 200 units of questions are done" in out
     assert stub.calls - calls == 200  # the dry run asked nothing
+
+
+def test_quality(tmp_path: Path, stub: Stub) -> None:
+    """Quality's commands against the stub, over pairs made under Algebra: the judge scores
+    each, the report prints the scores, and export keeps those at or above the minimum."""
+    env = glan_env(tmp_path, GLAN_LLM_BASE_URL=stub.base_url, GLAN_MODEL="stub")
+    algebra = '"Formal Sciences/Mathematics/Algebra"'
+    made = [
+        f"generate subjects {algebra} --rounds 1 --per-call 2",
+        f"generate syllabus {algebra} --sessions 3",
+        f"generate questions {algebra} --n 12",
+        f"generate answers {algebra}",
+    ]
+    run_script("\n".join(["glan init", *(f"glan {m}" for m in made)]), tmp_path, env)
+    (block,) = blocks_in("Quality: validators and a judge", "bash")
+    out = " ".join(run_script(block.text, tmp_path, env).split())
+    assert "done: all 12 units of judge are done" in out
+    assert "judge scores (1-10)" in out
+    kept = [json.loads(x) for x in (tmp_path / "good.jsonl").read_text().splitlines()]
+    assert all(r["metadata"]["score"] >= 7 for r in kept)
+    assert f"wrote {len(kept)} pairs" in out
