@@ -695,3 +695,26 @@ def test_the_live_client_and_the_cli_load_no_sdk_and_no_server_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_proxy_the_environment_names_carries_the_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with raw_server([http_answer("200 OK", completion("via the proxy"))]) as (proxy, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy.removesuffix("/v1"))
+        (text, _), _ = use("http://model.invalid/v1", hello)
+    assert text == "via the proxy"
+    assert seen[0].startswith(b"POST http://model.invalid/v1/chat/completions HTTP/1.1")
+
+
+def test_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a proxy that is not there: using it would fail
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with run_stub(sequence([ok("direct")])) as stub:
+        (text, _), _ = use(stub.base_url, hello, max_retries=0)
+    assert text == "direct" and stub.calls == 1
