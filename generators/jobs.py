@@ -154,6 +154,10 @@ class Stage(ABC):
     name: ClassVar[str]
     #: the kinds of node this stage may run under (None, the whole store, always may)
     scope_kinds: ClassVar[tuple[NodeKind, ...]]
+    #: whether its units need the outputs of others of its units (a conversation's next turn
+    #: needs the one before answered): its plan holds what can be asked now, and a run plans
+    #: again after each round of units until a round plans nothing new
+    chained: ClassVar[bool] = False
 
     def __init__(
         self, store: Store, llm: LLMClient, params: StageParams, options: Mapping[str, Any]
@@ -284,12 +288,44 @@ class JobRunner:
         cancel: asyncio.Event | None = None,
         cost_cap: CostCap | None = None,
     ) -> Progress:
+        """Run the job's units and store its end. A chained stage runs in rounds, each on
+        what the rounds before it wrote (see Stage.chained), until a round plans nothing
+        new, and ends once, after its last round."""
         if cost_cap is not None:  # a model with no price cannot be capped: refused first
             cost_cap.check_model(stage.params.model)
+        asked: set[str] = set()  # the units this run's rounds have asked
+        earlier: Progress | None = None
+        while True:
+            state, params, stopped, ran = await self._round(
+                stage, scope_path, asked, earlier, progress, cancel, cost_cap
+            )
+            if stopped is not None or not stage.chained or not ran:
+                return self.finish(state, params, stopped, progress)
+            earlier = state
+
+    async def _round(
+        self,
+        stage: Stage,
+        scope_path: str | None,
+        asked: set[str],
+        earlier: Progress | None,
+        progress: ProgressCallback | None,
+        cancel: asyncio.Event | None,
+        cost_cap: CostCap | None,
+    ) -> tuple[Progress, str, str | None, bool]:
+        """Plan the job and run what is left of it: its state, its stored key, how it
+        stopped early (None: it did not) and whether it asked any unit. A later round of a
+        chained stage asks only units no round of this run asked: one that failed in this
+        run stays failed until the next run."""
         # planning reads (a question job's draws read every syllabus of its scope) and the
         # plan's write run off the event loop, which a server shares with its requests
         prepared = await asyncio.to_thread(self.prepare_job, stage, scope_path)
         state, params, todo, spent = prepared.state, prepared.params, prepared.todo, prepared.spent
+        if earlier is not None:
+            todo = [u for u in todo if u.id not in asked]
+            state.skipped, state.failed = earlier.skipped, earlier.failed
+            state.failed_raw, state.first_error = earlier.failed_raw, earlier.first_error
+        asked.update(u.id for u in todo)
         if progress:
             progress(state)
         if prepared.error is not None:
@@ -404,8 +440,8 @@ class JobRunner:
         stopped_early = cancel is not None and cancel.is_set() and state.finished < state.total
         if not stopped_early and guard is not None and guard.reached:
             state.error = guard.message(state)
-            return self.finish(state, params, JobStatus.COST_CAPPED, progress)
-        return self.finish(state, params, stopped() if stopped_early else None, progress)
+            return state, params, JobStatus.COST_CAPPED, bool(todo)
+        return state, params, stopped() if stopped_early else None, bool(todo)
 
     def finish(
         self,

@@ -57,6 +57,13 @@ class StageParams(BaseModel):
     seed: int | None = None
 
 
+class FollowupParams(StageParams):
+    """A stage that asks with one model and answers with another (follow-up turns): the
+    asking model's parameters, and those of the model that answers, as the answers stage's."""
+
+    answer: StageParams
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0

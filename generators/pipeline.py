@@ -27,6 +27,7 @@ class PipelineOptions:
     prefer_uncovered: bool = True
     taxonomy_n: int = 10  # children proposed per taxonomy call
     auto_approve: bool = False
+    turns: int = 2  # follow-up turns per conversation (followups)
     #: questions: coverage instead of a count, each approved concept covered by this many
     #: questions (0: off), or this share of them at least (None: all)
     min_per_concept: int = 0
@@ -45,6 +46,8 @@ class PipelineOptions:
             return {"rounds": self.rounds, "per_call": self.per_call}
         if stage == "syllabus":
             return {"sessions": self.sessions}
+        if stage == "followups":
+            return {"turns": self.turns}
         if stage == "questions" and self.coverage_target:
             # a coverage job is known by its target, not by a count it does not use
             return {

@@ -16,11 +16,18 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jinja2
 import jinja2.meta
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # Bounds up to 256 characters also reach grammar-constrained servers (see llm.grammar_safe),
 # where they keep a small model from rambling inside one string.
@@ -72,6 +79,36 @@ class Answer(_Model):
     """A free-text answer: the model's whole reply, not JSON."""
 
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20000)]
+
+
+class FollowUp(_Model):
+    """The student's next question in a conversation: what kind of question it is, and the
+    key concept of the pair's sessions it brings in, if any (an application names one)."""
+
+    kind: Literal["clarification", "harder", "application"]
+    question: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=10, max_length=4000)
+    ]
+    concept: Annotated[str, StringConstraints(strip_whitespace=True, max_length=120)] | None = None
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _plain_kind(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("concept", mode="before")
+    @classmethod
+    def _no_concept(cls, value: Any) -> Any:
+        """Models write "none" or "" for no concept as often as null."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "n/a"):
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _application_names_its_concept(self) -> FollowUp:
+        if self.kind == "application" and not self.concept:
+            raise ValueError("an application must name the key concept it applies")
+        return self
 
 
 #: a judge's score of one criterion: 1 (worst) to 10 (best)
@@ -155,6 +192,7 @@ PROMPTS: dict[str, Prompt] = {
         Prompt("question", "1", "question.jinja2", Question),
         Prompt("answer", "1", "answer.jinja2", Answer),
         Prompt("judge", "1", "judge.jinja2", Judgement),
+        Prompt("followup", "1", "followup.jinja2", FollowUp),
     )
 }
 

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from generators.cost import PriceTable, load_prices
-from generators.llm import LLMConfig, StageParams
+from generators.llm import FollowupParams, LLMConfig, StageParams
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig, default_db_path
 
 DEFAULT_MAX_BODY_KB = 1024
@@ -127,7 +127,11 @@ class Settings(BaseSettings):
         )
 
     def stage_params(self, stage: str) -> StageParams:
-        """Model and sampling for one stage: taxonomy, subjects, syllabus, questions, answers."""
+        """Model and sampling for one stage: taxonomy, subjects, syllabus, questions, answers,
+        followups (asked as questions are, answered as answers are)."""
+        if stage == "followups":
+            asks = self.stage_params("questions")
+            return FollowupParams(**asks.model_dump(), answer=self.stage_params("answers"))
         if stage == "judge":  # a judge should score the same pair the same way: no sampling
             return StageParams(
                 model=self.judge_model or self.model,

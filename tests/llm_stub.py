@@ -286,6 +286,21 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
+def _followup(user: str, tag: str) -> dict[str, Any]:
+    """A follow-up question: an application to the first concept the prompt lists as not
+    used yet, or a clarification when there is none."""
+    marker = "one not used yet: "
+    line = next((x for x in user.splitlines() if marker in x), "")
+    unused = line.split(marker, 1)[1].removesuffix(".").split(", ") if line else []
+    if unused and unused[0]:
+        return {
+            "kind": "application",
+            "question": f"How does this apply to {unused[0]} ({tag})?",
+            "concept": unused[0],
+        }
+    return {"kind": "clarification", "question": f"Could you explain that step again ({tag})?"}
+
+
 def fake_judgement(tag: str) -> dict[str, Any]:
     """A judge's scores of a pair, 1-10, drawn from a digest of its prompt: the same pair is
     always scored alike, and pairs spread over the whole scale."""
@@ -343,9 +358,13 @@ def fake_glan_model(
                     ]
                 }
             )
+        if '{"kind"' in user:  # a follow-up: an application to a concept not used yet
+            return ok_json(_followup(user, tag))
         if '{"question"' in user:
             asked = [line[2:] for line in user.splitlines() if line.startswith("- ")]
             return ok_json({"question": "Explain how these relate: " + "; ".join(asked) + "?"})
-        return ok(f"An answer ({tag}): it depends on the definitions involved.")
+        # a turn of a conversation is answered after the conversation so far: its last question
+        last = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+        return ok(f"An answer ({_digest(last)}): it depends on the definitions involved.")
 
     return handler

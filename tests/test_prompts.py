@@ -59,6 +59,16 @@ VARIABLES: dict[str, dict[str, Any]] = {
         "question": "What is the focal length of a thin lens?",
         "answer": "The distance from the lens to its focal point.",
     },
+    "followup": {
+        "subject": "Optics",
+        "level": "undergraduate",
+        "sessions": QUESTION["syllabus"][:2],
+        "conversation": [
+            {"role": "user", "content": "What is the focal length of a thin lens?"},
+            {"role": "assistant", "content": "The distance from the lens to its focus."},
+        ],
+        "unused": ["refraction", "virtual image"],
+    },
 }
 MENTIONS = {
     "taxonomy": [
@@ -115,6 +125,17 @@ MENTIONS = {
         "on_topic: the question belongs to the course and to Physics",
         "from 1 (worst) to 10 (best)",
     ],
+    "followup": [
+        "student of Optics at undergraduate level",
+        '"Lenses": focal length, refraction, thin lens equation',
+        '"Mirrors": reflection, curvature, virtual image',
+        "Student: What is the focal length of a thin lens?",
+        "Teacher: The distance from the lens to its focus.",
+        "clarification",
+        "harder",
+        "one not used yet: refraction, virtual image.",
+        '{"kind"',
+    ],
 }
 SAMPLES = {
     "taxonomy": {"items": [{"name": "Acoustics", "description": "sound"}, {"name": "Optics"}]},
@@ -142,6 +163,11 @@ SAMPLES = {
         "uses_concepts": 6,
         "on_topic": 10,
         "overall": 8,
+    },
+    "followup": {
+        "kind": "application",
+        "question": "How is refraction used here?",
+        "concept": "refraction",
     },
 }
 
@@ -239,6 +265,15 @@ def test_response_models_enforce_the_method() -> None:
         get_prompt("answer").response_model.model_validate({"text": " \n "})
     answer = get_prompt("answer").response_model.model_validate({"text": "  Blue.\n"})
     assert answer.model_dump() == {"text": "Blue."}
+    followup = get_prompt("followup").response_model
+    with pytest.raises(ValidationError, match="must name the key concept"):
+        followup.model_validate({"kind": "application", "question": "And for mirrors then?"})
+    with pytest.raises(ValidationError):
+        followup.model_validate({"kind": "digression", "question": "And for mirrors then?"})
+    plain = followup.model_validate(
+        {"kind": " Harder ", "question": "And for two lenses?", "concept": "none"}
+    )
+    assert (plain.kind, plain.concept) == ("harder", None)  # type: ignore[attr-defined]
 
 
 def test_the_judges_scores_are_1_to_10_each_with_a_rationale() -> None:
