@@ -318,3 +318,20 @@ def test_quality(tmp_path: Path, stub: Stub) -> None:
     kept = [json.loads(x) for x in (tmp_path / "good.jsonl").read_text().splitlines()]
     assert all(r["metadata"]["score"] >= 7 for r in kept)
     assert f"wrote {len(kept)} pairs" in out
+
+
+def test_coverage_as_the_target(tmp_path: Path, stub: Stub) -> None:
+    """Coverage's commands against the stub, over subjects and syllabi made under Algebra:
+    the tree shows the space, the dry run asks nothing, the run covers every concept twice."""
+    env = glan_env(tmp_path, GLAN_LLM_BASE_URL=stub.base_url, GLAN_MODEL="stub")
+    algebra = '"Formal Sciences/Mathematics/Algebra"'
+    made = [f"generate subjects {algebra} --rounds 1 --per-call 2", f"generate syllabus {algebra}"]
+    run_script("\n".join(["glan init", *(f"glan {m}" for m in made)]), tmp_path, env)
+    (block,) = blocks_in("Coverage as the target", "bash")
+    calls = stub.calls
+    out = " ".join(run_script(block.text, tmp_path, env).split())
+    assert "0 of " in out and " combinations (0.00%)" in out
+    assert "coverage: 2 question(s) per concept for all of" in out
+    planned = int(re.findall(r"(\d+) questions bring", out)[0])
+    assert f"done: all {planned} units of questions are done" in out
+    assert stub.calls - calls == planned  # the dry run asked nothing
