@@ -54,6 +54,11 @@ class JobStatus:
     #: stopped before its cost cap (--max-cost) would be passed: what is done stays done, and
     #: running it again with a higher cap goes on
     COST_CAPPED = "cost_capped"
+    #: ended with units still pending that no run is asking: its batches ended with requests
+    #: the API did not answer (error-file lines, the unfinished part of an expired or
+    #: cancelled batch), or its requests were exported for an offline runner. Running it
+    #: again submits them again; a server does not resume it by itself
+    INCOMPLETE = "incomplete"
 
 
 class StopRequest(asyncio.Event):

@@ -12,6 +12,7 @@ from typing import Any
 from . import queries as Q
 from .driver import Tx, batched
 from .model import (
+    BATCH,
     JOB,
     UNIT,
 )
@@ -50,6 +51,14 @@ class Jobs(Part):
                 out[r["id"]] = r["status"]
         return out
 
+    def jobs_of_units(self, ids: Sequence[str]) -> dict[str, str]:
+        """The job of each unit that exists among these ids (what a results file names)."""
+        out: dict[str, str] = {}
+        for batch in batched(list(ids), self.batch_size):
+            for r in self.driver.execute(Q.unit_jobs(self.d), {"ids": batch}):
+                out[r["id"]] = r["job"]
+        return out
+
     def save_units(
         self,
         rows: Sequence[Mapping[str, Any]],
@@ -59,3 +68,13 @@ class Jobs(Part):
     ) -> None:
         """Create units (a job's plan) or, unless told not to, update them."""
         self.nodes.upsert_nodes(UNIT, rows, update_existing=update_existing, tx=tx)
+
+    def batches(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The batches a job submitted to a Batch API (every job's without one), in order."""
+        query = Q.job_batches(self.d, every=job_id is None)
+        rows = self.driver.execute(query, {} if job_id is None else {"job": job_id})
+        return [Node.from_row(r["b"]).props for r in rows]
+
+    def save_batches(self, rows: Sequence[Mapping[str, Any]], *, tx: Tx | None = None) -> None:
+        """Record batches, or what changed about them (rows of one call share their keys)."""
+        self.nodes.upsert_nodes(BATCH, rows, tx=tx)

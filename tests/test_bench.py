@@ -171,6 +171,22 @@ def test_decontamination_smoke() -> None:
             assert run[key] > 0, key
 
 
+def test_batch_roundtrip_smoke() -> None:
+    """The batch input lines of a questions job and of its answers job, and an output file
+    for each read back: every unit written once, and a second import writes nothing."""
+    found = bench("batch_roundtrip.py", "--units", "300", "--subjects", "4")
+    assert found["bench"] == "batch_roundtrip"
+    for stage in ("questions", "answers"):
+        assert found[f"{stage}_planned"] == found[f"{stage}_exported"] == 300, stage
+        assert found[f"{stage}_answered"] == found[f"{stage}_imported"] == 300, stage
+        assert found[f"{stage}_status"] == "completed" and found[f"{stage}_import_failed"] == 0
+        assert found[f"{stage}_unknown_lines"] == 0 and found[f"{stage}_reimport_done"] == 0
+        for key in ("prepare_units_per_s", "import_units_per_s", "import_units_per_cpu_s"):
+            assert found[f"{stage}_{key}"] > 0, (stage, key)
+    assert found["instructions"] == found["responses"] == 300
+    assert found["peak_rss_mb"] > 0
+
+
 def test_quality_smoke() -> None:
     found = bench("quality.py", "--pairs", "60", "--concurrency", "4")
     assert found["bench"] == "quality"

@@ -308,3 +308,23 @@ def test_answers_are_not_asked_again_within_a_run(embedded_store: Store) -> None
     units = embedded_store.jobs.units(answers.job_id)
     assert {V.rule_of(u["error"]) for u in units} == {"template_leak"}
     assert all(u["raw"] == "<|im_start|>assistant" for u in units)
+
+
+def test_an_ascii_texts_scripts_are_counted_as_one_letter_at_a_time_counts_them() -> None:
+    """ASCII text is counted in bulk (every prompt is scanned on every reply); the counts are
+    those of the letter-by-letter path, which other text still takes."""
+    import random
+    import string
+
+    draw = random.Random(7)
+    texts = ["", "42.", "Hello, World!", "Переход à la ligne", "量子力学 and physics"]
+    texts += ["".join(draw.choice(string.printable) for _ in range(200)) for _ in range(300)]
+    for text in texts:
+        one_by_one: dict[str, int] = {}
+        for ch in text:
+            script = V.script_of(ch)
+            if script is not None:
+                one_by_one[script] = one_by_one.get(script, 0) + 1
+        assert V.scripts(text) == one_by_one, text
+        assert V._letters(text) == sum(ch.isalpha() for ch in text), text
+        assert V._alnum(text) == sum(ch.isalnum() for ch in text), text

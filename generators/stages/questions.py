@@ -135,27 +135,37 @@ class QuestionsStage(PromptStage):
         paths = self.store.taxonomy.paths_of_many(ids)
         syllabi = self.store.syllabi.of(ids)
         found: dict[str, Any] = {}
+        # what the units of one subject share, made once per subject (a job asks thousands
+        # of units of each): its sessions and concepts by id, its discipline, its syllabus
+        shared: dict[str, tuple[dict[str, Any], dict[str, str], str, list[Any]]] = {}
         for unit in units:
             p = unit.payload
             subject = subjects.get(p["subject_id"])
             if subject is None:
                 found[unit.id] = Outcome(error="the sampled subject is no longer in the store")
                 continue
-            syllabus = syllabi.get(subject.id, [])
-            by_id = {s.id: s for s in syllabus}
-            names = {c.id: c.name for s in syllabus for c in s.concepts}
+            if subject.id not in shared:
+                syllabus = syllabi.get(subject.id, [])
+                seen = paths.get(subject.id) or []
+                shared[subject.id] = (
+                    {s.id: s for s in syllabus},
+                    {c.id: c.name for s in syllabus for c in s.concepts},
+                    split_path(seen[0])[2] if seen else "",
+                    [
+                        {"title": s.title, "concepts": [c.name for c in s.concepts]}
+                        for s in syllabus
+                    ],
+                )
+            by_id, names, discipline, view = shared[subject.id]
             sessions = [by_id[i] for i in p["session_ids"] if i in by_id]
             if len(sessions) != len(p["session_ids"]):
                 found[unit.id] = Outcome(error="a sampled session is no longer in the syllabus")
                 continue
-            seen = paths.get(subject.id) or []
             found[unit.id] = {
                 "subject": subject.name,
                 "level": subject.props.get("level") or "",
-                "discipline": split_path(seen[0])[2] if seen else "",
-                "syllabus": [
-                    {"title": s.title, "concepts": [c.name for c in s.concepts]} for s in syllabus
-                ],
+                "discipline": discipline,
+                "syllabus": view,
                 "sessions": [{"title": s.title, "description": s.description} for s in sessions],
                 "concepts": [names[c] for c in p["concept_ids"] if c in names],
                 "strategy": p["strategy"],
