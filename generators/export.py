@@ -1,4 +1,5 @@
-"""Training sets out of the store: instruction/response pairs with their provenance.
+"""Training sets out of the store: instruction/response pairs with their provenance, and
+the follow-up turns that go on from a pair, as one multi-turn conversation.
 
 Pairs stream from the database a chunk of instructions at a time, so memory stays flat
 whatever the size. Only approved subtrees are read; duplicates and contaminated pairs are
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from graph.errors import InvalidInput
-from graph.model import stable_hash
+from graph.model import TURN, stable_hash
 from graph.records import InstructionDetail, Node
 from graph.store import Store
 
@@ -33,6 +34,10 @@ class Pair:
     disciplines: list[str]
     sessions: list[str]
     concepts: list[str]
+    #: the answered follow-up turns that go on from the pair, in order (see conversation)
+    turns: list[Node] = field(default_factory=list)
+    #: the names of the concepts those turns added
+    turn_concepts: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
         i, r = self.instruction.props, self.response.props
@@ -59,26 +64,39 @@ class Pair:
                 if r.get("judge_model")
                 else ""
             ),
+            "followup_kinds": [str(t.props.get("kind") or "") for t in self.turns],
+            "followup_concepts": self.turn_concepts,
+            "followup_model": str(self.turns[0].props.get("model") or "") if self.turns else "",
         }
 
+    def exchanges(self) -> list[tuple[str, str]]:
+        """(question, answer) of the pair, then of each follow-up turn, in order."""
+        first = (self.instruction.props["text"], self.response.props["text"])
+        return [first, *((t.props["text"], t.props["answer"]) for t in self.turns)]
+
     def record(self, fmt: str) -> dict[str, Any]:
-        question = self.instruction.props["text"]
-        answer = self.response.props["text"]
+        """The record in a format: chat (`messages`) and sharegpt (`conversations`) hold
+        the whole conversation, user and assistant in turn; alpaca, one exchange, holds
+        the pair alone."""
+        exchanges = self.exchanges()
         if fmt == "chat":
             body: dict[str, Any] = {
                 "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
+                    {"role": role, "content": text}
+                    for q, a in exchanges
+                    for role, text in (("user", q), ("assistant", a))
                 ]
             }
         elif fmt == "sharegpt":
             body = {
                 "conversations": [
-                    {"from": "human", "value": question},
-                    {"from": "gpt", "value": answer},
+                    {"from": who, "value": text}
+                    for q, a in exchanges
+                    for who, text in (("human", q), ("gpt", a))
                 ]
             }
         elif fmt == "alpaca":
+            question, answer = exchanges[0]
             body = {"instruction": question, "input": "", "output": answer}
         else:
             raise InvalidInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -127,11 +145,43 @@ def iter_pairs(
     """Every exportable pair under an approved path, subject by subject, in a stable order,
     read a chunk of instructions at a time (`iter_details`)."""
     skipped = skipped if skipped is not None else Skipped()
+    conversations = store.nodes.count_kind(TURN) > 0  # else no chunk has a turn to read
     for found in iter_details(store, path, chunk=chunk):
         group = list(dict.fromkeys(s for s, _ in found))
         subjects = store.nodes.get_many(group)
         paths = store.instructions.discipline_paths(group)
-        yield from _pairs(found, subjects, paths, responses, skipped, keep or Keep())
+        pairs = _pairs(found, subjects, paths, responses, skipped, keep or Keep())
+        yield from _with_turns(store, list(pairs)) if conversations else pairs
+
+
+def _with_turns(store: Store, pairs: list[Pair]) -> list[Pair]:
+    """The pairs with the follow-up turns that go on from them (conversation), read for
+    all of them at once."""
+    found = store.turns.of([p.response.id for p in pairs])
+    for pair in pairs:
+        pair.turns = conversation(found.get(pair.response.id, []))
+    reached = store.turns.reached([t.id for p in pairs for t in p.turns])
+    for pair in pairs:
+        pair.turn_concepts = [name for t in pair.turns for _, name, _ in reached.get(t.id, [])]
+    return pairs
+
+
+def conversation(turns: Sequence[Node]) -> list[Node]:
+    """The follow-ups of one pair that make its conversation: those asked by one model
+    (the one whose answered turns go furthest; the first by name on a tie), from the first
+    in order, up to the first not answered yet."""
+    by_model: dict[str, dict[int, Node]] = {}
+    for turn in turns:
+        at = int(turn.props.get("position") or 0)
+        by_model.setdefault(str(turn.props.get("model") or ""), {})[at] = turn
+    best: list[Node] = []
+    for model in sorted(by_model):
+        chain: list[Node] = []
+        while (t := by_model[model].get(len(chain) + 1)) is not None and t.props.get("answer"):
+            chain.append(t)
+        if len(chain) > len(best):
+            best = chain
+    return best
 
 
 def _pairs(

@@ -424,7 +424,16 @@ def show(path: str) -> None:
     console.print_json(json.dumps(info, default=str))
 
 
-STAGE_CHOICES = ("taxonomy", "subjects", "syllabus", "questions", "answers", "judge", "all")
+STAGE_CHOICES = (
+    "taxonomy",
+    "subjects",
+    "syllabus",
+    "questions",
+    "answers",
+    "followups",
+    "judge",
+    "all",
+)
 #: what installs the cluster executor (generators/cluster.py says the same)
 RAY_EXTRA = "pip install 'glan[ray]'"
 
@@ -439,6 +448,9 @@ def generate(
     ] = None,
     per_call: Annotated[int, typer.Option(min=1, help="subjects asked for per call")] = 10,
     sessions: Annotated[int, typer.Option(min=1, help="class sessions to ask for")] = 12,
+    turns: Annotated[
+        int, typer.Option(min=1, max=20, help="follow-up turns per conversation (followups)")
+    ] = 2,
     strategy: Annotated[str, typer.Option(help="basic|hard|mixed")] = "mixed",
     basic_ratio: Annotated[float, typer.Option(min=0, max=1, help="share of basic in mixed")] = 0.5,
     seed: Annotated[int, typer.Option(help="sampling seed: same seed, same questions")] = 0,
@@ -527,6 +539,7 @@ def generate(
         basic_ratio=basic_ratio,
         seed=seed,
         auto_approve=cfg.auto_approve,
+        turns=turns,
     )
     stages = list(PIPELINE) if stage == "all" else [stage]
     if dry_run:

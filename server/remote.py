@@ -93,6 +93,7 @@ _START = {
         "path: $path, n: $n, strategy: $strategy, seed: $seed, basicRatio: $basicRatio",
     ),
     "answers": ("generateAnswers", "$path: String", "path: $path"),
+    "followups": ("generateFollowups", "$path: String, $turns: Int!", "path: $path, turns: $turns"),
     "judge": ("generateJudgements", "$path: String", "path: $path"),
 }
 
@@ -468,6 +469,8 @@ class Remote:
                 variables.update(
                     minPerConcept=options.min_per_concept or None, untilShare=options.until_share
                 )
+        elif stage == "followups":
+            variables["turns"] = options.turns
         return asyncio.run(self._run_job(name, mutation, variables, progress))
 
     def estimate(
@@ -478,10 +481,11 @@ class Remote:
         query = (
             "query($stage: Stage!, $path: String, $minPerConcept: Int, $untilShare: Float, "
             "$n: Int!, $strategy: Strategy!, $seed: Int!, "
-            "$basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!) { "
+            "$basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!, $turns: Int!) { "
             "jobEstimate(stage: $stage, path: $path, minPerConcept: $minPerConcept, "
             "untilShare: $untilShare, n: $n, strategy: $strategy, seed: $seed, "
-            "basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall, sessions: $sessions) "
+            "basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall, sessions: $sessions, "
+            "turns: $turns) "
             f"{{ {_PROBLEM} ... on JobEstimate {{ {_ESTIMATE} }} }} }}"
         )
         variables = {
@@ -495,6 +499,7 @@ class Remote:
             "rounds": options.rounds if rounds_given else None,
             "perCall": options.per_call,
             "sessions": options.sessions,
+            "turns": options.turns,
         }
         if stage == "questions" and options.coverage_target:
             variables.update(

@@ -89,6 +89,7 @@ def stage_options(
     per_call: int,
     sessions: int,
     auto_approve: bool,
+    turns: int = 2,
 ) -> PipelineOptions:
     """The options a generation mutation of this stage starts its job with (so the same
     job id), bounded as the mutation bounds them."""
@@ -107,6 +108,9 @@ def stage_options(
         _bounded(n=n)
         _check("basicRatio", basic_ratio, 0.0, 1.0)
         return PipelineOptions(n=n, strategy=strategy, seed=seed, basic_ratio=basic_ratio)
+    if stage == "followups":
+        _bounded(turns=turns)
+        return PipelineOptions(turns=turns)
     return PipelineOptions()
 
 
@@ -121,6 +125,7 @@ async def job_estimate(
     rounds: int | None = None,
     per_call: int = 10,
     sessions: int = 12,
+    turns: int = 2,
     min_per_concept: int | None = None,
     until_share: float | None = None,
 ) -> EstimateResult:
@@ -137,6 +142,7 @@ async def job_estimate(
             per_call=per_call,
             sessions=sessions,
             auto_approve=ctx.settings.auto_approve,
+            turns=turns,
         )
         if stage.value == "questions":
             options = with_coverage(options, min_per_concept, until_share)

@@ -23,6 +23,7 @@ class StageName(Enum):
     QUESTIONS = "questions"
     ANSWERS = "answers"
     JUDGE = "judge"
+    FOLLOWUPS = "followups"
 
 
 @strawberry.enum
@@ -34,7 +35,6 @@ class JobState(Enum):
     INTERRUPTED = JobStatus.INTERRUPTED
     FAILED = JobStatus.FAILED
     COST_CAPPED = JobStatus.COST_CAPPED
-    INCOMPLETE = JobStatus.INCOMPLETE
 
 
 @strawberry.enum

@@ -52,6 +52,7 @@ LIMITS = {
     "rounds": (1, 100),
     "perCall": (1, 100),
     "sessions": (1, 60),
+    "turns": (1, 20),
     "minPerConcept": (1, 100),
 }
 
@@ -369,6 +370,28 @@ class Mutation:
         self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
     ) -> StartJobResult:
         return _start(info, "answers", path, PipelineOptions(), max_cost)
+
+    @strawberry.mutation(
+        permission_classes=AUTH,
+        description="Make each pair under a path (a question and its answer by the answer "
+        "model) a conversation: `turns` follow-up questions, each a clarification, a harder "
+        "variant or an application to another key concept of the pair's sessions (asked by "
+        "the question model), each answered by the answer model given the conversation so "
+        "far. The job runs in rounds, a turn at a time; asked again with more turns, it goes "
+        "on from the turns there are.",
+    )
+    def generate_followups(
+        self,
+        info: Info[Context, None],
+        path: str | None = None,
+        turns: int = 2,
+        max_cost: MaxCost = None,
+    ) -> StartJobResult:
+        try:
+            _bounded(turns=turns)
+        except InvalidInput as exc:
+            return problem(exc)
+        return _start(info, "followups", path, PipelineOptions(turns=turns), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
