@@ -35,6 +35,7 @@ class JobState(Enum):
     INTERRUPTED = JobStatus.INTERRUPTED
     FAILED = JobStatus.FAILED
     COST_CAPPED = JobStatus.COST_CAPPED
+    INCOMPLETE = JobStatus.INCOMPLETE
 
 
 @strawberry.enum
