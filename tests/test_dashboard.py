@@ -8,6 +8,7 @@ the system Chromium headless through its chromedriver (Debian `chromium` and
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import time
@@ -481,6 +482,77 @@ def test_a_toggle_colours_the_chart_by_mean_judge_score_with_histograms(
     wait_until(lambda: centre() == coverage_colour, what="the coverage colours")
     wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel again")
     assert not browser.find_elements("css selector", "#panel .scores")
+    assert console_errors(browser) == []
+
+
+COMBINATIONS = """query($p: String) { coverage(path: $p) { ... on Coverage {
+  total { combinationSpace combinationShare }
+  children { path combinationSpace combinationSpaceLog10 combinationsUsed combinationShare } } }
+  gaps(path: $p, first: 8) { ... on Gaps {
+    thinnestSessions { node { name } subject combinationShare combinationsUsed } } } }"""
+
+
+def test_subtree_combination_figures_cost_no_query_beyond_coverage(dataset: Api) -> None:
+    """The chart's tree always carries each node's combination figures: they are summed
+    from the same subject rollups as its covered concepts, in the same grouped reads."""
+    with_figures = SUBTREE.replace("coveredConcepts", "coveredConcepts combinationsUsed "
+                                   "combinationSpaceLog10 combinationShare")  # fmt: skip
+    dataset.gql(SUBTREE, {"p": None, "d": 3})
+    with dataset.counting() as coverage_only:
+        dataset.gql(SUBTREE, {"p": None, "d": 3})
+    with dataset.counting() as both:
+        found = dataset.gql(with_figures, {"p": None, "d": 3})["subtree"]
+    assert both.count == coverage_only.count
+    assert found["combinationsUsed"] == 8 and 0 < found["combinationShare"] < 1
+
+
+def test_a_toggle_colours_the_chart_by_combination_share_and_the_panel_lists_thinnest_sessions(
+    browser: Any, dataset: Api
+) -> None:
+    def colour(path: str) -> str:
+        return str(arc(browser, path).get_attribute("fill"))
+
+    def ramp_of_share(share: float) -> str:
+        # the chart's log scale: 10^-6 or none -> 0, 1 -> 1
+        at = max(0.0, 1 + math.log10(share) / 6) if share > 0 else 0.0
+        return str(browser.execute_script("return ramp(arguments[0])", at))
+
+    found = dataset.gql(COMBINATIONS, {"p": PHYSICS})
+    children = {c["path"]: c for c in found["coverage"]["children"]}
+    thinnest = found["gaps"]["thinnestSessions"]
+    browser.get(dataset.url + "/dashboard")
+    wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+    click_arc(browser, PHYSICS)
+    wait_until(lambda: panel_ready(browser, PHYSICS), what="the Physics panel")
+    coverage_colours = {path: colour(path) for path in children}
+
+    browser.find_element("css selector", "#by-combinations").click()
+    chart = browser.find_element("css selector", "#chart")
+    wait_until(lambda: chart.get_attribute("data-colour") == "combinations", what="the toggle")
+    for path, c in children.items():
+        if c["combinationSpace"] is None or c["combinationSpaceLog10"] is None:
+            assert colour(path) == "#d0d0d0", path  # no syllabus: no space, grey
+        else:
+            assert colour(path) == ramp_of_share(c["combinationShare"]), path
+    assert {colour(p) for p in children} != set(coverage_colours.values())
+    legend = browser.find_element("css selector", "#legend-ramp").text
+    assert legend.startswith("share of the concept combinations asked")
+    assert "combinations asked" in browser.find_element("css selector", "#chart .center text").text
+
+    # the side panel: the space, the share, and the node's thinnest sessions
+    space = int(found["coverage"]["total"]["combinationSpace"])
+    assert figure(browser, "combinationSpace") == f"{space:,}"
+    listed = browser.find_elements("css selector", "#panel ul.thinnest-sessions li")
+    assert len(listed) == len(thinnest) == 8
+    assert [li.text.split(" ", 1)[1].startswith(t["node"]["name"]) for li, t in
+            zip(listed, thinnest, strict=True)] == [True] * 8  # fmt: skip
+    assert listed[0].text.startswith("0%") and thinnest[0]["combinationsUsed"] == 0
+    shot(browser, "dashboard-combinations.png")
+
+    browser.find_element("css selector", "#by-combinations").click()  # back to coverage
+    wait_until(
+        lambda: {p: colour(p) for p in children} == coverage_colours, what="the coverage colours"
+    )
     assert console_errors(browser) == []
 
 

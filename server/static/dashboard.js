@@ -13,7 +13,7 @@ const GROUP = 60; // members of one aggregated slice, at most, while they fit
 const TOKEN_KEY = "glan-api-token";
 
 const NODE = "path coveredConcepts counts { subjects sessions concepts instructions responses } "
-  + "node { id kind name status hidden }";
+  + "combinationsUsed combinationSpaceLog10 node { id kind name status hidden }";
 // in score mode each node also brings its judge scores (one grouped read per ring)
 const SCORES = " scores { judged mean }";
 function treeQuery() {
@@ -31,6 +31,7 @@ const PANEL = `query($p: String) {
     __typename
     ... on Coverage { total {
       path coveredConcepts conceptCoverage combinations
+      combinationSpace combinationSpaceLog10 combinationsUsed combinationShare
       subjectsWithoutSyllabus disciplinesWithoutSubjects
       counts { disciplines subjects sessions concepts instructions responses }
     } }
@@ -41,6 +42,10 @@ const PANEL = `query($p: String) {
     ... on Gaps {
       leastCoveredConcepts { concept { name } subject session instructions }
       subjectsWithoutSyllabus { name }
+      thinnestSessions {
+        node { name } subject combinationsUsed combinationSpace combinationSpaceLog10
+        combinationShare
+      }
     }
     ... on Problem { message }
   }
@@ -86,6 +91,8 @@ const state = {
   socket: null,
   jobs: {},
   byScore: false,
+  // byCombinations: coloured by the share of each node's combination space asked about
+  byCombinations: false,
 };
 
 // ------------------------------------------------------------------ GraphQL
@@ -162,6 +169,7 @@ function fromApi(t, level, fetchedTo, parent) {
     level,
     counts: t.counts,
     covered: t.coveredConcepts,
+    combos: { used: t.combinationsUsed, log10: t.combinationSpaceLog10 },
     score: t.scores ? t.scores.mean : null,
     judged: t.scores ? t.scores.judged : 0,
     parent,
@@ -197,6 +205,7 @@ async function ensureLoaded(node) {
   Object.assign(node, {
     counts: fresh.counts,
     covered: fresh.covered,
+    combos: fresh.combos,
     score: fresh.score,
     judged: fresh.judged,
   });
@@ -204,6 +213,23 @@ async function ensureLoaded(node) {
 
 function coverageOf(n) {
   return n.counts.concepts ? n.covered / n.counts.concepts : null;
+}
+
+/** The share of a node's combination space asked about (null without a space). */
+function combinationShareOf(n) {
+  const c = n.combos;
+  if (!c || c.log10 === null || c.log10 === undefined) return null;
+  return Math.min(1, c.used / Math.pow(10, c.log10));
+}
+
+// shares of a combination space are small: coloured on a log scale over this many decades
+const SHARE_DECADES = 6;
+
+/** A combination share on the colour ramp, 0 to 1 (null without a space). */
+function combinationColour(n) {
+  const s = combinationShareOf(n);
+  if (s === null) return null;
+  return s > 0 ? Math.max(0, 1 + Math.log10(s) / SHARE_DECADES) : 0;
 }
 
 function lineage(node) {
@@ -286,6 +312,13 @@ function groups(parent, small, total) {
         subjects: sum((d) => (d.level >= SUBJECT_LEVEL ? 1 : d.counts.subjects)),
       },
       covered: sum((d) => d.covered),
+      combos: {
+        used: sum((d) => d.combos && d.combos.used),
+        log10: (() => {
+          const space = sum((d) => (d.combos && d.combos.log10 !== null ? 10 ** d.combos.log10 : 0));
+          return space > 0 ? Math.log10(space) : null;
+        })(),
+      },
       judged: sum((d) => d.judged),
     };
     // a group's mean score: its members' means weighted by their judged pairs
@@ -309,8 +342,28 @@ function fillOf(n) {
     const s = scoreShare(n);
     return s === null ? "#d0d0d0" : ramp(s);
   }
-  const c = coverageOf(n);
+  const c = state.byCombinations ? combinationColour(n) : coverageOf(n);
   return c === null ? "#d0d0d0" : ramp(c);
+}
+
+/** A share that may be far below 1%: two significant digits. */
+function fine(x) {
+  if (x === null || x === undefined) return "–";
+  if (x === 0 || x >= 0.01) return pct(x);
+  return `${(100 * x).toPrecision(2)}%`;
+}
+
+/** A combination space as the API gives it: exact while it fits int64, else 10^x. */
+function spaceText(space, log10) {
+  if (space !== null && space !== undefined) return BigInt(space).toLocaleString("en-US");
+  return log10 === null || log10 === undefined ? "0" : `10^${log10.toFixed(1)}`;
+}
+
+function combinationText(n) {
+  const log10 = n.combos ? n.combos.log10 : null;
+  if (log10 === null || log10 === undefined) return "no combinations yet";
+  const space = log10 < 15 ? num(Math.round(10 ** log10)) : `10^${log10.toFixed(1)}`;
+  return `${fine(combinationShareOf(n))} of ${space} combinations asked`;
 }
 
 function scoreText(n) {
@@ -394,6 +447,7 @@ function render() {
         + "covered" + (n.counts.instructions !== undefined
           ? `\n${num(n.counts.subjects)} subjects, ${num(n.counts.instructions)} instructions`
           : "")
+        + (combinationShareOf(n) !== null ? `\n${combinationText(n)}` : "")
         + (state.byScore ? `\n${scoreText(n)}` : "");
     });
 
@@ -436,7 +490,9 @@ function render() {
       state.byScore
         ? scoreText(focus)
         : focus.counts.concepts
-          ? `${pct(coverageOf(focus))} of ${num(focus.counts.concepts)} concepts covered`
+          ? state.byCombinations
+            ? combinationText(focus)
+            : `${pct(coverageOf(focus))} of ${num(focus.counts.concepts)} concepts covered`
           : "no concepts yet"
     );
   if (focus.parent) {
@@ -655,6 +711,8 @@ function figures(t) {
     ["instructions", "instructions", num(c.instructions)],
     ["responses", "answers", num(c.responses)],
     ["combinations", "concept combinations", num(t.combinations)],
+    ["combinationSpace", "combination space", spaceText(t.combinationSpace, t.combinationSpaceLog10)],
+    ["combinationShare", "combination share", fine(t.combinationShare)],
     ["subjects", "subjects", num(c.subjects)],
     ["sessions", "sessions", num(c.sessions)],
     ["subjectsWithoutSyllabus", "subjects without a syllabus", num(t.subjectsWithoutSyllabus)],
@@ -723,6 +781,29 @@ function gapsSection(gaps, total) {
         { class: "no-syllabus" },
         ...gaps.subjectsWithoutSyllabus.map((s) => el("li", {}, s.name)),
         more > 0 ? el("li", { class: "muted" }, `and ${num(more)} more`) : null
+      )
+    );
+  }
+  if (gaps.thinnestSessions.length) {
+    box.append(
+      el("h3", {}, "Thinnest sessions (combinations asked)"),
+      el(
+        "ul",
+        { class: "thinnest-sessions" },
+        ...gaps.thinnestSessions.map((g) =>
+          el(
+            "li",
+            {},
+            el("span", { class: `count ${g.combinationsUsed ? "" : "zero"}` }, fine(g.combinationShare)),
+            ` ${g.node.name} `,
+            el(
+              "span",
+              { class: "muted" },
+              `${g.subject} · ${num(g.combinationsUsed)} of `
+                + spaceText(g.combinationSpace, g.combinationSpaceLog10)
+            )
+          )
+        )
       )
     );
   }
@@ -955,5 +1036,28 @@ document.getElementById("by-score").addEventListener("change", (event) => {
     LEGEND[state.byScore ? "score" : "coverage"];
   state.layout = null; // a new colouring, not a zoom: nothing to animate
   refresh(); // the tree again, with (or without) the scores of every node
+});
+
+// colouring by combination share: the tree already holds each node's figures
+const COMBINATION_LEGEND =
+  `share of the concept combinations asked: none or 10^-${SHARE_DECADES} → 100% (log scale)`;
+function colourByCombinations(on) {
+  state.byCombinations = on;
+  document.getElementById("by-combinations").checked = on;
+  document.getElementById("chart").setAttribute("data-colour", on ? "combinations" : "");
+  if (on) {
+    const score = document.getElementById("by-score");
+    if (score && score.checked) score.click(); // one colouring at a time
+    document.querySelector("#legend-ramp .text").textContent = COMBINATION_LEGEND;
+  } else if (!state.byScore) {
+    document.querySelector("#legend-ramp .text").textContent = LEGEND.coverage;
+  }
+  if (state.focus) render();
+}
+document.getElementById("by-combinations").addEventListener("change", (event) => {
+  colourByCombinations(event.target.checked);
+});
+document.getElementById("by-score").addEventListener("change", (event) => {
+  if (event.target.checked && state.byCombinations) colourByCombinations(false);
 });
 refresh();
