@@ -18,7 +18,6 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 
 from generators.cleaning import BenchmarkSpec, ContaminationResult, Mark
@@ -153,6 +152,8 @@ class Remote:
 
     def answers(self, timeout_s: float = 5.0) -> bool:
         """Whether a glan API answers at this address."""
+        import httpx  # here, not at import: a command run on the store never needs it
+
         try:
             response = httpx.post(
                 self.endpoint, json={"query": "{ __typename }"}, timeout=timeout_s
@@ -163,6 +164,8 @@ class Remote:
 
     def gql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The data of one operation; an error if the server refused it as a whole."""
+        import httpx
+
         try:
             response = httpx.post(
                 self.endpoint,

@@ -687,11 +687,12 @@ def test_a_lent_http_client_fails_into_the_same_errors(fault: Reply, says: str) 
 
 def test_the_live_client_and_the_cli_load_no_sdk_and_no_server_stack() -> None:
     """Importing the client or the CLI leaves out what a run on the store never uses: the
-    `openai` SDK (the Batch API's), the GraphQL server and the HTTP client of the model
-    calls, which is loaded with the first request."""
+    `openai` SDK (the Batch API's), the GraphQL server, the HTTP client of the model calls
+    (loaded with the first request) and the one a command sent to a server uses."""
     code = (
         "import sys, generators.llm, server.cli; "
-        "print(sorted(m for m in ('openai', 'strawberry', 'aiohttp') if m in sys.modules))"
+        "print(sorted(m for m in ('openai', 'strawberry', 'aiohttp', 'httpx') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
