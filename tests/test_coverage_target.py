@@ -218,3 +218,20 @@ def test_a_combination_asked_before_is_never_drawn() -> None:
     # {c1} and nothing else holding c0 is left: c0 stays short
     assert [s.concept_ids for s in plan.samples] == [("c0.0.1",)]
     assert (plan.short, plan.reached) == (2, 0)
+
+
+def test_a_coverage_job_is_known_by_its_target_and_resumed_with_it() -> None:
+    """A coverage job's key holds its target, not n; a server resuming it from the stored
+    key (PipelineOptions.from_stage) starts the same job."""
+    for options in (
+        PipelineOptions(min_per_concept=2, seed=3, strategy="hard"),
+        PipelineOptions(until_share=0.5),
+        PipelineOptions(n=7),
+    ):
+        key = options.for_stage("questions")
+        assert ("n" in key) is not options.coverage_target
+        assert PipelineOptions.from_stage("questions", key).for_stage("questions") == key
+    # n does not make another coverage job
+    assert PipelineOptions(min_per_concept=2, n=5).for_stage("questions") == PipelineOptions(
+        min_per_concept=2, n=500
+    ).for_stage("questions")
