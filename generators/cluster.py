@@ -2,7 +2,8 @@
 
 The job is planned and stored as the live executor plans it (`JobRunner.prepare_job`), its
 units are built into their exact chat requests a chunk at a time (`Stage.prepare`,
-`Stage.request`), and each chunk becomes one Ray dataset of request bodies, sent by
+`Stage.request`), and each chunk becomes one Ray dataset of request bodies (two under
+way at once, so that one's start hides behind the other's requests), sent by
 `ray.data.llm.build_processor`:
 
 - with `HttpRequestProcessorConfig` (the default) to the OpenAI-compatible endpoint of the
@@ -18,8 +19,8 @@ units are built into their exact chat requests a chunk at a time (`Stage.prepare
 Results stream back to this process, the one writer: each group of rows is accepted by the
 stage (parse, validate, keep the raw text) and written with its units' states in one
 transaction (`JobRunner.write_group`), as the live executor writes. A JSON answer that does
-not validate is asked once more, showing the model its mistake, in a second round after
-its chunk. An error for one request fails that unit with the error kept (after the same
+not validate is asked once more, showing the model its mistake, with other corrections in
+a chunk of their own. An error for one request fails that unit with the error kept (after the same
 retries as the live client, for what waiting can fix), as in the live executor, and a rerun
 asks it again. A run stopped by anything else (the cluster lost, Ctrl-C) leaves every unit
 not yet written pending: the rerun sends only those.
@@ -30,9 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -61,8 +65,10 @@ if TYPE_CHECKING:
 
 #: What installs the cluster executor's packages.
 INSTALL_HINT = "pip install 'glan[ray]'"
-#: Units built into requests and sent as one Ray dataset: what this process holds at once.
+#: Units built into requests and sent as one Ray dataset, and the datasets sent at once:
+#: what this process holds is about their product.
 RAY_CHUNK = 4096
+CHUNKS_IN_FLIGHT = 2
 
 
 class RayMissing(GlanError):
@@ -158,6 +164,7 @@ class RayExecutor:
         self._ray: ModuleType | None = None
         self._processor: Any = None
         self._started = False
+        self._connecting = threading.Lock()
 
     def __enter__(self) -> RayExecutor:
         return self
@@ -171,11 +178,12 @@ class RayExecutor:
         self._started = False
 
     def _connect(self) -> tuple[ModuleType, Any]:
-        if self._ray is None:
-            self._ray, self._started = start_ray(self.options)
-        if self._processor is None:
-            self._processor = self._build_processor()
-        return self._ray, self._processor
+        with self._connecting:  # chunks are sent from two threads
+            if self._ray is None:
+                self._ray, self._started = start_ray(self.options)
+            if self._processor is None:
+                self._processor = self._build_processor()
+            return self._ray, self._processor
 
     @property
     def url(self) -> str:
@@ -250,15 +258,8 @@ class RayExecutor:
             self.store.jobs.save({"id": state.job_id, "max_cost": state.max_cost})
         job = _Job(self.runner, stage, state, params, prepared.spent, guard, progress)
         try:
-            for start in range(0, len(prepared.todo), self.options.chunk):
-                chunk = prepared.todo[start : start + self.options.chunk]
-                if guard is not None:
-                    chunk = chunk[: _allowed(guard, state, len(chunk))]
-                    if not chunk:
-                        break
-                self._run_chunk(job, chunk)
-                if guard is not None and guard.reached:
-                    break
+            self._connect()  # here, on the main thread, as Ray wants to be started
+            self._run_chunks(job, prepared.todo)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 job.flush()
@@ -273,40 +274,136 @@ class RayExecutor:
                 f"{state.total:,} units are done and the rest stay pending: run the same "
                 "command again to go on"
             ) from exc
-        if guard is not None and guard.reached:
+        if guard is not None and guard.reached and state.finished < state.total:
             state.error = guard.message(state)
             return self.runner.finish(state, params, JobStatus.COST_CAPPED, progress)
         return self.runner.finish(state, params, None, progress)
 
-    def _run_chunk(self, job: _Job, chunk: Sequence[UnitSpec]) -> None:
-        """Build the chunk's requests, send them, accept and write what comes back; a JSON
-        answer that does not validate goes in a second round, corrected."""
-        job.stage.prepare(chunk)
-        asks: dict[str, _Ask] = {}
-        for unit in chunk:
-            request = job.stage.request(unit)
-            if isinstance(request, Outcome):
-                job.done(unit, request)  # cannot be asked: fails as in the live executor
+    def _run_chunks(self, job: _Job, todo: Sequence[UnitSpec]) -> None:
+        """Send the units a chunk at a time, CHUNKS_IN_FLIGHT chunks at once (each Ray
+        dataset starts its own workers, which takes seconds: the next chunk's start hides
+        behind the last one's requests), and accept and write what comes back on this
+        thread as it comes. JSON answers that do not validate go again, corrected, in a
+        chunk of their own."""
+        size = self.options.chunk
+        chunks = (todo[i : i + size] for i in range(0, len(todo), size))
+        out: queue.Queue[tuple[int, str, Any]] = queue.Queue(maxsize=2 * CHUNKS_IN_FLIGHT)
+        stop = threading.Event()
+        asks: dict[str, _Ask] = {}  # sent, not answered
+        again: dict[str, _Ask] = {}  # corrected, not yet sent
+        running: dict[int, int] = {}  # a chunk being sent -> its units not answered yet
+        tags = itertools.count()
+        more = True
+        held: Sequence[UnitSpec] = ()  # units of a chunk the cost cap held back
+        senders: list[threading.Thread] = []
+
+        def start(units: Sequence[UnitSpec] | dict[str, _Ask]) -> None:
+            tag = next(tags)
+            running[tag] = len(units)
+            sender = threading.Thread(
+                target=self._feed,
+                args=(job.stage, units, tag, out, stop),
+                name=f"glan-ray-{tag}",
+                daemon=True,  # one stopped mid-chunk must not hold the process open
+            )
+            senders.append(sender)
+            sender.start()
+
+        try:
+            while True:
+                while len(running) < CHUNKS_IN_FLIGHT:
+                    if len(again) >= size or (again and not more):
+                        asks.update(again)
+                        start(dict(again))
+                        again.clear()
+                        continue
+                    chunk: Sequence[UnitSpec] | None = held
+                    if not held:
+                        chunk = next(chunks, None) if more else None
+                    held = ()
+                    if not chunk:
+                        more = False
+                        break
+                    if job.guard is not None:  # what the cost cap lets start
+                        n = _allowed(job.guard, job.state, sum(running.values()), len(chunk))
+                        chunk, held = chunk[:n], chunk[n:]
+                        if not chunk and not running:  # and nothing under way will change it
+                            more, held = False, ()
+                        if not chunk:
+                            break
+                    start(chunk)
+                    if held:  # the rest waits for what is under way to say what units cost
+                        break
+                if not running:
+                    break
+                tag, kind, payload = out.get()
+                if kind == "error":
+                    raise payload
+                if kind == "asks":
+                    asks.update(payload)
+                elif kind == "unasked":  # cannot be asked: fail as in the live executor
+                    for unit, outcome in payload:
+                        job.done(unit, outcome)
+                    running[tag] -= len(payload)
+                elif kind == "rows":
+                    for row in payload:
+                        self._receive(job, asks, row, again)
+                    running[tag] -= len(payload)
+                elif kind == "end" and running.pop(tag):  # never expected, never lost
+                    raise ClusterError("a chunk's requests came back without an answer")
+                job.flush()  # what came back is written as it comes
+        except BaseException:
+            stop.set()  # the senders stop at their next block; Ray may be shut down first
+            for sender in senders:
+                sender.join(timeout=1)
+            raise
+        for sender in senders:  # each has handed over its last rows: done with Ray
+            sender.join()
+
+    def _feed(
+        self,
+        stage: Stage,
+        units: Sequence[UnitSpec] | dict[str, _Ask],
+        tag: int,
+        out: queue.Queue[tuple[int, str, Any]],
+        stop: threading.Event,
+    ) -> None:
+        """One chunk, on a thread of its own: its requests built (unless they come built,
+        corrected) and sent, and what comes back handed to the writer through `out`."""
+
+        def put(kind: str, payload: Any) -> bool:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    out.put((tag, kind, payload), timeout=0.2)
+                    return True
+            return False
+
+        try:
+            if isinstance(units, dict):
+                asks = units
             else:
-                asks[unit.id] = _Ask(unit, request)
-        job.flush()
-        for first in (True, False):
-            again: dict[str, _Ask] = {}
+                stage.prepare(units)
+                asks, unasked = {}, []
+                for unit in units:
+                    request = stage.request(unit)
+                    if isinstance(request, Outcome):
+                        unasked.append((unit, request))
+                    else:
+                        asks[unit.id] = _Ask(unit, request)
+                if not put("asks", asks) or (unasked and not put("unasked", unasked)):
+                    return
             for rows in self._send(asks):
-                for row in rows:
-                    self._receive(job, asks, row, again if first else None)
-                job.flush()  # what came back is written as it comes, not at the chunk's end
-            if asks:  # the cluster answered without these: never expected, never lost
-                raise ClusterError(f"{len(asks):,} requests came back without an answer")
-            if not again:
-                break
-            asks = again
+                if not put("rows", rows):
+                    return
+            put("end", None)
+        except BaseException as exc:
+            put("error", exc)
 
     def _receive(
-        self, job: _Job, asks: dict[str, _Ask], row: dict[str, Any], again: dict[str, _Ask] | None
+        self, job: _Job, asks: dict[str, _Ask], row: dict[str, Any], again: dict[str, _Ask]
     ) -> None:
-        """One result row: the unit's outcome, or, in the first round (`again` given), the
-        corrected request of a JSON answer that does not validate, for the second."""
+        """One result row: the unit's outcome, or, for a first answer that is JSON and does
+        not validate, its corrected request (in `again`, to send)."""
         ask = asks.pop(str(row["unit"]))
         # a vLLM engine's failed row skips the postprocess and says so in this column
         reply_error = row.get("error") or row.get("__inference_error__")
@@ -319,9 +416,9 @@ class RayExecutor:
             reply = Reply(str(row.get("text") or ""), tokens, row.get("finish_reason") or None)
             outcome = job.stage.accept(ask.unit, ask.request, reply)
         outcome.usage = ask.usage + outcome.usage
-        if again is not None and not reply_error and not outcome.ok and not ask.request.free_text:
+        if ask.first and not reply_error and not outcome.ok and not ask.request.free_text:
             corrected = ask.request.corrected(outcome.raw, outcome.error or "")
-            again[ask.unit.id] = _Ask(ask.unit, corrected, outcome.usage)
+            again[ask.unit.id] = _Ask(ask.unit, corrected, outcome.usage, first=False)
             return
         job.done(ask.unit, outcome)
 
@@ -347,6 +444,7 @@ class _Ask:
     unit: UnitSpec
     request: ChatRequest
     usage: Usage = field(default_factory=Usage)  # of its earlier attempts
+    first: bool = True  # its first attempt (a second is a correction, and the last)
 
 
 class _Job:
@@ -385,10 +483,11 @@ class _Job:
                 self.progress(self.state)
 
 
-def _allowed(guard: CapGuard, state: Progress, wanted: int) -> int:
-    """How many of `wanted` units may start together within the cost cap."""
+def _allowed(guard: CapGuard, state: Progress, in_flight: int, wanted: int) -> int:
+    """How many of `wanted` units may start, `in_flight` others being under way, within
+    the cost cap."""
     n = 0
-    while n < wanted and guard.allows(state, n):
+    while n < wanted and guard.allows(state, in_flight + n):
         n += 1
     return n
 

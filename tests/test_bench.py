@@ -201,3 +201,16 @@ def test_quality_smoke() -> None:
     each = (found[f"validate_{k}_per_s"] for k in ("question", "answer", "judgement"))
     assert found["validate_pairs_per_s"] < min(each)
     assert_peaks(found)  # the stub is its child
+
+
+def test_cluster_throughput_smoke() -> None:
+    """The Ray executor's pairs/s beside the live executor's: both did every pair."""
+    try:
+        import ray.data.llm  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"Ray Data is not installed ({exc.name}): pip install 'glan[ray]'")
+    found = bench("cluster_throughput.py", "--pairs", "20", timeout=600)
+    assert found["bench"] == "cluster_throughput"
+    assert found["live_pairs"] == found["ray_pairs"] == 20
+    for key in ("stub_ceiling_req_per_s", "live_pairs_per_s", "ray_pairs_per_s", "ray_to_live"):
+        assert found[key] > 0, key

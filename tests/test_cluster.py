@@ -366,3 +366,44 @@ def test_through_a_server_it_says_to_stop_the_server(
     assert "--executor ray" in said and "stop the server" in said and api.url in said
     assert api.store.jobs.all() == [] and stub.calls == 0
     assert not (tmp_path / "not-a-store.lbug").exists()
+
+
+def test_a_cost_cap_holds_back_the_units_that_would_pass_it(
+    ray_local: Any, base: Path, tmp_path: Path
+) -> None:
+    """With questions of the same model done before (11 tokens in and 7 out each at $1,000
+    and $2,000 a million: $0.025 a unit), a cap of $0.06 lets two units start and stops
+    there, nothing lost; a higher cap asks only the rest."""
+    from generators.cost import CostCap, Price, PriceTable
+
+    prices = PriceTable({"question-model": Price(1000.0, 2000.0)})
+    with copy_of(base, tmp_path, "capped") as b:
+        with run_stub(fake_glan_model()) as stub:  # the history the estimate comes from
+            earlier = PipelineOptions(n=4, seed=99)
+            asyncio.run(_live_with(b, stub, ["questions"], earlier))
+        with run_stub(fake_glan_model()) as stub:
+            (capped,) = run_capped(b, stub, CostCap(0.06, prices))
+            assert stub.calls == 2
+        assert (capped.status, capped.done, capped.total) == (JobStatus.COST_CAPPED, 2, 12)
+        assert capped.error is not None and "stopped at the cost cap" in capped.error
+        with run_stub(fake_glan_model()) as stub:
+            (rest,) = run_capped(b, stub, CostCap(1.0, prices))
+            assert stub.calls == 10
+        assert (rest.status, rest.skipped, rest.done) == (JobStatus.COMPLETED, 2, 12)
+
+
+async def _live_with(store: Store, stub: Stub, stages: list[str], options: Any) -> None:
+    llm = LLMClient(llm_config(stub))
+    try:
+        await run_stages(store, llm, params_for, stages, ALGEBRA, options)
+    finally:
+        await llm.aclose()
+
+
+def run_capped(store: Store, stub: Stub, cap: Any) -> list[Progress]:
+    from generators.cluster import run_stages_on_ray
+
+    return run_stages_on_ray(
+        store, llm_config(stub), params_for, ["questions"], ALGEBRA, OPTIONS,
+        ray_options(chunk=4), cost_cap=cap,
+    )  # fmt: skip
