@@ -135,6 +135,7 @@ class JobManager:
         *,
         concurrency: int = 8,
         prices: Callable[[], PriceTable] | None = None,
+        batch_poll_s: float = 30.0,
     ) -> None:
         self.store = store
         self.llm = llm
@@ -142,6 +143,8 @@ class JobManager:
         #: what models cost, read when a job with a cost cap is resumed (None: the shipped
         #: table)
         self.prices = prices or load_prices
+        #: seconds between polls of a batch job's running batches (GLAN_BATCH_POLL_S)
+        self.batch_poll_s = batch_poll_s
         self.runner = JobRunner(store, concurrency=concurrency)
         self.running: dict[str, _Running] = {}
         #: the last state of jobs this process ran, newest last (at most KEEP_FINISHED): it
@@ -159,9 +162,11 @@ class JobManager:
         options: PipelineOptions,
         *,
         cost_cap: CostCap | None = None,
+        batch: bool = False,
     ) -> Progress:
         """Start a job in the background and return its first state at once; with a cost
-        cap, one whose model has no price is refused."""
+        cap, one whose model has no price is refused. With `batch`, its requests go through
+        the endpoint's Batch API (generators/batch.py), followed here until the batches end."""
         stage, scope_text, job_id = self._prepare(stage_name, path, options)
         if cost_cap is not None:
             cost_cap.check_model(stage.params.model)
@@ -169,7 +174,7 @@ class JobManager:
         if other is not None:
             raise JobConflict(other, stage_name, self.running[other].scope)
         first = Progress(job_id, stage_name, scope_text, JobStatus.RUNNING)
-        return self._launch(stage, path, first, cost_cap)
+        return self._launch(stage, path, first, cost_cap, batch=batch)
 
     def _prepare(
         self, stage_name: str, path: str | None, options: PipelineOptions
@@ -192,7 +197,13 @@ class JobManager:
         return None
 
     def _launch(
-        self, stage: Stage, path: str | None, first: Progress, cost_cap: CostCap | None = None
+        self,
+        stage: Stage,
+        path: str | None,
+        first: Progress,
+        cost_cap: CostCap | None = None,
+        *,
+        batch: bool = False,
     ) -> Progress:
         job_id = first.job_id
         # stopped from outside (the server shutting down) unless cancel() says otherwise
@@ -212,12 +223,38 @@ class JobManager:
         def progress(state: Progress) -> None:  # on the jobs' loop
             here.call_soon_threadsafe(show, replace(state))
 
-        run = self.runner.run(stage, path, progress=progress, cancel=cancel, cost_cap=cost_cap)
+        run = (
+            self._in_batches(stage, path, progress, cancel, cost_cap)
+            if batch
+            else self.runner.run(stage, path, progress=progress, cancel=cancel, cost_cap=cost_cap)
+        )
         task = asyncio.wrap_future(self._jobs.submit(run), loop=here)
         entry = _Running(stage.name, first.scope, task, cancel, first)
         self.running[job_id] = entry
         task.add_done_callback(lambda t: self._finished(job_id, t))
         return first
+
+    async def _in_batches(
+        self,
+        stage: Stage,
+        path: str | None,
+        progress: Callable[[Progress], None],
+        cancel: StopRequest,
+        cost_cap: CostCap | None,
+    ) -> Progress:
+        """A job run by the batch executor, on the jobs' loop: submitted (or resumed) and
+        followed until its batches end. Cancelled, it cancels them at the API; stopped by
+        the server stopping, it leaves them running for the next start to follow."""
+        from .batch import BatchAPI, BatchExecutor
+
+        api = BatchAPI(self.llm.config)
+        try:
+            executor = BatchExecutor(self.store, api, runner=self.runner, poll_s=self.batch_poll_s)
+            return await executor.run(
+                stage, path, progress=progress, cancel=cancel, cost_cap=cost_cap
+            )
+        finally:
+            await api.aclose()
 
     def _finished(self, job_id: str, task: asyncio.Future[Progress]) -> None:
         entry = self.running.pop(job_id, None)
@@ -356,7 +393,8 @@ class JobManager:
                 break
             await asyncio.wait({self.running[other].task})
         first = replace(_from_row(row), status=JobStatus.RUNNING, error=None)
-        self._launch(stage, scope or None, first, cost_cap)
+        # a job last run in batches follows them again
+        self._launch(stage, scope or None, first, cost_cap, batch=row.get("executor") == "batch")
         log.warning(
             "resuming %s job %s on %s: %d of %d units done",
             stage_name,

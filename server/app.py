@@ -139,7 +139,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store = Store.open(cfg.store_config())
         llm = LLMClient(cfg.llm_config())
         jobs = JobManager(
-            store, llm, cfg.stage_params, concurrency=cfg.llm_concurrency, prices=cfg.price_table
+            store,
+            llm,
+            cfg.stage_params,
+            concurrency=cfg.llm_concurrency,
+            prices=cfg.price_table,
+            batch_poll_s=cfg.batch_poll_s,
         )
         app.state.glan = Resources(cfg, store, llm, jobs, pool)
         log.info("glan API on %s", store.driver.description)

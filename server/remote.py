@@ -67,6 +67,10 @@ _ESTIMATE = (
     "reached short questions byDiscipline { path questions } }"
 )
 _UNIT = "id targetId status error raw payload promptTokens completionTokens updatedAt"
+_BATCH = (
+    "id jobId seq remoteId status requests completed failed imported errors inputFileId "
+    "outputFileId errorFileId createdAt updatedAt"
+)
 _DECONTAMINATION = (
     "scanned shortTexts benchmarks { benchmark split texts } "
     "instructions { id benchmarks } responses { id benchmarks } "
@@ -438,8 +442,14 @@ class Remote:
         rounds_given: bool,
         progress: ProgressCallback | None = None,
         max_cost: float | None = None,
+        batch: bool = False,
+        wait: bool = True,
     ) -> Progress:
-        """Start a stage's job in the server and follow it to its end: its last state."""
+        """Start a stage's job in the server and follow it to its end: its last state. With
+        `batch`, its requests go through the endpoint's Batch API; without `wait`, the
+        job's first state (the server follows its batches)."""
+        if batch:
+            return self._in_batches(stage, path, options, rounds_given, progress, max_cost, wait)
         name, params, args = _START[stage]
         if max_cost is not None:  # a cap on the job's cost, kept by the server
             params, args = f"{params}, $maxCost: Float", f"{args}, maxCost: $maxCost"
@@ -475,6 +485,57 @@ class Remote:
         elif stage == "followups":
             variables["turns"] = options.turns
         return asyncio.run(self._run_job(name, mutation, variables, progress))
+
+    def _in_batches(
+        self,
+        stage: str,
+        path: str | None,
+        options: PipelineOptions,
+        rounds_given: bool,
+        progress: ProgressCallback | None,
+        max_cost: float | None,
+        wait: bool,
+    ) -> Progress:
+        mutation = (
+            "mutation($stage: Stage!, $path: String, $n: Int!, $strategy: Strategy!, $seed: Int!,"
+            " $basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!, $turns: Int!,"
+            " $maxCost: Float) { generateInBatches(stage: $stage, path: $path, n: $n, strategy: "
+            "$strategy, seed: $seed, basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall,"
+            f" sessions: $sessions, turns: $turns, maxCost: $maxCost) {{ {_PROBLEM} "
+            f"... on JobPayload {{ job {{ {_JOB} }} }} }} }}"
+        )
+        variables = {
+            "stage": stage.upper(),
+            "path": path,
+            "n": options.taxonomy_n if stage == "taxonomy" else options.n,
+            "strategy": options.strategy.upper(),
+            "seed": options.seed,
+            "basicRatio": options.basic_ratio,
+            # without --rounds, the server's own GLAN_SUBJECT_ROUNDS, as its jobs use
+            "rounds": options.rounds if rounds_given else None,
+            "perCall": options.per_call,
+            "sessions": options.sessions,
+            "turns": options.turns,
+            "maxCost": max_cost,
+        }
+        if not wait:
+            started = self._result(self.gql(mutation, variables)["generateInBatches"])
+            return _progress(started["job"])
+        return asyncio.run(self._run_job("generateInBatches", mutation, variables, progress))
+
+    def batches(self, job_id: str | None) -> list[dict[str, Any]]:
+        """The batches of a job (of every job), as the server's store records them."""
+        query = f"query($job: ID) {{ batches(jobId: $job) {{ {_BATCH} }} }}"
+        return [_batch_row(b) for b in self.gql(query, {"job": job_id})["batches"]]
+
+    def cancel_batches(self, job_id: str) -> list[dict[str, Any]]:
+        """Have the server ask the API to stop a job's running batches; the job's batches."""
+        query = (
+            f"mutation($job: ID!) {{ cancelBatches(jobId: $job) {{ {_PROBLEM} "
+            f"... on BatchesPayload {{ batches {{ {_BATCH} }} }} }} }}"
+        )
+        got = self._result(self.gql(query, {"job": job_id})["cancelBatches"])
+        return [_batch_row(b) for b in got["batches"]]
 
     def estimate(
         self, stage: str, path: str | None, options: PipelineOptions, *, rounds_given: bool
@@ -691,6 +752,18 @@ def _progress(job: Mapping[str, Any]) -> Progress:
         failed_raw=int(job.get("failedRaw") or 0),
         first_error=job.get("firstError"),
     )
+
+
+def _batch_row(b: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch as the API gives it, keyed as the store's record is."""
+    keys = {
+        "jobId": "job_id", "remoteId": "remote_id", "inputFileId": "input_file_id",
+        "outputFileId": "output_file_id", "errorFileId": "error_file_id",
+        "createdAt": "created_at", "updatedAt": "updated_at",
+    }  # fmt: skip
+    row = {keys.get(k, k): v for k, v in b.items()}
+    row["imported"] = 1 if row.get("imported") else 0
+    return row
 
 
 def _job_row(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     #: a YAML price table laid over the shipped one (generators/prices.yaml)
     prices: Path | None = None
 
+    # --- the batch executor (glan generate --batch: the endpoint's Files + Batches API)
+    #: seconds between polls of a job's running batches
+    batch_poll_s: float = Field(default=30.0, gt=0)
+
     # --- the cluster executor (glan generate --executor ray; pip install 'glan[ray]')
     #: the Ray cluster to join ("auto", "ray://head:10001"); unset, a local Ray for the run
     ray_address: str | None = None

@@ -299,6 +299,40 @@ def test_cost(tmp_path: Path, stub: Stub) -> None:
     assert stub.calls - calls == 200  # the dry run asked nothing
 
 
+def test_large_runs(tmp_path: Path) -> None:
+    """Large runs' commands against a Files + Batches API stub (which answers live calls
+    too), over subjects and syllabi made under Algebra. The block's comment line stands for
+    an offline runner: here an output file made from requests.jsonl by the stub's model."""
+    from tests.batch_stub import run_batch_stub
+    from tests.llm_stub import fake_glan_model
+    from tests.test_batch import answer_offline
+
+    with run_batch_stub(fake_glan_model()) as batches:
+        env = glan_env(
+            tmp_path,
+            GLAN_LLM_BASE_URL=batches.base_url,
+            GLAN_MODEL="stub",
+            GLAN_BATCH_POLL_S="0.01",
+        )
+        algebra = '"Formal Sciences/Mathematics/Algebra"'
+        made = [f"generate subjects {algebra} --rounds 1", f"generate syllabus {algebra}"]
+        run_script("\n".join(["glan init", *(f"glan {m}" for m in made)]), tmp_path, env)
+        (block,) = blocks_in("Large runs: batches and offline runners", "bash")
+        lines = block.text.splitlines()
+        runner = next(i for i, ln in enumerate(lines) if ln.startswith("# an offline runner"))
+        out = " ".join(run_script("\n".join(lines[:runner]), tmp_path, env).split())
+        assert "done: all 200 units of questions are done" in out
+        assert "200 units wait in batches" in out and "done: all 200 units of answers" in out
+        assert "100 requests written to requests.jsonl" in out
+        assert len(batches.created) == 2  # one a job: the second answers run submits nothing
+        requests = (tmp_path / "requests.jsonl").read_bytes()
+        (tmp_path / "results.jsonl").write_bytes(answer_offline(requests))
+        out = " ".join(run_script("\n".join(lines[runner + 1 :]), tmp_path, env).split())
+        assert "100 done and 0 failed by this file" in out
+        out = run_script("glan batch import results.jsonl", tmp_path, env)
+        assert "0 done" in out and "100 lines skipped" in " ".join(out.split())
+
+
 def test_quality(tmp_path: Path, stub: Stub) -> None:
     """Quality's commands against the stub, over pairs made under Algebra: the judge scores
     each, the report prints the scores, and export keeps those at or above the minimum."""

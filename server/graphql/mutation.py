@@ -26,6 +26,12 @@ from graph.records import COUNT_NAMES, Node
 
 from ..auth import IsAuthorized
 from ..context import Context
+from .batch import (
+    BatchJobResult,
+    CancelBatchesResult,
+    cancel_job_batches,
+    generate_in_batches,
+)
 from .cleaning import (
     BenchmarkInput,
     DecontaminateResult,
@@ -438,3 +444,20 @@ class Mutation:
         job = await job_view(info.context, str(id))
         assert job is not None  # jobs are never deleted
         return JobPayload(job=job)
+
+    generate_in_batches: BatchJobResult = strawberry.mutation(
+        resolver=generate_in_batches,
+        permission_classes=AUTH,
+        description="Start (or resume) a stage's job with its requests sent through the "
+        "model endpoint's Files + Batches API (at its batch price where it has one), with the "
+        "arguments of jobEstimate: the server submits what no batch holds, polls them, reads "
+        "their results as each ends, and ends the job when all have; follow it as any job. "
+        "Requests the API did not answer stay pending for the next run.",
+    )
+    cancel_batches: CancelBatchesResult = strawberry.mutation(
+        resolver=cancel_job_batches,
+        permission_classes=AUTH,
+        description="Ask the Batch API to stop a job's running batches and store the job as "
+        "cancelled; what they finished is read by the next run of the job, which submits the "
+        "rest again.",
+    )

@@ -15,6 +15,7 @@ from graph.model import HIERARCHY
 from graph.records import Node
 
 from ..context import Context
+from .batch import BatchRecord, job_batches
 from .coverage import Coverage
 from .errors import (
     InvalidInputError,
@@ -331,6 +332,12 @@ class Query:
         resolver=job_estimate,
         description="A dry run: the job a generation mutation with these arguments would start "
         "or resume, its units left and what they would cost; nothing is stored or asked.",
+    )
+
+    batches: list[BatchRecord] = strawberry.field(
+        resolver=job_batches,
+        description="The batches jobs submitted to the Batch API (those of `jobId` only, given "
+        "one), by job then in order, as last recorded.",
     )
 
 
