@@ -10,6 +10,7 @@ One Ray is started for the module: it takes seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -407,3 +408,97 @@ def run_capped(store: Store, stub: Stub, cap: Any) -> list[Progress]:
         store, llm_config(stub), params_for, ["questions"], ALGEBRA, OPTIONS,
         ray_options(chunk=4), cost_cap=cap,
     )  # fmt: skip
+
+
+def test_the_workers_code_needs_no_glan(tmp_path: Path) -> None:
+    """What the cluster's workers run (the wire, the pre- and postprocess) is shipped by
+    value: it unpickles and runs in a Python that cannot import glan's packages."""
+    try:
+        from ray import cloudpickle
+    except ImportError as exc:
+        unavailable(f"Ray is not installed ({exc.name}): pip install 'glan[ray]'")
+    from generators import cluster_wire
+
+    cloudpickle.register_pickle_by_value(cluster_wire)
+    shipped = tmp_path / "shipped.pkl"
+    wire = functools.partial(cluster_wire.Wire, timeout_s=5.0, limit=4)
+    pre, post = cluster_wire.http_payload, cluster_wire.http_result
+    shipped.write_bytes(cloudpickle.dumps((wire, pre, post)))
+    script = f"""
+import pickle, sys
+for name in ("generators", "graph", "server"):
+    sys.modules[name] = None  # an import of any of them fails
+wire, pre, post = pickle.loads(open({str(shipped)!r}, "rb").read())
+print(pre({{"body": "{{}}"}}), post({{"unit": "u1", "http_response": {{"text": "hi"}}}}))
+print(type(wire()).__name__, wire().limit)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "{'payload': {'glan_body': '{}'}} {'unit': 'u1', 'text': 'hi'}",
+        "Wire 4",
+    ]
+
+
+def test_a_request_body_becomes_a_vllm_engine_input() -> None:
+    """The vLLM path (not run here: it needs vLLM and a GPU): a JSON schema asked for
+    becomes vLLM's structured output as JSON text, the sampling parameters carry over, and
+    an engine's output becomes a reply row."""
+    from generators import cluster_wire
+    from generators.llm import LLMClient, LLMConfig, StageParams
+    from generators.prompting import get_prompt
+
+    async def requests() -> tuple[Any, Any]:
+        llm = LLMClient(LLMConfig(base_url="http://127.0.0.1:1/v1"))
+        params = StageParams(model="m", temperature=0.5, top_p=0.9, max_tokens=64, seed=7)
+        messages = [{"role": "user", "content": "Ask a question"}]
+        model = get_prompt("question").response_model
+        try:
+            return llm.request(messages, model, params), llm.text_request(messages, model, params)
+        finally:
+            await llm.aclose()
+
+    structured, text = asyncio.run(requests())
+    row = cluster_wire.vllm_payload({"unit": "u", "body": json.dumps(structured.body())})
+    assert row["messages"] == structured.messages
+    sampling = row["sampling_params"]
+    assert {k: sampling[k] for k in ("temperature", "top_p", "max_tokens", "seed")} == {
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 64,
+        "seed": 7,
+    }
+    schema = structured.response_format["json_schema"]["schema"]
+    assert json.loads(sampling["structured_outputs"]["json"]) == schema
+    free = cluster_wire.vllm_payload({"unit": "u", "body": json.dumps(text.body())})
+    assert "structured_outputs" not in free["sampling_params"]
+    out = {"unit": "u", "generated_text": "Why?", "num_input_tokens": 9, "num_generated_tokens": 2}
+    assert cluster_wire.vllm_result(out) == {
+        "unit": "u",
+        **cluster_wire.reply_row("Why?", prompt_tokens=9, completion_tokens=2, status=200),
+    }
+
+
+def test_a_job_may_switch_executor_between_runs(ray_local: Any, base: Path, tmp_path: Path) -> None:
+    """Begun on Ray and stopped, finished by the live executor: the graph of a live run."""
+    with copy_of(base, tmp_path, "live") as a, run_stub(fake_glan_model()) as stub:
+        live(a, stub, ["questions"])
+        want = snapshot(a)
+    with copy_of(base, tmp_path, "switch") as b:
+
+        def stop(state: Progress) -> None:
+            if state.done >= 4:
+                raise KeyboardInterrupt
+
+        with run_stub(fake_glan_model()) as stub, pytest.raises(KeyboardInterrupt):
+            on_ray(b, stub, ["questions"], progress=stop, ray=ray_options(chunk=4))
+        (job,) = [j for j in b.jobs.all() if j["kind"] == "questions"]
+        done = sum(u["status"] == "done" for u in b.jobs.units(job["id"]))
+        assert 4 <= done < 12
+        with run_stub(fake_glan_model()) as stub:
+            (rest,) = live(b, stub, ["questions"])
+            assert stub.calls == 12 - done
+        assert (rest.status, rest.skipped, rest.done) == (JobStatus.COMPLETED, done, 12)
+        assert snapshot(b) == want
