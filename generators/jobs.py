@@ -38,6 +38,9 @@ JOB_SAVE_EVERY_S = 0.5
 #: many are waiting: one transaction per group instead of one per unit.
 WRITE_AFTER_S = 0.1
 WRITE_GROUP = 64
+#: Workers go on asking while a group is written (one writer writes them all), unless this
+#: many finished units are waiting: then writes are behind and the workers wait for them.
+WRITE_BACKLOG = 4 * WRITE_GROUP
 #: Units whose inputs are read from the store together, ahead of the workers that ask them.
 PREPARE_CHUNK = 512
 
@@ -349,6 +352,8 @@ class JobRunner:
         n_workers = min(self.concurrency, len(todo))
         fed: list[BaseException] = []  # what stopped the feeder, if anything did
         waiting: list[tuple[UnitSpec, Outcome]] = []  # finished, not yet written
+        full = asyncio.Event()  # a group is waiting (or the workers ended): write it now
+        taken = asyncio.Event()  # the writer took what was waiting: room for more
 
         async def feed() -> None:
             try:
@@ -371,6 +376,7 @@ class JobRunner:
         async def write_waiting() -> None:
             group = waiting[:]
             waiting.clear()  # a group that fails to write is not tried again: it runs again
+            taken.set()
             if group:
                 await asyncio.to_thread(self.write_group, stage, group, state, params)
                 if progress:
@@ -404,14 +410,23 @@ class JobRunner:
                 outcome.usage = spent.get(unit.id, Usage()) + outcome.usage
                 waiting.append((unit, outcome))
                 if len(waiting) >= WRITE_GROUP:
-                    await write_waiting()
+                    full.set()  # the writer writes it; this worker asks its next unit
+                while len(waiting) >= WRITE_BACKLOG:  # writes fall behind: wait for them
+                    taken.clear()
+                    await taken.wait()
 
         feeder = asyncio.create_task(feed())
         workers = [asyncio.create_task(worker()) for _ in range(n_workers)]
+        for w in workers:
+            w.add_done_callback(lambda _: full.set())
 
         async def writer() -> None:
+            """The one writer of the run's groups: a group as soon as one is full, what
+            is waiting at least every WRITE_AFTER_S, the rest when the workers end."""
             while not all(w.done() for w in workers):
-                await asyncio.sleep(WRITE_AFTER_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(full.wait(), WRITE_AFTER_S)
+                full.clear()
                 await write_waiting()
 
         tasks = [*workers, asyncio.create_task(writer())]

@@ -193,17 +193,17 @@ def test_a_query_of_the_store_alone_is_answered_once_per_version(api: Api) -> No
 def test_jobs_run_on_a_loop_of_their_own(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """A job's model calls run on the jobs' own thread and loop, not the server's: a busy
     server still gives them their turn."""
-    from generators.stages import PromptStage
+    from generators.llm import ChatRequest, LLMClient, Reply
     from tests.test_api import start
 
     threads: set[str] = set()
-    ask = PromptStage.ask
+    send = LLMClient.send
 
-    async def recorded(self: PromptStage, **variables: object) -> object:
+    async def recorded(self: LLMClient, request: ChatRequest) -> Reply:
         threads.add(threading.current_thread().name)
-        return await ask(self, **variables)
+        return await send(self, request)
 
-    monkeypatch.setattr(PromptStage, "ask", recorded)
+    monkeypatch.setattr(LLMClient, "send", recorded)
     job = start(api, "generateSubjects(path: $p, rounds: 2, perCall: 2)", {"p": "Arts"})
     assert api.wait_for(job["id"])["status"] == "COMPLETED"
     assert threads == {"glan-jobs"}
