@@ -101,6 +101,8 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     #: why the model stopped ("length": cut off at max_tokens), where the endpoint said
     finish_reason: str | None = None
+    #: what the validators left out of the value, each as "rejected by <rule>: ..."
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -208,9 +210,9 @@ class Stage(ABC):
         """A response to the unit's request, validated: the value to write, or the reason it
         cannot be used, with the raw text kept either way. Every executor ends here."""
         value, error = request.parse(reply.text)
-        error = self.check(unit, request, reply, value, error)
+        value, error, dropped = self.check(unit, request, reply, value, error)
         value = value if error is None else None
-        return Outcome(value, reply.text, error, reply.usage, reply.finish_reason)
+        return Outcome(value, reply.text, error, reply.usage, reply.finish_reason, dropped)
 
     def check(
         self,
@@ -219,10 +221,11 @@ class Stage(ABC):
         reply: Reply,
         value: Any,
         error: str | None,
-    ) -> str | None:
-        """Why a reply cannot be used: its parse error (None when it parsed), or what the
-        stage's validators reject in the parsed value (generators/validators.py)."""
-        return error
+    ) -> tuple[Any, str | None, list[str]]:
+        """A parsed reply (`value`, or None with its parse `error`) as the stage's validators
+        leave it (generators/validators.py): the value to write, or why the reply cannot be
+        used; and the items they left out of it, each as "rejected by <rule>: ..."."""
+        return value, error, []
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         """The live executor's unit: send the request, accept the reply; a JSON answer that
@@ -608,6 +611,7 @@ class JobRunner:
         if outcome is not None:
             row.update(
                 error=outcome.error,
+                dropped="\n".join(outcome.dropped) or None,
                 raw=outcome.raw or None,
                 prompt_tokens=outcome.usage.prompt_tokens,
                 completion_tokens=outcome.usage.completion_tokens,

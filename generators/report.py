@@ -18,7 +18,7 @@ from .cleaning import iter_instructions
 from .cost import PriceTable, job_cost, job_model, load_prices
 from .diversity import measure
 from .export import Skipped, iter_pairs
-from .validators import rule_of
+from .validators import RULE_NAMES, rule_of
 
 
 @dataclass
@@ -58,8 +58,10 @@ class Report:
     estimated_cost_usd: float = 0.0
     #: jobs that spent tokens on a model with no price: their cost is not in the sum
     unpriced_jobs: int = 0
-    #: failed units a validator rejected, by rule (generators/validators.py)
+    #: failed units a validator rejected, by rule (generators/validators.py; every rule)
     validator_rejections: dict[str, int] = field(default_factory=dict)
+    #: items (a concept, a subject...) validators left out of outputs otherwise kept, by rule
+    validator_drops: dict[str, int] = field(default_factory=dict)
     #: the judge's overall scores under the path: judged, mean, histogram {score: pairs}
     scores: dict[str, Any] = field(default_factory=dict)
     #: the same per discipline (when the path is above disciplines), lowest mean first
@@ -115,20 +117,18 @@ def _add_job(report: Report, job: dict[str, Any], prices: PriceTable) -> None:
         report.unpriced_jobs += 1
 
 
-def least_combined(store: Store, path: str | None, top: int) -> list[dict[str, Any]]:
-    """The `top` subjects under the path with the lowest share of their combination space
-    asked about (from their rollups)."""
-    found = store.coverage.gaps(path, top, thinnest=True).thinnest_subjects
-    paths = store.taxonomy.paths_of_many([g.node.id for g in found])
-    return [
-        {
-            "subject": (paths.get(g.node.id) or [g.node.name])[0],
-            "space": g.space,
-            "used": g.used,
-            "share": round(g.share, 6),
-        }
-        for g in found
-    ]
+def _drops(store: Store, scope_path: str) -> dict[str, int]:
+    """Items the validators left out of the outputs of the jobs under the path, by rule."""
+    in_scope = {
+        j["id"]
+        for j in store.jobs.all()
+        if (j.get("scope") or "").casefold().startswith(scope_path.casefold())
+    }
+    counted: Counter[str] = Counter()
+    for job, notes in store.jobs.dropped():
+        if job in in_scope:
+            counted.update(r for line in notes.splitlines() if (r := rule_of(line)))
+    return {r: counted[r] for r in RULE_NAMES}
 
 
 def _score_row(s: Scores) -> dict[str, Any]:
@@ -158,6 +158,22 @@ def _add_scores(report: Report, store: Store, scope: Node | None) -> None:
     ]
     rows.sort(key=lambda r: (r["mean"], r["discipline"]))
     report.scores_by_discipline = rows
+
+
+def least_combined(store: Store, path: str | None, top: int) -> list[dict[str, Any]]:
+    """The `top` subjects under the path with the lowest share of their combination space
+    asked about (from their rollups)."""
+    found = store.coverage.gaps(path, top, thinnest=True).thinnest_subjects
+    paths = store.taxonomy.paths_of_many([g.node.id for g in found])
+    return [
+        {
+            "subject": (paths.get(g.node.id) or [g.node.name])[0],
+            "space": g.space,
+            "used": g.used,
+            "share": round(g.share, 6),
+        }
+        for g in found
+    ]
 
 
 def build_report(
@@ -213,7 +229,9 @@ def build_report(
                 if (rule := rule_of(unit.get("error"))) is not None:
                     rejections[rule] += 1
     report.failed_units = dict(failures.most_common())
-    report.validator_rejections = dict(rejections.most_common())
+    # every rule, so that a clean run says so
+    report.validator_rejections = {r: rejections[r] for r in RULE_NAMES}
+    report.validator_drops = _drops(store, scope_path)
 
     scope = store.taxonomy.node(path) if path else None
     level = HIERARCHY.index(DISCIPLINE)

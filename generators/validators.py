@@ -3,9 +3,13 @@ anything is written: junk fails its unit with a clear reason, its raw text kept.
 
 Each rule is small and named. A stage lists the texts of its output (`Text`: a concept, a
 subject's level, a question, an answer...), each with its kind, the name of the node it
-sits under and the group whose names must differ; `check` runs every rule in order over
-them and gives the first problem as "rejected by <rule>: <what was wrong>". The rule's name
-is what the stored error starts with, so a report counts rejections by rule (`rule_of`).
+sits under, the group whose names must differ and the list item it belongs to; `check`
+runs every rule over them. A reply that is junk as a whole (a question, an answer, a reply
+cut off) fails its unit as "rejected by <rule>: <what was wrong>". A list with junk in it
+is not junk as a whole: the items that break a rule are left out, the rest is kept while it
+still holds (a session keeps three concepts), and the unit records each item left out in
+the same form. The rule's name is what each starts with, so a report counts them by rule
+(`rule_of`).
 
 A subject that does not belong where it was proposed ("Biology" under Algebra) is not one
 of these: no rule can tell it from a cross-disciplinary subject that does belong
@@ -18,8 +22,11 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from graph.model import name_key
 
@@ -104,6 +111,11 @@ class Text:
     parent: str | None = None
     #: names in one group must differ (the subjects of one reply, the concepts of a session)
     group: str | None = None
+    #: where the list item it belongs to sits in the reply, as a pydantic location
+    #: (("sessions", 2, "concepts", 0)): a text that breaks a rule leaves that item out and
+    #: the rest is kept. None: a text of the reply as a whole (a question, an answer), which
+    #: fails the unit
+    item: tuple[str | int, ...] | None = None
 
     def label(self) -> str:
         shown = self.value if len(self.value) <= 80 else self.value[:77] + "..."
@@ -122,12 +134,28 @@ class Output:
     free_text: bool = False
 
 
+#: what a rule finds: why, and the text at fault (None: the reply as a whole)
+Problem = tuple[str, Text | None]
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
     #: what it rejects, in one line (the README lists these)
     reason: str
-    check: Callable[[Output], str | None]
+    check: Callable[[Output], Iterator[Problem]]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule broken: the item to leave out for it, or (item None) the whole reply."""
+
+    rule: str
+    detail: str
+    item: tuple[str | int, ...] | None = None
+
+    def __str__(self) -> str:
+        return rejection(self.rule, self.detail)
 
 
 #: the ASCII letters, deleted from an ASCII text's bytes to count them
@@ -206,16 +234,17 @@ def _without_code(text: str) -> str:
 # ---------------------------------------------------------------------------- the rules
 
 
-def _truncated(out: Output) -> str | None:
+def _truncated(out: Output) -> Iterator[Problem]:
     if out.free_text and out.finish_reason == "length":
-        return (
+        yield (
             'the answer stopped at the token limit (finish_reason "length"), cut off; '
-            "raise GLAN_MAX_TOKENS or leave it unset"
+            "raise GLAN_MAX_TOKENS or leave it unset",
+            None,
         )
+        return
     for t in out.texts:
         if t.kind == "answer" and _json_fragment(t.value):
-            return f"the answer is JSON cut off before it ends: {t.label()}"
-    return None
+            yield f"the answer is JSON cut off before it ends: {t.label()}", t
 
 
 def _json_fragment(text: str) -> bool:
@@ -231,63 +260,58 @@ def _json_fragment(text: str) -> bool:
     return False
 
 
-def _template_leak(out: Output) -> str | None:
+def _template_leak(out: Output) -> Iterator[Problem]:
     for t in out.texts:
         if t.kind in NAME_KINDS or t.kind == "level":
             found = _NAME_MARKUP.search(t.value)
         else:
             found = _SPECIAL_TOKEN.search(t.value) or _PLACEHOLDER.search(_without_code(t.value))
         if found:
-            return f"{t.label()} holds template or chat markup {found.group(0)!r}"
-    return None
+            yield f"{t.label()} holds template or chat markup {found.group(0)!r}", t
 
 
-def _punctuation_only(out: Output) -> str | None:
+def _punctuation_only(out: Output) -> Iterator[Problem]:
     for t in out.texts:
         if t.kind in OPTIONAL_KINDS and not t.value.strip():
             continue
         if not _alnum(t.value):
-            return f"{t.label()} has no letter or digit, only punctuation or spaces"
-    return None
+            yield f"{t.label()} has no letter or digit, only punctuation or spaces", t
 
 
-def _too_short(out: Output) -> str | None:
+def _too_short(out: Output) -> Iterator[Problem]:
     for t in out.texts:
         if t.kind in OPTIONAL_KINDS and not t.value.strip():
             continue
         if t.kind in MIN_LETTERS and _letters(t.value) < MIN_LETTERS[t.kind]:
             need = MIN_LETTERS[t.kind]
-            return f"{t.label()} has fewer than {need} letter{'s' * (need > 1)}"
-        if t.kind in MIN_WORDS and _words(t.value) < MIN_WORDS[t.kind]:
-            return f"{t.label()} has fewer than {MIN_WORDS[t.kind]} words"
-        if t.kind == "answer" and _alnum(t.value) < MIN_ANSWER_CHARS:
-            return f"{t.label()} is too short to be an answer"
-    return None
+            yield f"{t.label()} has fewer than {need} letter{'s' * (need > 1)}", t
+        elif t.kind in MIN_WORDS and _words(t.value) < MIN_WORDS[t.kind]:
+            yield f"{t.label()} has fewer than {MIN_WORDS[t.kind]} words", t
+        elif t.kind == "answer" and _alnum(t.value) < MIN_ANSWER_CHARS:
+            yield f"{t.label()} is too short to be an answer", t
 
 
-def _repeats_parent(out: Output) -> str | None:
+def _repeats_parent(out: Output) -> Iterator[Problem]:
     for t in out.texts:
         if t.kind in NAME_KINDS and t.parent and name_key(t.value) == name_key(t.parent):
-            return f"{t.label()} only repeats the name of the node it sits under"
-    return None
+            yield f"{t.label()} only repeats the name of the node it sits under", t
 
 
-def _duplicate_names(out: Output) -> str | None:
-    seen: dict[tuple[str, str], Text] = {}
+def _duplicate_names(out: Output) -> Iterator[Problem]:
+    seen: set[tuple[str, str]] = set()
     for t in out.texts:
         if t.group is None or t.kind not in NAME_KINDS:
             continue
         key = (t.group, name_key(t.value))
-        if key in seen:
-            return f"{t.label()} is given twice in one list"
-        seen[key] = t
-    return None
+        if key in seen:  # the first is kept
+            yield f"{t.label()} is given twice in one list", t
+        seen.add(key)
 
 
-def _wrong_script(out: Output) -> str | None:
+def _wrong_script(out: Output) -> Iterator[Problem]:
     asked = _prompt_scripts(out.prompt)
     if not asked:
-        return None  # nothing to compare with: the prompt has no letters of a known script
+        return  # nothing to compare with: the prompt has no letters of a known script
     total: dict[str, int] = {}
     for t in out.texts:
         found = scripts(t.value)
@@ -297,18 +321,19 @@ def _wrong_script(out: Output) -> str | None:
             foreign = sum(n for s, n in found.items() if s not in asked)
             letters = sum(found.values())
             if foreign >= NAME_SCRIPT_MIN_LETTERS and foreign * 2 > letters:
-                return (
+                yield (
                     f"{t.label()} is written in {_names(found, asked)}, a script the prompt "
-                    f"does not use ({_names({s: 1 for s in asked}, set())})"
+                    f"does not use ({_names({s: 1 for s in asked}, set())})",
+                    t,
                 )
     letters = sum(total.values())
     foreign = sum(n for s, n in total.items() if s not in asked)
     if foreign >= SCRIPT_MIN_LETTERS and foreign >= SCRIPT_MIN_SHARE * letters:
-        return (
+        yield (
             f"{foreign:,} of its {letters:,} letters are in {_names(total, asked)}, a script "
-            f"the prompt does not use ({_names({s: 1 for s in asked}, set())})"
+            f"the prompt does not use ({_names({s: 1 for s in asked}, set())})",
+            None,
         )
-    return None
 
 
 def _names(found: Mapping[str, int], but: set[str]) -> str:
@@ -369,34 +394,118 @@ def rule_of(error: str | None) -> str | None:
     return name if name in RULE_NAMES else None
 
 
-def validate(out: Output, rules: Iterable[Rule] = RULES) -> str | None:
-    """The first rule the output breaks, as the error to fail its unit with; None if clean."""
+def findings(out: Output, rules: Iterable[Rule] = RULES) -> list[Finding]:
+    """Every rule the output breaks, rule by rule in order, each with the item to leave out
+    for it (None: the reply as a whole); a text is named by the first rule it breaks."""
+    found: list[Finding] = []
+    named: set[int] = set()
     for rule in rules:
-        problem = rule.check(out)
-        if problem is not None:
-            return rejection(rule.name, problem)
-    return None
+        for detail, text in rule.check(out):
+            if text is not None and id(text) in named:
+                continue
+            if text is not None:
+                named.add(id(text))
+            found.append(Finding(rule.name, detail, text.item if text is not None else None))
+    return found
+
+
+def validate(out: Output, rules: Iterable[Rule] = RULES) -> str | None:
+    """The first rule the output breaks, as an error ("rejected by <rule>: ..."); None if
+    it breaks none."""
+    found = findings(out, rules)
+    return str(found[0]) if found else None
+
+
+@dataclass
+class Verdict:
+    """What the validators make of a parsed reply: the value to keep (its junk items left
+    out), or the error that fails its unit; and the items left out, as rejections."""
+
+    value: Any
+    error: str | None = None
+    dropped: list[str] = field(default_factory=list)
 
 
 def check(
+    value: BaseModel | None,
     texts: Sequence[Text],
     *,
     prompt: str = "",
     finish_reason: str | None = None,
     free_text: bool = False,
     parse_error: str | None = None,
-) -> str | None:
-    """A reply's error after parsing (`parse_error`, None when it parsed) and validation:
-    a reply that did not parse because it was cut off says so as `truncated`."""
-    if parse_error is not None:
+) -> Verdict:
+    """A parsed reply (`value`, None with `parse_error` when it did not parse) judged by the
+    rules. A reply cut off before its JSON ended is `truncated`. A rule broken by the reply
+    as a whole fails it; one broken by a list item (a subject, a subtopic, a session, a
+    concept) leaves that item out and keeps the rest, so long as what is left still holds
+    (a session with three concepts, a reply with one subject...): an item left too small
+    is left out in turn, and a reply left with too little fails with the first rejection."""
+    if parse_error is not None or value is None:
         if finish_reason == "length":
-            return rejection(
-                "truncated",
-                'the reply stopped at the token limit (finish_reason "length") before its '
-                f"JSON ended; raise GLAN_MAX_TOKENS or leave it unset ({parse_error})",
+            return Verdict(
+                None,
+                rejection(
+                    "truncated",
+                    'the reply stopped at the token limit (finish_reason "length") before '
+                    f"its JSON ended; raise GLAN_MAX_TOKENS or leave it unset ({parse_error})",
+                ),
             )
-        return parse_error
-    return validate(Output(texts, prompt, finish_reason, free_text))
+        return Verdict(None, parse_error or "the reply could not be read")
+    found = findings(Output(texts, prompt, finish_reason, free_text))
+    whole = next((f for f in found if f.item is None), None)
+    if whole is not None:
+        return Verdict(None, str(whole))
+    if not found:
+        return Verdict(value)
+    kept, problem = prune(value, [f.item for f in found if f.item is not None])
+    if kept is None:
+        return Verdict(None, f"{found[0]}; left out, too little is left ({problem})")
+    return Verdict(kept, dropped=[str(f) for f in found])
+
+
+def prune(
+    value: BaseModel, items: Sequence[tuple[str | int, ...]]
+) -> tuple[BaseModel | None, str | None]:
+    """The value without the list items at these locations, validated again: an item then
+    too small (a session under three concepts) is left out too, up to the reply itself,
+    which then cannot be kept (None, and why)."""
+    data = value.model_dump()
+    drop = set(items)
+    for _ in range(8):  # each pass goes one level up: replies nest a few levels at most
+        data = _without(data, drop)
+        try:
+            return type(value).model_validate(data), None
+        except ValidationError as exc:
+            up = {_item_of(tuple(e["loc"])) for e in exc.errors()}
+            if None in up:
+                return None, _first_error(exc)
+            drop = {u for u in up if u is not None}
+    return None, "it kept breaking its schema"
+
+
+def _item_of(loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """The list item a validation error's location lies in (the last index on the way)."""
+    last = max((i for i, part in enumerate(loc) if isinstance(part, int)), default=None)
+    return None if last is None else loc[: last + 1]
+
+
+def _without(data: Any, items: set[tuple[str | int, ...]]) -> Any:
+    """A copy of `data` without the list elements at `items`."""
+
+    def walk(node: Any, at: tuple[str | int, ...]) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, (*at, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*at, i)) for i, v in enumerate(node) if (*at, i) not in items]
+        return node
+
+    return walk(data, ())
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}"
 
 
 def prompt_text(messages: Sequence[Mapping[str, str]]) -> str:

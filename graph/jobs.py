@@ -43,6 +43,12 @@ class Jobs(Part):
         rows = self.driver.execute(Q.job_units(self.d), {"job": job_id})
         return [Node.from_row(r["u"]).props for r in rows]
 
+    def dropped(self) -> list[tuple[str, str]]:
+        """(job id, what was left out) of each unit whose output the validators left items
+        out of: one rejection a line (generators/validators.py)."""
+        rows = self.driver.execute(Q.dropped_notes(self.d))
+        return [(str(r["job"]), str(r["dropped"])) for r in rows]
+
     def unit_statuses(self, ids: Sequence[str]) -> dict[str, str]:
         """The status of each unit that exists among these ids."""
         out: dict[str, str] = {}

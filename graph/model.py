@@ -249,6 +249,7 @@ UNIT = NodeKind(
         Prop("attempts", INT),
         Prop("error"),
         Prop("raw"),  # the model's text when parsing failed: never thrown away
+        Prop("dropped"),  # what the validators left out of its output, a rejection a line
         Prop("payload"),  # JSON text: the unit's inputs (e.g. the sampled concept ids)
         Prop("prompt_tokens", INT),
         Prop("completion_tokens", INT),

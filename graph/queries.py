@@ -418,6 +418,14 @@ def job_units(d: Dialect) -> str:
     return f"MATCH (u:{d.q(UNIT.label)}) WHERE u.job_id = $job RETURN u"
 
 
+def dropped_notes(d: Dialect) -> str:
+    """The units whose output the validators left items out of, with what they left out."""
+    return (
+        f"MATCH (u:{d.q(UNIT.label)}) WHERE u.{d.q('dropped')} IS NOT NULL "
+        f"RETURN u.job_id AS job, u.{d.q('dropped')} AS dropped"
+    )
+
+
 def unit_status(d: Dialect) -> str:
     return (
         f"UNWIND $ids AS x MATCH (u:{d.q(UNIT.label)} {{id: x}}) "

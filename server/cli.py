@@ -1252,10 +1252,11 @@ def _print_quality(rep: Any) -> None:
         t.add_row(escape(rep.path or "all"), f"{rep.scores['judged']:,}", mean(rep.scores),
                   bars(rep.scores))  # fmt: skip
         console.print(t)
-    if rep.validator_rejections:
-        t = Table("rule", "failed units", title="validator rejections by rule")
-        for rule, count in rep.validator_rejections.items():
-            t.add_row(rule, f"{count:,}")
+    if rep.validator_rejections or rep.validator_drops:  # every rule, zeros included
+        t = Table("rule", "failed units", "items left out", title="validator rejections by rule")
+        for rule in dict.fromkeys([*rep.validator_rejections, *rep.validator_drops]):
+            failed, left = rep.validator_rejections.get(rule, 0), rep.validator_drops.get(rule, 0)
+            t.add_row(rule, f"{failed:,}", f"{left:,}")
         console.print(t)
 
 

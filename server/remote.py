@@ -66,7 +66,7 @@ _ESTIMATE = (
     "estimatedCostUsd spentCostUsd coverage { target untilShare concepts reachedBefore wanted "
     "reached short questions byDiscipline { path questions } }"
 )
-_UNIT = "id targetId status error raw payload promptTokens completionTokens updatedAt"
+_UNIT = "id targetId status error raw dropped payload promptTokens completionTokens updatedAt"
 _BATCH = (
     "id jobId seq remoteId status requests completed failed imported errors inputFileId "
     "outputFileId errorFileId createdAt updatedAt"
@@ -799,6 +799,7 @@ def _unit_row(unit: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]
         "attempts": None,
         "error": unit.get("error"),
         "raw": unit.get("raw"),
+        "dropped": unit.get("dropped"),
         "payload": unit.get("payload"),
         "prompt_tokens": unit.get("promptTokens"),
         "completion_tokens": unit.get("completionTokens"),

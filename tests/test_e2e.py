@@ -5,6 +5,8 @@ structure and provenance, never text."""
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from generators.local_model import (
     llama_server_available,
     start_local_model,
 )
+from generators.validators import RULE_NAMES, rule_of
 from graph.config import StoreConfig
 from graph.model import ANSWERS, COVERS, FROM, HAS_CONCEPT
 from graph.store import Store
@@ -129,3 +132,42 @@ def test_the_readme_main_job_on_the_real_model(tmp_path: Path) -> None:
             response = store.nodes.get(rid)
             assert response is not None and response.props["text"]
             assert response.props["prompt_name"] == "answer"
+        # what the validators rejected (failed units) and left out (items), by rule, as the
+        # units keep it
+        units = [u for job in jobs.values() for u in store.jobs.units(job["id"])]
+        rejected = Counter(
+            rule for u in units if u["status"] == "failed" and (rule := rule_of(u["error"]))
+        )
+        left_out = Counter(
+            rule
+            for u in units
+            for line in (u.get("dropped") or "").splitlines()
+            if (rule := rule_of(line))
+        )
+
+    # the judge on the same model, then the report: scores and rejections by rule
+    judge = f'glan generate judge "{DISCIPLINE}" --local && glan report "{DISCIPLINE}"'
+    out = run_script(judge, tmp_path, env, timeout=1500)
+    with Store.open(StoreConfig(db_path=db)) as store:
+        (job,) = [j for j in store.jobs.all() if j["kind"] == "judge"]
+        assert job["status"] in ("completed", "completed_with_failures")
+        assert job["total"] == len(answered) and job["done"] + job["failed"] == job["total"]
+        scores = store.instructions.scores(store.taxonomy.scope(DISCIPLINE)).get("")
+        judged = scores.judged if scores else 0
+        for unit in store.jobs.units(job["id"]):
+            rule = rule_of(unit["error"]) if unit["status"] == "failed" else None
+            if rule:
+                rejected[rule] += 1
+    assert judged == job["done"]
+    report = " ".join(out.split())
+    if judged:
+        assert "judge scores (1-10)" in report and f"{scores.mean:.2f}" in report  # type: ignore[union-attr]
+    # every rule, with the units it failed and the items it left out (zeros included)
+    assert "validator rejections by rule" in report
+    for rule in RULE_NAMES:
+        row = rf"{rule} │ {rejected[rule]:,} │ {left_out[rule]:,} │"
+        assert re.search(row, report), (rule, report)
+    print(
+        f"\nbundled model: {judged} pairs judged; by rule, units failed {dict(rejected)}, "
+        f"items left out {dict(left_out)}"
+    )

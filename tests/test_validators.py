@@ -92,10 +92,10 @@ def test_a_truncated_reply_is_rejected_with_or_without_finish_reason() -> None:
 
 
 def test_a_reply_cut_off_before_its_json_ended_says_so() -> None:
-    error = V.check([], finish_reason="length", parse_error="the answer did not match Syllabus: x")
-    assert V.rule_of(error) == "truncated" and "did not match Syllabus" in (error or "")
+    cut = V.check(None, [], finish_reason="length", parse_error="did not match Syllabus: x")
+    assert V.rule_of(cut.error) == "truncated" and "did not match Syllabus" in (cut.error or "")
     # not cut off: the parse error as it was
-    assert V.check([], finish_reason="stop", parse_error="did not match") == "did not match"
+    assert V.check(None, [], finish_reason="stop", parse_error="no JSON").error == "no JSON"
 
 
 def test_text_in_another_script_than_the_prompts() -> None:
@@ -213,7 +213,7 @@ def subjects(name: str = "Group Theory", level: str = "undergraduate", topics: A
         ("syllabus", syllabus(["norm", "Norm", "basis"]), "duplicate_names"),
         ("subjects", subjects(level='"+1,"'), "too_short"),
         ("subjects", subjects(topics=[","]), "punctuation_only"),
-        ("subjects", subjects(name="Pure Mathematics"), "repeats_parent"),
+        ("subjects", subjects(name="Rings", topics=["rings"]), "repeats_parent"),
         ("answers", '{"truncated": ', "truncated"),
         (
             "answers",
@@ -257,10 +257,12 @@ def test_a_taxonomy_proposal_is_checked_too(store: Store) -> None:
     unit = stage.plan(store.taxonomy.scope("Formal Sciences"))[0]
     request = stage.request(unit)
     assert not isinstance(request, Outcome)
-    junk = json.dumps({"items": [{"name": "Formal Sciences"}, {"name": "Logic"}]})
-    good = json.dumps({"items": [{"name": "Logic", "description": "valid reasoning"}]})
+    junk = json.dumps({"items": [{"name": "Formal Sciences"}]})
+    mixed = json.dumps({"items": [{"name": "Formal Sciences"}, {"name": "Logic"}]})
     assert V.rule_of(stage.accept(unit, request, Reply(junk)).error) == "repeats_parent"
-    assert stage.accept(unit, request, Reply(good)).ok
+    kept = stage.accept(unit, request, Reply(mixed))
+    assert kept.ok and [i.name for i in kept.value.items] == ["Logic"]
+    assert [V.rule_of(d) for d in kept.dropped] == ["repeats_parent"]
 
 
 def test_the_live_executor_shows_a_json_stage_its_rejection_once(embedded_store: Store) -> None:
@@ -328,3 +330,87 @@ def test_an_ascii_texts_scripts_are_counted_as_one_letter_at_a_time_counts_them(
         assert V.scripts(text) == one_by_one, text
         assert V._letters(text) == sum(ch.isalpha() for ch in text), text
         assert V._alnum(text) == sum(ch.isalnum() for ch in text), text
+
+
+# ------------------------------------------------------------------ junk items left out
+
+
+def test_junk_items_are_left_out_and_the_rest_kept(store: Store) -> None:
+    """A list with junk in it is not junk as a whole: the items that break a rule are left
+    out (an item then too small goes too), the rest is written, and the unit records what
+    it left out, by rule."""
+    reply = json.dumps(
+        {
+            "sessions": [
+                {
+                    "title": "Vectors",
+                    "description": "d",
+                    "concepts": ["norm", "...", "basis", "span"],
+                },
+                {"title": "Maps", "description": "d", "concepts": ["kernel", "{{x}}", "maps"]},
+                {"title": "Bases", "description": "d", "concepts": ["basis", "dimension", "rank"]},
+            ]
+        }
+    )
+    outcome = accept(store, "syllabus", reply)
+    assert outcome.ok, outcome.error
+    kept = outcome.value.sessions
+    assert [(s.title, s.concepts) for s in kept] == [
+        ("Vectors", ["norm", "basis", "span"]),
+        ("Bases", ["basis", "dimension", "rank"]),
+    ]
+    assert [V.rule_of(d) for d in outcome.dropped] == [
+        "template_leak",
+        "punctuation_only",
+        "repeats_parent",
+    ]
+    assert 'concept "..."' in outcome.dropped[1]
+    # a reply with one good subject among junk keeps it
+    mixed = json.dumps(
+        {
+            "subjects": [
+                {"name": "Pure Mathematics", "level": "undergraduate", "subtopics": ["proofs"]},
+                {"name": "Group Theory", "level": "graduate", "subtopics": ["groups", ","]},
+                {"name": "Rings", "level": '"+1,"', "subtopics": ["ideals"]},
+            ]
+        }
+    )
+    outcome = accept(store, "subjects", mixed)
+    assert outcome.ok, outcome.error
+    # a course named as its discipline is kept: it is a course like any other
+    assert [(s.name, s.subtopics) for s in outcome.value.subjects] == [
+        ("Pure Mathematics", ["proofs"]),
+        ("Group Theory", ["groups"]),
+    ]
+    assert sorted(V.rule_of(d) or "" for d in outcome.dropped) == ["punctuation_only", "too_short"]
+
+
+def test_what_was_left_out_is_stored_on_the_unit_and_the_rest_written(
+    embedded_store: Store,
+) -> None:
+    embedded_store.taxonomy.load(SMALL_TAXONOMY)
+    fine = fake_glan_model()
+
+    def handler(body: dict[str, Any], n: int) -> Any:
+        reply = fine(body, n)
+        if '{"sessions"' in first_user_message(body):
+            data = json.loads(reply.content)
+            data["sessions"][0]["concepts"].append("...")  # four good ones and a junk one
+            reply.content = json.dumps(data)
+        return reply
+
+    with run_stub(handler) as model:
+        _, syllabi = run(embedded_store, model, ["subjects", "syllabus"])
+    assert syllabi.done == syllabi.total == 6 and syllabi.failed == 0
+    units = embedded_store.jobs.units(syllabi.job_id)
+    assert all(V.rule_of(u["dropped"]) == "punctuation_only" for u in units)
+    assert all(u["error"] is None for u in units)
+    # each syllabus was written without the junk concept: 4 sessions of 4 concepts
+    stats = embedded_store.syllabi.concept_stats([u["target_id"] for u in units])
+    assert {s[0] for s in stats.values()} == {16}
+    # the report counts them by rule, apart from the units rejected whole
+    from generators.report import build_report
+
+    report = build_report(embedded_store, None)
+    assert {r: n for r, n in report.validator_drops.items() if n} == {"punctuation_only": 6}
+    assert not any(report.validator_rejections.values())

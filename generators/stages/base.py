@@ -77,15 +77,17 @@ class PromptStage(Stage):
         reply: Reply,
         value: Any,
         error: str | None,
-    ) -> str | None:
+    ) -> tuple[Any, str | None, list[str]]:
         texts = self.texts(unit, value) if error is None and value is not None else []
-        return validators.check(
+        verdict = validators.check(
+            value,
             texts,
             prompt=validators.prompt_text(request.messages),
             finish_reason=reply.finish_reason,
             free_text=request.free_text,
             parse_error=error,
         )
+        return verdict.value, verdict.error, verdict.dropped
 
     def stamp(self, unit: UnitSpec) -> dict[str, Any]:
         return self.provenance(unit, self.prompt.name, self.prompt.version)

@@ -20,7 +20,6 @@ class SubjectsStage(PromptStage):
     name = "subjects"
     prompt_name = "subjects"
     scope_kinds = (FIELD, SUBFIELD, DISCIPLINE)
-    parent_variable = "discipline"
 
     def plan(self, scope: Node | None) -> list[UnitSpec]:
         rounds = int(self.options.get("rounds", 10))
@@ -48,12 +47,18 @@ class SubjectsStage(PromptStage):
         return found
 
     def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
-        discipline = self.parent_name(unit)
         out: list[Text] = []
         for i, s in enumerate(value.subjects):
-            out.append(Text("subject", s.name, discipline, "subjects"))
-            out.append(Text("level", s.level))
-            out += [Text("subtopic", t, s.name, f"subtopics {i}") for t in s.subtopics]
+            here = ("subjects", i)
+            # no parent to repeat: a course named as its discipline is a course like any
+            # other ("Algebra" in Algebra, "Microbiology" in Microbiology), where a session
+            # named as its course, or a concept as its session, says nothing
+            out.append(Text("subject", s.name, None, "subjects", here))
+            out.append(Text("level", s.level, item=here))
+            out += [
+                Text("subtopic", t, s.name, f"subtopics {i}", (*here, "subtopics", j))
+                for j, t in enumerate(s.subtopics)
+            ]
         return out
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:

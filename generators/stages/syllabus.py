@@ -57,9 +57,13 @@ class SyllabusStage(PromptStage):
         subject = self.parent_name(unit)
         out: list[Text] = []
         for i, s in enumerate(value.sessions):
-            out.append(Text("session", s.title, subject, "sessions"))
-            out.append(Text("description", s.description))
-            out += [Text("concept", c, s.title, f"concepts {i}") for c in s.concepts]
+            here = ("sessions", i)
+            out.append(Text("session", s.title, subject, "sessions", here))
+            out.append(Text("description", s.description, item=here))
+            out += [
+                Text("concept", c, s.title, f"concepts {i}", (*here, "concepts", j))
+                for j, c in enumerate(s.concepts)
+            ]
         return out
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:

@@ -65,9 +65,9 @@ class TaxonomyStage(PromptStage):
         path = unit.payload["path"]
         parent = split_path(path)[-1] if path else None
         out: list[Text] = []
-        for item in value.items:
-            out.append(Text("node", item.name, parent, "items"))
-            out.append(Text("description", item.description))
+        for i, item in enumerate(value.items):
+            out.append(Text("node", item.name, parent, "items", ("items", i)))
+            out.append(Text("description", item.description, item=("items", i)))
         return out
 
     def write(self, unit: UnitSpec, outcome: Outcome, tx: Tx) -> None:

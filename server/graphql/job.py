@@ -57,6 +57,9 @@ class JobUnit:
     status: UnitState | None
     error: str | None
     raw: str | None = strawberry.field(description="The model's text when it could not be used.")
+    dropped: str | None = strawberry.field(
+        description="What the validators left out of its output, one rejection a line."
+    )
     payload: str | None = strawberry.field(description="The unit's inputs, as JSON.")
     prompt_tokens: int
     completion_tokens: int
@@ -74,6 +77,7 @@ class JobUnit:
             status=status,
             error=row.get("error"),
             raw=row.get("raw"),
+            dropped=row.get("dropped"),
             payload=row.get("payload"),
             prompt_tokens=_int(row, "prompt_tokens"),
             completion_tokens=_int(row, "completion_tokens"),
