@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -142,12 +143,30 @@ def start_ray(options: RayOptions) -> tuple[ModuleType, bool]:
     return ray, started
 
 
+def probe(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse at once a cluster address where nothing answers, rather than let Ray retry it
+    for minutes ("auto" and other addresses without a port are left to Ray)."""
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"nothing answers at the Ray cluster address {address} ({exc}): check "
+            "--ray-address or GLAN_RAY_ADDRESS"
+        ) from exc
+
+
 def quiet_ray_data(ray: ModuleType) -> None:
     """No progress bars or per-dataset log lines on the terminal: glan draws its own."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # it warns that the bars it would draw are off: they are, on purpose
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 class RayExecutor:
@@ -157,6 +176,8 @@ class RayExecutor:
 
     def __init__(self, store: Store, llm_config: LLMConfig, options: RayOptions) -> None:
         require_ray()  # before any job is stored: the install hint, not a half-made job
+        if options.address:
+            probe(options.address)
         self.store = store
         self.llm_config = llm_config
         self.options = options
@@ -263,7 +284,8 @@ class RayExecutor:
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 job.flush()
-            stopping = isinstance(exc, KeyboardInterrupt)
+            # Ctrl-C, or a SIGTERM Ray turns into SystemExit: stopped, not failed
+            stopping = isinstance(exc, KeyboardInterrupt | SystemExit)
             state.status = JobStatus.CANCELLED if stopping else JobStatus.FAILED
             state.error = None if stopping else f"the cluster run stopped: {exc!r}"
             self.store.jobs.save(state.as_row(params))

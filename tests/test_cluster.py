@@ -502,3 +502,19 @@ def test_a_job_may_switch_executor_between_runs(ray_local: Any, base: Path, tmp_
             assert stub.calls == 12 - done
         assert (rest.status, rest.skipped, rest.done) == (JobStatus.COMPLETED, done, 12)
         assert snapshot(b) == want
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once(
+    ray_local: Any, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_of(base, tmp_path, "nowhere").close()
+    env_for_cli(monkeypatch, tmp_path / "nowhere.lbug")
+    with run_stub(fake_glan_model()) as stub:
+        monkeypatch.setenv("GLAN_LLM_BASE_URL", stub.base_url)
+        args = ["generate", "questions", ALGEBRA, "--executor", "ray"]
+        result = CliRunner().invoke(app, [*args, "--ray-address", "127.0.0.1:1"])
+        assert stub.calls == 0
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "nothing answers at the Ray cluster address" in said
+    with Store.open(StoreConfig(db_path=tmp_path / "nowhere.lbug")) as store:
+        assert [j for j in store.jobs.all() if j["kind"] == "questions"] == []
