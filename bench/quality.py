@@ -89,8 +89,8 @@ def validate_rate(stage: Stage, found: list[tuple[UnitSpec, Any, Reply]], repeat
     start = time.perf_counter()
     for _ in range(repeat):
         for unit, request, reply, value in parsed:
-            error = stage.check(unit, request, reply, value, None)
-            assert error is None, error
+            _, error, dropped = stage.check(unit, request, reply, value, None)
+            assert error is None and not dropped, (error, dropped)
     return len(parsed) * repeat / (time.perf_counter() - start)
 
 
