@@ -57,9 +57,7 @@ class JudgeStage(PromptStage):
         asked = sorted({u.payload["instruction_id"] for u in units})
         instructions = self.store.nodes.get_many(asked)
         concepts = self.store.instructions.linked_names(COVERS, list(instructions))
-        subject_ids = sorted(
-            {s for i in instructions.values() if (s := i.props.get("subject_id"))}
-        )
+        subject_ids = sorted({s for i in instructions.values() if (s := i.props.get("subject_id"))})
         subjects = self.store.nodes.get_many(subject_ids)
         paths = self.store.instructions.discipline_paths(subject_ids)
         found: dict[str, Any] = {}
