@@ -172,6 +172,24 @@ def test_a_concept_outside_the_sessions_is_asked_for_again(embedded_store: Store
     assert sorted(len(v) for v in reached.values()) == [0, 1]
 
 
+def test_junk_follow_ups_are_rejected_by_the_validators(embedded_store: Store) -> None:
+    good = fake_glan_model()
+
+    def handler(body: dict[str, Any], n: int) -> Reply:
+        asking = "response_format" in body and '"kind"' in body["messages"][1]["content"]
+        if asking:  # an ask, or its retry: every one leaks a placeholder
+            return ok_json({"kind": "harder", "question": "Now solve {{question}} for x?"})
+        return good(body, n)
+
+    with run_stub(handler) as endpoint:
+        paired(embedded_store, endpoint, n=2)
+        (result,) = run(embedded_store, endpoint, ["followups"], turns=1)
+    assert (result.done, result.failed) == (0, 2) and turns_of(embedded_store) == []
+    units = embedded_store.jobs.units(result.job_id)
+    assert {u["error"].split(":")[0] for u in units} == {"rejected by template_leak"}
+    assert all("{{question}}" in u["raw"] for u in units)
+
+
 # ---------------------------------------------------------------------- resumed after a kill
 
 

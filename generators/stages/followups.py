@@ -41,6 +41,7 @@ from graph.records import Node, now_iso
 from ..jobs import Outcome, Stage, UnitSpec, unit_id
 from ..llm import ChatRequest, Messages, Reply, StageParams
 from ..prompting import FollowUp, Prompt, get_prompt
+from ..validators import Text, check, prompt_text
 
 ASK, ANSWER = "ask", "answer"
 #: follow-up turns a conversation gets when no number is given
@@ -239,6 +240,30 @@ class FollowupsStage(Stage):
         return self.llm.text_request(
             messages, self.answer_prompt.response_model, self.answer_params
         )
+
+    def check(
+        self,
+        unit: UnitSpec,
+        request: ChatRequest,
+        reply: Reply,
+        value: Any,
+        error: str | None,
+    ) -> tuple[Any, str | None, list[str]]:
+        """The validators every stage's output passes: a follow-up question as a question,
+        its answer as an answer (generators/validators.py)."""
+        texts: list[Text] = []
+        if error is None and value is not None:
+            ask = unit.payload["step"] == ASK
+            texts = [Text("question", value.question) if ask else Text("answer", value.text)]
+        verdict = check(
+            value,
+            texts,
+            prompt=prompt_text(request.messages),
+            finish_reason=reply.finish_reason,
+            free_text=request.free_text,
+            parse_error=error,
+        )
+        return verdict.value, verdict.error, verdict.dropped
 
     def accept(self, unit: UnitSpec, request: ChatRequest, reply: Reply) -> Outcome:
         """A reply validated; an ask's concept must be one of its pair's sessions' key
