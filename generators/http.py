@@ -84,13 +84,14 @@ class AiohttpTransport(Transport):
         #: url -> the proxy (and its credentials) the environment names for it, or None
         self._proxies: dict[str, tuple[Any, Any]] = {}
 
-    def _session_here(self) -> aiohttp.ClientSession:
+    async def _session_here(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
             import aiohttp  # here, not at import: a command that asks no model never pays it
 
             # a session belongs to its loop: one asked from another loop (a second
-            # asyncio.run) gets a session of its own; the old one went with its loop
+            # asyncio.run) gets a session of its own
+            await self._let_go()
             self._loop = loop
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300),
@@ -118,7 +119,7 @@ class AiohttpTransport(Transport):
     async def post(self, url: str, data: bytes, headers: Mapping[str, str]) -> Answer:
         import aiohttp
 
-        session = self._session_here()
+        session = await self._session_here()
         proxy, proxy_auth = await self._proxy(url)
         try:
             async with session.post(
@@ -132,15 +133,26 @@ class AiohttpTransport(Transport):
             raise TransportFailure(_describe(exc)) from exc
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is None or session.closed:
-            return
-        try:
-            same_loop = asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            same_loop = False
-        if same_loop:
+        if self._session is not None and asyncio.get_running_loop() is self._loop:
+            session, self._session = self._session, None
             await session.close()
+            return
+        await self._let_go()
+
+    async def _let_go(self) -> None:
+        """Close what can be closed of a session made on another loop: on that loop while
+        it runs (in another thread); if it ended, its connections went with it and the
+        session is only marked closed."""
+        session, loop, self._session = self._session, self._loop, None
+        if session is None or session.closed or loop is None:
+            return
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
+        elif loop.is_closed():
+            connector = session.connector
+            session.detach()
+            if connector is not None:
+                await connector.close()  # schedules nothing on a closed loop
 
 
 class HttpxTransport(Transport):
