@@ -280,7 +280,7 @@ class RayExecutor:
         job = _Job(self.runner, stage, state, params, prepared.spent, guard, progress)
         try:
             self._connect()  # here, on the main thread, as Ray wants to be started
-            self._run_chunks(job, prepared.todo)
+            self._run_rounds(job, scope_path, prepared.todo)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 job.flush()
@@ -300,6 +300,26 @@ class RayExecutor:
             state.error = guard.message(state)
             return self.runner.finish(state, params, JobStatus.COST_CAPPED, progress)
         return self.runner.finish(state, params, None, progress)
+
+    def _run_rounds(self, job: _Job, scope_path: str | None, todo: list[UnitSpec]) -> None:
+        """Send the job's units; a chained stage (Stage.chained) goes on in rounds, as the
+        live executor's does, each planned on what the rounds before it wrote, until a
+        round plans nothing new. A later round sends only units no round of this run sent:
+        one that failed in this run stays failed until the next run."""
+        asked = {u.id for u in todo}
+        while todo:
+            self._run_chunks(job, todo)
+            if not job.stage.chained or (job.guard is not None and job.guard.reached):
+                return
+            again = self.runner.prepare_job(job.stage, scope_path)
+            if again.error is not None:
+                raise again.error
+            todo = [u for u in again.todo if u.id not in asked]
+            asked.update(u.id for u in todo)
+            # the plan grew by this round's units; those done are counted by the store (the
+            # skipped and failed counts stay this run's, as in the live executor's rounds)
+            job.state.total, job.state.done = again.state.total, again.state.done
+            job.spent.update(again.spent)
 
     def _run_chunks(self, job: _Job, todo: Sequence[UnitSpec]) -> None:
         """Send the units a chunk at a time, CHUNKS_IN_FLIGHT chunks at once (each Ray

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from generators.jobs import JobStatus, Progress
 from generators.llm import LLMClient, LLMConfig
 from generators.pipeline import PipelineOptions, run_stages
 from graph.config import StoreConfig
-from graph.model import RESPONSE
+from graph.model import RESPONSE, TURN
 from graph.store import Store
 from server.cli import app
 from tests.api_helpers import Api
@@ -518,3 +519,32 @@ def test_an_address_where_nothing_answers_is_refused_at_once(
     assert result.exit_code == 1 and "nothing answers at the Ray cluster address" in said
     with Store.open(StoreConfig(db_path=tmp_path / "nowhere.lbug")) as store:
         assert [j for j in store.jobs.all() if j["kind"] == "questions"] == []
+
+
+def test_follow_ups_on_ray_go_on_in_rounds_to_the_last_turn(
+    ray_local: Any, base: Path, tmp_path: Path
+) -> None:
+    """Turn k+1 needs turn k answered: one run on the cluster asks every turn, as a live
+    run does, and a second run asks nothing."""
+    from generators.cluster import run_stages_on_ray
+    from tests.test_followups import params_for as followup_params
+
+    options = replace(OPTIONS, turns=2)
+    with copy_of(base, tmp_path, "turns") as store, run_stub(fake_glan_model()) as stub:
+        live(store, stub, QA)
+        before = stub.calls
+        (result,) = run_stages_on_ray(
+            store, llm_config(stub), followup_params, ["followups"], ALGEBRA, options,
+            ray_options(),
+        )  # fmt: skip
+        asked = stub.calls - before
+        turns = store.driver.execute(f"MATCH (t:{TURN.label}) RETURN t.position AS p")
+        (again,) = run_stages_on_ray(
+            store, llm_config(stub), followup_params, ["followups"], ALGEBRA, options,
+            ray_options(),
+        )  # fmt: skip
+    pairs = OPTIONS.n
+    # per pair: ask and answer for each of 2 turns
+    assert (result.status, result.total, result.done) == ("completed", 4 * pairs, 4 * pairs)
+    assert asked == 4 * pairs and sorted(r["p"] for r in turns) == [1] * pairs + [2] * pairs
+    assert (again.done, again.skipped) == (4 * pairs, 4 * pairs) and stub.calls == before + asked
