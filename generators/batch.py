@@ -44,7 +44,6 @@ from graph.store import Store
 
 from .cost import CostCap, CostCapExceeded, check_cap, job_model, unit_usage
 from .jobs import (
-    PREPARE_CHUNK,
     JobRunner,
     JobStatus,
     Outcome,
@@ -70,8 +69,11 @@ COMPLETION_WINDOW: Final = "24h"
 METADATA_KEY = "glan_batch"
 #: Seconds between polls of a running batch, unless told otherwise (GLAN_BATCH_POLL_S).
 POLL_S = 30.0
-#: Units accepted and written together while importing a file.
-IMPORT_GROUP = 2000
+#: Units accepted and written together while importing a file, and units whose requests
+#: are built together: each group's writes look its units up among all of a table's, so
+#: fewer, larger groups go faster (importing 20,000 units 2,000 a group took 30% longer)
+IMPORT_GROUP = 10_000
+BUILD_CHUNK = 5_000
 
 #: A batch recorded in the store and not yet known to the API (not created, or its id not
 #: stored before a kill), and one recorded whose units were all answered elsewhere before it
@@ -601,8 +603,8 @@ class BatchExecutor:
         """The units as input files within the API's limits, each recorded, uploaded and
         submitted in turn; their inputs read a chunk at a time, not all at once."""
         part = _Part()
-        for start in range(0, len(units), PREPARE_CHUNK):
-            chunk = units[start : start + PREPARE_CHUNK]
+        for start in range(0, len(units), BUILD_CHUNK):
+            chunk = units[start : start + BUILD_CHUNK]
             lines, failed = await asyncio.to_thread(
                 build_lines, run.stage, chunk, self.max_bytes, corrections
             )
@@ -873,8 +875,8 @@ def export_requests(store: Store, stage: Stage, scope_path: str | None, out: IO[
     store.jobs.save({"id": prepared.state.job_id, "executor": "offline"})
     written = failed = 0
     todo = prepared.todo
-    for start in range(0, len(todo), PREPARE_CHUNK):
-        lines, bad = build_lines(stage, todo[start : start + PREPARE_CHUNK])
+    for start in range(0, len(todo), BUILD_CHUNK):
+        lines, bad = build_lines(stage, todo[start : start + BUILD_CHUNK])
         if bad:
             runner.write_group(stage, bad, run.state, prepared.params)
             failed += len(bad)

@@ -569,7 +569,9 @@ def generate(
     )
     stages = list(PIPELINE) if stage == "all" else [stage]
     if dry_run:
-        _dry_run(cfg, stages, path, options, rounds_given=rounds is not None, local=local)
+        _dry_run(
+            cfg, stages, path, options, rounds_given=rounds is not None, local=local, batch=batch
+        )
         return
     with reach(cfg) as store:
         if isinstance(store, Remote):
@@ -692,9 +694,11 @@ def _dry_run(
     *,
     rounds_given: bool,
     local: bool,
+    batch: bool = False,
 ) -> None:
     """Print what each stage's job would do and cost, with nothing stored or asked: planned
-    here on the store, or by the server that holds it (with its model and prices)."""
+    here on the store, or by the server that holds it (with its model and prices); with
+    `batch`, at the batch price."""
     with reach(cfg) as store:
         if isinstance(store, Remote):
             if local:
@@ -703,15 +707,24 @@ def _dry_run(
                     "holds the store and runs its jobs with its own model: drop --local to "
                     "estimate the server's run"
                 )
-            found = [store.estimate(s, path, options, rounds_given=rounds_given) for s in stages]
+            found = [
+                store.estimate(s, path, options, rounds_given=rounds_given, batch=batch)
+                for s in stages
+            ]
         else:
             found = _estimate_here(store, _local_settings(cfg) if local else cfg, stages, path,
-                                   options)  # fmt: skip
+                                   options, batch=batch)  # fmt: skip
     _print_estimates(found)
 
 
 def _estimate_here(
-    store: Store, cfg: Settings, stages: list[str], path: str | None, options: Any
+    store: Store,
+    cfg: Settings,
+    stages: list[str],
+    path: str | None,
+    options: Any,
+    *,
+    batch: bool = False,
 ) -> list[dict[str, Any]]:
     import asyncio
 
@@ -721,7 +734,9 @@ def _estimate_here(
     llm = LLMClient(cfg.llm_config())  # shapes the requests measured; never sends one
     try:
         prices = cfg.price_table()
-        found = estimate_stages(store, llm, cfg.stage_params, stages, path, options, prices)
+        found = estimate_stages(
+            store, llm, cfg.stage_params, stages, path, options, prices, batch=batch
+        )
     finally:
         asyncio.run(llm.aclose())
     return [e.as_dict() for e in found]

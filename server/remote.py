@@ -59,14 +59,14 @@ _JOB = (
 )
 _STORED_JOB = (
     "id kind scope params status total done failed promptTokens completionTokens error "
-    "createdAt updatedAt model maxCostUsd estimatedCostUsd"
+    "createdAt updatedAt model maxCostUsd executor estimatedCostUsd"
 )
 _ESTIMATE = (
     "jobId kind scope model stored total done todo promptTokens completionTokens basis sample "
     "estimatedCostUsd spentCostUsd coverage { target untilShare concepts reachedBefore wanted "
     "reached short questions byDiscipline { path questions } }"
 )
-_UNIT = "id targetId status error raw dropped payload promptTokens completionTokens updatedAt"
+_UNIT = "id targetId status error raw dropped payload promptTokens completionTokens updatedAt batch"
 _BATCH = (
     "id jobId seq remoteId status requests completed failed imported errors inputFileId "
     "outputFileId errorFileId createdAt updatedAt"
@@ -499,9 +499,11 @@ class Remote:
         mutation = (
             "mutation($stage: Stage!, $path: String, $n: Int!, $strategy: Strategy!, $seed: Int!,"
             " $basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!, $turns: Int!,"
-            " $maxCost: Float) { generateInBatches(stage: $stage, path: $path, n: $n, strategy: "
-            "$strategy, seed: $seed, basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall,"
-            f" sessions: $sessions, turns: $turns, maxCost: $maxCost) {{ {_PROBLEM} "
+            " $minPerConcept: Int, $untilShare: Float, $maxCost: Float) { generateInBatches("
+            "stage: $stage, path: $path, n: $n, strategy: $strategy, seed: $seed, basicRatio: "
+            "$basicRatio, rounds: $rounds, perCall: $perCall, sessions: $sessions, turns: $turns,"
+            " minPerConcept: $minPerConcept, untilShare: $untilShare, maxCost: $maxCost) "
+            f"{{ {_PROBLEM} "
             f"... on JobPayload {{ job {{ {_JOB} }} }} }} }}"
         )
         variables = {
@@ -518,6 +520,10 @@ class Remote:
             "turns": options.turns,
             "maxCost": max_cost,
         }
+        if stage == "questions" and options.coverage_target:
+            variables.update(
+                minPerConcept=options.min_per_concept or None, untilShare=options.until_share
+            )
         if not wait:
             started = self._result(self.gql(mutation, variables)["generateInBatches"])
             return _progress(started["job"])
@@ -538,18 +544,25 @@ class Remote:
         return [_batch_row(b) for b in got["batches"]]
 
     def estimate(
-        self, stage: str, path: str | None, options: PipelineOptions, *, rounds_given: bool
+        self,
+        stage: str,
+        path: str | None,
+        options: PipelineOptions,
+        *,
+        rounds_given: bool,
+        batch: bool = False,
     ) -> dict[str, Any]:
         """A dry run of a stage's job in the server (its model, its prices): the keys of
         generators.cost.Estimate.as_dict."""
         query = (
             "query($stage: Stage!, $path: String, $minPerConcept: Int, $untilShare: Float, "
             "$n: Int!, $strategy: Strategy!, $seed: Int!, "
-            "$basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!, $turns: Int!) { "
+            "$basicRatio: Float!, $rounds: Int, $perCall: Int!, $sessions: Int!, $turns: Int!, "
+            "$batch: Boolean!) { "
             "jobEstimate(stage: $stage, path: $path, minPerConcept: $minPerConcept, "
             "untilShare: $untilShare, n: $n, strategy: $strategy, seed: $seed, "
             "basicRatio: $basicRatio, rounds: $rounds, perCall: $perCall, sessions: $sessions, "
-            "turns: $turns) "
+            "turns: $turns, batch: $batch) "
             f"{{ {_PROBLEM} ... on JobEstimate {{ {_ESTIMATE} }} }} }}"
         )
         variables = {
@@ -564,6 +577,7 @@ class Remote:
             "perCall": options.per_call,
             "sessions": options.sessions,
             "turns": options.turns,
+            "batch": batch,
         }
         if stage == "questions" and options.coverage_target:
             variables.update(
@@ -784,6 +798,7 @@ def _job_row(job: Mapping[str, Any]) -> dict[str, Any]:
         "updated_at": job.get("updatedAt"),
         "model": job.get("model"),
         "max_cost": job.get("maxCostUsd"),
+        "executor": job.get("executor"),
         "estimated_cost_usd": job.get("estimatedCostUsd"),
     }
 
@@ -804,6 +819,7 @@ def _unit_row(unit: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]
         "prompt_tokens": unit.get("promptTokens"),
         "completion_tokens": unit.get("completionTokens"),
         "updated_at": unit.get("updatedAt"),
+        "batch": unit.get("batch"),
     }
 
 

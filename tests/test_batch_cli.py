@@ -174,6 +174,33 @@ def test_batch_commands_through_a_running_server(
         code, out = glan("batch", "export", "answers", PHYSICS)
         assert code == 1 and "holds the store" in out
 
+        # the coverage options make the same job through the server as here
+        stub.hold.set()
+        args = ("generate", "questions", PHYSICS, "--min-per-concept", "1", "--batch")
+        code, out = glan(*args)
+        assert code == 0 and "done: all" in out, out
+        (covering,) = [j for j in api.store.jobs.all() if '"min_per_concept": 1' in j["params"]]
+        assert covering["executor"] == "batch" and covering["status"] == "completed"
+
+
+def test_a_batch_dry_run_is_priced_at_the_batch_price(
+    db: Path, stub: BatchStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  stub: {input: 4000, output: 8000}\n", encoding="utf-8")
+    monkeypatch.setenv("GLAN_PRICES", str(prices))
+    args = ("generate", "questions", PHYSICS, "--n", "10", "--dry-run")
+
+    def cost(out: str) -> float:
+        return float(out.split("estimated total: $", 1)[1].split()[0].replace(",", ""))
+
+    live, batch = cost(glan(*args)[1]), cost(glan(*args, "--batch")[1])
+    assert batch == pytest.approx(live / 2, rel=0.02) and live > 0
+    with run_api(api_settings(db, stub, prices=prices)) as api:  # type: ignore[arg-type]
+        monkeypatch.setenv("GLAN_SERVER_URL", api.url)
+        assert cost(glan(*args, "--batch")[1]) == pytest.approx(batch, rel=0.02)
+    assert not stub.batches
+
 
 def test_sigkill_while_waiting_on_a_batch_then_rerun_submits_nothing_twice(
     db: Path, stub: BatchStub

@@ -24,6 +24,7 @@ from .errors import (
 from .estimate import stage_options
 from .instruction import Strategy
 from .job import Job, JobPayload, StageName
+from .planning import with_coverage
 
 #: how long cancelBatches waits for a job the server runs to ask the API to stop its batches
 STOPPING_S = 30.0
@@ -115,6 +116,8 @@ def generate_in_batches(
     per_call: int = 10,
     sessions: int = 12,
     turns: int = 2,
+    min_per_concept: int | None = None,
+    until_share: float | None = None,
     max_cost: float | None = None,
 ) -> BatchJobResult:
     """The mutation's resolver (see Mutation.generate_in_batches)."""
@@ -132,6 +135,8 @@ def generate_in_batches(
             auto_approve=ctx.settings.auto_approve,
             turns=turns,
         )
+        if stage.value == "questions":
+            options = with_coverage(options, min_per_concept, until_share)
         cap = None if max_cost is None else CostCap(max_cost, ctx.settings.price_table())
         started = ctx.jobs.start(stage.value, path or None, options, cost_cap=cap, batch=True)
     except GlanError as exc:

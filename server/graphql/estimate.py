@@ -128,6 +128,10 @@ async def job_estimate(
     turns: int = 2,
     min_per_concept: int | None = None,
     until_share: float | None = None,
+    batch: Annotated[
+        bool,
+        strawberry.argument(description="Priced as requests through the Batch API are."),
+    ] = False,
 ) -> EstimateResult:
     """The query's resolver (see Query.job_estimate)."""
     ctx = info.context
@@ -146,16 +150,18 @@ async def job_estimate(
         )
         if stage.value == "questions":
             options = with_coverage(options, min_per_concept, until_share)
-        found = await ctx.run(partial(_estimate, ctx, stage.value, path or None, options))
+        found = await ctx.run(partial(_estimate, ctx, stage.value, path or None, options, batch))
     except GlanError as exc:
         return problem(exc)
     return JobEstimate.of(found)
 
 
-def _estimate(ctx: Context, stage: str, path: str | None, options: PipelineOptions) -> Estimate:
+def _estimate(
+    ctx: Context, stage: str, path: str | None, options: PipelineOptions, batch: bool = False
+) -> Estimate:
     """On a worker thread: the stage as the server would run it (its model, its endpoint's
     request shape) planned and measured."""
     jobs = ctx.jobs
     made = STAGES[stage](ctx.store, jobs.llm, jobs.params_for(stage), options.for_stage(stage))
     prices = ctx.settings.price_table()
-    return estimate_job(ctx.store, made, path, prices)
+    return estimate_job(ctx.store, made, path, prices, batch=batch)

@@ -64,6 +64,9 @@ class JobUnit:
     prompt_tokens: int
     completion_tokens: int
     updated_at: str | None
+    batch: str | None = strawberry.field(
+        description="The batch (see the batches query) it was last submitted in, if any."
+    )
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> JobUnit:
@@ -82,6 +85,7 @@ class JobUnit:
             prompt_tokens=_int(row, "prompt_tokens"),
             completion_tokens=_int(row, "completion_tokens"),
             updated_at=row.get("updated_at"),
+            batch=row.get("batch"),
         )
 
 
@@ -185,6 +189,15 @@ class Job:
     async def max_cost_usd(self, info: Info[Context, None]) -> float | None:
         value = (await self.stored(info)).get("max_cost")
         return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    @strawberry.field(
+        description="What its last run sent requests through when not the live executor: "
+        "batch (the Batch API, priced at its batch price) or offline (exported for an "
+        "offline runner); null otherwise."
+    )
+    async def executor(self, info: Info[Context, None]) -> str | None:
+        value = (await self.stored(info)).get("executor")
+        return str(value) if value else None
 
     @strawberry.field(
         description="What its tokens so far cost, in US dollars, at its model's price in the "
