@@ -240,3 +240,32 @@ def test_sigkill_while_waiting_on_a_batch_then_rerun_submits_nothing_twice(
         units = [u for j in store.jobs.all() for u in store.jobs.units(j["id"])]
         assert sorted(u["id"] for u in units) == sorted(answered)
         assert {u["status"] for u in units} == {"done"}
+
+
+def test_a_server_stopped_while_it_follows_batches_follows_them_again_when_it_starts(
+    db: Path, stub: BatchStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub.hold = threading.Event()  # in progress until set
+    with run_api(api_settings(db, stub, batch_poll_s=0.01)) as api:  # type: ignore[arg-type]
+        monkeypatch.setenv("GLAN_SERVER_URL", api.url)
+        args = ("generate", "questions", PHYSICS, "--n", "12", "--seed", "5", "--batch")
+        code, out = glan(*args, "--no-wait")
+        assert code == 0, out
+        deadline = time.monotonic() + 30
+        while not [b for b in api.store.jobs.batches() if b["status"] == "in_progress"]:
+            assert time.monotonic() < deadline, "the server did not submit the batch"
+            time.sleep(0.02)
+    # stopped while it followed the batch: the job waits as interrupted, its batch goes on
+    with Store.open(StoreConfig(db_path=db)) as store:
+        (job,) = store.jobs.all()
+        assert (job["status"], job["executor"]) == ("interrupted", "batch")
+    stub.hold.set()
+    with run_api(api_settings(db, stub, batch_poll_s=0.01)) as api:  # type: ignore[arg-type]
+        deadline = time.monotonic() + 60
+        while api.store.jobs.get(job["id"])["status"] != "completed":  # type: ignore[index]
+            assert time.monotonic() < deadline, "the server did not resume the batch job"
+            time.sleep(0.05)
+        assert len(stub.created) == 1  # followed again, not submitted again
+        assert stub.chat_calls == 0  # nor run live
+        assert api.store.jobs.get(job["id"])["done"] == 12  # type: ignore[index]
+        assert integrity_problems(api.store) == []
