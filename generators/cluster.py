@@ -277,6 +277,8 @@ class RayExecutor:
             guard = cost_cap.guard(self.store, stage, prepared.todo)
             state.max_cost = cost_cap.limit_usd
             self.store.jobs.save({"id": state.job_id, "max_cost": state.max_cost})
+        # priced as requests sent one by one; a server holding the store resumes it live
+        self.store.jobs.save({"id": state.job_id, "executor": "cluster"})
         job = _Job(self.runner, stage, state, params, prepared.spent, guard, progress)
         try:
             self._connect()  # here, on the main thread, as Ray wants to be started

@@ -341,6 +341,8 @@ class JobRunner:
             progress(state)
         if prepared.error is not None:
             raise prepared.error
+        if todo and earlier is None:  # what its tokens are priced at, what a server resumes
+            await asyncio.to_thread(self.store.jobs.save, {"id": state.job_id, "executor": "live"})
         guard: CapGuard | None = None
         if cost_cap is not None:
             guard = await asyncio.to_thread(cost_cap.guard, self.store, stage, todo)

@@ -232,7 +232,8 @@ JOB = NodeKind(
         Prop("updated_at"),
         Prop("model"),  # the model its last run asked (what its tokens are priced at)
         Prop("max_cost", FLOAT),  # the cost cap in US dollars its last run kept (0: none)
-        Prop("executor"),  # live | batch | offline: what its last run sent requests through
+        # live | batch | offline | cluster: what its last run sent requests through
+        Prop("executor"),
     ),
 )
 # One resumable piece of a job (discipline+round, subject, sampled combination, ...).

@@ -499,3 +499,33 @@ def test_an_answer_off_the_schema_is_asked_again_corrected_as_a_live_run_asks_it
     assert snapshot(other_store) == snapshot(store) and integrity_problems(store) == []
     job = store.jobs.get(state.job_id)
     assert job is not None and job["failed"] == 0 and job["done"] == N
+
+
+def test_a_job_run_in_batches_then_live_is_priced_and_resumed_as_live(store: Store) -> None:
+    """The job's executor is what its last run sent requests through: a job a batch run
+    left incomplete and a live run finished is no longer priced at the batch price, and a
+    server restarted over it would not follow batches it no longer has."""
+    with run_batch_stub(fake_glan_model(), plans=lambda n: Plan(per_poll=5)) as stub:
+        stop = StopRequest()
+
+        def progress(state: Progress) -> None:
+            if state.done >= 10:
+                stop.request(JobStatus.CANCELLED)
+
+        async def main() -> Progress:
+            config = LLMConfig(base_url=stub.base_url, max_retries=0)
+            llm, api = LLMClient(config), BatchAPI(config)
+            try:
+                executor = BatchExecutor(store, api, poll_s=0.005)
+                stage = stage_of(store, llm, "questions")
+                return await executor.run(stage, PHYSICS, cancel=stop, progress=progress)
+            finally:
+                await api.aclose()
+                await llm.aclose()
+
+        state = asyncio.run(main())
+        assert (store.jobs.get(state.job_id) or {}).get("executor") == "batch"
+        run_batch(store, stub)  # reads what the cancelled batch finished
+        (live,) = live_run(store, stub, ["questions"])
+    assert live.job_id == state.job_id and live.status == JobStatus.COMPLETED
+    assert (store.jobs.get(live.job_id) or {}).get("executor") == "live"
