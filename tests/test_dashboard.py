@@ -485,6 +485,46 @@ def test_a_toggle_colours_the_chart_by_mean_judge_score_with_histograms(
     assert console_errors(browser) == []
 
 
+CONTAMINATION = """query($p: String) { coverage(path: $p) { ... on Coverage {
+  total { contamination { benchmark split count share } } } } }"""
+
+
+def test_the_score_panel_shows_the_nodes_contamination_counts(browser: Any, dataset: Api) -> None:
+    from generators.cleaning import Benchmark, decontaminate
+
+    store = dataset.store
+    ids = store.instructions.ids_in_scope(store.taxonomy.scope(PHYSICS))
+    planted = [n.props["text"] for n in store.nodes.get_many(ids[:2]).values()]
+    decontaminate(store, None, [Benchmark("quiz", "test", planted)], method="containment")
+    try:
+        (row,) = dataset.gql(CONTAMINATION, {"p": PHYSICS})["coverage"]["total"]["contamination"]
+        assert (row["benchmark"], row["split"], row["count"]) == ("quiz", "test", 2)
+
+        def listed() -> dict[str, str]:
+            items = browser.find_elements("css selector", "#panel ul.contamination li")
+            return {i.get_attribute("data-benchmark"): i.get_attribute("data-count") for i in items}
+
+        browser.get(dataset.url + "/dashboard")
+        wait_until(lambda: panel_ready(browser, ""), what="the store's panel")
+        assert not browser.find_elements("css selector", "#panel .contamination")  # coverage
+        browser.find_element("css selector", "#by-score").click()
+        wait_until(lambda: listed(), what="the store's contamination")
+        assert listed() == {"quiz:test": "2"}
+        click_arc(browser, PHYSICS)
+        wait_until(lambda: panel_ready(browser, PHYSICS) and listed(), what="Physics")
+        text = browser.find_element("css selector", "#panel ul.contamination li").text
+        assert text.startswith("2 quiz (test), ") and text.endswith("of the pairs")
+        optics = f"{PHYSICS}/Quantum Optics"  # no pair there at all
+        click_arc(browser, optics)
+        wait_until(lambda: panel_ready(browser, optics), what="Quantum Optics")
+        note = browser.find_element("css selector", "#panel section.contamination p").text
+        assert note.startswith("No pair here matched a benchmark")
+        assert console_errors(browser) == []
+    finally:  # a run over the same benchmark with nothing in it lifts its marks
+        decontaminate(store, None, [Benchmark("quiz", "test", [])], method="containment")
+    assert dataset.gql(CONTAMINATION, {"p": PHYSICS})["coverage"]["total"]["contamination"] == []
+
+
 COMBINATIONS = """query($p: String) { coverage(path: $p) { ... on Coverage {
   total { combinationSpace combinationShare }
   children { path combinationSpace combinationSpaceLog10 combinationsUsed combinationShare } } }

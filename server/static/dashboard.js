@@ -55,7 +55,8 @@ const PANEL = `query($p: String) {
     ... on Problem { message }
   }
 }`;
-const PANEL_SCORES = "scores { judged mean histogram { score count } }";
+const PANEL_SCORES =
+  "scores { judged mean histogram { score count } } contamination { benchmark split count share }";
 function panelQuery() {
   return state.byScore ? PANEL.replace("total {", `total { ${PANEL_SCORES}`) : PANEL;
 }
@@ -694,6 +695,7 @@ async function select(node) {
   } else {
     parts.push(figures(cov.total));
     if (cov.total.scores) parts.push(scoresSection(cov.total.scores));
+    if (cov.total.contamination) parts.push(contaminationSection(cov.total.contamination));
   }
   parts.push(gapsSection(data.gaps, cov.__typename === "Coverage" ? cov.total : null));
   parts.push(samplesSection(data.sampleInstructions));
@@ -763,6 +765,28 @@ function scoresSection(s) {
     axis.append(el("span", {}, String(b.score)));
   }
   box.append(hist, axis);
+  return box;
+}
+
+/** The node's pairs that hold a benchmark's text, per benchmark split (glan decontaminate). */
+function contaminationSection(rows) {
+  const box = el("section", { class: "contamination" }, el("h3", {}, "Contamination"));
+  if (!rows.length) {
+    box.append(el("p", { class: "muted" }, "No pair here matched a benchmark (glan decontaminate)."));
+    return box;
+  }
+  const list = el("ul", { class: "contamination" });
+  for (const r of rows) {
+    list.append(
+      el(
+        "li",
+        { "data-benchmark": `${r.benchmark}:${r.split}`, "data-count": String(r.count) },
+        el("span", { class: "count" }, num(r.count)),
+        ` ${r.benchmark} (${r.split}), ${pct(r.share)} of the pairs`
+      )
+    );
+  }
+  box.append(list);
   return box;
 }
 
