@@ -436,8 +436,7 @@ def unit_status(d: Dialect) -> str:
 def unit_jobs(d: Dialect) -> str:
     """The job of each unit among $ids that exists."""
     return (
-        f"UNWIND $ids AS x MATCH (u:{d.q(UNIT.label)} {{id: x}}) "
-        "RETURN u.id AS id, u.job_id AS job"
+        f"UNWIND $ids AS x MATCH (u:{d.q(UNIT.label)} {{id: x}}) RETURN u.id AS id, u.job_id AS job"
     )
 
 
