@@ -1,4 +1,4 @@
-"""The README is executed, not just read.
+"""The README, and the guides in docs/ it links to, are executed, not just read.
 
 - Its two set-up commands are the ones `.ci/run` runs (the test command verbatim, the llama.cpp
   build flags alike); the main job itself runs in tests/test_e2e.py, taken from here.
@@ -7,9 +7,12 @@
   as a reader would, before the next block; `job_...` stands for the job just started).
 - The shell blocks of "Using it", "Generating" (against the stub) and "Datasets out" run as
   scripts on a fresh store and exit 0; the commands that start the server answer a query.
-- Every GLAN_* variable it names is a setting (or one of the test suite's own).
+- Every GLAN_* variable they name is a setting (or one of the test suite's own), and
+  every setting is in the README's table.
+- The guides' blocks are read with the README's, in the order the README lists them
+  (`DOCS`), under their own headings.
 
-So a README edit that breaks an example fails CI.
+So a README or guide edit that breaks an example fails CI.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from tests.llm_stub import Stub
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
+#: The README and the guides whose examples run here, in the order their blocks run.
+DOCS = [README, *(ROOT / "docs" / name for name in ("api.md", "generation.md"))]
 FIELDS = "{ children { ... on TaxonomyNodeConnection { totalCount } } }"
 #: Variables the README names for the test suite, not for glan itself.
 TEST_VARIABLES = {
@@ -55,29 +60,37 @@ class Block:
     section: str  # the nearest heading above it
     text: str
     line: int
+    file: str = "README.md"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} line {self.line}"
 
 
 def readme_blocks() -> list[Block]:
+    """The code blocks of the README and its guides, each under its nearest heading."""
     blocks: list[Block] = []
-    section, lang, start, body = "", None, 0, []
-    for n, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
-        if lang is None:
-            if line.startswith("#"):
-                section = line.lstrip("#").strip()
+    for doc in DOCS:
+        name = doc.relative_to(ROOT).as_posix()
+        section, lang, start, body = "", None, 0, []
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            if lang is None:
+                if line.startswith("#"):
+                    section = line.lstrip("#").strip()
+                elif line.startswith("```"):
+                    lang, start, body = line[3:].strip(), n, []
             elif line.startswith("```"):
-                lang, start, body = line[3:].strip(), n, []
-        elif line.startswith("```"):
-            blocks.append(Block(lang, section, "\n".join(body), start))
-            lang = None
-        else:
-            body.append(line)
-    assert lang is None, f"README.md: the code block at line {start} is never closed"
+                blocks.append(Block(lang, section, "\n".join(body), start, name))
+                lang = None
+            else:
+                body.append(line)
+        assert lang is None, f"{name}: the code block at line {start} is never closed"
     return blocks
 
 
 def blocks_in(section: str, lang: str) -> list[Block]:
     found = [b for b in readme_blocks() if b.section == section and b.lang == lang]
-    assert found, f"README.md has no {lang} block under {section!r}"
+    assert found, f"neither the README nor a guide has a {lang} block under {section!r}"
     return found
 
 
@@ -138,7 +151,8 @@ def main_job_commands() -> str:
 
 def test_every_variable_the_readme_names_is_a_setting() -> None:
     settings = {f"GLAN_{name.upper()}" for name in Settings.model_fields}
-    named = set(re.findall(r"GLAN_[A-Z0-9_]*[A-Z0-9]", README.read_text(encoding="utf-8")))
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in DOCS)
+    named = set(re.findall(r"GLAN_[A-Z0-9_]*[A-Z0-9]", text))
     assert named - settings - TEST_VARIABLES == set()
     # and the settings table lists every setting a user may change
     table = "\n".join(
@@ -156,7 +170,7 @@ def graphql_operations() -> list[tuple[Block, str]]:
     for block in readme_blocks():
         if block.lang == "graphql":
             document = parse(block.text)
-            assert len(document.definitions) == 1, f"line {block.line}: one operation per block"
+            assert len(document.definitions) == 1, f"{block.where}: one operation per block"
             found.append((block, block.text))
     assert len(found) >= 4
     return found
@@ -165,7 +179,7 @@ def graphql_operations() -> list[tuple[Block, str]]:
 def test_the_graphql_examples_validate_against_the_schema() -> None:
     for block, text in graphql_operations():
         errors = validate(schema._schema, parse(text))
-        assert not errors, f"README.md line {block.line}: {[e.message for e in errors]}"
+        assert not errors, f"{block.where}: {[e.message for e in errors]}"
 
 
 def problems(data: Any) -> list[str]:
@@ -190,7 +204,7 @@ def test_the_graphql_examples_run(api: Api) -> None:
             data = events[-1]["data"]
         else:
             data = api.gql(text)
-        assert not problems(data), f"README.md line {block.line}: {data}"
+        assert not problems(data), f"{block.where}: {data}"
         for payload in data.values():
             job = payload.get("job") if isinstance(payload, dict) else None
             if job:  # a started generation: wait for it as a reader would
