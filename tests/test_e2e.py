@@ -4,6 +4,7 @@ structure and provenance, never text."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -128,10 +129,12 @@ def test_the_readme_main_job_on_the_real_model(tmp_path: Path) -> None:
             assert set(covers[iid]) <= {c for s in sessions[iid] for c in concepts_of[s]}
         answered = [a for v in answers.values() for a in v]
         assert len(answered) == jobs["answers"]["done"] >= 1
+        answer_texts = []
         for rid in answered:
             response = store.nodes.get(rid)
             assert response is not None and response.props["text"]
             assert response.props["prompt_name"] == "answer"
+            answer_texts.append(response.props["text"])
         # what the validators rejected (failed units) and left out (items), by rule, as the
         # units keep it
         units = [u for job in jobs.values() for u in store.jobs.units(job["id"])]
@@ -145,9 +148,26 @@ def test_the_readme_main_job_on_the_real_model(tmp_path: Path) -> None:
             if (rule := rule_of(line))
         )
 
-    # the judge on the same model, then the report: scores and rejections by rule
-    judge = f'glan generate judge "{DISCIPLINE}" --local && glan report "{DISCIPLINE}"'
+    # benchmarks planted from what the model wrote: a question in a test split, an answer
+    # in a train split, as the paper checked both
+    question = nodes[sorted(nodes)[0]].props["text"]
+    answer = answer_texts[0]
+    (tmp_path / "quiz_test.jsonl").write_text(json.dumps({"question": question}) + "\n")
+    (tmp_path / "quiz_train.jsonl").write_text(json.dumps({"question": answer}) + "\n")
+
+    # the judge on the same model, decontamination, then the report: scores, rejections by
+    # rule and the discipline x benchmark matrix
+    judge = (
+        f'glan generate judge "{DISCIPLINE}" --local && glan decontaminate --benchmark '
+        "quiz_test.jsonl --benchmark quiz_train.jsonl --min-words 1 && "
+        f'glan report "{DISCIPLINE}" && glan report "{DISCIPLINE}" --json > report.json'
+    )
     out = run_script(judge, tmp_path, env, timeout=1500)
+    matrix = json.loads((tmp_path / "report.json").read_text())["contamination"]
+    assert matrix["benchmarks"] == ["quiz:test", "quiz:train"], matrix
+    assert all(matrix["total"]["counts"][b] >= 1 for b in matrix["benchmarks"]), matrix
+    assert [r["discipline"] for r in matrix["rows"]] == [DISCIPLINE], matrix
+    assert "contaminated instructions per benchmark" in " ".join(out.split())
     with Store.open(StoreConfig(db_path=db)) as store:
         (job,) = [j for j in store.jobs.all() if j["kind"] == "judge"]
         assert job["status"] in ("completed", "completed_with_failures")
