@@ -89,6 +89,22 @@ def _counts(store: Store, run: Runner) -> DataLoader[CountsKey, dict[str, int]]:
     return DataLoader(load_fn=load)
 
 
+def _turns(store: Store, run: Runner) -> DataLoader[str, list[Node]]:
+    async def load(ids: list[str]) -> list[list[Node]]:
+        found = await run(store.turns.of, ids)
+        return [found.get(i, []) for i in ids]
+
+    return DataLoader(load_fn=load)
+
+
+def _reached(store: Store, run: Runner) -> DataLoader[str, list[str]]:
+    async def load(ids: list[str]) -> list[list[str]]:
+        found = await run(store.turns.reached, ids)
+        return [[concept for concept, _, _ in found.get(i, [])] for i in ids]
+
+    return DataLoader(load_fn=load)
+
+
 @dataclass
 class Loaders:
     node: DataLoader[str, Node | None]
@@ -104,6 +120,10 @@ class Loaders:
     children: DataLoader[str, list[Node]]
     #: (id, path) of a visible node -> counts of what lies below it
     counts: DataLoader[CountsKey, dict[str, int]]
+    #: response id -> the follow-up turns going on from it, in order
+    turns: DataLoader[str, list[Node]]
+    #: turn id -> ids of the concepts it reaches
+    reached: DataLoader[str, list[str]]
 
     @classmethod
     def for_request(cls, store: Store, run: Runner) -> Loaders:
@@ -115,6 +135,8 @@ class Loaders:
             paths=_paths(store, run),
             children=_children(store, run),
             counts=_counts(store, run),
+            turns=_turns(store, run),
+            reached=_reached(store, run),
         )
 
 

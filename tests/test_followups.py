@@ -449,3 +449,30 @@ def test_followups_from_the_cli_here_and_through_a_server(
         ended = t.api.wait_for(started["id"])
         assert (ended["status"], ended["done"], ended["total"]) == ("COMPLETED", 6, 6)
         assert stub.calls == calls + 24  # the first turns were there: nothing asked
+
+        # the conversations through the API: each pair's turns, in order, with what they
+        # reached and who wrote each half
+        pages = t.api.gql(CONVERSATIONS, {"p": ALGEBRA})["instructions"]["edges"]
+        listed = [f for e in pages for r in e["node"]["responses"] for f in r["followups"]]
+        assert len(pages) == 3 and len(listed) == 6
+        stored = {x["id"]: x for x in turns_of(served)}
+        reached = served.turns.reached(list(stored))
+        for e in pages:
+            for r in e["node"]["responses"]:
+                assert [f["position"] for f in r["followups"]] == [1, 2]
+        for f in listed:
+            want = stored[f["id"]]
+            assert (f["question"], f["answer"], f["kind"]) == (
+                want["text"],
+                want["answer"],
+                want["kind"],
+            )
+            assert f["provenance"]["promptName"] == "followup"
+            assert f["answerProvenance"]["promptName"] == "answer"
+            assert [c["name"] for c in f["concepts"]] == [n for _, n, _ in reached[f["id"]]]
+
+
+CONVERSATIONS = """query($p: String) { instructions(path: $p, first: 10) {
+  ... on InstructionConnection { edges { node { responses { followups {
+    id position kind question answer concepts { name }
+    provenance { model promptName } answerProvenance { model promptName } } } } } } } }"""

@@ -368,6 +368,23 @@ def test_quality(tmp_path: Path, stub: Stub) -> None:
     assert f"wrote {len(kept)} pairs" in out
 
 
+def test_conversations(tmp_path: Path, stub: Stub) -> None:
+    """Conversations' command against the stub, over pairs made under Algebra: each pair
+    goes on for two follow-up turns, asked and answered."""
+    env = glan_env(tmp_path, GLAN_LLM_BASE_URL=stub.base_url, GLAN_MODEL="stub")
+    algebra = '"Formal Sciences/Mathematics/Algebra"'
+    made = [
+        f"generate subjects {algebra} --rounds 1 --per-call 2",
+        f"generate syllabus {algebra} --sessions 3",
+        f"generate questions {algebra} --n 4",
+        f"generate answers {algebra}",
+    ]
+    run_script("\n".join(["glan init", *(f"glan {m}" for m in made)]), tmp_path, env)
+    (block,) = blocks_in("Conversations", "bash")
+    out = " ".join(run_script(block.text, tmp_path, env).split())
+    assert "done: all 16 units of followups are done" in out  # 4 pairs x 2 turns x 2 calls
+
+
 def test_coverage_as_the_target(tmp_path: Path, stub: Stub) -> None:
     """Coverage's commands against the stub, over subjects and syllabi made under Algebra:
     the tree shows the space, the dry run asks nothing, the run covers every concept twice."""

@@ -33,6 +33,40 @@ class Strategy(Enum):
             return None
 
 
+@strawberry.type(
+    description="A follow-up turn of a conversation (glan generate followups): the student's "
+    "next question, by the question model, and its answer, by the model that answered the pair."
+)
+class Turn:
+    id: strawberry.ID
+    position: int = strawberry.field(description="1 for the first follow-up, and so on.")
+    kind: str | None = strawberry.field(description="clarification | harder | application")
+    question: str
+    answer: str | None = strawberry.field(description="Null until the turn is answered.")
+    provenance: Provenance = strawberry.field(description="Of the question.")
+    answer_provenance: Provenance | None
+
+    @classmethod
+    def of(cls, n: Node) -> Turn:
+        p = n.props
+        answered = {k[len("answer_") :]: v for k, v in p.items() if k.startswith("answer_")}
+        answered["created_at"] = p.get("answered_at")
+        return cls(
+            id=strawberry.ID(n.id),
+            position=int(p.get("position") or 0),
+            kind=p.get("kind"),
+            question=p.get("text") or "",
+            answer=p.get("answer"),
+            provenance=Provenance.of(p),
+            answer_provenance=Provenance.of(answered) if p.get("answer") else None,
+        )
+
+    @strawberry.field(description="The key concept the turn brings into the conversation.")
+    async def concepts(self, info: Info[Context, None]) -> list[TaxonomyNode]:
+        ids = await info.context.loaders.reached.load(str(self.id))
+        return _ordered(await _nodes(info, ids))
+
+
 @strawberry.type
 class Response:
     id: strawberry.ID
@@ -53,6 +87,13 @@ class Response:
             provenance=Provenance.of(p),
             judgement=Judgement.of(p),
         )
+
+    @strawberry.field(
+        description="The conversation going on from this pair: its follow-up turns in order "
+        "(several models' turns, when several asked, each in its own order)."
+    )
+    async def followups(self, info: Info[Context, None]) -> list[Turn]:
+        return [Turn.of(n) for n in await info.context.loaders.turns.load(str(self.id))]
 
 
 async def _nodes(info: Info[Context, None], ids: list[str]) -> list[Node]:
