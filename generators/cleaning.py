@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graph.errors import InvalidInput
-from graph.model import INSTRUCTION, RESPONSE, stable_hash
+from graph.model import INSTRUCTION, RESPONSE, TURN, stable_hash
 from graph.records import Node
 from graph.store import Store
 
@@ -509,7 +509,7 @@ class Mark:
 
     benchmark: str
     split: str
-    side: str  # question | answer
+    side: str  # question | answer | followup | followup_answer (a conversation's turn)
     method: str  # containment | ngram ("" for a mark older than the record)
 
     @property
@@ -612,7 +612,10 @@ def decontaminate(
     flags: dict[str, str | None] = {}
     records: dict[str, str | None] = {}
     response_flags: dict[str, str | None] = {}
+    has_turns = store.nodes.count_kind(TURN) > 0  # a store with no conversations reads none
     for found in iter_details(store, path, links=False):
+        answered = [r.id for _, d in found for r in d.responses]
+        turns = store.turns.of(answered) if has_turns and answered else {}
         for _, detail in found:
             node = detail.instruction
             result.scanned += 1
@@ -625,6 +628,11 @@ def decontaminate(
                 flags[node.id] = flag
             for response in detail.responses:
                 answer = overlaps(response.props.get("text") or "", "answer")
+                # a conversation going on from the pair is the pair's: its follow-up
+                # questions and their answers mark the response (and export leaves it out)
+                for turn in turns.get(response.id, []):
+                    answer += overlaps(turn.props.get("text") or "", "followup")
+                    answer += overlaps(turn.props.get("answer") or "", "followup_answer")
                 sources = sorted({m.source for m in answer})
                 if sources:
                     result.responses[response.id] = sources

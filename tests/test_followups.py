@@ -345,6 +345,35 @@ def test_a_three_turn_conversation_exports_as_six_messages(
         _is_conversation(row["messages"], 6)
 
 
+def test_a_benchmark_text_in_a_follow_up_marks_its_conversation(
+    embedded_store: Store, model: Stub, tmp_path: Path
+) -> None:
+    from generators.cleaning import Benchmark, decontaminate, marks_of
+
+    store = embedded_store
+    _export_store(store, model)
+    by_response: dict[str, list[dict[str, Any]]] = {}
+    for t in turns_of(store):
+        by_response.setdefault(t["response_id"], []).append(t)
+    (a, turns_a), (b, turns_b), (c, _) = sorted(by_response.items())
+    asked, answered = turns_a[1]["text"], turns_b[0]["answer"]  # a 2nd question, a 1st answer
+    result = decontaminate(
+        store, None, [Benchmark("quiz", "test", [asked, answered])], method="containment"
+    )
+    assert sorted(result.responses) == sorted([a, b])
+    pairs = {r: i for i, r in _pairs(store).items()}
+    marks = {
+        r: [(m.source, m.side) for m in marks_of(store.nodes.get(pairs[r]).props)]  # type: ignore[union-attr]
+        for r in (a, b, c)
+    }
+    assert ("quiz:test", "followup") in marks[a] and ("quiz:test", "followup_answer") in marks[b]
+    assert marks[c] == []
+    out = tmp_path / "chat.jsonl"
+    export_jsonl(store, None, out, fmt="chat")
+    kept = [json.loads(x)["metadata"]["response_id"] for x in out.read_text().splitlines()]
+    assert kept == [c]  # the two conversations holding a benchmark's text are left out
+
+
 def test_exported_conversations_pass_the_trl_conversational_check(
     embedded_store: Store, model: Stub, tmp_path: Path
 ) -> None:

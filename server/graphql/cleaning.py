@@ -77,7 +77,9 @@ class ContaminationMatch:
     instruction_id: strawberry.ID
     benchmark: str
     split: str
-    side: str = strawberry.field(description="question or answer")
+    side: str = strawberry.field(
+        description="question, answer, followup or followup_answer (a conversation's turn)"
+    )
     method: str = strawberry.field(description="containment or ngram")
 
 
