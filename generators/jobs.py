@@ -26,6 +26,7 @@ from graph.model import JOB, UNIT, NodeKind, node_id
 from graph.records import Node, now_iso
 from graph.store import Store
 
+from . import validators
 from .llm import ChatRequest, LLMClient, LLMError, Reply, StageParams, Usage
 
 if TYPE_CHECKING:
@@ -222,10 +223,26 @@ class Stage(ABC):
         value: Any,
         error: str | None,
     ) -> tuple[Any, str | None, list[str]]:
-        """A parsed reply (`value`, or None with its parse `error`) as the stage's validators
-        leave it (generators/validators.py): the value to write, or why the reply cannot be
-        used; and the items they left out of it, each as "rejected by <rule>: ..."."""
-        return value, error, []
+        """A parsed reply (`value`, or None with its parse `error`) as the validators leave
+        it (generators/validators.py), over the texts the stage lists (`texts`): the value
+        to write, or why the reply cannot be used; and the items they left out of it, each
+        as "rejected by <rule>: ..."."""
+        texts = self.texts(unit, value) if error is None and value is not None else []
+        verdict = validators.check(
+            value,
+            texts,
+            prompt=validators.prompt_text(request.messages),
+            finish_reason=reply.finish_reason,
+            free_text=request.free_text,
+            parse_error=error,
+        )
+        return verdict.value, verdict.error, verdict.dropped
+
+    def texts(self, unit: UnitSpec, value: Any) -> list[validators.Text]:
+        """The texts of a parsed reply the validators check, each with its kind, the name
+        it sits under and the group its name must be unique in (none by default: a reply
+        is then checked as a whole only, cut off or not)."""
+        return []
 
     async def execute(self, unit: UnitSpec) -> Outcome:
         """The live executor's unit: send the request, accept the reply; a JSON answer that

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from .. import validators
 from ..jobs import Outcome, Stage, UnitSpec
-from ..llm import ChatRequest, Messages, Reply
+from ..llm import ChatRequest, Messages
 from ..prompting import Prompt, get_prompt
-from ..validators import Text
 
 
 class PromptStage(Stage):
@@ -57,11 +55,6 @@ class PromptStage(Stage):
             return self.llm.text_request(messages, model, self.params)
         return self.llm.request(messages, model, self.params)
 
-    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
-        """The texts of a parsed reply the validators check, each with its kind, the name
-        it sits under and the group its name must be unique in."""
-        return []
-
     def parent_name(self, unit: UnitSpec) -> str | None:
         """The name of the node a unit's output sits under: kept when its request was built,
         else (a request another executor built) read from the store."""
@@ -69,25 +62,6 @@ class PromptStage(Stage):
             return self._parents[unit.id] or None
         node = self.store.nodes.get(unit.target_id)
         return node.name if node is not None else None
-
-    def check(
-        self,
-        unit: UnitSpec,
-        request: ChatRequest,
-        reply: Reply,
-        value: Any,
-        error: str | None,
-    ) -> tuple[Any, str | None, list[str]]:
-        texts = self.texts(unit, value) if error is None and value is not None else []
-        verdict = validators.check(
-            value,
-            texts,
-            prompt=validators.prompt_text(request.messages),
-            finish_reason=reply.finish_reason,
-            free_text=request.free_text,
-            parse_error=error,
-        )
-        return verdict.value, verdict.error, verdict.dropped
 
     def stamp(self, unit: UnitSpec) -> dict[str, Any]:
         return self.provenance(unit, self.prompt.name, self.prompt.version)

@@ -41,7 +41,7 @@ from graph.records import Node, now_iso
 from ..jobs import Outcome, Stage, UnitSpec, unit_id
 from ..llm import ChatRequest, Messages, Reply, StageParams
 from ..prompting import FollowUp, Prompt, get_prompt
-from ..validators import Text, check, prompt_text
+from ..validators import Text
 
 ASK, ANSWER = "ask", "answer"
 #: follow-up turns a conversation gets when no number is given
@@ -241,29 +241,11 @@ class FollowupsStage(Stage):
             messages, self.answer_prompt.response_model, self.answer_params
         )
 
-    def check(
-        self,
-        unit: UnitSpec,
-        request: ChatRequest,
-        reply: Reply,
-        value: Any,
-        error: str | None,
-    ) -> tuple[Any, str | None, list[str]]:
-        """The validators every stage's output passes: a follow-up question as a question,
-        its answer as an answer (generators/validators.py)."""
-        texts: list[Text] = []
-        if error is None and value is not None:
-            ask = unit.payload["step"] == ASK
-            texts = [Text("question", value.question) if ask else Text("answer", value.text)]
-        verdict = check(
-            value,
-            texts,
-            prompt=prompt_text(request.messages),
-            finish_reason=reply.finish_reason,
-            free_text=request.free_text,
-            parse_error=error,
-        )
-        return verdict.value, verdict.error, verdict.dropped
+    def texts(self, unit: UnitSpec, value: Any) -> list[Text]:
+        """A follow-up question is checked as a question, its answer as an answer."""
+        if unit.payload["step"] == ASK:
+            return [Text("question", value.question)]
+        return [Text("answer", value.text)]
 
     def accept(self, unit: UnitSpec, request: ChatRequest, reply: Reply) -> Outcome:
         """A reply validated; an ask's concept must be one of its pair's sessions' key
