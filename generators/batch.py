@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,8 @@ from .jobs import (
     job_id_for,
 )
 from .llm import ChatRequest, LLMClient, LLMConfig, Reply, StageParams, Usage
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
@@ -168,6 +171,16 @@ class BatchAPI:
                     into.write(chunk)
         except openai.APIError as exc:
             raise self._failed(f"give the content of file {file_id}", exc) from exc
+
+    async def delete(self, file_id: str) -> bool:
+        """Delete a file the API holds; whether it was there to delete."""
+        try:
+            await self._client.files.delete(file_id)
+        except openai.NotFoundError:
+            return False
+        except openai.APIError as exc:
+            raise self._failed(f"delete file {file_id}", exc) from exc
+        return True
 
 
 # ---------------------------------------------------------------------------- lines
@@ -722,7 +735,20 @@ class BatchExecutor:
             counts = counts + got
         rec["imported"] = 1
         await self._save(rec)
+        await self._clean_up(rec)
         return counts
+
+    async def _clean_up(self, rec: Mapping[str, Any]) -> None:
+        """Once a batch is read into the store (each reply's raw text is kept on its unit),
+        its input, output and error files are deleted at the API, where they would count
+        against the account's storage. A file that cannot be deleted is left there and
+        said in the log; nothing of the run depends on it."""
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            if file_id := rec.get(key):
+                try:
+                    await self.api.delete(str(file_id))
+                except BatchError as exc:
+                    log.warning("%s; it is left at the API", exc)
 
     @staticmethod
     def _shown(run: JobRun, records: Sequence[Mapping[str, Any]]) -> Progress:

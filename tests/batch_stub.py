@@ -108,6 +108,8 @@ class BatchStub:
     base_url: str = ""
     seed: int = 0
     files: dict[str, StubFile] = field(default_factory=dict)
+    #: files deleted through the API (kept here for the tests to read)
+    deleted: dict[str, StubFile] = field(default_factory=dict)
     batches: dict[str, StubBatch] = field(default_factory=dict)
     #: what happens to the n-th batch created
     plans: Callable[[int], Plan] = lambda n: Plan()
@@ -129,6 +131,10 @@ class BatchStub:
         return f"{prefix}_{next(self._ids)}"
 
     # -- files
+
+    def file(self, file_id: str) -> StubFile:
+        """A file uploaded or made here, deleted since or not."""
+        return self.files.get(file_id) or self.deleted[file_id]
 
     def add_file(self, filename: str, purpose: str, data: bytes) -> StubFile:
         f = StubFile(self.new_id("file"), filename, purpose, data, int(time.time()))
@@ -368,7 +374,7 @@ def _route(
         if method == "GET" and len(parts) == 2:
             return 200, {}, stub.file_json(f)
         if method == "DELETE" and len(parts) == 2:
-            del stub.files[f.id]
+            stub.deleted[f.id] = stub.files.pop(f.id)
             return 200, {}, {"id": f.id, "object": "file", "deleted": True}
     if parts[:1] == ["batches"]:
         if method == "POST" and len(parts) == 1:

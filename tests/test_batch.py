@@ -111,7 +111,7 @@ def input_lines(stub: BatchStub) -> list[dict[str, Any]]:
     return [
         json.loads(line)
         for b in stub.created
-        for line in stub.files[b.input_file_id].data.splitlines()
+        for line in stub.file(b.input_file_id).data.splitlines()
     ]
 
 
@@ -185,10 +185,22 @@ def test_a_batch_run_asks_every_unit_once_with_the_live_request(
     assert rec["status"] == "completed" and rec["imported"] == 1 and rec["requests"] == N
     job = store.jobs.get(state.job_id)
     assert job is not None and job["executor"] == "batch" and job["prompt_tokens"] == 11 * N
+    # read into the store, the batch's files are deleted at the API
+    (b,) = stub.created
+    made = {b.input_file_id, b.output_file_id}
+    assert b.output_file_id and made <= set(stub.deleted) and not made & set(stub.files)
     # run again: nothing to submit, nothing changes
     again = run_batch(store, stub)
     assert (again.status, again.skipped) == (JobStatus.COMPLETED, N)
     assert len(stub.created) == 1
+
+
+def test_a_batch_not_read_yet_keeps_its_files_at_the_api(store: Store, stub: BatchStub) -> None:
+    state = run_batch(store, stub, wait=False)  # submitted, not read
+    (b,) = stub.created
+    assert state.done == 0 and b.input_file_id in stub.files and not stub.deleted
+    last = run_batch(store, stub)  # follows it to its end and reads it
+    assert last.done == N and b.input_file_id in stub.deleted and not stub.files
 
 
 def test_files_are_split_to_the_limits(store: Store, stub: BatchStub) -> None:
@@ -200,7 +212,7 @@ def test_files_are_split_to_the_limits(store: Store, stub: BatchStub) -> None:
     assert state.status == JobStatus.COMPLETED and state.done == N
     sizes = [len(b.lines) for b in stub.created]
     assert sum(sizes) == N and max(sizes) <= 4 and len(sizes) > N // 4  # bytes bound too
-    assert all(len(stub.files[b.input_file_id].data) <= limit for b in stub.created)
+    assert all(len(stub.file(b.input_file_id).data) <= limit for b in stub.created)
     assert [r["seq"] for r in store.jobs.batches(state.job_id)] == list(range(len(sizes)))
     assert integrity_problems(store) == []
 
