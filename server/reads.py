@@ -19,13 +19,26 @@ T = TypeVar("T")
 
 #: Results kept, at most (each the answer to one query with its arguments).
 MAX_RESULTS = 256
+#: What the kept results may weigh together, in the units `weigh` gives (for whole
+#: GraphQL answers: bytes of their JSON, which take several times that as Python objects).
+#: A result heavier than an eighth of it is given to those waiting for it and not kept: a
+#: page of an export is read once, while the answers worth sharing (coverage, subtrees,
+#: gaps asked for by many at once) are small.
+MAX_WEIGHT = 16 * 1024 * 1024
 
 
 class SharedReads:
-    def __init__(self, version: Callable[[], int | None], size: int = MAX_RESULTS) -> None:
+    def __init__(
+        self,
+        version: Callable[[], int | None],
+        size: int = MAX_RESULTS,
+        max_weight: int = MAX_WEIGHT,
+    ) -> None:
         self.version = version
         self.size = size
-        self._done: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()
+        self.max_weight = max_weight
+        self.weight = 0  # of the results kept
+        self._done: OrderedDict[Hashable, tuple[int, Any, int]] = OrderedDict()
         self._flying: dict[tuple[Hashable, int], asyncio.Future[Any]] = {}
         #: reads computed and reads answered from another's result, for tests and benches
         self.computed = 0
@@ -36,9 +49,11 @@ class SharedReads:
         key: Hashable,
         compute: Callable[[], Awaitable[T]],
         keep: Callable[[T], bool] = lambda _: True,
+        weigh: Callable[[T], int] = lambda _: 0,
     ) -> T:
         """The result of `compute` for `key` at the store's current version; one that `keep`
-        refuses (an answer with errors) is given to those waiting for it, not kept."""
+        refuses (an answer with errors), or that `weigh`s more than an eighth of what the
+        kept results may weigh together, is given to those waiting for it, not kept."""
         version = self.version()
         if version is None:
             self.computed += 1
@@ -61,10 +76,15 @@ class SharedReads:
             self._flying.pop((key, version), None)
         if not keep(value):
             return value
+        weight = weigh(value)
+        if weight > self.max_weight // 8:
+            return value
         # kept under the version it was read at: a write since (this read's own refresh of
         # stale rollups included) makes the next request read again
-        self._done[key] = (version, value)
-        self._done.move_to_end(key)
-        while len(self._done) > self.size:
-            self._done.popitem(last=False)
+        old = self._done.pop(key, None)
+        self.weight -= old[2] if old else 0
+        self._done[key] = (version, value, weight)
+        self.weight += weight
+        while len(self._done) > self.size or self.weight > self.max_weight:
+            self.weight -= self._done.popitem(last=False)[1][2]
         return value

@@ -125,6 +125,58 @@ def test_requests_for_one_read_share_it_until_a_write(api: Api) -> None:
     assert asyncio.run(many(5))[0]["fields"] == fields + 1
 
 
+def test_shared_results_are_kept_within_their_weight() -> None:
+    """Results kept for sharing stay under their total weight, oldest out first; one
+    heavier than an eighth of it (a page of an export) is answered and not kept."""
+    from server.reads import SharedReads
+
+    shared = SharedReads(lambda: 1, size=100, max_weight=800)
+
+    def read(key: str, weight: int) -> str:
+        async def compute() -> str:
+            return key
+
+        return asyncio.run(shared.get(key, compute, weigh=lambda _: weight))
+
+    for key in "abc":
+        read(key, 100)
+    computed = shared.computed
+    assert read("a", 100) == "a" and shared.computed == computed  # kept: shared
+    read("page", 101)  # over 800 / 8: not kept, read again next time
+    read("page", 101)
+    assert shared.computed == computed + 2 and shared.weight == 300
+    for key in "defghi":  # 9 results of 100 would weigh 900: the oldest go
+        read(key, 100)
+    assert shared.weight <= 800
+    computed = shared.computed
+    read("b", 100)
+    assert shared.computed == computed + 1  # "b" was among the oldest, dropped
+    read("i", 100)
+    assert shared.computed == computed + 1  # the newest is still kept
+
+
+def test_a_large_page_is_answered_and_not_kept(api: Api) -> None:
+    """A whole answer too heavy to keep (here, against a tiny budget) is read again by the
+    next request, while a small one is shared."""
+    route = next(r for r in api.app.routes if getattr(r, "path", "") == "/graphql")
+    shared = route.endpoint.shared
+    small = "{ coverage { ... on Coverage { total { counts { fields } } } } }"
+    large = '{ search(text: "a", first: 50) { __typename } children { __typename } }'
+    api.gql(small)  # the first read after loading refreshes rollups
+    old = shared.max_weight
+    shared.max_weight = 8 * 60  # answers over 60 bytes of JSON are not kept
+    try:
+        for query in (small, large):
+            api.gql(query)
+        before = shared.computed
+        api.gql(small)
+        assert shared.computed == before  # about 50 bytes: kept and shared
+        api.gql(large)
+        assert shared.computed == before + 1  # heavier: read again
+    finally:
+        shared.max_weight = old
+
+
 def test_a_query_text_is_parsed_and_validated_once(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

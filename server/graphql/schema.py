@@ -91,12 +91,17 @@ class GlanSchema(strawberry.Schema):
                 return await run()
             # a query of the store alone: its whole answer is shared at one store version
             key = ("answer", query, _canonical(variable_values), operation_name)
-            return await shared.get(key, run, keep=lambda result: not result.errors)
+            return await shared.get(key, run, keep=lambda result: not result.errors, weigh=_weight)
         except InvalidOperationTypeError as exc:
             subscription = exc.operation_type is OperationType.SUBSCRIPTION
             if subscription and OperationType.SUBSCRIPTION in allowed:
                 return ExecutionResult(data=None, errors=[GraphQLError(SUBSCRIPTION_OVER_HTTP)])
             raise  # the view answers the others (a mutation over GET) with a 400
+
+
+def _weight(result: ExecutionResult) -> int:
+    """What a whole answer weighs among those kept (server/reads.py): its JSON's length."""
+    return len(json.dumps(result.data, separators=(",", ":"), default=str))
 
 
 #: Root fields whose answers depend on the store alone (and their arguments): not `job` or
