@@ -107,6 +107,31 @@ class ServerError(GlanError):
     """The server could not be reached, refused a request, or answered with a problem."""
 
 
+def _stage_variables(
+    stage: str, path: str | None, options: PipelineOptions, rounds_given: bool
+) -> dict[str, Any]:
+    """The variables of generateInBatches and jobEstimate that say which job of a stage:
+    the same options make the same job in the server as here."""
+    variables: dict[str, Any] = {
+        "stage": stage.upper(),
+        "path": path,
+        "n": options.taxonomy_n if stage == "taxonomy" else options.n,
+        "strategy": options.strategy.upper(),
+        "seed": options.seed,
+        "basicRatio": options.basic_ratio,
+        # without --rounds, the server's own GLAN_SUBJECT_ROUNDS, as its jobs use
+        "rounds": options.rounds if rounds_given else None,
+        "perCall": options.per_call,
+        "sessions": options.sessions,
+        "turns": options.turns,
+    }
+    if stage == "questions" and options.coverage_target:
+        variables.update(
+            minPerConcept=options.min_per_concept or None, untilShare=options.until_share
+        )
+    return variables
+
+
 class Remote:
     """A running glan server, spoken to through its GraphQL API."""
 
@@ -507,23 +532,9 @@ class Remote:
             f"... on JobPayload {{ job {{ {_JOB} }} }} }} }}"
         )
         variables = {
-            "stage": stage.upper(),
-            "path": path,
-            "n": options.taxonomy_n if stage == "taxonomy" else options.n,
-            "strategy": options.strategy.upper(),
-            "seed": options.seed,
-            "basicRatio": options.basic_ratio,
-            # without --rounds, the server's own GLAN_SUBJECT_ROUNDS, as its jobs use
-            "rounds": options.rounds if rounds_given else None,
-            "perCall": options.per_call,
-            "sessions": options.sessions,
-            "turns": options.turns,
+            **_stage_variables(stage, path, options, rounds_given),
             "maxCost": max_cost,
         }
-        if stage == "questions" and options.coverage_target:
-            variables.update(
-                minPerConcept=options.min_per_concept or None, untilShare=options.until_share
-            )
         if not wait:
             started = self._result(self.gql(mutation, variables)["generateInBatches"])
             return _progress(started["job"])
@@ -565,24 +576,7 @@ class Remote:
             "turns: $turns, batch: $batch) "
             f"{{ {_PROBLEM} ... on JobEstimate {{ {_ESTIMATE} }} }} }}"
         )
-        variables = {
-            "stage": stage.upper(),
-            "path": path,
-            "n": options.taxonomy_n if stage == "taxonomy" else options.n,
-            "strategy": options.strategy.upper(),
-            "seed": options.seed,
-            "basicRatio": options.basic_ratio,
-            # without --rounds, the server's own GLAN_SUBJECT_ROUNDS, as its jobs use
-            "rounds": options.rounds if rounds_given else None,
-            "perCall": options.per_call,
-            "sessions": options.sessions,
-            "turns": options.turns,
-            "batch": batch,
-        }
-        if stage == "questions" and options.coverage_target:
-            variables.update(
-                minPerConcept=options.min_per_concept or None, untilShare=options.until_share
-            )
+        variables = {**_stage_variables(stage, path, options, rounds_given), "batch": batch}
         e = self._result(self.gql(query, variables)["jobEstimate"])
         return {
             "stage": str(e["kind"]).lower(),

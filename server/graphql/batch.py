@@ -24,7 +24,6 @@ from .errors import (
 from .estimate import stage_options
 from .instruction import Strategy
 from .job import Job, JobPayload, StageName
-from .planning import with_coverage
 
 #: how long cancelBatches waits for a job the server runs to ask the API to stop its batches
 STOPPING_S = 30.0
@@ -125,18 +124,18 @@ def generate_in_batches(
     try:
         options = stage_options(
             stage.value,
+            ctx.settings,
             n=n,
             strategy=strategy.value,
             seed=seed,
             basic_ratio=basic_ratio,
-            rounds=rounds if rounds is not None else ctx.settings.subject_rounds,
+            rounds=rounds,
             per_call=per_call,
             sessions=sessions,
-            auto_approve=ctx.settings.auto_approve,
             turns=turns,
+            min_per_concept=min_per_concept,
+            until_share=until_share,
         )
-        if stage.value == "questions":
-            options = with_coverage(options, min_per_concept, until_share)
         cap = None if max_cost is None else CostCap(max_cost, ctx.settings.price_table())
         started = ctx.jobs.start(stage.value, path or None, options, cost_cap=cap, batch=True)
     except GlanError as exc:

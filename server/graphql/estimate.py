@@ -14,6 +14,7 @@ from generators.stages import STAGES
 from graph.errors import GlanError
 
 from ..context import Context
+from ..settings import Settings
 from .errors import InvalidInputError, NotApprovedError, NotFoundError, WrongKindError, problem
 from .instruction import Strategy
 from .job import StageName
@@ -80,24 +81,29 @@ EstimateResult = Annotated[
 
 def stage_options(
     stage: str,
+    settings: Settings,
     *,
     n: int,
     strategy: str,
     seed: int,
     basic_ratio: float,
-    rounds: int,
+    rounds: int | None,
     per_call: int,
     sessions: int,
-    auto_approve: bool,
     turns: int = 2,
+    min_per_concept: int | None = None,
+    until_share: float | None = None,
 ) -> PipelineOptions:
     """The options a generation mutation of this stage starts its job with (so the same
-    job id), bounded as the mutation bounds them."""
+    job id), bounded as the mutation bounds them; rounds not given are the server's
+    GLAN_SUBJECT_ROUNDS, and a questions job may be planned for coverage."""
     from .mutation import LIMITS, _bounded, _check  # the mutations import this module's kin
 
+    if rounds is None:
+        rounds = settings.subject_rounds
     if stage == "taxonomy":
         _check("n", n, *LIMITS["taxonomy n"])
-        return PipelineOptions(taxonomy_n=n, auto_approve=auto_approve)
+        return PipelineOptions(taxonomy_n=n, auto_approve=settings.auto_approve)
     if stage == "subjects":
         _bounded(rounds=rounds, perCall=per_call)
         return PipelineOptions(rounds=rounds, per_call=per_call)
@@ -107,7 +113,8 @@ def stage_options(
     if stage == "questions":
         _bounded(n=n)
         _check("basicRatio", basic_ratio, 0.0, 1.0)
-        return PipelineOptions(n=n, strategy=strategy, seed=seed, basic_ratio=basic_ratio)
+        options = PipelineOptions(n=n, strategy=strategy, seed=seed, basic_ratio=basic_ratio)
+        return with_coverage(options, min_per_concept, until_share)
     if stage == "followups":
         _bounded(turns=turns)
         return PipelineOptions(turns=turns)
@@ -138,18 +145,18 @@ async def job_estimate(
     try:
         options = stage_options(
             stage.value,
+            ctx.settings,
             n=n,
             strategy=strategy.value,
             seed=seed,
             basic_ratio=basic_ratio,
-            rounds=rounds if rounds is not None else ctx.settings.subject_rounds,
+            rounds=rounds,
             per_call=per_call,
             sessions=sessions,
-            auto_approve=ctx.settings.auto_approve,
             turns=turns,
+            min_per_concept=min_per_concept,
+            until_share=until_share,
         )
-        if stage.value == "questions":
-            options = with_coverage(options, min_per_concept, until_share)
         found = await ctx.run(partial(_estimate, ctx, stage.value, path or None, options, batch))
     except GlanError as exc:
         return problem(exc)
