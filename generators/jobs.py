@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from graph.driver import Tx
+from graph.driver import Tx, calls_ahead
 from graph.errors import GlanError, WrongKind
 from graph.model import JOB, UNIT, NodeKind, node_id
 from graph.records import Node, now_iso
@@ -323,13 +323,20 @@ class JobRunner:
             cost_cap.check_model(stage.params.model)
         asked: set[str] = set()  # the units this run's rounds have asked
         earlier: Progress | None = None
-        while True:
-            state, params, stopped, ran = await self._round(
-                stage, scope_path, asked, earlier, progress, cancel, cost_cap
-            )
-            if stopped is not None or not stage.chained or not ran:
-                return self.finish(state, params, stopped, progress)
-            earlier = state
+        # its reads go ahead of a server's requests waiting for a connection (calls_ahead)
+        with calls_ahead():
+            while True:
+                state, params, stopped, ran = await self._round(
+                    stage, scope_path, asked, earlier, progress, cancel, cost_cap
+                )
+                if stopped is not None or not stage.chained or not ran:
+                    break
+                earlier = state
+            # stored off the event loop, which a server shares with its requests
+            await asyncio.to_thread(self.finish, state, params, stopped)
+        if progress:
+            progress(state)
+        return state
 
     async def _round(
         self,
@@ -364,7 +371,9 @@ class JobRunner:
         if cost_cap is not None:
             guard = await asyncio.to_thread(cost_cap.guard, self.store, stage, todo)
             state.max_cost = cost_cap.limit_usd
-            self.store.jobs.save({"id": state.job_id, "max_cost": state.max_cost})
+            await asyncio.to_thread(
+                self.store.jobs.save, {"id": state.job_id, "max_cost": state.max_cost}
+            )
         in_flight = 0  # units started and not finished: what a cost cap counts ahead
 
         # Units are read for (`Stage.prepare`, off the loop) a chunk at a time as the

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from graph.driver import calls_ahead
 from graph.errors import GlanError
 from graph.model import name_key, split_path
 from graph.records import now_iso
@@ -155,7 +156,7 @@ class JobManager:
         #: where jobs run; made with the first job (the server's loop is running by then)
         self._jobs: JobLoop | None = None
 
-    def start(
+    async def start(
         self,
         stage_name: str,
         path: str | None,
@@ -167,7 +168,16 @@ class JobManager:
         """Start a job in the background and return its first state at once; with a cost
         cap, one whose model has no price is refused. With `batch`, its requests go through
         the endpoint's Batch API (generators/batch.py), followed here until the batches end."""
-        stage, scope_text, job_id = self._prepare(stage_name, path, options)
+
+        def prepare() -> tuple[Stage, str, str]:
+            # the scope is read off the event loop, which the server's requests share, and
+            # ahead of their reads waiting for a connection (calls_ahead)
+            with calls_ahead():
+                return self._prepare(stage_name, path, options)
+
+        # on the jobs' own threads: the server's pool may be queued with a crowd's reads
+        on_jobs_loop = self._job_loop().submit(asyncio.to_thread(prepare))
+        stage, scope_text, job_id = await asyncio.wrap_future(on_jobs_loop)
         if cost_cap is not None:
             cost_cap.check_model(stage.params.model)
         other = self._overlapping(stage_name, scope_text)
@@ -196,6 +206,11 @@ class JobManager:
                 return other_id
         return None
 
+    def _job_loop(self) -> JobLoop:
+        if self._jobs is None:
+            self._jobs = JobLoop()
+        return self._jobs
+
     def _launch(
         self,
         stage: Stage,
@@ -210,8 +225,6 @@ class JobManager:
         cancel = StopRequest(JobStatus.INTERRUPTED)
         entry: _Running
         here = asyncio.get_running_loop()
-        if self._jobs is None:
-            self._jobs = JobLoop()
 
         def show(snapshot: Progress) -> None:  # on the server's loop
             if entry.task.done():
@@ -228,7 +241,7 @@ class JobManager:
             if batch
             else self.runner.run(stage, path, progress=progress, cancel=cancel, cost_cap=cost_cap)
         )
-        task = asyncio.wrap_future(self._jobs.submit(run), loop=here)
+        task = asyncio.wrap_future(self._job_loop().submit(run), loop=here)
         entry = _Running(stage.name, first.scope, task, cancel, first)
         self.running[job_id] = entry
         task.add_done_callback(lambda t: self._finished(job_id, t))

@@ -7,7 +7,8 @@ DDL and a few function names, lives in a `Dialect` subclass in graph/backends/.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,6 +77,30 @@ class Tx(Protocol):
 
     def create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
         """Create edges known to be new, between existing nodes."""
+
+
+_AHEAD: ContextVar[bool] = ContextVar("glan_store_calls_ahead", default=False)
+
+
+@contextmanager
+def calls_ahead() -> Iterator[None]:
+    """Store calls made in this context, and in the tasks and `asyncio.to_thread` calls it
+    starts, go ahead of the others waiting for one of a driver's bounded connections.
+
+    Jobs run in it: their reads are few and bulk (a chunk of units' inputs, a plan), and
+    while one waits the model endpoint waits with it, so they are not queued behind a
+    crowd of API requests that each delay one client. The embedded engine's readers honour
+    it (a few connections, see EmbeddedDriver); Bolt drivers pool sessions enough."""
+    token = _AHEAD.set(True)
+    try:
+        yield
+    finally:
+        _AHEAD.reset(token)
+
+
+def called_ahead() -> bool:
+    """Whether this context's store calls go ahead (see calls_ahead)."""
+    return _AHEAD.get()
 
 
 @runtime_checkable

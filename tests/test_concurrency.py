@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -274,3 +276,77 @@ def test_a_refused_statement_in_a_transaction_reports_its_own_error(store: Store
         tx.execute("MATCH (n:NoSuchTable) RETURN n")
     store.taxonomy.add_node(None, FIELD, "After The Refusal")
     assert store.nodes.count_kind(FIELD) == 3
+
+
+def test_a_waiter_whose_calls_go_ahead_takes_the_next_free_slot() -> None:
+    """Three reads wait for the one reader connection, then a job's read comes: the job's
+    read gets the connection first, and the others keep their turns after it."""
+    from contextlib import nullcontext
+
+    from graph.backends.embedded import Slots
+    from graph.driver import calls_ahead
+
+    slots = Slots(1)
+    order: list[str] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def holder() -> None:
+        with slots.taken():
+            holding.set()
+            release.wait(10)
+
+    def waiter(name: str, ahead: bool) -> None:
+        with calls_ahead() if ahead else nullcontext(), slots.taken():
+            order.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    assert holding.wait(10)
+    for n, name in enumerate(["request 1", "request 2", "request 3"], start=1):
+        threads.append(threading.Thread(target=waiter, args=(name, False)))
+        threads[-1].start()
+        assert _until(lambda n=n: slots.waiting == n)
+    threads.append(threading.Thread(target=waiter, args=("job", True)))
+    threads[-1].start()
+    assert _until(lambda: slots.waiting == 4)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order[0] == "job"
+    assert sorted(order[1:]) == ["request 1", "request 2", "request 3"]
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_jobs_store_calls_go_ahead_of_the_apis_own(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started through the API, a job's reads for a reader connection (the scope the
+    mutation checks, its plan, its units' inputs, its end) are marked to go ahead of the
+    requests' reads, which are not: a crowd of clients does not stall a running job."""
+    from graph.backends import embedded
+    from graph.driver import called_ahead
+    from tests.test_api import start
+
+    taken: list[tuple[str, bool]] = []
+    real = embedded.Slots.taken
+
+    def recorded(self: embedded.Slots) -> Any:
+        taken.append((threading.current_thread().name, called_ahead()))
+        return real(self)
+
+    monkeypatch.setattr(embedded.Slots, "taken", recorded)
+    job = start(api, "generateSubjects(path: $p, rounds: 2, perCall: 2)", {"p": "Arts"})
+    assert api.wait_for(job["id"])["status"] == "COMPLETED"
+    requests = [ahead for name, ahead in taken if name.startswith("glan-store")]
+    jobs = [ahead for name, ahead in taken if not name.startswith("glan-store")]
+    assert requests and not any(requests)
+    assert jobs and all(jobs)

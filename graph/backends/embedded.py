@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from .. import queries as Q
 from ..config import DEFAULT_BUFFER_POOL_MB
-from ..driver import Dialect, Params, QueryCounter, Row
+from ..driver import Dialect, Params, QueryCounter, Row, called_ahead
 from ..errors import QueryError, StoreLocked, StoreMemoryExceeded
 from ..model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
 
@@ -127,6 +127,42 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class Slots:
+    """At most n holders at once; a waiter whose calls go ahead (`calls_ahead`) takes the
+    next free slot before any other waiter."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._changed = threading.Condition()
+        self._ahead_waiting = 0
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """How many are waiting for a slot."""
+        return self._waiting
+
+    @contextmanager
+    def taken(self) -> Iterator[None]:
+        ahead = called_ahead()
+        with self._changed:
+            self._ahead_waiting += ahead
+            self._waiting += 1
+            try:
+                while not self._free or (not ahead and self._ahead_waiting):
+                    self._changed.wait()
+            finally:
+                self._ahead_waiting -= ahead
+                self._waiting -= 1
+            self._free -= 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += 1
+                self._changed.notify_all()
+
+
 class _Tx:
     def __init__(self, driver: EmbeddedDriver) -> None:
         self._driver = driver
@@ -180,7 +216,7 @@ class EmbeddedDriver:
         self._column_cache: dict[str, list[tuple[str, str]]] = {}
         #: reads outside the writer's transaction: idle connections, and how many exist
         self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._reader_slots = threading.BoundedSemaphore(max(readers, 1))
+        self._reader_slots = Slots(max(readers, 1))
         self._reader_count = 0
         self._reads_apart = readers > 0
         #: reads in flight on readers, and whether one is running alone (see _read_apart)
@@ -213,7 +249,7 @@ class EmbeddedDriver:
     def _reader(self) -> Iterator[Any]:
         """A reader connection for one statement: an idle one, a new one up to the limit,
         or the next to come back."""
-        with self._reader_slots:
+        with self._reader_slots.taken():
             try:
                 conn = self._readers.get_nowait()
             except queue.Empty:

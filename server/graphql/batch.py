@@ -103,7 +103,7 @@ async def job_batches(
     return [BatchRecord.of(r) for r in rows]
 
 
-def generate_in_batches(
+async def generate_in_batches(
     info: Info[Context, None],
     stage: StageName,
     path: str | None = None,
@@ -137,7 +137,7 @@ def generate_in_batches(
             until_share=until_share,
         )
         cap = None if max_cost is None else CostCap(max_cost, ctx.settings.price_table())
-        started = ctx.jobs.start(stage.value, path or None, options, cost_cap=cap, batch=True)
+        started = await ctx.jobs.start(stage.value, path or None, options, cost_cap=cap, batch=True)
     except GlanError as exc:
         return problem(exc)
     return JobPayload(job=Job.of(started, live=True))

@@ -147,7 +147,7 @@ MaxCost = Annotated[
 ]
 
 
-def _start(
+async def _start(
     info: Info[Context, None],
     stage: str,
     path: str | None,
@@ -157,7 +157,7 @@ def _start(
     """Start a job (refused when an overlapping one of the same stage runs)."""
     try:
         cap = None if max_cost is None else CostCap(max_cost, info.context.settings.price_table())
-        started = info.context.jobs.start(stage, path or None, options, cost_cap=cap)
+        started = await info.context.jobs.start(stage, path or None, options, cost_cap=cap)
     except GlanError as exc:
         return problem(exc)
     return JobPayload(job=Job.of(started, live=True))
@@ -274,7 +274,7 @@ class Mutation:
         description="Propose children of a Field or SubField (or new fields at the root) "
         "for review (approved at once when the server runs with GLAN_AUTO_APPROVE).",
     )
-    def generate_taxonomy(
+    async def generate_taxonomy(
         self,
         info: Info[Context, None],
         path: str | None = None,
@@ -286,14 +286,14 @@ class Mutation:
         except InvalidInput as exc:
             return problem(exc)
         options = PipelineOptions(taxonomy_n=n, auto_approve=info.context.settings.auto_approve)
-        return _start(info, "taxonomy", path, options, max_cost)
+        return await _start(info, "taxonomy", path, options, max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="Subjects for every approved discipline under a path: `rounds` calls per "
         "discipline (the paper: 10; default: GLAN_SUBJECT_ROUNDS), `perCall` subjects each.",
     )
-    def generate_subjects(
+    async def generate_subjects(
         self,
         info: Info[Context, None],
         path: str | None = None,
@@ -307,14 +307,14 @@ class Mutation:
         except InvalidInput as exc:
             return problem(exc)
         options = PipelineOptions(rounds=rounds, per_call=per_call)
-        return _start(info, "subjects", path, options, max_cost)
+        return await _start(info, "subjects", path, options, max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="A syllabus (class sessions with key concepts) for every subject under a "
         "path that has none yet.",
     )
-    def generate_syllabus(
+    async def generate_syllabus(
         self,
         info: Info[Context, None],
         path: str | None = None,
@@ -325,7 +325,7 @@ class Mutation:
             _bounded(sessions=sessions)
         except InvalidInput as exc:
             return problem(exc)
-        return _start(info, "syllabus", path, PipelineOptions(sessions=sessions), max_cost)
+        return await _start(info, "syllabus", path, PipelineOptions(sessions=sessions), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -336,7 +336,7 @@ class Mutation:
         "not used); with `untilShare` S, until that share of the concepts is (K times) "
         "covered. Run again after taxonomy edits, the same job plans only what is missing.",
     )
-    def generate_instructions(
+    async def generate_instructions(
         self,
         info: Info[Context, None],
         path: str | None = None,
@@ -365,17 +365,17 @@ class Mutation:
             min_per_concept=min_per_concept or 0,
             until_share=until_share,
         )
-        return _start(info, "questions", path, options, max_cost)
+        return await _start(info, "questions", path, options, max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
         description="An answer for every instruction under a path that has none from the "
         "answer model yet.",
     )
-    def generate_answers(
+    async def generate_answers(
         self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
     ) -> StartJobResult:
-        return _start(info, "answers", path, PipelineOptions(), max_cost)
+        return await _start(info, "answers", path, PipelineOptions(), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -386,7 +386,7 @@ class Mutation:
         "far. The job runs in rounds, a turn at a time; asked again with more turns, it goes "
         "on from the turns there are.",
     )
-    def generate_followups(
+    async def generate_followups(
         self,
         info: Info[Context, None],
         path: str | None = None,
@@ -397,7 +397,7 @@ class Mutation:
             _bounded(turns=turns)
         except InvalidInput as exc:
             return problem(exc)
-        return _start(info, "followups", path, PipelineOptions(turns=turns), max_cost)
+        return await _start(info, "followups", path, PipelineOptions(turns=turns), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
@@ -405,10 +405,10 @@ class Mutation:
         "(GLAN_JUDGE_MODEL): 1-10 on each criterion of the rubric and overall, with a "
         "one-sentence rationale. Pairs this judge model already scored are skipped.",
     )
-    def generate_judgements(
+    async def generate_judgements(
         self, info: Info[Context, None], path: str | None = None, max_cost: MaxCost = None
     ) -> StartJobResult:
-        return _start(info, "judge", path, PipelineOptions(), max_cost)
+        return await _start(info, "judge", path, PipelineOptions(), max_cost)
 
     @strawberry.mutation(
         permission_classes=AUTH,
