@@ -17,13 +17,20 @@ and websockets:
    planning included, counting half a pair per question and per answer written (a job
    still running after --job-timeout is cancelled, and its progress so far counts). "Plan
    seen at" is when the subscription first reported a job's total: under load, when the
-   client heard of the plan, which is late when the server is.
+   client heard of the plan, which is late when the server is. The job is started and
+   followed on an event loop of its own, as a user's client would be: this process's own
+   loop is busy with the load's clients and would hear of it late.
+
+With --model-latency S the server's model answers each request S seconds after it came (the
+store is built without it): the job is then paced by its model, as against a real endpoint,
+and not by this machine's CPU, which the load's clients, the server and the stub share.
 
 Prints a table (measure, value, target, met) and a final JSON line with every figure,
 including the server's and this process's peak RSS. Latencies are measured by this
 process, which shares the machine's cores with the server: its CPU time is reported too.
 
     python bench/server_load.py --clients 200 --duration 10
+    python bench/server_load.py --clients 200 --model-latency 0.5 --concurrency 64
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,10 +102,12 @@ PROGRESS = """subscription($id: ID!) { jobProgress(id: $id) { __typename
 
 
 STUB = """
-import sys, time
+import dataclasses, sys, time
 sys.path.insert(0, {root!r})
 from tests.llm_stub import fake_glan_model, run_stub
-model = fake_glan_model(subjects={subjects}, sessions={sessions}, concepts={concepts})
+glan_model = fake_glan_model(subjects={subjects}, sessions={sessions}, concepts={concepts})
+def model(body, n):
+    return dataclasses.replace(glan_model(body, n), delay_s={latency!r})
 with run_stub(model) as stub:
     print(stub.base_url, flush=True)
     while True:
@@ -111,9 +120,14 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def stub_process(subjects: int, sessions: int, concepts: int) -> Iterator[str]:
-    """The loopback model stub in a child process; its base URL."""
-    code = STUB.format(root=str(ROOT), subjects=subjects, sessions=sessions, concepts=concepts)
+def stub_process(
+    subjects: int, sessions: int, concepts: int, latency: float = 0.0
+) -> Iterator[str]:
+    """The loopback model stub in a child process, answering each request `latency`
+    seconds after it came; its base URL."""
+    code = STUB.format(
+        root=str(ROOT), subjects=subjects, sessions=sessions, concepts=concepts, latency=latency
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
@@ -569,6 +583,26 @@ async def generation_job(
     }
 
 
+async def job_apart(
+    server: Server, path: str, args: argparse.Namespace, at_deadline: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    """`generation_job` on an event loop of its own, in a thread, its mutations and counts
+    sent by a client without a time-out (under load they wait their turn like any
+    request); `at_deadline` runs on this loop."""
+    here = asyncio.get_running_loop()
+
+    async def deadline_here() -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(at_deadline(), here))
+
+    async def job() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=None) as control:
+            return await generation_job(
+                control, server.ws_url, path, args.job_n, args.job_timeout, deadline_here
+            )
+
+    return await asyncio.to_thread(asyncio.run, job())
+
+
 def job_figures(prefix: str, job: dict[str, Any]) -> dict[str, Any]:
     def r(value: float | None) -> float | None:
         return None if value is None else round(value, 3)
@@ -659,41 +693,37 @@ async def measure(
         res.update(per_op_figures("mixed", mixed))
         res.update(meter.figures("mixed"))
 
-        # Phase 3: the job alone, then with the mix running. Mutations and counts go through
-        # a client without a time-out: under load they wait their turn like any request.
-        async with httpx.AsyncClient(base_url=server.url, timeout=None) as control:
-            log(f"phase 3: a {args.job_n}-pair job on {jobs[0]} alone")
+        # Phase 3: the job alone, then with the mix running. The job is started and followed
+        # on an event loop of its own (job_apart), as a user's client would be: this
+        # process's loop, busy with the load's clients, would hear of it late.
+        log(f"phase 3: a {args.job_n}-pair job on {jobs[0]} alone")
 
-            async def nothing() -> None:
-                return None
+        async def nothing() -> None:
+            return None
 
-            with Meter(server) as meter:
-                alone = await generation_job(
-                    control, server.ws_url, jobs[0], args.job_n, args.job_timeout, nothing
-                )
-            res.update(job_figures("job_unloaded", alone))
-            res.update(meter.figures("job_unloaded_phase"))
+        with Meter(server) as meter:
+            alone = await job_apart(server, jobs[0], args, nothing)
+        res.update(job_figures("job_unloaded", alone))
+        res.update(meter.figures("job_unloaded_phase"))
 
-            log(f"phase 3: a {args.job_n}-pair job on {jobs[1]} under {args.job_clients} clients")
-            during = Tally()
-            stop = asyncio.Event()
-            load_wall = [time.perf_counter(), 0.0]
-            with Meter(server) as meter:
-                running = asyncio.create_task(
-                    mixed_load(client, during, targets, args.job_clients, stop)
-                )
+        log(f"phase 3: a {args.job_n}-pair job on {jobs[1]} under {args.job_clients} clients")
+        during = Tally()
+        stop = asyncio.Event()
+        load_wall = [time.perf_counter(), 0.0]
+        with Meter(server) as meter:
+            running = asyncio.create_task(
+                mixed_load(client, during, targets, args.job_clients, stop)
+            )
 
-                async def stop_load() -> None:
-                    stop.set()
-                    await running
-                    load_wall[1] = load_wall[1] or time.perf_counter()
+            async def stop_load() -> None:
+                stop.set()
+                await running
+                load_wall[1] = load_wall[1] or time.perf_counter()
 
-                try:
-                    loaded = await generation_job(
-                        control, server.ws_url, jobs[1], args.job_n, args.job_timeout, stop_load
-                    )
-                finally:
-                    await stop_load()
+            try:
+                loaded = await job_apart(server, jobs[1], args, stop_load)
+            finally:
+                await stop_load()
         res.update(job_figures("job_loaded", loaded))
         res.update(meter.figures("job_loaded_phase"))
         res["job_load_clients"] = args.job_clients
@@ -782,6 +812,14 @@ def main() -> None:
         "--job-timeout", type=float, default=120.0, help="a job still running then is cut short (s)"
     )
     parser.add_argument("--request-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--model-latency",
+        type=float,
+        default=0.0,
+        help="seconds the server's model takes to answer each request (the store is "
+        "built without it): a job paced by its model, as against a real endpoint, instead "
+        "of by this machine's CPU",
+    )
     args = parser.parse_args()
     args.job_clients = args.job_clients or args.clients
 
@@ -797,10 +835,17 @@ def main() -> None:
             data, jobs = build_store(env, args)
             results["store_reused"] = reused
             results["build_s"] = round(time.perf_counter() - start, 1)
-            with serve(env, folder) as server:
-                results["server_start_s"] = round(server.start_s, 3)
-                results.update(asyncio.run(measure(server, data, jobs, args)))
-                results["server_peak_rss_mb"] = round(server.peak_rss_mb(), 1)
+            results["model_latency_s"] = args.model_latency
+            with (
+                stub_process(args.subjects, args.sessions, args.concepts, args.model_latency)
+                if args.model_latency
+                else nullcontext(base_url)
+            ) as model_url:
+                env = glan_env(db, model_url, args.concurrency)
+                with serve(env, folder) as server:
+                    results["server_start_s"] = round(server.start_s, 3)
+                    results.update(asyncio.run(measure(server, data, jobs, args)))
+                    results["server_peak_rss_mb"] = round(server.peak_rss_mb(), 1)
         ok = True
     finally:
         if ok:

@@ -136,9 +136,12 @@ def test_server_load_smoke() -> None:
     found = bench(
         "server_load.py",
         *("--disciplines", "1", "--rounds", "1", "--questions", "60"),
-        *("--clients", "10", "--duration", "2", "--job-n", "20"),
+        *("--clients", "10", "--duration", "2", "--job-n", "20", "--model-latency", "0.05"),
     )
     assert found["bench"] == "server_load"
+    # the server's model took its time: each job's two stages waited for it at least once
+    assert found["model_latency_s"] == 0.05
+    assert found["job_unloaded_s"] >= 0.1 and found["job_loaded_s"] >= 0.1
     assert found["store_instructions"] == found["store_responses"] == 60
     # every request was answered, none failed
     assert found["errors"] == 0 and found["first_errors"] == []
