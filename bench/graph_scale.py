@@ -327,6 +327,8 @@ def run_steps(args: argparse.Namespace) -> Results:
             step["export_peak_rss_mb"] = round(exported["peak_rss_mb"], 1)
             (folder / "p.jsonl").unlink(missing_ok=True)
             step["db_size_mb"] = _db_size_mb(db)
+            # what else the machine ran meanwhile: figures of one step compare only so far
+            step["load_average"] = os.getloadavg()[0]
             store = opened[0] = Store.open(config)
             steps.append(step)
             for key, value in step.items():
