@@ -90,3 +90,24 @@ class StoreMemoryExceeded(GlanError):
             f"the embedded database needed more memory {doing + ' ' if doing else ''}than its "
             f"page cache may hold ({cap}), {outcome}: {advice}"
         )
+
+
+class StoreSetAside(GlanError):
+    """The embedded engine refused a write for memory part-way, and its state in this
+    process can no longer be trusted: closing the database then (its checkpoint at close)
+    was seen to damage the file, writing a shadow file without bound until the disk was
+    full. glan stops using the database and leaves it unclosed when the process ends; what
+    was committed before is recovered when it is opened again."""
+
+    def __init__(self, path: str, buffer_mb: int) -> None:
+        cap = f"GLAN_DB_BUFFER_MB={buffer_mb}" if buffer_mb else "its page cache"
+        raise_it = (
+            f"set GLAN_DB_BUFFER_MB higher (for example {2 * buffer_mb})"
+            if buffer_mb
+            else "free memory on this machine"
+        )
+        super().__init__(
+            f"the embedded database at {path} refused a write part-way for lack of memory "
+            f"({cap}); to keep its file safe glan no longer uses it in this process and will "
+            f"not close it: {raise_it} and start glan again (what was saved before is kept)"
+        )

@@ -4,6 +4,8 @@ and a process that keeps running statements stays within the bound."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -206,3 +208,87 @@ def test_a_read_refused_alone_says_so(filled: Path, monkeypatch: pytest.MonkeyPa
         with pytest.raises(StoreMemoryExceeded, match="GLAN_DB_BUFFER_MB=512"):
             store.driver.execute(query)
         assert store.nodes.count_kind(CONCEPT) == 2000
+
+
+REFUSED_MIDWAY = """
+import sys
+sys.path.insert(0, {root!r})
+from graph.config import StoreConfig
+from graph.errors import StoreMemoryExceeded, StoreSetAside
+from graph.model import CONCEPT
+from graph.store import Store
+
+store = Store.open(StoreConfig(db_path={db!r}, buffer_pool_mb=32))
+rows = [{{"id": f"new-{{i}}", "name": f"new {{i}}", "key": f"new {{i}}"}} for i in range(30000)]
+try:
+    with store.driver.transaction() as tx:
+        tx.create_nodes(CONCEPT, rows)  # a bulk write, then a statement refused for memory
+        tx.execute({big!r})
+except StoreMemoryExceeded:
+    print("refused", flush=True)
+try:
+    store.nodes.count_kind(CONCEPT)
+except StoreSetAside as exc:
+    print("set aside:", exc, flush=True)
+store.close()
+print("closed", flush=True)
+"""
+#: a read no 32 MB page cache holds
+BIG = (
+    "UNWIND range(1, 3000000) AS i WITH 'padding padding padding padding ' + string(i) AS s "
+    "RETURN size(collect(s)) AS n"
+)
+
+
+def _folder_mb(db: Path) -> float:
+    return sum(f.stat().st_size for f in db.parent.iterdir() if f.is_file()) / 2**20
+
+
+def test_a_write_refused_part_way_sets_the_database_aside_unclosed(tmp_path: Path) -> None:
+    """The engine refuses a statement for memory after a bulk write in the same
+    transaction: the engine's close after that wrote a shadow file beside the database
+    without bound (gigabytes in seconds, until the disk was full). The process says the
+    database is set aside, refuses every later call, and ends without closing it; the
+    next process finds what was committed before and writes as usual."""
+    root = str(Path(__file__).resolve().parents[1])
+    db = tmp_path / "glan.lbug"
+    with Store.open(StoreConfig(db_path=db)) as store:
+        store.nodes.bulk_load(
+            CONCEPT, [{"id": f"c-{i}", "name": f"c {i}", "key": f"c {i}"} for i in range(1000)]
+        )
+    code = REFUSED_MIDWAY.format(root=root, db=str(db), big=BIG)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "refused" in run.stdout, run.stderr[-2000:]
+    assert "set aside: the embedded database at" in run.stdout
+    assert "GLAN_DB_BUFFER_MB=32" in run.stdout and "start glan again" in run.stdout
+    assert "closed" in run.stdout and run.returncode == 1  # it ended without closing it
+    # the next process writes; a shadow file growing without bound is stopped at 200 MB
+    after = subprocess.Popen(
+        [sys.executable, "-c", WRITE_AFTER.format(root=root, db=str(db))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while after.poll() is None:
+            assert _folder_mb(db) < 200, "the database's folder grew without bound"
+            time.sleep(0.05)
+    finally:
+        after.kill()
+    out, _ = after.communicate()
+    assert after.returncode == 0 and out.strip() == "1100", out
+    assert _folder_mb(db) < 50
+
+
+WRITE_AFTER = """
+import sys
+sys.path.insert(0, {root!r})
+from graph.config import StoreConfig
+from graph.model import CONCEPT
+from graph.store import Store
+
+with Store.open(StoreConfig(db_path={db!r})) as store:
+    store.nodes.bulk_load(
+        CONCEPT, [{{"id": f"d-{{i}}", "name": f"d {{i}}", "key": f"d {{i}}"}} for i in range(100)]
+    )
+    print(store.nodes.count_kind(CONCEPT))
+"""

@@ -12,9 +12,13 @@ and so sees its own writes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
+import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,7 +32,7 @@ import pyarrow as pa
 from .. import queries as Q
 from ..config import DEFAULT_BUFFER_POOL_MB
 from ..driver import Dialect, Params, QueryCounter, Row, called_ahead
-from ..errors import QueryError, StoreLocked, StoreMemoryExceeded
+from ..errors import QueryError, StoreLocked, StoreMemoryExceeded, StoreSetAside
 from ..model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
 
 #: From this many rows on, creates go through COPY FROM an Arrow table: many times faster
@@ -73,6 +77,24 @@ def _pool_full(exc: RuntimeError) -> bool:
 
 def _memory_error(exc: RuntimeError, buffer_mb: int) -> StoreMemoryExceeded:
     return StoreMemoryExceeded(buffer_mb, saved=str(exc).lower().startswith(_COMMITTED))
+
+
+log = logging.getLogger(__name__)
+#: databases set aside (EmbeddedDriver.set_aside), held so that nothing closes them
+_SET_ASIDE: list[Any] = []
+
+
+def _leave_unclosed() -> None:
+    """At exit, with a database set aside: end the process before the engine closes it.
+
+    The engine closes every open database as the interpreter ends, and after a write it
+    refused part-way for memory its close (a checkpoint) writes a shadow file without
+    bound. The data it had committed is in its write-ahead log, replayed at the next open.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
 
 
 class LadybugDialect(Dialect):
@@ -219,6 +241,8 @@ class EmbeddedDriver:
         self._reader_slots = Slots(max(readers, 1))
         self._reader_count = 0
         self._reads_apart = readers > 0
+        #: why the database was set aside (see set_aside); None while it is in use
+        self._set_aside: StoreSetAside | None = None
         #: reads in flight on readers, and whether one is running alone (see _read_apart)
         self._reads = threading.Condition()
         self._reading = 0
@@ -308,13 +332,19 @@ class EmbeddedDriver:
         """The engine's result of one statement (of the last, given several), on `conn`
         (the writer's connection by default)."""
         conn = self._conn if conn is None else conn
+        if self._set_aside is not None:
+            raise self._set_aside
         if self.counter is not None:
             self.counter.add(query)
         try:
             result = conn.execute(query, dict(params) if params else {})
         except RuntimeError as exc:
             if _pool_full(exc):
-                raise _memory_error(exc, self.buffer_pool_mb) from exc
+                error = _memory_error(exc, self.buffer_pool_mb)
+                writing = self._tx_owner is not None or not is_read(query)
+                if conn is self._conn and writing and not error.saved:
+                    self.set_aside()  # a write, or a statement of one, refused part-way
+                raise error from exc
             raise QueryError(f"{exc} (query: {query[:200]})") from exc
         finally:
             self._forget_prepared(params, conn)
@@ -426,6 +456,8 @@ class EmbeddedDriver:
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:
         with self._lock:
+            if self._set_aside is not None:
+                raise self._set_aside
             self._conn.execute("BEGIN TRANSACTION")
             self._tx_owner = threading.get_ident()
             try:
@@ -443,7 +475,10 @@ class EmbeddedDriver:
                     self._conn.execute("COMMIT")
                 except RuntimeError as exc:
                     if _pool_full(exc):
-                        raise _memory_error(exc, self.buffer_pool_mb) from exc
+                        error = _memory_error(exc, self.buffer_pool_mb)
+                        if not error.saved:  # refused before the commit was saved
+                            self.set_aside()
+                        raise error from exc
                     raise QueryError(f"{exc} (commit)") from exc
                 finally:
                     self._writes += 1
@@ -454,7 +489,26 @@ class EmbeddedDriver:
                 self._run(stmt)
             self._column_cache.clear()
 
+    def set_aside(self) -> None:
+        """Stop using the database after the engine refused a write part-way for memory.
+
+        The engine then ends the transaction itself, and its state in this process cannot
+        be trusted: closing the database after it (its checkpoint at close) wrote a shadow
+        file beside it without bound, gigabytes a minute until the disk was full, and a
+        write after it failed on a damaged index. So every later call is refused with
+        StoreSetAside, and the database is never closed: the process ends without closing
+        it (_leave_unclosed), and the next open replays what was committed before."""
+        if self._set_aside is not None:
+            return
+        self._set_aside = StoreSetAside(str(self.path), self.buffer_pool_mb)
+        log.error("%s", self._set_aside)
+        if not _SET_ASIDE:
+            atexit.register(_leave_unclosed)
+        _SET_ASIDE.append(self)
+
     def close(self) -> None:
+        if self._set_aside is not None:
+            return  # never closed (see set_aside)
         with self._lock:
             while True:
                 try:
