@@ -47,6 +47,7 @@ from generators.sampling import (  # noqa: E402
     plan_sampler,
 )
 from graph.config import StoreConfig  # noqa: E402
+from graph.errors import GlanError  # noqa: E402
 from graph.model import (  # noqa: E402
     CONCEPT,
     DISCIPLINE,
@@ -286,20 +287,21 @@ def _setup(args: argparse.Namespace) -> tuple[Path, Path, StoreConfig, Results]:
 
 def run_steps(args: argparse.Namespace) -> Results:
     """The taxonomy at this scale, then pairs written in steps up to args.pairs, with a
-    store's costs measured after each (see the module docstring)."""
+    store's costs measured after each (see the module docstring). A step the store cannot
+    take ends the run there: the figures so far are reported, with what stopped it."""
     fractions = [float(f) for f in args.steps.split(",")] if args.steps else [0.1, 0.2, 0.5, 1]
     totals = sorted({max(1, int(args.pairs * f)) for f in fractions})
     samples_n = max(1000, min(100_000, args.pairs // 10))
     folder, db, config, results = _setup(args)
     steps: list[dict[str, Any]] = []
-    store = Store.open(config)
+    opened = [Store.open(config)]  # the store is closed for each export and opened again
     try:
+        store = opened[0]
         results["load_s"], found = timed(lambda: build(store, *shape(args.scale)))
         results.update(found)
         # a bulk load writes no subject rollups: the first read computes them all, so that
         # each step's first coverage measures what the step's writes left it to do
         results["coverage_after_load_s"], _ = timed(lambda: store.coverage.report(None))
-        opened = [store]  # the store is closed for each export and opened again
 
         def syllabi(ids: Sequence[str]) -> Any:
             return opened[0].syllabi.index(ids)
@@ -307,42 +309,50 @@ def run_steps(args: argparse.Namespace) -> Results:
         stats = store.syllabi.concept_stats(store.taxonomy.ids_in_scope(None, SUBJECT))
         sampler = Sampler(stats, syllabi, seed=2)
         written = 0
-        for total in totals:
-            step: dict[str, Any] = {"pairs": total}
-            seconds = 0.0
-            while written < total:
-                chunk = sampler.draw(min(100_000, total - written), Strategy.MIXED)
-                if not chunk:
-                    break
-                seconds += timed(partial(write_pairs, store, chunk))[0]
-                written += len(chunk)
-            step["pairs"] = written
-            step["write_pairs_per_s"] = round((written - _before(steps)) / max(seconds, 1e-9), 1)
-            step.update(_reads_after_writes(store, samples_n))
-            store.close()
-            step["export_s"], exported = timed(
-                lambda: export_in_subprocess(config, folder / "p.jsonl")
-            )
-            step["export_pairs_per_s"] = round(exported["exported"] / step["export_s"], 1)
-            step["export_peak_rss_mb"] = round(exported["peak_rss_mb"], 1)
-            (folder / "p.jsonl").unlink(missing_ok=True)
-            step["db_size_mb"] = _db_size_mb(db)
-            # what else the machine ran meanwhile: figures of one step compare only so far
-            step["load_average"] = os.getloadavg()[0]
-            store = opened[0] = Store.open(config)
-            steps.append(step)
-            for key, value in step.items():
-                if key != "pairs":
-                    results[f"at_{written}_{key}"] = round(value, 3)
-            if written < total:
-                break  # the taxonomy has no more new combinations to draw
+        try:
+            for total in totals:
+                step: dict[str, Any] = {"pairs": total}
+                seconds = 0.0
+                while written < total:
+                    chunk = sampler.draw(min(100_000, total - written), Strategy.MIXED)
+                    if not chunk:
+                        break
+                    seconds += timed(partial(write_pairs, opened[0], chunk))[0]
+                    written += len(chunk)
+                step["pairs"] = written
+                step["write_pairs_per_s"] = round(
+                    (written - _before(steps)) / max(seconds, 1e-9), 1
+                )
+                step.update(_reads_after_writes(opened[0], samples_n))
+                opened[0].close()
+                step["export_s"], exported = timed(
+                    lambda: export_in_subprocess(config, folder / "p.jsonl")
+                )
+                step["export_pairs_per_s"] = round(exported["exported"] / step["export_s"], 1)
+                step["export_peak_rss_mb"] = round(exported["peak_rss_mb"], 1)
+                (folder / "p.jsonl").unlink(missing_ok=True)
+                step["db_size_mb"] = _db_size_mb(db)
+                # what else the machine ran meanwhile: figures of one step compare only so far
+                step["load_average"] = os.getloadavg()[0]
+                opened[0] = Store.open(config)
+                steps.append(step)
+                for key, value in step.items():
+                    if key != "pairs":
+                        results[f"at_{written}_{key}"] = round(value, 3)
+                if written < total:
+                    break  # the taxonomy has no more new combinations to draw
+        except GlanError as exc:  # what stopped the store growing is a figure too
+            results["stopped_after_pairs"] = _before(steps)  # the last step measured
+            results["pairs_when_stopped"] = written
+            results["stopped_by"] = f"{type(exc).__name__}: {exc}"[:600]
     finally:
-        store.close()
-    first, last = steps[0]["write_pairs_per_s"], steps[-1]["write_pairs_per_s"]
-    results["write_rate_kept"] = round(last / first, 3) if first else 0.0
-    results["steps_met"] = {
-        key: all(_meets(s[key], *goal) for s in steps) for key, goal in STEP_TARGETS.items()
-    } | {"write_rate_kept": results["write_rate_kept"] >= WRITE_RATE_KEPT}
+        opened[0].close()
+    if steps:
+        first, last = steps[0]["write_pairs_per_s"], steps[-1]["write_pairs_per_s"]
+        results["write_rate_kept"] = round(last / first, 3) if first else 0.0
+        results["steps_met"] = {
+            key: all(_meets(s[key], *goal) for s in steps) for key, goal in STEP_TARGETS.items()
+        } | {"write_rate_kept": results["write_rate_kept"] >= WRITE_RATE_KEPT}
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return results

@@ -217,3 +217,32 @@ def test_cluster_throughput_smoke() -> None:
     assert found["live_pairs"] == found["ray_pairs"] == 20
     for key in ("stub_ceiling_req_per_s", "live_pairs_per_s", "ray_pairs_per_s", "ray_to_live"):
         assert found[key] > 0, key
+
+
+def test_graph_scale_reports_the_steps_before_the_one_the_store_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step whose writes the store refuses ends the run there: the steps before it are
+    reported with what stopped it, instead of a traceback and no figures."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import graph_scale
+
+    from graph.errors import StoreMemoryExceeded
+
+    real = graph_scale.write_pairs
+    seen: list[int] = []
+
+    def refuse_the_second_step(store: Any, samples: list[Any], batch: int = 50_000) -> int:
+        seen.append(len(samples))
+        if sum(seen) > 1500:
+            raise StoreMemoryExceeded(512)
+        return real(store, samples, batch)
+
+    monkeypatch.setattr(graph_scale, "write_pairs", refuse_the_second_step)
+    args = argparse.Namespace(scale=0.001, pairs=3000, steps="0.5,1", keep=None, buffer_mb=None)
+    found = graph_scale.run_steps(args)
+    assert found["at_1500_write_pairs_per_s"] > 0 and "at_3000_write_pairs_per_s" not in found
+    assert found["stopped_after_pairs"] == found["pairs_when_stopped"] == 1500
+    assert found["stopped_by"].startswith("StoreMemoryExceeded: the embedded database needed")
