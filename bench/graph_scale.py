@@ -572,15 +572,7 @@ def run(args: argparse.Namespace) -> Results:
         results["sample_100_s"], _ = timed(lambda: store.instructions.sample(None, 100, seed=1))
     finally:
         store.close()
-    results["db_size_mb"] = round(
-        sum(
-            f.stat().st_size
-            for f in Path(db).parent.rglob("*")
-            if f.is_file() and f.name.startswith(Path(db).name)
-        )
-        / 2**20,
-        1,
-    )
+    results["db_size_mb"] = _db_size_mb(db)
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return results
