@@ -11,7 +11,7 @@ import io
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ def run_batch(
     cancel: asyncio.Event | None = None,
     wait: bool = True,
     cost_cap: CostCap | None = None,
+    progress: Callable[[Progress], None] | None = None,
     **kw: Any,
 ) -> Progress:
     async def main() -> Progress:
@@ -86,7 +87,9 @@ def run_batch(
         try:
             executor = BatchExecutor(store, api, poll_s=0.005, **kw)
             stage = stage_of(store, llm, name, n)
-            return await executor.run(stage, PHYSICS, wait=wait, cancel=cancel, cost_cap=cost_cap)
+            return await executor.run(
+                stage, PHYSICS, wait=wait, cancel=cancel, cost_cap=cost_cap, progress=progress
+            )
         finally:
             await api.aclose()
             await llm.aclose()
@@ -262,23 +265,11 @@ def test_a_cancelled_batch_keeps_what_it_finished_and_the_next_run_asks_the_rest
     with run_batch_stub(fake_glan_model(), plans=lambda n: Plan(per_poll=5)) as stub:
         stop = StopRequest()
 
-        async def main() -> Progress:
-            config = LLMConfig(base_url=stub.base_url, max_retries=0)
-            llm, api = LLMClient(config), BatchAPI(config)
+        def progress(state: Progress) -> None:
+            if state.done >= 10:  # requests answered in the running batch
+                stop.request(JobStatus.CANCELLED)
 
-            def progress(state: Progress) -> None:
-                if state.done >= 10:  # requests answered in the running batch
-                    stop.request(JobStatus.CANCELLED)
-
-            try:
-                executor = BatchExecutor(store, api, poll_s=0.005)
-                stage = stage_of(store, llm, "questions")
-                return await executor.run(stage, PHYSICS, cancel=stop, progress=progress)
-            finally:
-                await api.aclose()
-                await llm.aclose()
-
-        state = asyncio.run(main())
+        state = run_batch(store, stub, cancel=stop, progress=progress)
         assert state.status == JobStatus.CANCELLED
         (rec,) = store.jobs.batches(state.job_id)
         assert rec["status"] == "cancelling"
@@ -524,18 +515,7 @@ def test_a_job_run_in_batches_then_live_is_priced_and_resumed_as_live(store: Sto
             if state.done >= 10:
                 stop.request(JobStatus.CANCELLED)
 
-        async def main() -> Progress:
-            config = LLMConfig(base_url=stub.base_url, max_retries=0)
-            llm, api = LLMClient(config), BatchAPI(config)
-            try:
-                executor = BatchExecutor(store, api, poll_s=0.005)
-                stage = stage_of(store, llm, "questions")
-                return await executor.run(stage, PHYSICS, cancel=stop, progress=progress)
-            finally:
-                await api.aclose()
-                await llm.aclose()
-
-        state = asyncio.run(main())
+        state = run_batch(store, stub, cancel=stop, progress=progress)
         assert (store.jobs.get(state.job_id) or {}).get("executor") == "batch"
         run_batch(store, stub)  # reads what the cancelled batch finished
         (live,) = live_run(store, stub, ["questions"])
