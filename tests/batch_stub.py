@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.llm_stub import Handler, Reply
+from tests.llm_stub import Handler, Reply, on_loopback
 
 MAX_LINES = 50_000
 
@@ -449,37 +449,6 @@ async def _serve(
 def run_batch_stub(handler: Handler, **kw: Any) -> Iterator[BatchStub]:
     """Serve a Files + Batches API answering with `handler` on a free 127.0.0.1 port."""
     stub = BatchStub(handler=handler, **kw)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    servers: list[asyncio.Server] = []
-
-    async def start() -> None:
-        server = await asyncio.start_server(lambda r, w: _serve(stub, r, w), "127.0.0.1", 0)
-        servers.append(server)
-        stub.base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-        ready.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="batch-stub", daemon=True)
-    thread.start()
-    if not ready.wait(10):
-        raise RuntimeError("the batch stub did not start")
-    try:
+    with on_loopback(lambda r, w: _serve(stub, r, w), "batch-stub", "batch stub") as url:
+        stub.base_url = url
         yield stub
-    finally:
-
-        async def stop() -> None:
-            servers[0].close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()

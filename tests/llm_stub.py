@@ -18,7 +18,7 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -235,20 +235,24 @@ async def _serve_connection(
         writer.close()
 
 
+#: serves one connection to a stub
+Connection = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @contextmanager
-def run_stub(handler: Handler) -> Iterator[Stub]:
-    """Serve `handler` on a free 127.0.0.1 port until the block ends."""
-    stub = Stub(handler=handler)
+def on_loopback(serve: Connection, thread: str, what: str) -> Iterator[str]:
+    """Serve connections with `serve` on a free 127.0.0.1 port, on an event loop in a thread
+    of its own (named `thread`), until the block ends; the base URL (`/v1`). At the end,
+    hanging replies and idle keep-alive connections are cancelled."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     servers: list[asyncio.Server] = []
+    urls: list[str] = []
 
     async def start() -> None:
-        server = await asyncio.start_server(
-            lambda r, w: _serve_connection(stub, r, w), "127.0.0.1", 0
-        )
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
         servers.append(server)
-        stub.base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        urls.append(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
         ready.set()
 
     def run() -> None:
@@ -256,12 +260,12 @@ def run_stub(handler: Handler) -> Iterator[Stub]:
         loop.run_until_complete(start())
         loop.run_forever()
 
-    thread = threading.Thread(target=run, name="llm-stub", daemon=True)
-    thread.start()
+    runner = threading.Thread(target=run, name=thread, daemon=True)
+    runner.start()
     if not ready.wait(10):
-        raise RuntimeError("the LLM stub did not start")
+        raise RuntimeError(f"the {what} did not start")
     try:
-        yield stub
+        yield urls[0]
     finally:
 
         async def stop() -> None:
@@ -273,8 +277,17 @@ def run_stub(handler: Handler) -> Iterator[Stub]:
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        runner.join(10)
         loop.close()
+
+
+@contextmanager
+def run_stub(handler: Handler) -> Iterator[Stub]:
+    """Serve `handler` on a free 127.0.0.1 port until the block ends."""
+    stub = Stub(handler=handler)
+    with on_loopback(lambda r, w: _serve_connection(stub, r, w), "llm-stub", "LLM stub") as url:
+        stub.base_url = url
+        yield stub
 
 
 def first_user_message(body: dict[str, Any]) -> str:
