@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.memory import MemoryWatch, rss_mb  # noqa: E402
+from bench.memory import MemoryWatch, phase_peak_mb, rss_mb  # noqa: E402
 from generators.cleaning import decontaminate, iter_instructions  # noqa: E402
 from generators.sampling import (  # noqa: E402
     CoveragePlanner,
@@ -82,12 +82,13 @@ TARGETS = {  # name -> (target, "lower" or "higher" is better)
 
 class Results(dict[str, Any]):
     """The figures, each also printed to stderr as soon as it is measured, with the memory
-    the benchmark holds then: a full-scale run takes a while, and what it measured
-    survives it being stopped."""
+    the benchmark holds then and its peak since the figure before: a full-scale run takes
+    a while, and what it measured survives it being stopped."""
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
-        print(f"  {key} = {value}  (rss {rss_mb():,.0f} MB)", file=sys.stderr, flush=True)
+        memory = f"rss {rss_mb():,.0f} MB, peak since the last figure {phase_peak_mb():,.0f} MB"
+        print(f"  {key} = {value}  ({memory})", file=sys.stderr, flush=True)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

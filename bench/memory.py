@@ -11,6 +11,7 @@ interval may be missed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -54,9 +55,26 @@ def rss_mb() -> float:
     return _status(os.getpid(), "VmRSS").get("VmRSS", 0) / 1024
 
 
+#: the highest of this process's high-water marks that phase_peak_mb has reset, in kB
+_reset_peak_kb = 0
+
+
 def own_peak_mb() -> float:
-    """This process's peak resident memory so far, in MB (the kernel's high-water mark)."""
-    return _status(os.getpid(), "VmHWM").get("VmHWM", 0) / 1024
+    """This process's peak resident memory so far, in MB (the kernel's high-water mark, and
+    those phase_peak_mb reset before it)."""
+    return max(_reset_peak_kb, _status(os.getpid(), "VmHWM").get("VmHWM", 0)) / 1024
+
+
+def phase_peak_mb() -> float:
+    """This process's peak resident memory since the last call (or since it started), in
+    MB: the kernel's high-water mark, which is then reset (/proc/self/clear_refs), so that
+    each phase of a benchmark shows its own peak. own_peak_mb still counts it."""
+    global _reset_peak_kb
+    found = _status(os.getpid(), "VmHWM").get("VmHWM", 0)
+    _reset_peak_kb = max(_reset_peak_kb, found)
+    with contextlib.suppress(OSError):  # not Linux, or not allowed: the mark keeps growing
+        Path("/proc/self/clear_refs").write_text("5")
+    return found / 1024
 
 
 class MemoryWatch:
