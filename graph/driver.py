@@ -35,6 +35,12 @@ class Dialect:
     #: less for the walk alone (see Nodes.reads_whole).
     whole_read_share = 0.5
 
+    def join_order(self, order: str) -> str:
+        """A clause after a MATCH telling the engine in which order to join its pattern (the
+        pattern's variables, grouped by JOIN), for an engine whose planner needs telling;
+        nothing for the others."""
+        return ""
+
     def node_ref(self, var: str) -> str | None:
         """An expression giving the engine's own integer reference of node `var`, unique in
         its table, where reading it costs no join (None where the engine has none): for

@@ -7,7 +7,7 @@ every value is a `$parameter`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .combinations import LIMB, MAX_CONCEPTS
 from .driver import Dialect
@@ -40,6 +40,33 @@ def each_id(one: bool) -> tuple[str, str]:
     return ("", "$id") if one else ("UNWIND $ids AS x ", "x")
 
 
+class Walk(NamedTuple):
+    """How a query walks out from nodes given by id (walk_from_ids)."""
+
+    #: what comes before the walk's MATCH
+    head: str
+    #: the walk's first node, as its MATCH names it
+    start: str
+    #: the start's id, as the rest of the query names it
+    id: str
+    #: what follows the walk's MATCH and its WHERE (Dialect.join_order)
+    order: str
+
+
+def walk_from_ids(d: Dialect, label: str, var: str, one: bool, order: str) -> Walk:
+    """A walk out from the nodes $ids (or the one node $id) of `label`, as `var`; `order`
+    is the join order of the walk's pattern that a list of ids takes (Dialect.join_order).
+
+    One id stays in the walk's MATCH (`{id: $id}`), which engines look up by key and walk
+    on from. A list is looked up id by id first (UNWIND, then a match on the key) and
+    handed to the walk in a WITH: with `{id: x}` inside the walk, the embedded engine
+    joins the list with everything the walk reaches from the whole table instead."""
+    if one:
+        return Walk("", f"({var}:{d.q(label)} {{id: $id}})", "$id", "")
+    head = f"UNWIND $ids AS x MATCH ({var}:{d.q(label)}) WHERE {var}.id = x WITH {var}, x "
+    return Walk(head, f"({var})", "x", d.join_order(order))
+
+
 def _props_map(d: Dialect, props: Sequence[str], var: str = "r") -> str:
     return "{" + ", ".join(f"{d.q(p)}: {var}.{d.q(p)}" for p in props) + "}"
 
@@ -68,10 +95,10 @@ def get_nodes(d: Dialect, kind: NodeKind) -> str:
 def existing_edges(d: Dialect, rel: RelKind, one: bool = False) -> str:
     """Every `rel` edge leaving the sources $ids (or $id). Reading a source's few edges is many
     times faster on the embedded engine than matching both ends of each pair."""
-    head, x = each_id(one)
+    w = walk_from_ids(d, rel.src.label, "a", one, "a JOIN (e JOIN b)")
     return (
-        f"{head}MATCH (a:{d.q(rel.src.label)} {{id: {x}}})"
-        f"-[:{d.q(rel.type)}]->(b:{d.q(rel.dst.label)}) RETURN a.id AS src, b.id AS dst"
+        f"{w.head}MATCH {w.start}-[e:{d.q(rel.type)}]->(b:{d.q(rel.dst.label)}){w.order} "
+        "RETURN a.id AS src, b.id AS dst"
     )
 
 
@@ -702,10 +729,10 @@ def sessions_below(d: Dialect, one: bool = False) -> str:
     The concepts are filtered before their ids are read: reading the id of every concept of
     the sessions as well took the embedded engine twice the time at three tenths of GLAN
     scale (it hashes the whole concept table to read them)."""
-    head, x = each_id(one)
+    w = walk_from_ids(d, SESSION.label, "ss", one, "ss JOIN (h JOIN s)")
     return (
-        f"{head}MATCH (s:{d.q(SUBJECT.label)})-[:{d.q(CHILD_REL[SUBJECT.label].type)}]->"
-        f"(ss:{d.q(SESSION.label)} {{id: {x}}}) WHERE ss.status <> $rejected "
+        f"{w.head}MATCH (s:{d.q(SUBJECT.label)})-[h:{d.q(CHILD_REL[SUBJECT.label].type)}]->"
+        f"{w.start} WHERE ss.status <> $rejected{w.order} "
         f"OPTIONAL MATCH (ss)-[:{d.q(CHILD_REL[SESSION.label].type)}]->"
         f"(c:{d.q(HIERARCHY[5].label)}) WHERE NOT {_covered(d, 'c')} AND c.status <> $rejected "
         "RETURN ss.id AS id, s.id AS subject, collect(c.id) AS open"
@@ -726,25 +753,31 @@ def asked_combos(d: Dialect) -> str:
 def answered_by_subject(d: Dialect, one: bool = False) -> str:
     """How many of the instructions $ids (or $id) each subject's rollup counts: those asked
     from its visible sessions."""
-    head, x = each_id(one)
-    return (
-        f"{head}MATCH (i:{d.q(INSTRUCTION.label)} {{id: {x}}})-[:{d.q(FROM.type)}]->"
-        f"(ss:{d.q(SESSION.label)})<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-"
-        f"(s:{d.q(SUBJECT.label)}) WHERE ss.status <> $rejected "
-        "RETURN s.id AS subject, count(DISTINCT i.id) AS n"
-    )
+    walk, _ = _from_instructions(d, one)
+    return f"{walk}RETURN s.id AS subject, count(DISTINCT i.id) AS n"
 
 
 def subjects_asking(d: Dialect, one: bool = False) -> str:
     """For each instruction of $ids (or $id): the subjects of the visible sessions it was
     asked from, the subjects whose rollups count it."""
-    head, x = each_id(one)
-    return (
-        f"{head}MATCH (i:{d.q(INSTRUCTION.label)} {{id: {x}}})-[:{d.q(FROM.type)}]->"
-        f"(ss:{d.q(SESSION.label)})<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-"
-        f"(s:{d.q(SUBJECT.label)}) WHERE ss.status <> $rejected "
-        f"RETURN DISTINCT {x} AS id, s.id AS subject"
+    walk, x = _from_instructions(d, one)
+    return f"{walk}RETURN DISTINCT {x} AS id, s.id AS subject"
+
+
+#: the join order of a walk from instructions to their subjects (see Dialect.join_order)
+_ASKING = "i JOIN ((f JOIN ss) JOIN (h JOIN s))"
+
+
+def _from_instructions(d: Dialect, one: bool) -> tuple[str, str]:
+    """A walk from the instructions $ids (or $id) to the visible sessions they were asked
+    from (ss) and those sessions' subjects (s), and how it names an instruction's id."""
+    w = walk_from_ids(d, INSTRUCTION.label, "i", one, _ASKING)
+    walk = (
+        f"{w.head}MATCH {w.start}-[f:{d.q(FROM.type)}]->"
+        f"(ss:{d.q(SESSION.label)})<-[h:{d.q(CHILD_REL[SUBJECT.label].type)}]-"
+        f"(s:{d.q(SUBJECT.label)}) WHERE ss.status <> $rejected{w.order} "
     )
+    return walk, w.id
 
 
 def stale_rollups(d: Dialect, top: int | None) -> str:

@@ -105,6 +105,14 @@ class LadybugDialect(Dialect):
     # key lookup (~1 ms).
     few_ids = 32
 
+    def join_order(self, order: str) -> str:
+        # Left to itself, this engine answers a walk from a list of ids by hashing everything
+        # the walk reaches from the far end, for every node of the start's table (every FROM
+        # edge of the store, for a few instructions), and then joining the ids in: its
+        # memory grows with the store. Told to join the key lookups last, it hashes about
+        # half as much and takes a third to a half of the time (Q.walk_from_ids).
+        return f" HINT {order}"
+
     def node_ref(self, var: str) -> str:
         # Returning a property of the far end of an edge read from a list of ids makes this
         # engine scan and hash the far end's whole table (about 1 GB for the concepts of a
