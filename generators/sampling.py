@@ -33,7 +33,7 @@ import numpy as np
 from graph.combinations import MAX_CONCEPTS
 from graph.errors import InvalidInput
 from graph.model import stable_hash
-from graph.records import SyllabusIndex
+from graph.records import KeySet, SyllabusIndex
 from graph.store import Store
 
 #: tries for a combination not seen before, per draw, before giving the draw up
@@ -115,7 +115,7 @@ class Sampler:
         *,
         seed: int,
         prefer_uncovered: bool = True,
-        existing_keys: Iterable[str] = (),
+        existing_keys: KeySet | Iterable[str] = (),
         taken_keys: Iterable[str] = (),
         basic_ratio: float = 0.5,
     ) -> None:
@@ -126,7 +126,9 @@ class Sampler:
         self.prefer_uncovered = prefer_uncovered
         self.basic_ratio = basic_ratio
         #: asked already: avoided while preferring uncovered combinations, else allowed
-        self.existing = set(existing_keys)
+        self.existing: KeySet | set[str] = (
+            existing_keys if isinstance(existing_keys, KeySet) else set(existing_keys)
+        )
         #: never drawn: what this sampler drew, and taken_keys (a job's plan so far)
         self.drawn: set[str] = set(taken_keys)
         self.all_ids = sorted(s for s, (n, _) in subjects.items() if n > 0)
@@ -467,7 +469,7 @@ class CoveragePlanner:
         strategy: Strategy = Strategy.MIXED,
         basic_ratio: float = 0.5,
         until_share: float | None = None,
-        asked: Iterable[str] = (),
+        asked: KeySet | Iterable[str] = (),
         planned: Mapping[str, int] | None = None,
     ) -> None:
         if target < 1:
@@ -483,7 +485,7 @@ class CoveragePlanner:
         self.strategy = strategy
         self.basic_ratio = basic_ratio
         self.until_share = until_share
-        self.taken = set(asked)
+        self.taken: KeySet | set[str] = asked.copy() if isinstance(asked, KeySet) else set(asked)
         planned = planned or {}
         self.count = [
             k + planned.get(c, 0) for c, k in zip(index.concept_ids, index.covered, strict=True)
@@ -727,7 +729,8 @@ def plan_coverage(
     sample planned before and not asked yet, which count as asked; `taken`: combinations
     planned before (asked or not), never drawn again."""
     index = store.syllabi.index(subject_ids)
-    asked = store.syllabi.combo_keys(subject_ids) | set(taken)
+    asked = store.syllabi.combo_keys(subject_ids)
+    asked.update(taken)
     pending: Counter[str] = Counter()
     for concepts in planned:
         pending.update(concepts)

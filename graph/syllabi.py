@@ -34,6 +34,7 @@ from .model import (
 from .nodes import Nodes, Part
 from .records import (
     ConceptView,
+    KeySet,
     SessionView,
     SyllabusIndex,
     validate_name,
@@ -277,20 +278,22 @@ class Syllabi(Part):
             covered=pc.fill_null(covered, 0).cast(pa.int64()).take(order).to_pylist(),
         )
 
-    def combo_keys(self, subject_ids: Sequence[str]) -> set[str]:
-        """Concept combinations (sorted-id hashes) already asked about in these subjects."""
+    def combo_keys(self, subject_ids: Sequence[str]) -> KeySet:
+        """Concept combinations (sorted-id hashes) already asked about in these subjects, read
+        as Arrow columns into a KeySet: no Python object per key."""
         ids = list(dict.fromkeys(subject_ids))
         if self.nodes.reads_whole(ids):  # see index
             table = self.driver.table(Q.combo_keys_of_subjects(self.d, every=True))
             if not table.num_rows:
-                return set()
+                return KeySet()
             asked = table.filter(pc.is_in(table["subject"], value_set=pa.array(ids, pa.string())))
-            return {key for key in asked["key"].to_pylist() if key}
-        keys: set[str] = set()
-        for batch in batched(ids, self.batch_size):
-            rows = self.driver.execute(Q.combo_keys_of_subjects(self.d), {"ids": batch})
-            keys.update(r["key"] for r in rows if r["key"])
-        return keys
+            return KeySet(asked["key"])
+        tables = [
+            self.driver.table(Q.combo_keys_of_subjects(self.d), {"ids": batch})
+            for batch in batched(ids, self.batch_size)
+        ]
+        chunks = [c for t in tables if t.num_rows for c in t["key"].chunks]
+        return KeySet(pa.chunked_array(chunks) if chunks else ())
 
 
 def _ranks(values: pa.Array) -> pa.Array:
