@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -346,6 +347,7 @@ def run_steps(args: argparse.Namespace) -> Results:
             results["stopped_after_pairs"] = _before(steps)  # the last step measured
             results["pairs_when_stopped"] = written
             results["stopped_by"] = f"{type(exc).__name__}: {exc}"[:600]
+            results["stopped_in"] = _glan_calls(exc)
     finally:
         opened[0].close()
     if steps:
@@ -373,6 +375,17 @@ def _reads_after_writes(store: Store, samples_n: int) -> dict[str, float]:
         "coverage_s": timed(lambda: store.coverage.report(None))[0],
         "plan_s": timed(plan)[0],
     }
+
+
+def _glan_calls(exc: BaseException) -> str:
+    """The calls into glan's packages that an exception came through, outermost first:
+    which read or write of the step stopped it."""
+    packages = {Path(__file__).resolve().parents[1] / name for name in ("graph", "generators")}
+    return " > ".join(
+        frame.name
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if any(parent in packages for parent in Path(frame.filename).resolve().parents)
+    )
 
 
 def _before(steps: list[dict[str, Any]]) -> int:

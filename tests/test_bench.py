@@ -230,19 +230,21 @@ def test_graph_scale_reports_the_steps_before_the_one_the_store_refused(
     import graph_scale
 
     from graph.errors import StoreMemoryExceeded
+    from graph.rollups import Rollups
 
-    real = graph_scale.write_pairs
+    real = Rollups.answers_written
     seen: list[int] = []
 
-    def refuse_the_second_step(store: Any, samples: list[Any], batch: int = 50_000) -> int:
-        seen.append(len(samples))
+    def refuse_the_second_step(self: Rollups, new_ids: Any, answers: Any, **kw: Any) -> None:
+        seen.append(len(answers))
         if sum(seen) > 1500:
             raise StoreMemoryExceeded(512)
-        return real(store, samples, batch)
+        real(self, new_ids, answers, **kw)
 
-    monkeypatch.setattr(graph_scale, "write_pairs", refuse_the_second_step)
+    monkeypatch.setattr(Rollups, "answers_written", refuse_the_second_step)
     args = argparse.Namespace(scale=0.001, pairs=3000, steps="0.5,1", keep=None, buffer_mb=None)
     found = graph_scale.run_steps(args)
     assert found["at_1500_write_pairs_per_s"] > 0 and "at_3000_write_pairs_per_s" not in found
     assert found["stopped_after_pairs"] == found["pairs_when_stopped"] == 1500
     assert found["stopped_by"].startswith("StoreMemoryExceeded: the embedded database needed")
+    assert found["stopped_in"] == "write_responses"  # the call into glan that was refused
