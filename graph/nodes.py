@@ -263,11 +263,16 @@ class Nodes:
     def subject_ranges(self) -> list[dict[str, int]]:
         """The parameters of each part of a walk from every subject: a range of subject
         references (Q.subject_range), or the whole walk at once where the engine has none."""
-        query = Q.subject_refs_end(self.d)
+        return self.ranges(SUBJECT, self.subjects_per_walk)
+
+    def ranges(self, kind: NodeKind, step: int) -> list[dict[str, int]]:
+        """The parameters of each part of a read over every node of `kind`, `step` nodes
+        at a time: a range of their references ($lo, $hi), or one part where the engine has
+        none."""
+        query = Q.refs_end(self.d, kind)
         if query is None:
             return [{}]
         end = int(self.driver.execute(query)[0]["n"] or 0)
-        step = self.subjects_per_walk
         return [{"lo": lo, "hi": lo + step} for lo in range(0, max(end, 1), step)]
 
     def every_subject(self, query: str, params: Mapping[str, Any] | None = None) -> list[Row]:

@@ -24,6 +24,7 @@ from .model import (
     CHILD_REL,
     CONCEPT,
     HIERARCHY,
+    INSTRUCTION,
     SESSION,
     SUBJECT,
     Source,
@@ -40,6 +41,10 @@ from .records import (
     validate_name,
 )
 from .rollups import EMPTY_ROLLUP, Rollups
+
+#: instructions read at once for the combinations of every subject (Syllabi.combo_keys):
+#: about 50 MB of the embedded engine's page cache
+INSTRUCTIONS_PER_READ = 500_000
 
 
 class Syllabi(Part):
@@ -298,18 +303,22 @@ class Syllabi(Part):
         """Concept combinations (sorted-id hashes) already asked about in these subjects, read
         as Arrow columns into a KeySet: no Python object per key."""
         ids = list(dict.fromkeys(subject_ids))
-        if self.nodes.reads_whole(ids):  # see index
-            table = self.driver.table(Q.combo_keys_of_subjects(self.d, every=True))
-            if not table.num_rows:
-                return KeySet()
-            asked = table.filter(pc.is_in(table["subject"], value_set=pa.array(ids, pa.string())))
-            return KeySet(asked["key"])
-        tables = [
+        if self.nodes.reads_whole(ids):  # see index; every instruction, a range at a time
+            wanted = pa.array(ids, pa.string())
+            every = (
+                self.driver.table(Q.combo_keys_of_subjects(self.d, every=True), part)
+                for part in self.nodes.ranges(INSTRUCTION, INSTRUCTIONS_PER_READ)
+            )
+            return KeySet.of_parts(
+                t.filter(pc.is_in(t["subject"], value_set=wanted))["key"]
+                for t in every
+                if t.num_rows
+            )
+        tables = (
             self.driver.table(Q.combo_keys_of_subjects(self.d), {"ids": batch})
             for batch in batched(ids, self.batch_size)
-        ]
-        chunks = [c for t in tables if t.num_rows for c in t["key"].chunks]
-        return KeySet(pa.chunked_array(chunks) if chunks else ())
+        )
+        return KeySet.of_parts(t["key"] for t in tables if t.num_rows)
 
 
 def _ranks(values: pa.Array) -> pa.Array:

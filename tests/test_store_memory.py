@@ -18,6 +18,7 @@ import pytest
 from bench.graph_scale import build, write_pairs
 from generators.sampling import Sampler, Strategy
 from graph import queries as Q
+from graph import syllabi
 from graph.backends.embedded import EmbeddedDriver
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig
 from graph.errors import StoreMemoryExceeded
@@ -140,6 +141,30 @@ def test_a_write_walks_from_its_ids_by_key(filled: Path) -> None:
         plan = conn.execute(f"EXPLAIN {query}", {**args, "ids": ids}).get_next()[0]
         assert "QUERY_PRIMARY_KEY_LOOKUP" in plan, query
         assert conn.execute(query, {**args, "ids": ids}).get_all(), query
+
+
+def test_the_combinations_of_every_subject_are_read_a_range_at_a_time(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made distinct over every instruction in one read, the combinations a whole-store
+    plan avoids were refused by the default page cache at 3M pairs. They are read a range
+    of instructions at a time, as they come, and made distinct in the reader."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        drawn = Sampler(store.syllabi.concept_stats(subjects), store.syllabi.index, seed=1).draw(
+            200, Strategy.MIXED
+        )
+        write_pairs(store, drawn + drawn[:50])  # some asked twice
+        monkeypatch.setattr(syllabi, "INSTRUCTIONS_PER_READ", 60)
+        reads: list[dict[str, Any]] = []
+        table = store.driver.table
+        monkeypatch.setattr(
+            store.driver, "table", lambda q, p=None: reads.append(dict(p or {})) or table(q, p)
+        )
+        assert store.nodes.reads_whole(subjects)
+        keys = store.syllabi.combo_keys(subjects)
+    assert keys == {s.combo_key for s in drawn} and len(keys) == 200
+    assert len(reads) == 4 and all(r.keys() == {"lo", "hi"} for r in reads)
 
 
 def test_the_api_shows_a_refused_read_naming_the_setting(filled: Path, stub: Stub) -> None:
