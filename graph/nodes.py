@@ -259,6 +259,10 @@ class Nodes:
 
     #: subjects a walk from every subject reads at once (Q.subject_range)
     subjects_per_walk = 2048
+    #: instructions a read over every instruction takes at once (Q.subject_range, on
+    #: instructions): about 50 MB of the embedded engine's page cache, where one read of
+    #: all of them was refused by 512 MB at 3M pairs
+    instructions_per_read = 500_000
 
     def subject_ranges(self) -> list[dict[str, int]]:
         """The parameters of each part of a walk from every subject: a range of subject

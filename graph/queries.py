@@ -335,9 +335,9 @@ def subject_names(d: Dialect) -> str:
 
 
 def subject_range(d: Dialect, var: str) -> list[str]:
-    """Conditions of a walk from every subject where the engine has node references: the
-    subject `var` is one of those from reference $lo up to $hi (Nodes.every_subject gives
-    the ranges).
+    """Conditions of a read over every node of a kind (every subject, most often) where the
+    engine has node references: the node `var` is one of those from reference $lo up to $hi
+    (Nodes.ranges gives them).
 
     The embedded engine holds a walk's groups and distinct values in its page cache until
     the walk ends: over every subject of a GLAN-scale store (1.9M concepts, 1M pairs) each
@@ -746,12 +746,17 @@ def sessions_below(d: Dialect, one: bool = False) -> str:
 
 
 def asked_combos(d: Dialect) -> str:
-    """The instructions that carry a combination of $keys, each with its key. Found by key
-    alone: walking on from all of them to their sessions and subjects made the embedded
-    engine join whole tables (1.0 s a batch at GLAN scale, against 0.1 s when no key is
-    found); the few found are walked from by id (subjects_asking)."""
+    """The instructions that carry a combination of $keys, each with its key: of those from
+    reference $lo up to $hi where the engine has node references (Nodes.ranges).
+
+    Found by key alone: walking on from all of them to their sessions and subjects made the
+    embedded engine join whole tables (1.0 s a batch at GLAN scale, against 0.1 s when no
+    key is found); the few found are walked from by id (subjects_asking). The key is no
+    node key, so the engine hashes the instructions it reads: all of them at once needed
+    more than 256 MB at 3M pairs, and a write was refused at 3.2M under 512 MB."""
+    where = " AND ".join(["i.combo_key = k", *subject_range(d, "i")])
     return (
-        f"UNWIND $keys AS k MATCH (i:{d.q(INSTRUCTION.label)}) WHERE i.combo_key = k "
+        f"UNWIND $keys AS k MATCH (i:{d.q(INSTRUCTION.label)}) WHERE {where} "
         "RETURN i.id AS id, k AS key"
     )
 

@@ -35,6 +35,7 @@ from .combinations import split, subject_space
 from .driver import GraphDriver, Row, Tx, batched
 from .model import (
     HIERARCHY,
+    INSTRUCTION,
     ROLLUPS,
     SUBJECT,
     Status,
@@ -101,9 +102,11 @@ class Rollups(Part):
         before.uncovered = {c: r["subject"] for r in below for c in r["open"] or () if c}
         keys = list({k for k in before.keys.values() if k})
         found: dict[str, str] = {}  # instruction with one of those keys -> its key
+        parts = self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read) if keys else []
         for batch in batched(keys, self.nodes.bulk_batch_size):
-            for r in runner.execute(Q.asked_combos(self.d), {"keys": batch}):
-                found[r["id"]] = r["key"]
+            for part in parts:  # a range of instructions at a time (Q.asked_combos)
+                for r in runner.execute(Q.asked_combos(self.d), {"keys": batch, **part}):
+                    found[r["id"]] = r["key"]
         for i, subjects in self._asking(list(found), tx=tx).items():
             before.asked_by.add((i, found[i]))
             before.asked.update((s, found[i]) for s in subjects)

@@ -42,10 +42,6 @@ from .records import (
 )
 from .rollups import EMPTY_ROLLUP, Rollups
 
-#: instructions read at once for the combinations of every subject (Syllabi.combo_keys):
-#: about 50 MB of the embedded engine's page cache
-INSTRUCTIONS_PER_READ = 500_000
-
 
 class Syllabi(Part):
     """Writes subjects and syllabi; reads syllabi, their coverage and the combinations asked."""
@@ -307,7 +303,7 @@ class Syllabi(Part):
             wanted = pa.array(ids, pa.string())
             every = (
                 self.driver.table(Q.combo_keys_of_subjects(self.d, every=True), part)
-                for part in self.nodes.ranges(INSTRUCTION, INSTRUCTIONS_PER_READ)
+                for part in self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read)
             )
             return KeySet.of_parts(
                 t.filter(pc.is_in(t["subject"], value_set=wanted))["key"]

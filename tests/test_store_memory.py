@@ -18,11 +18,20 @@ import pytest
 from bench.graph_scale import build, write_pairs
 from generators.sampling import Sampler, Strategy
 from graph import queries as Q
-from graph import syllabi
 from graph.backends.embedded import EmbeddedDriver
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig
 from graph.errors import StoreMemoryExceeded
-from graph.model import CONCEPT, COVERS, FIELD, FROM, SESSION, SUBJECT, Status
+from graph.model import (
+    CONCEPT,
+    COVERS,
+    FIELD,
+    FROM,
+    INSTRUCTION,
+    SESSION,
+    SUBJECT,
+    Status,
+    node_id,
+)
 from graph.store import Store
 from server.settings import Settings
 from tests.api_helpers import run_api, settings
@@ -155,7 +164,7 @@ def test_the_combinations_of_every_subject_are_read_a_range_at_a_time(
             200, Strategy.MIXED
         )
         write_pairs(store, drawn + drawn[:50])  # some asked twice
-        monkeypatch.setattr(syllabi, "INSTRUCTIONS_PER_READ", 60)
+        monkeypatch.setattr(store.nodes, "instructions_per_read", 60)
         reads: list[dict[str, Any]] = []
         table = store.driver.table
         monkeypatch.setattr(
@@ -165,6 +174,43 @@ def test_the_combinations_of_every_subject_are_read_a_range_at_a_time(
         keys = store.syllabi.combo_keys(subjects)
     assert keys == {s.combo_key for s in drawn} and len(keys) == 200
     assert len(reads) == 4 and all(r.keys() == {"lo", "hi"} for r in reads)
+
+
+def test_a_write_finds_the_combinations_asked_a_range_of_instructions_at_a_time(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of questions looks up which of its combinations were asked already, by a
+    property that is no key: the engine hashed every instruction for it, and a write was
+    refused at 3.2M pairs under the default cache. It reads a range at a time, and the
+    rollups it keeps still add up to a walk of everything."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        stats = store.syllabi.concept_stats(subjects)
+        drawn = Sampler(stats, store.syllabi.index, seed=1).draw(200, Strategy.MIXED)
+        write_pairs(store, drawn)
+        monkeypatch.setattr(store.nodes, "instructions_per_read", 60)
+        ranges: list[tuple[str, int]] = []
+        real = store.nodes.ranges
+        monkeypatch.setattr(
+            store.nodes,
+            "ranges",
+            lambda kind, step: ranges.append((kind.label, step)) or real(kind, step),
+        )
+        # new questions: 40 asking combinations asked already, 40 asking new ones
+        again = drawn[:40] + Sampler(stats, store.syllabi.index, seed=2).draw(40, Strategy.MIXED)
+        rows, covers, froms = [], [], []
+        for s in again:
+            iid = node_id(INSTRUCTION, "again", s.combo_key)
+            rows.append(
+                {"id": iid, "text": "Again?", "combo_key": s.combo_key, "subject_id": s.subject_id}
+            )
+            covers += [(iid, c) for c in s.concept_ids]
+            froms += [(iid, x) for x in s.session_ids]
+        store.instructions.write_instructions(rows, covers, froms)
+        kept, walked = store.coverage.report(None).total, store.coverage.report_by_walk(None).total
+    assert ("Instruction", 60) in ranges
+    assert kept.combinations == walked.combinations and kept.counts == walked.counts
+    assert kept.counts["instructions"] == 280
 
 
 def test_the_api_shows_a_refused_read_naming_the_setting(filled: Path, stub: Stub) -> None:
