@@ -109,7 +109,9 @@ class Instructions(Part):
         old = sources - new_sources
         todo = pairs
         if old:
-            found = self.nodes.by_ids(partial(Q.existing_edges, self.d, rel), sorted(old), tx=tx)
+            found = self.nodes.by_ids(
+                partial(Q.existing_edges, self.d, rel), sorted(old), tx=tx, by_key=True
+            )
             have = {(r["src"], r["dst"]) for r in found}
             todo = [p for p in pairs if p not in have]
         self.nodes.upsert_edges(rel, todo, new_sources=sources, tx=tx)

@@ -20,6 +20,7 @@ from generators.sampling import Sampler, Strategy
 from graph import queries as Q
 from graph.backends.embedded import EmbeddedDriver
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig
+from graph.driver import QueryCounter
 from graph.errors import StoreMemoryExceeded
 from graph.model import (
     CONCEPT,
@@ -211,6 +212,29 @@ def test_a_write_finds_the_combinations_asked_a_range_of_instructions_at_a_time(
     assert ("Instruction", 60) in ranges
     assert kept.combinations == walked.combinations and kept.counts == walked.counts
     assert kept.counts["instructions"] == 280
+
+
+def test_a_write_again_reads_the_edges_already_there_id_by_id(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Questions written again (a job resumed, a batch imported twice) have their COVERS
+    and FROM edges read first. Walked from a list of ids, the engine hashed every COVERS
+    edge of the store: refused by the default cache at 3M pairs. Each id is looked up by
+    key instead, and nothing is written twice."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        stats = store.syllabi.concept_stats(subjects)
+        drawn = Sampler(stats, store.syllabi.index, seed=1).draw(100, Strategy.MIXED)
+        write_pairs(store, drawn)
+        before = store.coverage.report_by_walk(None).total
+        counter = QueryCounter()
+        monkeypatch.setattr(store.driver, "counter", counter)
+        write_pairs(store, drawn[:60])
+        after = store.coverage.report_by_walk(None).total
+        d = store.driver.dialect
+        one, many = (Q.existing_edges(d, COVERS, one=flag) for flag in (True, False))
+    assert counter.queries.count(one) == 60 and many not in counter.queries
+    assert after.counts == before.counts and after.covered_concepts == before.covered_concepts
 
 
 def test_the_api_shows_a_refused_read_naming_the_setting(filled: Path, stub: Stub) -> None:
