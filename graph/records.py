@@ -161,7 +161,7 @@ _HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=n
 class KeySet:
     """Combination keys (sampling's combo_key, a hex digest) for membership tests, each held
     as the 64-bit integer of its first 16 hex digits in one sorted array: 8 bytes a key,
-    where a set of a GLAN-scale store's strings took about 350 MB at 1M pairs and would
+    where a set of a GLAN-scale store's strings took about 110 MB at 1M pairs and would
     take ten times that at 10M. Two keys sharing those 64 bits (about one chance in 10^8
     for a draw against 10M keys) count as one: a combination taken for asked is not drawn,
     which is all a plan does with it. Keys added later (a plan's own draws) go to a set.
@@ -170,9 +170,7 @@ class KeySet:
     __slots__ = ("_values", "_more")
 
     def __init__(self, keys: pa.Array | pa.ChunkedArray | Iterable[str] = ()) -> None:
-        if isinstance(keys, pa.ChunkedArray):
-            keys = keys.combine_chunks()
-        if not isinstance(keys, pa.Array):
+        if not isinstance(keys, (pa.Array, pa.ChunkedArray)):
             keys = pa.array([k for k in keys if k], pa.string())
         self._values = _distinct(_key_values(keys))
         self._more: set[str] = set()
@@ -181,9 +179,7 @@ class KeySet:
     def of_parts(cls, parts: Iterable[pa.Array | pa.ChunkedArray]) -> KeySet:
         """The keys of columns read one part at a time, each made 64-bit as it comes."""
         found = KeySet()
-        values = [
-            _key_values(p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p) for p in parts
-        ]
+        values = [_key_values(part) for part in parts]
         found._values = _distinct(np.concatenate(values)) if values else found._values
         return found
 
@@ -192,8 +188,9 @@ class KeySet:
             return False
         if key in self._more:
             return True
-        at = np.searchsorted(self._values, _key_value(key))
-        return bool(at < len(self._values) and self._values[at] == _key_value(key))
+        value = _key_value(key)
+        at = np.searchsorted(self._values, value)
+        return bool(at < len(self._values) and self._values[at] == value)
 
     def __len__(self) -> int:
         return len(self._values) + len(self._more)
@@ -237,9 +234,11 @@ def _key_value(key: str) -> np.uint64:
     return np.uint64(int.from_bytes(digest, "big"))
 
 
-def _key_values(keys: pa.Array) -> np.ndarray:
+def _key_values(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The 64 bits of each non-empty key (see KeySet), read from the Arrow buffers with no
     Python object per key when every key is a digest, as the store's are."""
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
     keys = keys.cast(pa.string())  # 32-bit offsets, read below
     keys = keys.filter(pc.greater(pc.utf8_length(keys), 0)) if len(keys) else keys
     if not len(keys):
@@ -256,7 +255,7 @@ def _key_values(keys: pa.Array) -> np.ndarray:
             for i in range(_KEY_DIGITS):
                 values = (values << np.uint64(4)) | digits[:, i].astype(np.uint64)
             return values
-    return np.array([_key_value(k) for k in keys.to_pylist() if k], dtype=np.uint64)
+    return np.array([_key_value(k) for k in keys.to_pylist()], dtype=np.uint64)
 
 
 class NameIndex:
