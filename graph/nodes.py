@@ -273,10 +273,43 @@ class Nodes:
     #: all of them was refused by 512 MB at 3M pairs
     instructions_per_read = 500_000
 
+    #: subjects a read of some subjects by range reads through between two of them rather
+    #: than starting a new range (subject_parts)
+    subjects_read_through = 32
+
+    @property
+    def has_refs(self) -> bool:
+        """Whether the engine has node references, by whose ranges reads can go
+        (Dialect.node_ref)."""
+        return self.d.node_ref("n") is not None
+
     def subject_ranges(self) -> list[dict[str, int]]:
         """The parameters of each part of a walk from every subject: a range of subject
         references (Q.subject_range), or the whole walk at once where the engine has none."""
         return self.ranges(SUBJECT, self.subjects_per_walk)
+
+    def subject_parts(self, subject_ids: Sequence[str]) -> list[dict[str, int]] | None:
+        """The parts of a walk from these subjects as a walk from every subject (a query
+        built with `every=True`) whose rows the caller filters: every range of subjects
+        where they are most of the store (reads_whole), else ranges of references that
+        hold them and few others. None where the engine has no references and they are
+        not most of the store: the walk goes from their ids.
+
+        A walk from a list of subject ids makes the embedded engine hash what it reaches
+        from every subject: a sampler's read of a few dozen syllabi was refused by a 512 MB
+        page cache at 3.1M pairs."""
+        if self.reads_whole(subject_ids):
+            return self.subject_ranges()
+        query = Q.node_refs(self.d, SUBJECT)
+        if query is None:
+            return None
+        ids = list(dict.fromkeys(subject_ids))
+        refs = sorted(
+            int(r["ref"])
+            for batch in batched(ids, self.bulk_batch_size)
+            for r in self.driver.execute(query, {"ids": batch})
+        )
+        return _spans(refs, self.subjects_per_walk, self.subjects_read_through)
 
     def ranges(self, kind: NodeKind, step: int) -> list[dict[str, int]]:
         """The parameters of each part of a read over every node of `kind`, `step` nodes
@@ -288,12 +321,18 @@ class Nodes:
         end = int(self.driver.execute(query)[0]["n"] or 0)
         return [{"lo": lo, "hi": lo + step} for lo in range(0, max(end, 1), step)]
 
-    def every_subject(self, query: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    def every_subject(
+        self,
+        query: str,
+        params: Mapping[str, Any] | None = None,
+        ranges: Sequence[Mapping[str, int]] | None = None,
+    ) -> list[Row]:
         """The rows of a walk from every subject (a query built with `every=True`), a range
-        of subjects at a time: a subject's rows all come from one range."""
+        of subjects at a time: a subject's rows all come from one range. `ranges`: those
+        ranges only (subject_parts), rather than all of them."""
         return [
             row
-            for part in self.subject_ranges()
+            for part in (self.subject_ranges() if ranges is None else ranges)
             for row in self.driver.execute(query, {**(params or {}), **part})
         ]
 
@@ -302,13 +341,15 @@ class Nodes:
         query: str,
         params: Mapping[str, Any] | None = None,
         keep: Callable[[pa.Table], pa.Table] | None = None,
-    ) -> pa.Table:
-        """every_subject as one Arrow table, each range filtered by `keep` as it comes."""
+        ranges: Sequence[Mapping[str, int]] | None = None,
+    ) -> pa.Table | None:
+        """every_subject as one Arrow table, each range filtered by `keep` as it comes (None
+        for no ranges)."""
         parts = []
-        for part in self.subject_ranges():
+        for part in self.subject_ranges() if ranges is None else ranges:
             table = self.driver.table(query, {**(params or {}), **part})
             parts.append(keep(table) if keep is not None and table.num_rows else table)
-        return pa.concat_tables([t for t in parts if t.num_rows] or parts[:1])
+        return pa.concat_tables([t for t in parts if t.num_rows] or parts[:1]) if parts else None
 
     def linked(
         self, rel: RelKind, ids: Sequence[str], *, reverse: bool = False
@@ -362,3 +403,16 @@ class Part:
     @property
     def batch_size(self) -> int:
         return self.nodes.batch_size
+
+
+def _spans(refs: Sequence[int], longest: int, through: int) -> list[dict[str, int]]:
+    """Ranges ($lo up to $hi) that hold the sorted references `refs`: a range goes on to
+    the next reference while fewer than `through` lie between them and it spans fewer than
+    `longest`."""
+    out: list[dict[str, int]] = []
+    for ref in refs:
+        if out and ref - out[-1]["hi"] < through and ref - out[-1]["lo"] < longest:
+            out[-1]["hi"] = ref + 1
+        else:
+            out.append({"lo": ref, "hi": ref + 1})
+    return out

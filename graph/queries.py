@@ -357,6 +357,15 @@ def refs_end(d: Dialect, kind: NodeKind) -> str | None:
     return f"MATCH (s:{d.q(kind.label)}) RETURN max({ref}) + 1 AS n"
 
 
+def node_refs(d: Dialect, kind: NodeKind) -> str | None:
+    """The reference (`ref`) of each node of `kind` among $ids that exists, looked up by key
+    (None where the engine has no references)."""
+    ref = d.node_ref("s")
+    if ref is None:
+        return None
+    return f"UNWIND $ids AS x MATCH (s:{d.q(kind.label)}) WHERE s.id = x RETURN {ref} AS ref"
+
+
 def _of_subjects(d: Dialect, one: bool, every: bool, *conditions: str) -> tuple[str, str]:
     """The head of a walk from each subject n3 of $ids (or from $id), and its WHERE clause:
     n3 is that subject, and the conditions hold. For a walk from every subject, no head,

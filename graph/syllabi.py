@@ -158,10 +158,11 @@ class Syllabi(Part):
         """Per subject: (approved concepts, concepts covered by an instruction)."""
         params = {"approved": str(Status.APPROVED)}
         ids = list(dict.fromkeys(subject_ids))
-        if self.nodes.reads_whole(ids):  # see index
+        parts = self.nodes.subject_parts(ids) if ids else None
+        if parts is not None:  # see index
             wanted = set(ids)
-            every = self.nodes.every_subject(Q.subject_concept_stats(self.d, every=True), params)
-            rows = [r for r in every if r["id"] in wanted]
+            query = Q.subject_concept_stats(self.d, every=True)
+            rows = [r for r in self.nodes.every_subject(query, params, parts) if r["id"] in wanted]
         else:
             rows = self.nodes.by_ids(partial(Q.subject_concept_stats, self.d), ids, params)
         return {r["id"]: (int(r["concepts"]), int(r["covered"] or 0)) for r in rows}
@@ -214,22 +215,24 @@ class Syllabi(Part):
     def _index(self, subject_ids: Sequence[str]) -> SyllabusIndex:
         """Syllabi.index, whose arrays are all freed when it returns.
 
-        For most of the store's subjects (`whole_read_share`), the reads walk every subject
-        and keep those asked for: the embedded engine joins a list of ids with the whole walk
-        anyway, which costs more than the walk alone."""
+        The reads walk from ranges of subjects and keep those asked for (Nodes.subject_parts):
+        the embedded engine joins a list of ids with the walk from every subject, which
+        costs more than the walk alone, and its page cache grows with the store."""
         ids = list(dict.fromkeys(subject_ids))
         if not ids:
             return SyllabusIndex.empty()
         approved = {"approved": str(Status.APPROVED)}
-        if self.nodes.reads_whole(ids):
+        parts = self.nodes.subject_parts(ids)
+        if parts is not None:
             wanted = pa.array(ids, pa.string())
             rows = self.nodes.every_subject_table(
                 Q.syllabus_outline(self.d, every=True),
                 approved,
                 lambda part: part.filter(pc.is_in(part["subject"], value_set=wanted)),
+                parts,
             )
             counts: pa.Table | None = self.nodes.every_subject_table(
-                Q.syllabus_coverage(self.d, every=True)
+                Q.syllabus_coverage(self.d, every=True), ranges=parts
             )
         else:
             rows = self.nodes.table_by_ids(partial(Q.syllabus_outline, self.d), ids, approved)
@@ -299,7 +302,12 @@ class Syllabi(Part):
         """Concept combinations (sorted-id hashes) already asked about in these subjects, read
         as Arrow columns into a KeySet: no Python object per key."""
         ids = list(dict.fromkeys(subject_ids))
-        if self.nodes.reads_whole(ids):  # see index; every instruction, a range at a time
+        if not ids:
+            return KeySet()
+        # Every instruction, a range at a time, where the engine has ranges or most subjects
+        # are asked for (see index). The subject is no node key: a list of them took the
+        # embedded engine's page cache past 128 MB at 1M pairs, however few they were.
+        if self.nodes.has_refs or self.nodes.reads_whole(ids):
             wanted = pa.array(ids, pa.string())
             every = (
                 self.driver.table(Q.combo_keys_of_subjects(self.d, every=True), part)

@@ -279,6 +279,66 @@ def test_walks_over_every_subject_read_in_ranges_give_the_one_walk(filled: Path)
     assert whole[0]["instructions"] == 300 and whole[1] > 0
 
 
+def test_reads_of_some_subjects_walk_ranges_that_hold_them(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampler reading a few dozen syllabi by a list of subject ids made the engine hash
+    what it reaches from every subject: refused by the default cache at 3.1M pairs. Reads of
+    some subjects (their syllabi, concept counts and combinations asked) walk ranges of
+    subjects that hold them and few others, and give what their own syllabi hold."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = sorted(store.taxonomy.ids_in_scope(None, SUBJECT))
+        stats = store.syllabi.concept_stats(subjects)
+        drawn = Sampler(stats, store.syllabi.index, seed=1).draw(200, Strategy.MIXED)
+        write_pairs(store, drawn)
+        some = subjects[::4] + subjects[1:3]  # 12 of 40, in runs and apart
+        assert not store.nodes.reads_whole(some)
+        monkeypatch.setattr(store.nodes, "subjects_per_walk", 5)
+        monkeypatch.setattr(store.nodes, "subjects_read_through", 2)
+        parts = store.nodes.subject_parts(some)
+        assert parts is not None
+        refs = {
+            int(r["ref"])
+            for r in store.driver.execute(
+                Q.node_refs(store.driver.dialect, SUBJECT) or "", {"ids": some}
+            )
+        }
+        spans = [set(range(p["lo"], p["hi"])) for p in parts]
+        assert set().union(*spans) >= refs and all(s & refs and len(s) <= 5 for s in spans)
+        assert sum(map(len, spans)) < 20  # few besides the 12
+        lookup = Q.node_refs(store.driver.dialect, SUBJECT)
+        walks: list[dict[str, Any]] = []  # the parameters of each read but the lookup
+
+        def recorded(real: Any) -> Any:
+            def read(query: str, params: dict[str, Any] | None = None) -> Any:
+                if query != lookup:
+                    walks.append(dict(params or {}))
+                return real(query, params)
+
+            return read
+
+        for name in ("table", "execute"):
+            monkeypatch.setattr(store.driver, name, recorded(getattr(store.driver, name)))
+        index = store.syllabi.index(some)
+        counts = store.syllabi.concept_stats(some)
+        keys = store.syllabi.combo_keys(some)
+        assert walks and all("ids" not in p and "id" not in p for p in walks), walks
+        syllabi = store.syllabi.of(some)
+        assert store.syllabi.index(["no such subject"]).subject_ids == []
+        assert store.syllabi.concept_stats(["no such subject"]) == {}
+    assert sorted(index.subject_ids) == sorted(syllabi) == sorted(some)
+    for sid, views in syllabi.items():
+        i = index.subject_ids.index(sid)
+        sessions = index.session_ids[index.session_start[i] : index.session_start[i + 1]]
+        assert sessions == [v.id for v in views]
+        concepts = [c for v in views for c in v.concepts]
+        assert counts[sid] == (len(concepts), sum(c.covered > 0 for c in concepts))
+        first = index.concept_start[index.session_start[i]]
+        assert index.concept_ids[first : first + len(concepts)] == [c.id for c in concepts]
+        assert index.covered[first : first + len(concepts)] == [c.covered for c in concepts]
+    assert keys == {s.combo_key for s in drawn if s.subject_id in some}
+
+
 #: what the engine says when its page cache cannot give a statement the memory it needs
 POOL_FULL = (
     "Buffer manager exception: Unable to allocate memory! The buffer pool is full and no "
