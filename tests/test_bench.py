@@ -242,9 +242,12 @@ def test_graph_scale_reports_the_steps_before_the_one_the_store_refused(
         real(self, new_ids, answers, **kw)
 
     monkeypatch.setattr(Rollups, "answers_written", refuse_the_second_step)
-    args = argparse.Namespace(scale=0.001, pairs=3000, steps="0.5,1", keep=None, buffer_mb=None)
+    args = argparse.Namespace(
+        scale=0.001, pairs=3000, steps="0.5,1", keep=None, buffer_mb=None, no_export=True
+    )
     found = graph_scale.run_steps(args)
     assert found["at_1500_write_pairs_per_s"] > 0 and "at_3000_write_pairs_per_s" not in found
+    assert "at_1500_export_s" not in found and "export_pairs_per_s" not in found["steps_met"]
     assert found["stopped_after_pairs"] == found["pairs_when_stopped"] == 1500
     assert found["stopped_by"].startswith("StoreMemoryExceeded: the embedded database needed")
     assert found["stopped_in"] == "write_responses"  # the call into glan that was refused
