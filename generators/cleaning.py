@@ -59,7 +59,7 @@ def words(text: str) -> list[str]:
 
 
 def iter_instructions(store: Store, path: str | None) -> Iterator[Node]:
-    """Instructions under an approved path, subject by subject, in a stable order."""
+    """Instructions under an approved path, in a stable order (`iter_details`)."""
     for found in iter_details(store, path, links=False, responses=False):
         yield from (detail.instruction for _, detail in found)
 

@@ -1,7 +1,11 @@
 """The instructions under a path, read a bounded group at a time: what export, cleaning
 and the report walk through.
 
-Subjects are taken in order, in groups holding up to a chunk of instructions, and each
+Under most of the store's subjects, where the engine has node references, the instruction
+table is read a range of a chunk at a time, in the order it was written
+(`Instructions.details_in_range`): each read costs the same whatever the size of the store.
+
+Else subjects are taken in order, in groups holding up to a chunk of instructions, and each
 group is read walking down from its subjects (`Instructions.details_below`). A subject with more
 instructions than a chunk is read a chunk at a time by id (`Instructions.details_of`). Either
 way memory is that of one chunk, whatever the size of the store.
@@ -14,7 +18,7 @@ from functools import cached_property
 
 from graph.driver import batched
 from graph.errors import WrongKind
-from graph.model import CONCEPT, HIERARCHY, SESSION, SUBJECT
+from graph.model import CONCEPT, HIERARCHY, INSTRUCTION, SESSION, SUBJECT
 from graph.records import InstructionDetail, NameIndex
 from graph.store import Store
 
@@ -38,15 +42,26 @@ def iter_details(
     subjects_per_batch: int = SUBJECTS_PER_BATCH,
 ) -> Iterator[Found]:
     """(subject id, instruction with its links) for each instruction under an approved path,
-    subject by subject and by id within one, a group at a time. Without `links` or
-    `responses`, those lists are left empty and not read."""
+    a group at a time: in the order they were written under most of the store (see above),
+    else subject by subject and by id within one. Without `links` or `responses`, those
+    lists are left empty and not read."""
     if chunk < 1:
         raise ValueError("chunk must be at least 1")
     scope = store.taxonomy.scope(path)
     if scope is not None and scope.level > HIERARCHY.index(SUBJECT):
         raise WrongKind(f"{scope.path!r} is a {scope.kind.label}; choose a subject or above")
+    subjects = store.taxonomy.ids_in_scope(scope, SUBJECT)
+    if subjects and store.nodes.has_refs and store.nodes.hold_most(subjects):
+        wanted = set(subjects)
+        for part in store.nodes.ranges(INSTRUCTION, chunk):
+            read = store.instructions.details_in_range(
+                part, wanted, links=links, responses=responses
+            )
+            if read:
+                yield read
+        return
     names = _NameIndexes(store) if links else None
-    for subject_batch in batched(store.taxonomy.ids_in_scope(scope, SUBJECT), subjects_per_batch):
+    for subject_batch in batched(subjects, subjects_per_batch):
         by_subject = store.instructions.instructions_by_subject(subject_batch)
         for group in _groups(subject_batch, by_subject, chunk):
             if len(group) > 1 or len(by_subject[group[0]]) <= chunk:

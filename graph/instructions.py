@@ -309,6 +309,61 @@ class Instructions(Part):
             detail.sort()
         return {s: [found[i] for i in sorted(ids)] for s, ids in below.items()}
 
+    def details_in_range(
+        self,
+        part: Mapping[str, int],
+        subjects: Set[str],
+        *,
+        links: bool = True,
+        responses: bool = True,
+    ) -> list[tuple[str, InstructionDetail]]:
+        """(subject id, instruction with its links) for each instruction of a range of the
+        instruction table (Nodes.ranges) asked from an approved session of one of
+        `subjects`, in the order of the table: the order they were written. Links and
+        responses as `details_below`; engines with node references only.
+
+        Each read starts from a contiguous part of the table. Read a group of subjects at a
+        time instead, a group's instructions lie all over the table, and the embedded engine
+        visits most of it for each group: an export's rate fell from 13,215 pairs/s at 1M
+        pairs to 7,422 at 3M."""
+        approved = str(Status.APPROVED)
+        cols = self.driver.columns(Q.instructions_in_range(self.d), part)
+        ids: dict[int, str] = {}
+        subject_of: dict[int, str] = {}
+        sessions: dict[int, list[tuple[str, str, int]]] = {}
+        rows = zip(
+            *(cols.get(c, []) for c in ("ref", "id", "session", "name", "position")),
+            *(cols.get(c, []) for c in ("status", "subject")),
+            strict=True,
+        )
+        for ref, iid, session, name, position, status, subject in rows:
+            ids[ref] = iid
+            sessions.setdefault(ref, []).append((session, name, position or 0))
+            if status == approved and subject in subjects:
+                subject_of.setdefault(ref, subject)
+        kept = sorted(subject_of)
+        if not kept:
+            return []
+        found: dict[int, InstructionDetail] = {}
+        by_id = {ids[ref]: ref for ref in kept}
+        for batch in batched(list(by_id), self.nodes.bulk_batch_size):
+            columns = self.driver.columns(Q.instruction_columns(self.d), {"ids": batch})
+            for node in _nodes(INSTRUCTION, columns):
+                ref = by_id[node.id]
+                found[ref] = InstructionDetail(node, sessions[ref] if links else [])
+        if links:
+            cols = self.driver.columns(Q.linked_names_in_range(self.d, COVERS), part)
+            link_cols = (cols.get(c, []) for c in ("ref", "dst", "name", "position"))
+            for ref, dst, name, position in zip(*link_cols, strict=True):
+                if (detail := found.get(ref)) is not None:
+                    detail.concepts.append((dst, name, position or 0))
+        if responses:
+            cols = self.driver.columns(Q.responses_in_range(self.d), part)
+            for ref, node in zip(cols.get("ref", []), _nodes(RESPONSE, cols), strict=True):
+                if (detail := found.get(ref)) is not None:
+                    detail.responses.append(node)
+        return [(subject_of[ref], found[ref].sort()) for ref in kept if ref in found]
+
     def details_of(
         self,
         ids: Sequence[str],

@@ -263,8 +263,11 @@ class Nodes:
         than walking from their ids: for at least `Dialect.whole_read_share` of the store's
         subjects (see Syllabi.index)."""
         many = len(subject_ids) > max(self.d.few_ids, 1)
-        share = self.d.whole_read_share
-        return many and len(subject_ids) >= share * self.count_kind(SUBJECT)
+        return many and self.hold_most(subject_ids)
+
+    def hold_most(self, subject_ids: Sequence[str]) -> bool:
+        """Whether these are at least `Dialect.whole_read_share` of the store's subjects."""
+        return len(subject_ids) >= self.d.whole_read_share * self.count_kind(SUBJECT)
 
     #: subjects a walk from every subject reads at once (Q.subject_range)
     subjects_per_walk = 2048

@@ -1066,6 +1066,59 @@ def responses_below(d: Dialect) -> str:
     )
 
 
+def _in_range(d: Dialect) -> tuple[str, str]:
+    """The engine's reference of instruction `i`, and the condition that it lies from $lo
+    up to $hi (subject_range): reads of a part of the instruction table, for engines with
+    node references."""
+    ref = d.node_ref("i")
+    if ref is None:
+        raise ValueError("this engine has no node references to read a range of")
+    return ref, " AND ".join(subject_range(d, "i"))
+
+
+def instructions_in_range(d: Dialect) -> str:
+    """Each instruction from reference $lo up to $hi (`ref`, and its `id`), with each
+    session it was asked from and that session's subject.
+
+    It reads no property of an instruction but its id: the engine reads what a range's
+    rows return for the whole table before keeping the range (instruction_columns)."""
+    ref, where = _in_range(d)
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(ss:{d.q(SESSION.label)})"
+        f"<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-(s:{d.q(SUBJECT.label)}) WHERE {where} "
+        f"RETURN {ref} AS ref, i.id AS id, ss.id AS session, ss.name AS name, "
+        "ss.position AS position, ss.status AS status, s.id AS subject"
+    )
+
+
+def instruction_columns(d: Dialect) -> str:
+    """The instructions $ids, looked up by key, a column per property."""
+    return (
+        f"UNWIND $ids AS x MATCH (i:{d.q(INSTRUCTION.label)}) WHERE i.id = x "
+        f"RETURN {_columns_of(d, INSTRUCTION, 'i')}"
+    )
+
+
+def linked_names_in_range(d: Dialect, rel: RelKind) -> str:
+    """What each instruction from reference $lo up to $hi points to through `rel`, by the
+    instruction's reference (`ref`)."""
+    ref, where = _in_range(d)
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(rel.type)}]->(b:{d.q(rel.dst.label)}) "
+        f"WHERE {where} RETURN {ref} AS ref, b.id AS dst, b.name AS name, b.position AS position"
+    )
+
+
+def responses_in_range(d: Dialect) -> str:
+    """The responses to the instructions from reference $lo up to $hi, a column per
+    property, and `ref`: the instruction's reference."""
+    ref, where = _in_range(d)
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)})<-[:{d.q(ANSWERS.type)}]-(r:{d.q(RESPONSE.label)}) "
+        f"WHERE {where} RETURN {ref} AS ref, {_columns_of(d, RESPONSE, 'r')}"
+    )
+
+
 def discipline_paths(d: Dialect) -> str:
     """The approved Field/SubField/Discipline names above each subject of $ids."""
     return (
