@@ -275,6 +275,10 @@ class Nodes:
     #: instructions): about 50 MB of the embedded engine's page cache, where one read of
     #: all of them was refused by 512 MB at 3M pairs
     instructions_per_read = 500_000
+    #: instructions a read of some instructions by range reads through between two of them
+    #: rather than starting a new range (see spans): each range costs a pass over the
+    #: table's references, about 4 ms per 1M instructions
+    instructions_read_through = 20_000
 
     #: subjects a read of some subjects by range reads through between two of them rather
     #: than starting a new range (subject_parts)
@@ -303,16 +307,25 @@ class Nodes:
         page cache at 3.1M pairs."""
         if self.reads_whole(subject_ids):
             return self.subject_ranges()
-        query = Q.node_refs(self.d, SUBJECT)
-        if query is None:
+        if not self.has_refs:
             return None
-        ids = list(dict.fromkeys(subject_ids))
-        refs = sorted(
-            int(r["ref"])
-            for batch in batched(ids, self.bulk_batch_size)
-            for r in self.driver.execute(query, {"ids": batch})
-        )
-        return _spans(refs, self.subjects_per_walk, self.subjects_read_through)
+        refs = self.refs_of(SUBJECT, subject_ids)
+        return spans(refs, self.subjects_per_walk, self.subjects_read_through)
+
+    def refs_of(
+        self, kind: NodeKind, ids: Iterable[str], *, tx: Tx | None = None
+    ) -> dict[int, str]:
+        """The engine's reference of each node of `kind` among `ids` that exists, looked up
+        by key: reference -> id (engines with references only, see has_refs)."""
+        query = Q.node_refs(self.d, kind)
+        if query is None:
+            raise ValueError("this engine has no node references")
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        return {
+            int(r["ref"]): r["id"]
+            for batch in batched(list(dict.fromkeys(ids)), self.bulk_batch_size)
+            for r in runner.execute(query, {"ids": batch})
+        }
 
     def ranges(self, kind: NodeKind, step: int) -> list[dict[str, int]]:
         """The parameters of each part of a read over every node of `kind`, `step` nodes
@@ -408,12 +421,12 @@ class Part:
         return self.nodes.batch_size
 
 
-def _spans(refs: Sequence[int], longest: int, through: int) -> list[dict[str, int]]:
-    """Ranges ($lo up to $hi) that hold the sorted references `refs`: a range goes on to
+def spans(refs: Iterable[int], longest: int, through: int) -> list[dict[str, int]]:
+    """Ranges ($lo up to $hi) that hold the references `refs`, in order: a range goes on to
     the next reference while fewer than `through` lie between them and it spans fewer than
     `longest`."""
     out: list[dict[str, int]] = []
-    for ref in refs:
+    for ref in sorted(refs):
         if out and ref - out[-1]["hi"] < through and ref - out[-1]["lo"] < longest:
             out[-1]["hi"] = ref + 1
         else:

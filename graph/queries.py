@@ -358,12 +358,15 @@ def refs_end(d: Dialect, kind: NodeKind) -> str | None:
 
 
 def node_refs(d: Dialect, kind: NodeKind) -> str | None:
-    """The reference (`ref`) of each node of `kind` among $ids that exists, looked up by key
-    (None where the engine has no references)."""
+    """The reference (`ref`) of each node of `kind` among $ids that exists, with its `id`,
+    looked up by key (None where the engine has no references)."""
     ref = d.node_ref("s")
     if ref is None:
         return None
-    return f"UNWIND $ids AS x MATCH (s:{d.q(kind.label)}) WHERE s.id = x RETURN {ref} AS ref"
+    return (
+        f"UNWIND $ids AS x MATCH (s:{d.q(kind.label)}) WHERE s.id = x "
+        f"RETURN s.id AS id, {ref} AS ref"
+    )
 
 
 def _of_subjects(d: Dialect, one: bool, every: bool, *conditions: str) -> tuple[str, str]:
@@ -770,18 +773,23 @@ def asked_combos(d: Dialect) -> str:
     )
 
 
-def answered_by_subject(d: Dialect, one: bool = False) -> str:
-    """How many of the instructions $ids (or $id) each subject's rollup counts: those asked
-    from its visible sessions."""
-    walk, _ = _from_instructions(d, one)
-    return f"{walk}RETURN s.id AS subject, count(DISTINCT i.id) AS n"
-
-
 def subjects_asking(d: Dialect, one: bool = False) -> str:
     """For each instruction of $ids (or $id): the subjects of the visible sessions it was
     asked from, the subjects whose rollups count it."""
     walk, x = _from_instructions(d, one)
     return f"{walk}RETURN DISTINCT {x} AS id, s.id AS subject"
+
+
+def subjects_asking_in_range(d: Dialect) -> str:
+    """subjects_asking for each instruction from reference $lo up to $hi, by its reference
+    (`ref`). Walked from a list of ids, the embedded engine hashed every FROM edge of the
+    store: a write of answers was refused by a 512 MB page cache at 4M pairs."""
+    ref, where = _in_range(d)
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(ss:{d.q(SESSION.label)})"
+        f"<-[:{d.q(CHILD_REL[SUBJECT.label].type)}]-(s:{d.q(SUBJECT.label)}) "
+        f"WHERE {where} AND ss.status <> $rejected RETURN DISTINCT {ref} AS ref, s.id AS subject"
+    )
 
 
 #: the join order of a walk from instructions to their subjects (see Dialect.join_order)

@@ -40,7 +40,7 @@ from .model import (
     SUBJECT,
     Status,
 )
-from .nodes import Part
+from .nodes import Part, spans
 from .records import (
     Node,
 )
@@ -185,9 +185,9 @@ class Rollups(Part):
         odd = {i for r, i in answers if r in unsure} | {i for i, n in answering.items() if n > 1}
         plain = [i for i in answering if i not in odd]
         adds: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ROLLUPS, 0))
-        args = {"rejected": str(Status.REJECTED)}
-        for row in self._read(partial(Q.answered_by_subject, self.d), plain, args, tx=tx):
-            adds[row["subject"]][_RESPONSES] += int(row["n"])
+        for subjects in self._asking(plain, tx=tx).values():
+            for subject in subjects:
+                adds[subject][_RESPONSES] += 1
         again = {s for found in self._asking(sorted(odd), tx=tx).values() for s in found}
         self.add({s: a for s, a in adds.items() if s not in again}, tx=tx)
         self.recompute(sorted(again), tx=tx)
@@ -219,11 +219,25 @@ class Rollups(Part):
 
     def _asking(self, instruction_ids: Sequence[str], *, tx: Tx | None) -> dict[str, set[str]]:
         """For each instruction: the subjects whose rollups count it (those of the visible
-        sessions it was asked from)."""
+        sessions it was asked from).
+
+        More than a few are read by the ranges of the instruction table that hold them
+        (Q.subjects_asking_in_range): those a write just made, or answers, lie close
+        together at its end."""
         out: defaultdict[str, set[str]] = defaultdict(set)
         args = {"rejected": str(Status.REJECTED)}
-        for r in self._read(partial(Q.subjects_asking, self.d), instruction_ids, args, tx=tx):
-            out[r["id"]].add(r["subject"])
+        unique = list(dict.fromkeys(instruction_ids))
+        if len(unique) <= self.d.few_ids or not self.nodes.has_refs:
+            for r in self._read(partial(Q.subjects_asking, self.d), unique, args, tx=tx):
+                out[r["id"]].add(r["subject"])
+            return out
+        runner: Tx | GraphDriver = tx if tx is not None else self.driver
+        refs = self.nodes.refs_of(INSTRUCTION, unique, tx=tx)
+        per_read, through = self.nodes.instructions_per_read, self.nodes.instructions_read_through
+        for part in spans(refs, per_read, through):
+            for r in runner.execute(Q.subjects_asking_in_range(self.d), {**args, **part}):
+                if (i := refs.get(r["ref"])) is not None:
+                    out[i].add(r["subject"])
         return out
 
     def _read(

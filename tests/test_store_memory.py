@@ -138,7 +138,6 @@ def test_a_write_walks_from_its_ids_by_key(filled: Path) -> None:
         sessions = store.taxonomy.ids_in_scope(None, SESSION)
     assert len(instructions) >= 100
     walks = {
-        Q.answered_by_subject(d): instructions,
         Q.subjects_asking(d): instructions,
         Q.existing_edges(d, COVERS): instructions,
         Q.existing_edges(d, FROM): instructions,
@@ -235,6 +234,28 @@ def test_a_write_again_reads_the_edges_already_there_id_by_id(
         one, many = (Q.existing_edges(d, COVERS, one=flag) for flag in (True, False))
     assert counter.queries.count(one) == 60 and many not in counter.queries
     assert after.counts == before.counts and after.covered_concepts == before.covered_concepts
+
+
+def test_a_write_finds_its_instructions_subjects_by_ranges_that_hold_them(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of answers (and of questions asked before) finds the subjects its
+    instructions count in. Walked from a list of their ids, the engine hashed every FROM
+    edge of the store: a write of answers was refused by the default cache at 4M pairs.
+    They are read by the ranges of the instruction table that hold them (a write's own
+    instructions lie together at its end), and the rollups still add up to a walk."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        stats = store.syllabi.concept_stats(subjects)
+        write_pairs(store, Sampler(stats, store.syllabi.index, seed=1).draw(300, Strategy.MIXED))
+        counter = QueryCounter()
+        monkeypatch.setattr(store.driver, "counter", counter)
+        write_pairs(store, Sampler(stats, store.syllabi.index, seed=2).draw(100, Strategy.MIXED))
+        kept, walked = store.coverage.report(None).total, store.coverage.report_by_walk(None).total
+        d = store.driver.dialect
+    ranged, listed = Q.subjects_asking_in_range(d), Q.subjects_asking(d)
+    assert counter.queries.count(ranged) == 1 and listed not in counter.queries
+    assert kept.counts == walked.counts and kept.counts["responses"] >= 390
 
 
 def test_the_api_shows_a_refused_read_naming_the_setting(filled: Path, stub: Stub) -> None:
