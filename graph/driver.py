@@ -34,6 +34,10 @@ class Dialect:
     #: those asked for: an engine that joins a list of ids with the whole walk anyway pays
     #: less for the walk alone (see Nodes.reads_whole).
     whole_read_share = 0.5
+    #: Whether one process alone writes a database (the embedded engine's rule): what that
+    #: process wrote is all there is, so it may keep an account of it instead of reading it
+    #: again (Rollups.before_questions).
+    one_writer = False
 
     def join_order(self, order: str) -> str:
         """A clause after a MATCH telling the engine in which order to join its pattern (the

@@ -164,16 +164,21 @@ class KeySet:
     where a set of a GLAN-scale store's strings took about 110 MB at 1M pairs and would
     take ten times that at 10M. Two keys sharing those 64 bits (about one chance in 10^8
     for a draw against 10M keys) count as one: a combination taken for asked is not drawn,
-    which is all a plan does with it. Keys added later (a plan's own draws) go to a set.
-    A key that is not such a digest is hashed to 64 bits instead."""
+    which is all a plan does with it. Keys added later (a plan's own draws) go to a set of
+    those integers, folded into the array as it grows. A key that is not such a digest is
+    hashed to 64 bits instead."""
 
     __slots__ = ("_values", "_more")
+
+    #: keys added one at a time are folded into the array past this many, or past a quarter
+    #: of the array's: sorting them in costs a sort of the array, a few times in all
+    fold_at = 65_536
 
     def __init__(self, keys: pa.Array | pa.ChunkedArray | Iterable[str] = ()) -> None:
         if not isinstance(keys, (pa.Array, pa.ChunkedArray)):
             keys = pa.array([k for k in keys if k], pa.string())
         self._values = _distinct(_key_values(keys))
-        self._more: set[str] = set()
+        self._more: set[int] = set()
 
     @classmethod
     def of_parts(cls, parts: Iterable[pa.Array | pa.ChunkedArray]) -> KeySet:
@@ -186,18 +191,24 @@ class KeySet:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str) or not key:
             return False
-        if key in self._more:
+        return self._has(_key_value(key))
+
+    def _has(self, value: np.uint64) -> bool:
+        if int(value) in self._more:
             return True
-        value = _key_value(key)
         at = np.searchsorted(self._values, value)
         return bool(at < len(self._values) and self._values[at] == value)
 
     def __len__(self) -> int:
         return len(self._values) + len(self._more)
 
+    def _all(self) -> np.ndarray:
+        more = np.fromiter(self._more, dtype=np.uint64, count=len(self._more))
+        return _distinct(np.concatenate([self._values, more])) if len(more) else self._values
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, KeySet):
-            return np.array_equal(self._values, other._values) and self._more == other._more
+            return np.array_equal(self._all(), other._all())
         if isinstance(other, (set, frozenset)):
             return len(self) == len(other) and all(k in self for k in other)
         return NotImplemented
@@ -205,14 +216,21 @@ class KeySet:
     __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> KeySet:
-        """A KeySet with these keys whose additions are its own (the array is shared)."""
+        """A KeySet with these keys whose additions are its own (the array is shared: a fold
+        makes a new one)."""
         twin = KeySet()
         twin._values, twin._more = self._values, set(self._more)
         return twin
 
     def add(self, key: str) -> None:
-        if key not in self:
-            self._more.add(key)
+        if not key:
+            return
+        value = _key_value(key)
+        if self._has(value):
+            return
+        self._more.add(int(value))
+        if len(self._more) > max(self.fold_at, len(self._values) // 4):
+            self._values, self._more = self._all(), set()
 
     def update(self, keys: Iterable[str]) -> None:
         for key in keys:

@@ -40,10 +40,8 @@ from .model import (
     SUBJECT,
     Status,
 )
-from .nodes import Part, spans
-from .records import (
-    Node,
-)
+from .nodes import Nodes, Part, spans
+from .records import KeySet, Node
 
 #: What each rollup counts, by short name.
 _SESSIONS, _CONCEPTS, _INSTRUCTIONS, _RESPONSES, _COVERED, _COMBOS, _SPACE_HI, _SPACE_LO = ROLLUPS
@@ -71,6 +69,13 @@ class Before:
 
 class Rollups(Part):
     """Keeps subject rollups current as writes land, and recomputes stale ones before reads."""
+
+    def __init__(self, nodes: Nodes) -> None:
+        super().__init__(nodes)
+        #: where this process alone writes (Dialect.one_writer): the combination of every
+        #: instruction, read at its first write of questions and kept by each write after
+        #: it (see before_questions)
+        self._asked: KeySet | None = None
 
     # ------------------------------------------------------------------ writes keep them
 
@@ -100,7 +105,7 @@ class Rollups(Part):
         below = list(self._read(partial(Q.sessions_below, self.d), session_ids, args, tx=tx))
         before.sessions = {r["id"]: r["subject"] for r in below}
         before.uncovered = {c: r["subject"] for r in below for c in r["open"] or () if c}
-        keys = list({k for k in before.keys.values() if k})
+        keys = self._maybe_asked({k for k in before.keys.values() if k})
         found: dict[str, str] = {}  # instruction with one of those keys -> its key
         parts = self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read) if keys else []
         for batch in batched(keys, self.nodes.bulk_batch_size):
@@ -111,6 +116,26 @@ class Rollups(Part):
             before.asked_by.add((i, found[i]))
             before.asked.update((s, found[i]) for s in subjects)
         return before
+
+    def _maybe_asked(self, keys: set[str]) -> list[str]:
+        """The keys among these that an instruction may carry already, which a write must
+        look up: a pass over every instruction's key (Q.asked_combos), 0.2-0.3 s at 1.2M
+        pairs and growing with the store, for each group of units a job writes.
+
+        Where this process alone writes, it keeps every key written (those of writes that
+        were rolled back too: a key looked up and not found costs only time), and only the
+        keys found there are looked up. They are read once, at its first write of
+        questions: 8 bytes a key (KeySet)."""
+        if not self.d.one_writer:
+            return sorted(keys)
+        if self._asked is None:
+            parts = self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read)
+            query = Q.combo_keys_of_subjects(self.d, every=True)
+            tables = (self.driver.table(query, part) for part in parts)
+            self._asked = KeySet.of_parts(t["key"] for t in tables if t.num_rows)
+        maybe = sorted(k for k in keys if k in self._asked)
+        self._asked.update(keys)
+        return maybe
 
     def questions_written(
         self,

@@ -217,3 +217,19 @@ def test_a_key_set_holds_combination_keys_in_eight_bytes_each() -> None:
     mine = found.copy()
     mine.update(["k9", keys[0]])
     assert "k9" in mine and "k9" not in found and len(mine) == len(found) + 1
+
+
+def test_keys_added_to_a_key_set_are_folded_into_its_array(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys added one at a time (a plan's draws, a store's writes) are held as integers and
+    folded into the sorted array as they grow, so a long-lived set stays 8 bytes a key."""
+    monkeypatch.setattr(KeySet, "fold_at", 100)
+    keys = [combo_key([f"c{i}"]) for i in range(1000)]
+    found = KeySet(keys[:400])
+    twin = found.copy()
+    found.update([*keys[400:], *keys[:10], "not a digest"])
+    assert len(found._more) <= 100 and len(found._values) >= 900  # folded
+    assert len(found) == 1001 and all(k in found for k in keys) and "not a digest" in found
+    assert found == {*keys, "not a digest"} and found == KeySet([*keys, "not a digest"])
+    assert len(twin) == 400 and keys[500] not in twin  # the copy kept its own array

@@ -213,6 +213,38 @@ def test_a_write_finds_the_combinations_asked_a_range_of_instructions_at_a_time(
     assert kept.counts["instructions"] == 280
 
 
+def test_a_write_of_new_combinations_reads_no_instructions_key(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding which of a write's combinations were asked costs a pass over every
+    instruction's key, for each group of units a job writes. Where one process writes,
+    it keeps the keys of every instruction and looks up only those it holds: a write of
+    new combinations reads none, one that repeats some reads them (and a write that was
+    rolled back leaves only keys looked up for nothing). The rollups add up either way."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        stats = store.syllabi.concept_stats(store.taxonomy.ids_in_scope(None, SUBJECT))
+        drawn = Sampler(stats, store.syllabi.index, seed=1).draw(300, Strategy.MIXED)
+        write_pairs(store, drawn[:100])
+        lost = drawn[100:150]
+        rows = [
+            {"id": node_id(INSTRUCTION, "lost", s.combo_key), "combo_key": s.combo_key}
+            for s in lost
+        ]
+        with pytest.raises(RuntimeError, match="rolled back"), store.driver.transaction() as tx:
+            store.instructions.write_instructions(rows, [], [], tx=tx)
+            raise RuntimeError("rolled back")
+        counter = QueryCounter()
+        monkeypatch.setattr(store.driver, "counter", counter)
+        asked = Q.asked_combos(store.driver.dialect)
+        write_pairs(store, drawn[150:])
+        assert asked not in counter.queries
+        write_pairs(store, drawn[:10] + lost)  # 10 asked before, 50 looked up for nothing
+        assert counter.queries.count(asked) == 1
+        kept, walked = store.coverage.report(None).total, store.coverage.report_by_walk(None).total
+    assert kept.combinations == walked.combinations and kept.counts == walked.counts
+    assert kept.counts["instructions"] == 300
+
+
 def test_a_write_again_reads_the_edges_already_there_id_by_id(
     filled: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -104,6 +104,7 @@ class LadybugDialect(Dialect):
     # end (0.2-0.4 s a call on a 1M-pair store, growing with it); `{id: $id}` is a key
     # lookup and a walk from it (under 1 ms).
     few_ids = 32
+    one_writer = True  # the database's lock (EmbeddedDriver.open)
 
     def join_order(self, order: str) -> str:
         # Left to itself, this engine answers a walk from a list of ids by hashing everything
