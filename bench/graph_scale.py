@@ -13,11 +13,12 @@ every syllabus and the combinations asked, and drawing the samples; a plain run 
 it too, on the empty store and after the pairs.
 
 With `--pairs`, the store grows in steps (a tenth, a fifth, half, all of it, or
-`--steps`), and each step reports what a growing store costs: the step's writes, the first
-coverage after them and the next, planning a 100k-question job, an export of every pair
-(in a process of its own: pairs/s and its peak memory) and the database's size. The rate
-of the last step's writes is set against the first's: a store that fills must not slow
-down as it grows.
+`--steps`), and each step reports what a growing store costs: the step's writes, what
+writing 64 pairs costs as a job's writer writes them (the step's last ten groups: the
+first, and their median), the first coverage after the writes and the next, planning a
+100k-question job, an export of every pair (in a process of its own: pairs/s and its peak
+memory) and the database's size. The rate of the last step's writes is set against the
+first's: a store that fills must not slow down as it grows.
 """
 
 from __future__ import annotations
@@ -263,6 +264,10 @@ def export_in_subprocess(config: StoreConfig, out: Path) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: a step's last pairs are written GROUPS times GROUP_PAIRS at a time, as a job's writer
+#: writes the units its workers finished (the first group, and the median of them)
+GROUP_PAIRS = 64
+GROUPS = 10
 #: targets of a run in steps, per step (see run_steps)
 STEP_TARGETS = {
     "coverage_cold_s": (1.0, "lower"),
@@ -315,16 +320,28 @@ def run_steps(args: argparse.Namespace) -> Results:
             for total in totals:
                 step: dict[str, Any] = {"pairs": total}
                 seconds = 0.0
-                while written < total:
-                    chunk = sampler.draw(min(100_000, total - written), Strategy.MIXED)
+                # the step's last pairs are written as a job writes them, a group at a time
+                tail = GROUP_PAIRS * GROUPS if total - written >= 2 * GROUP_PAIRS * GROUPS else 0
+                while written < total - tail:
+                    chunk = sampler.draw(min(100_000, total - tail - written), Strategy.MIXED)
                     if not chunk:
                         break
                     seconds += timed(partial(write_pairs, opened[0], chunk))[0]
                     written += len(chunk)
-                step["pairs"] = written
                 step["write_pairs_per_s"] = round(
                     (written - _before(steps)) / max(seconds, 1e-9), 1
                 )
+                groups: list[float] = []
+                while tail and written < total:
+                    chunk = sampler.draw(min(GROUP_PAIRS, total - written), Strategy.MIXED)
+                    if not chunk:
+                        break
+                    groups.append(timed(partial(write_pairs, opened[0], chunk))[0])
+                    written += len(chunk)
+                if groups:
+                    step["group_write_first_s"] = groups[0]
+                    step["group_write_s"] = sorted(groups)[len(groups) // 2]
+                step["pairs"] = written
                 step.update(_reads_after_writes(opened[0], samples_n))
                 opened[0].close()
                 if not args.no_export:

@@ -39,7 +39,14 @@ def test_graph_scale_in_steps_smoke() -> None:
     really done: the export of the last step holds every pair."""
     found = bench("graph_scale.py", "--scale", "0.001", "--pairs", "3000", "--steps", "0.5,1")
     for pairs in (1500, 3000):
-        for key in ("write_pairs_per_s", "coverage_cold_s", "plan_s", "export_pairs_per_s"):
+        for key in (
+            "write_pairs_per_s",
+            "group_write_first_s",
+            "group_write_s",
+            "coverage_cold_s",
+            "plan_s",
+            "export_pairs_per_s",
+        ):
             assert found[f"at_{pairs}_{key}"] > 0, (pairs, key)
         assert 0 < found[f"at_{pairs}_export_peak_rss_mb"] < 24 * 1024
     assert found["at_3000_export_s"] * found["at_3000_export_pairs_per_s"] == pytest.approx(
