@@ -82,6 +82,10 @@ class Dialect:
 class Tx(Protocol):
     def execute(self, query: str, params: Params | None = None) -> list[Row]: ...
 
+    def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
+        """GraphDriver.columns, in the transaction."""
+        ...
+
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         """Create nodes known to be new; rows carry every property of the kind."""
 

@@ -321,11 +321,12 @@ class Nodes:
         if query is None:
             raise ValueError("this engine has no node references")
         runner: Tx | GraphDriver = tx if tx is not None else self.driver
-        return {
-            int(r["ref"]): r["id"]
-            for batch in batched(list(dict.fromkeys(ids)), self.bulk_batch_size)
-            for r in runner.execute(query, {"ids": batch})
-        }
+        out: dict[int, str] = {}
+        for batch in batched(list(dict.fromkeys(ids)), self.bulk_batch_size):
+            # by column: 100k ids took 0.9 s row by row
+            found = runner.columns(query, {"ids": batch})
+            out.update(zip(map(int, found.get("ref", [])), found.get("id", []), strict=True))
+        return out
 
     def ranges(self, kind: NodeKind, step: int) -> list[dict[str, int]]:
         """The parameters of each part of a read over every node of `kind`, `step` nodes

@@ -233,8 +233,33 @@ class KeySet:
             self._values, self._more = self._all(), set()
 
     def update(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self.add(key)
+        """add, for many keys at once: their 64 bits made together, as KeySet makes them."""
+        values = _key_values(pa.array([k for k in keys if k], pa.string()))
+        if not len(values):
+            return
+        fresh = values[~self._holds(values)]
+        self._more.update(fresh.tolist())
+        if len(self._more) > max(self.fold_at, len(self._values) // 4):
+            self._values, self._more = self._all(), set()
+
+    def among(self, keys: Sequence[str]) -> list[str]:
+        """The keys of `keys` this set holds, in their order: `key in self` for many keys."""
+        keys = [k for k in keys if k]
+        if not keys:
+            return []
+        found = self._holds(_key_values(pa.array(keys, pa.string())))
+        return [k for k, held in zip(keys, found.tolist(), strict=True) if held]
+
+    def _holds(self, values: np.ndarray) -> np.ndarray:
+        """Whether each 64-bit value is in the set."""
+        at = np.searchsorted(self._values, values)
+        held = np.zeros(len(values), dtype=bool)
+        inside = at < len(self._values)
+        held[inside] = self._values[at[inside]] == values[inside]
+        if self._more:
+            more = np.fromiter(self._more, dtype=np.uint64, count=len(self._more))
+            held |= np.isin(values, more)
+        return held
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

@@ -133,7 +133,7 @@ class Rollups(Part):
             query = Q.combo_keys_of_subjects(self.d, every=True)
             tables = (self.driver.table(query, part) for part in parts)
             self._asked = KeySet.of_parts(t["key"] for t in tables if t.num_rows)
-        maybe = sorted(k for k in keys if k in self._asked)
+        maybe = sorted(self._asked.among(list(keys)))
         self._asked.update(keys)
         return maybe
 

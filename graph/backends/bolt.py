@@ -148,6 +148,16 @@ def _rows(result: neo4j.Result) -> list[Row]:
     return [{k: _plain(v) for k, v in record.items()} for record in result]
 
 
+def _columns(result: neo4j.Result) -> dict[str, list[Any]]:
+    """A result's plain values by column, every column present even when no row is."""
+    keys = list(result.keys())
+    out: dict[str, list[Any]] = {k: [] for k in keys}
+    for record in result:
+        for k in keys:
+            out[k].append(_plain(record[k]))
+    return out
+
+
 class _Tx:
     """One explicit transaction: what `BoltDriver.transaction()` yields."""
 
@@ -159,6 +169,11 @@ class _Tx:
         self._driver._count(query)
         with self._driver._errors(query):
             return _rows(self._tx.run(query, dict(params or {})))
+
+    def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
+        self._driver._count(query)
+        with self._driver._errors(query):
+            return _columns(self._tx.run(query, dict(params or {})))
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
@@ -271,13 +286,7 @@ class BoltDriver:
     def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
         self._count(query)
         with self._errors(query), self._session() as session:
-            result = session.run(query, dict(params or {}))
-            keys = list(result.keys())
-            out: dict[str, list[Any]] = {k: [] for k in keys}
-            for record in result:
-                for k in keys:
-                    out[k].append(_plain(record[k]))
-            return out
+            return _columns(session.run(query, dict(params or {})))
 
     def table(self, query: str, params: Params | None = None) -> pa.Table:
         return pa.table(self.columns(query, params))

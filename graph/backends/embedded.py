@@ -201,6 +201,10 @@ class _Tx:
     def execute(self, query: str, params: Params | None = None) -> list[Row]:
         return self._driver._run(query, params)
 
+    def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
+        table = self._driver._table(query, params, self._driver._conn)
+        return {name: table.column(name).to_pylist() for name in table.column_names}
+
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         self._driver._create_nodes(kind, rows)
 
