@@ -441,6 +441,16 @@ def syllabus_coverage(d: Dialect, one: bool = False, every: bool = False) -> str
     )
 
 
+def combo_keys_in_range(d: Dialect) -> str:
+    """The combination of each instruction from reference $lo up to $hi (Nodes.ranges), as
+    they come: what a process that alone writes keeps of them (Rollups._maybe_asked)."""
+    where = " AND ".join(subject_range(d, "i"))
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)}) {f'WHERE {where} ' if where else ''}"
+        "RETURN i.combo_key AS key"
+    )
+
+
 def combo_keys_of_subjects(d: Dialect, every: bool = False) -> str:
     """The combinations asked about in the subjects $ids, or those of every instruction with
     its subject: of the instructions from reference $lo up to $hi where the engine has node

@@ -130,7 +130,7 @@ class Rollups(Part):
             return sorted(keys)
         if self._asked is None:
             parts = self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read)
-            query = Q.combo_keys_of_subjects(self.d, every=True)
+            query = Q.combo_keys_in_range(self.d)
             tables = (self.driver.table(query, part) for part in parts)
             self._asked = KeySet.of_parts(t["key"] for t in tables if t.num_rows)
         maybe = sorted(self._asked.among(list(keys)))
