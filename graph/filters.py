@@ -1,6 +1,6 @@
 """Which instructions a listing keeps: a plain value the store turns into a WHERE clause.
 
-It lives in graph/ because the database applies it (graph/queries.py renders the conditions,
+It lives in graph/ because the database applies it (graph/queries renders the conditions,
 every value a parameter), so a page of a large scope never reads what it then throws away.
 """
 
