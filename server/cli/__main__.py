@@ -1,0 +1,5 @@
+"""`python -m server.cli`: the `glan` command."""
+
+from . import main
+
+main()
