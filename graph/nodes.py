@@ -20,6 +20,7 @@ from . import queries as Q
 from .driver import GraphDriver, Row, Tx, batched
 from .errors import InvalidInput
 from .model import (
+    INSTRUCTION,
     SUBJECT,
     NodeKind,
     RelKind,
@@ -337,6 +338,14 @@ class Nodes:
             return [{}]
         end = int(self.driver.execute(query)[0]["n"] or 0)
         return [{"lo": lo, "hi": lo + step} for lo in range(0, max(end, 1), step)]
+
+    def every_instruction(self, query: str) -> Iterator[pa.Table]:
+        """The Arrow tables of a read over every instruction (a query over references $lo up
+        to $hi), `instructions_per_read` at a time, those with rows."""
+        for part in self.ranges(INSTRUCTION, self.instructions_per_read):
+            table = self.driver.table(query, part)
+            if table.num_rows:
+                yield table
 
     def every_subject(
         self,

@@ -226,29 +226,26 @@ class KeySet:
         if not key:
             return
         value = _key_value(key)
-        if self._has(value):
-            return
-        self._more.add(int(value))
-        if len(self._more) > max(self.fold_at, len(self._values) // 4):
-            self._values, self._more = self._all(), set()
+        if not self._has(value):
+            self._more.add(int(value))
+            self._fold_if_grown()
 
-    def update(self, keys: Iterable[str]) -> None:
-        """add, for many keys at once: their 64 bits made together, as KeySet makes them."""
-        values = _key_values(pa.array([k for k in keys if k], pa.string()))
-        if not len(values):
-            return
-        fresh = values[~self._holds(values)]
-        self._more.update(fresh.tolist())
-        if len(self._more) > max(self.fold_at, len(self._values) // 4):
-            self._values, self._more = self._all(), set()
-
-    def among(self, keys: Sequence[str]) -> list[str]:
-        """The keys of `keys` this set holds, in their order: `key in self` for many keys."""
-        keys = [k for k in keys if k]
-        if not keys:
+    def update(self, keys: Iterable[str]) -> list[str]:
+        """add, for many keys at once (their 64 bits made together, as KeySet makes them);
+        the keys it held already, in their order."""
+        given = [k for k in keys if k]
+        if not given:
             return []
-        found = self._holds(_key_values(pa.array(keys, pa.string())))
-        return [k for k, held in zip(keys, found.tolist(), strict=True) if held]
+        values = _key_values(pa.array(given, pa.string()))
+        held = self._holds(values)
+        self._more.update(values[~held].tolist())
+        self._fold_if_grown()
+        return [k for k, h in zip(given, held.tolist(), strict=True) if h]
+
+    def _fold_if_grown(self) -> None:
+        """Fold the keys added one by one into the array, once they are many (fold_at)."""
+        if len(self._more) > max(self.fold_at, len(self._values) // 4):
+            self._values, self._more = self._all(), set()
 
     def _holds(self, values: np.ndarray) -> np.ndarray:
         """Whether each 64-bit value is in the set."""

@@ -129,13 +129,9 @@ class Rollups(Part):
         if not self.d.one_writer:
             return sorted(keys)
         if self._asked is None:
-            parts = self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read)
-            query = Q.combo_keys_in_range(self.d)
-            tables = (self.driver.table(query, part) for part in parts)
-            self._asked = KeySet.of_parts(t["key"] for t in tables if t.num_rows)
-        maybe = sorted(self._asked.among(list(keys)))
-        self._asked.update(keys)
-        return maybe
+            every = self.nodes.every_instruction(Q.combo_keys_in_range(self.d))
+            self._asked = KeySet.of_parts(t["key"] for t in every)
+        return sorted(self._asked.update(keys))  # those held before these were added
 
     def questions_written(
         self,

@@ -24,7 +24,6 @@ from .model import (
     CHILD_REL,
     CONCEPT,
     HIERARCHY,
-    INSTRUCTION,
     SESSION,
     SUBJECT,
     Source,
@@ -309,14 +308,9 @@ class Syllabi(Part):
         # embedded engine's page cache past 128 MB at 1M pairs, however few they were.
         if self.nodes.has_refs or self.nodes.reads_whole(ids):
             wanted = pa.array(ids, pa.string())
-            every = (
-                self.driver.table(Q.combo_keys_of_subjects(self.d, every=True), part)
-                for part in self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read)
-            )
+            every = self.nodes.every_instruction(Q.combo_keys_of_subjects(self.d, every=True))
             return KeySet.of_parts(
-                t.filter(pc.is_in(t["subject"], value_set=wanted))["key"]
-                for t in every
-                if t.num_rows
+                t.filter(pc.is_in(t["subject"], value_set=wanted))["key"] for t in every
             )
         tables = (
             self.driver.table(Q.combo_keys_of_subjects(self.d), {"ids": batch})

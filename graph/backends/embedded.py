@@ -194,6 +194,11 @@ class Slots:
                 self._changed.notify_all()
 
 
+def _by_column(table: pa.Table) -> dict[str, list[Any]]:
+    """An Arrow table as one list of plain values per column (GraphDriver.columns)."""
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
 class _Tx:
     def __init__(self, driver: EmbeddedDriver) -> None:
         self._driver = driver
@@ -202,8 +207,7 @@ class _Tx:
         return self._driver._run(query, params)
 
     def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
-        table = self._driver._table(query, params, self._driver._conn)
-        return {name: table.column(name).to_pylist() for name in table.column_names}
+        return _by_column(self._driver._table(query, params, self._driver._conn))
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
         self._driver._create_nodes(kind, rows)
@@ -406,8 +410,7 @@ class EmbeddedDriver:
             return self._run(query, params)
 
     def columns(self, query: str, params: Params | None = None) -> dict[str, list[Any]]:
-        table = self.table(query, params)
-        return {name: table.column(name).to_pylist() for name in table.column_names}
+        return _by_column(self.table(query, params))
 
     def table(self, query: str, params: Params | None = None) -> pa.Table:
         if self._apart(query):
