@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import math
 import random
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ import numpy as np
 from graph.combinations import MAX_CONCEPTS
 from graph.errors import InvalidInput
 from graph.model import stable_hash
-from graph.records import KeySet, SyllabusIndex
+from graph.records import Ids, KeySet, SyllabusIndex
 from graph.store import Store
 
 #: tries for a combination not seen before, per draw, before giving the draw up
@@ -75,7 +76,7 @@ class _Subject:
 
     __slots__ = ("id", "first", "n", "fresh", "left")
 
-    def __init__(self, subject_id: str, first: int, n: int, uncovered: list[int]) -> None:
+    def __init__(self, subject_id: str, first: int, n: int, uncovered: Sequence[int]) -> None:
         self.id = subject_id
         self.first = first
         self.n = n
@@ -129,21 +130,24 @@ class Sampler:
         self.existing: KeySet | set[str] = (
             existing_keys if isinstance(existing_keys, KeySet) else set(existing_keys)
         )
-        #: never drawn: what this sampler drew, and taken_keys (a job's plan so far)
-        self.drawn: set[str] = set(taken_keys)
+        #: never drawn: what this sampler drew, and taken_keys (a job's plan so far); 8
+        #: bytes a key (a set of their strings took 110 MB per 1M draws)
+        self.drawn = KeySet()
+        self.drawn.update(taken_keys)
         self.all_ids = sorted(s for s, (n, _) in subjects.items() if n > 0)
         self.open_ids = [s for s in self.all_ids if subjects[s][1] < subjects[s][0]]
         self._open = set(self.open_ids)
         self._cache: dict[str, _Subject] = {}
         self.given_up = 0
         # The syllabi read so far, flat and in syllabus order (as SyllabusIndex has them):
-        # a sample is drawn as indices into these lists.
-        self.session_ids: list[str] = []
-        self.concept_start: list[int] = [0]  # session i's concepts: [start[i], start[i + 1])
-        self.uncovered: list[int] = []  # per session, its concepts no instruction covers
-        self.concept_ids: list[str] = []
-        self.session_of: list[int] = []  # per concept, its session
-        self.covered: list[int] = []  # per concept, the instructions covering it
+        # a sample is drawn as indices into these. Ids and arrays of machine integers, not
+        # lists of Python objects: a whole GLAN-scale store's 1.9M concepts took 300 MB so.
+        self.session_ids = Ids()
+        self.concept_start = array("q", [0])  # session i's concepts: [start[i], start[i + 1])
+        self.uncovered = array("q")  # per session, its concepts no instruction covers
+        self.concept_ids = Ids()
+        self.session_of = array("q")  # per concept, its session
+        self.covered = array("q")  # per concept, the instructions covering it
 
     def _subjects(self, ids: Sequence[str]) -> list[_Subject]:
         missing = [i for i in dict.fromkeys(ids) if i not in self._cache]
@@ -158,13 +162,15 @@ class Sampler:
         sessions, concepts = len(self.session_ids), len(self.concept_ids)
         starts = np.asarray(index.concept_start, dtype=np.int64)
         sizes = np.diff(starts)
-        fresh = (np.asarray(index.covered, dtype=np.int64) == 0).astype(np.int64)
-        self.session_ids += index.session_ids
-        self.concept_start += (starts[1:] + concepts).tolist()
-        self.uncovered += np.add.reduceat(fresh, starts[:-1]).tolist() if len(sizes) else []
-        self.concept_ids += index.concept_ids
-        self.session_of += np.repeat(np.arange(len(sizes)) + sessions, sizes).tolist()
-        self.covered += index.covered
+        covered = np.asarray(index.covered, dtype=np.int64)
+        fresh = (covered == 0).astype(np.int64)
+        self.session_ids.extend(index.session_ids)
+        self.concept_start.frombytes((starts[1:] + concepts).tobytes())
+        if len(sizes):
+            self.uncovered.frombytes(np.add.reduceat(fresh, starts[:-1]).tobytes())
+        self.concept_ids.extend(index.concept_ids)
+        self.session_of.frombytes(np.repeat(np.arange(len(sizes)) + sessions, sizes).tobytes())
+        self.covered.frombytes(covered.tobytes())
         bounds = index.session_start
         for i, sid in enumerate(index.subject_ids):
             first = sessions + bounds[i]
@@ -486,14 +492,16 @@ class CoveragePlanner:
         self.basic_ratio = basic_ratio
         self.until_share = until_share
         self.taken: KeySet | set[str] = asked.copy() if isinstance(asked, KeySet) else set(asked)
-        planned = planned or {}
-        self.count = [
-            k + planned.get(c, 0) for c, k in zip(index.concept_ids, index.covered, strict=True)
-        ]
+        # machine integers, not lists of Python ones: at GLAN scale 1.9M of each
+        self.count = array("q", np.asarray(index.covered, dtype=np.int64).tobytes())
+        if planned:
+            for c, concept in enumerate(index.concept_ids):
+                self.count[c] += planned.get(concept, 0)
         n = len(index.session_ids)
-        self.session_of = np.repeat(np.arange(n), np.diff(index.concept_start)).tolist()
-        #: concepts the plan means to raise; given up ones leave it
-        self.wanted = [k < target for k in self.count]
+        sizes: np.ndarray = np.diff(np.asarray(index.concept_start, dtype=np.int64))
+        self.session_of = array("q", np.repeat(np.arange(n, dtype=np.int64), sizes).tobytes())
+        #: concepts the plan means to raise (1) or not (0); given up ones leave it
+        self.wanted = bytearray((np.frombuffer(self.count, dtype=np.int64) < target).tobytes())
         self.given_up = 0
 
     # ------------------------------------------------------------------ the plan
@@ -547,7 +555,7 @@ class CoveragePlanner:
         ix, count, target = self.index, self.count, self.target
         total = len(count)
         need = math.ceil(self.until_share * total - 1e-9) - sum(k >= target for k in count)
-        keep = [False] * total
+        keep = bytearray(total)
         for i in order:
             if need <= 0:
                 break
@@ -555,7 +563,7 @@ class CoveragePlanner:
             hi = ix.concept_start[ix.session_start[i + 1]]
             for c in range(lo, hi):
                 if need > 0 and count[c] < target:
-                    keep[c] = True
+                    keep[c] = 1
                     need -= 1
         self.wanted = keep
 
@@ -599,7 +607,7 @@ class CoveragePlanner:
     def _give_up(self, concepts: Iterable[int]) -> None:
         for c in concepts:
             if self.wanted[c]:
-                self.wanted[c] = False
+                self.wanted[c] = 0
                 self.given_up += 1
 
     def _draw(

@@ -34,6 +34,7 @@ from .model import (
 from .nodes import Nodes, Part
 from .records import (
     ConceptView,
+    Ids,
     KeySet,
     SessionView,
     SyllabusIndex,
@@ -287,13 +288,13 @@ class Syllabi(Part):
         del order
         pool.release_unused()
         return SyllabusIndex(
-            subject_ids=subject.to_pylist(),
+            subject_ids=Ids.of_arrow(subject),
             session_start=np.r_[np.searchsorted(new_session, new_subject), len(new_session)]
             .astype(int)
             .tolist(),
-            session_ids=session.to_pylist(),
+            session_ids=Ids.of_arrow(session),
             concept_start=np.r_[new_session, len(concept)].astype(int).tolist(),
-            concept_ids=concept.to_pylist(),
+            concept_ids=Ids.of_arrow(concept),
             covered=covered.to_pylist(),
         )
 
