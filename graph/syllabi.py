@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from . import queries as Q
 from .driver import Tx, batched
+from .memory import give_back
 from .model import (
     CHILD_REL,
     CONCEPT,
@@ -206,11 +207,11 @@ class Syllabi(Part):
         Arrow's allocator would keep what the sorting and joining freed for its next
         allocation: 600 MB for the 1.9M concepts of a GLAN-scale store, which a process
         that plans a job and then serves or writes for hours would carry along. It is
-        handed back to the system once the index is made."""
+        handed back to the system once the index is made (graph/memory.py)."""
         try:
             return self._index(subject_ids)
         finally:
-            pa.default_memory_pool().release_unused()
+            give_back()
 
     def _index(self, subject_ids: Sequence[str]) -> SyllabusIndex:
         """Syllabi.index, whose arrays are all freed when it returns.

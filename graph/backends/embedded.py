@@ -33,6 +33,7 @@ from .. import queries as Q
 from ..config import DEFAULT_BUFFER_POOL_MB
 from ..driver import Dialect, Params, QueryCounter, Row, called_ahead
 from ..errors import QueryError, StoreLocked, StoreMemoryExceeded, StoreSetAside
+from ..memory import Moved, give_back
 from ..model import NODE_KINDS, REL_KINDS, NodeKind, RelKind
 
 #: From this many rows on, creates go through COPY FROM an Arrow table: many times faster
@@ -73,6 +74,17 @@ def is_read(query: str) -> bool:
 
 def _pool_full(exc: RuntimeError) -> bool:
     return _POOL_FULL in str(exc).lower()
+
+
+def _rows_in(params: Params) -> int:
+    """The rows a statement's parameters bind: its lists' and Arrow tables' lengths."""
+    found = 0
+    for value in params.values():
+        if isinstance(value, pa.Table):
+            found += value.num_rows
+        elif isinstance(value, (list, tuple)):
+            found += len(value)
+    return found
 
 
 def _memory_error(exc: RuntimeError, buffer_mb: int) -> StoreMemoryExceeded:
@@ -265,6 +277,8 @@ class EmbeddedDriver:
         self._reading = 0
         self._alone = False
         self._writes = 0
+        #: rows bound to statements and read from them, to give freed memory back by
+        self.moved = Moved()
 
     def _connect(self) -> Any:
         conn = ladybug.Connection(self._db)
@@ -365,6 +379,8 @@ class EmbeddedDriver:
             raise QueryError(f"{exc} (query: {query[:200]})") from exc
         finally:
             self._forget_prepared(params, conn)
+            if params:
+                self.moved.add(_rows_in(params))
         if conn is self._conn and self._tx_owner is None and not is_read(query):
             self._writes += 1
         return result[-1] if isinstance(result, list) else result
@@ -395,6 +411,7 @@ class EmbeddedDriver:
             types = result.get_column_data_types()
         finally:
             result.close()  # at once, not whenever the collector gets to it
+        self.moved.add(len(rows))
         # Only columns holding nodes or relationships need their engine-internal keys
         # dropped; checking the column types once spares a call per value of a large read.
         graph_cols = [c for c, t in zip(cols, types, strict=True) if t.startswith(("NODE", "REL"))]
@@ -424,6 +441,7 @@ class EmbeddedDriver:
             table: pa.Table = result.get_as_arrow(chunk_size=-1)
         finally:
             result.close()
+        self.moved.add(table.num_rows)
         return table
 
     def create_nodes(self, kind: NodeKind, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -533,3 +551,4 @@ class EmbeddedDriver:
                     break
             self._conn.close()
             self._db.close()
+        give_back()
