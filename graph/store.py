@@ -13,8 +13,9 @@ Everything outside graph/ reaches the database through a `Store`, by concern:
 
 The records they take and return (Node, CoverageReport, SyllabusIndex, ...) are in
 graph/records.py; every Cypher text is in graph/queries/ (a module per concern, as here);
-how an engine is spoken to, and its tuning, is in graph/backends/. The store knows the GLAN
-hierarchy, review states and deterministic ids; it never asks which engine it runs on.
+how an engine is spoken to, and its tuning, is in graph/backends/; handing freed memory
+back to the system, in graph/memory.py. The store knows the GLAN hierarchy, review states
+and deterministic ids; it never asks which engine it runs on.
 """
 
 from __future__ import annotations
