@@ -6,8 +6,8 @@ over heaps that the next large call does not reuse whole. A GLAN-scale benchmark
 held 550 MB so, more than its store's page cache, before planning a job over the whole
 store; planning then peaked at 2.15 GB, and at 1.6 GB when the allocator had handed that
 back first. So the embedded driver calls `give_back` after every `ROWS` rows it has moved
-(bound to its statements or read from them), and the store after its largest reads. It
-costs about a millisecond, and 30 ms when it returns 300 MB.
+(bound to its statements or read from them) and when it closes, and a syllabus index once
+it is made. It costs about a millisecond, and 30 ms when it returns 300 MB.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ class Moved:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows = 0
-        #: times give_back was called
-        self.given = 0
 
     def add(self, rows: int) -> None:
         with self._lock:
@@ -63,6 +61,5 @@ class Moved:
             due = self._rows >= ROWS
             if due:
                 self._rows = 0
-                self.given += 1
         if due:
             give_back()

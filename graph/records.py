@@ -191,9 +191,11 @@ class Ids(Sequence[str]):
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        ends = self._ends
+        ends, n = self._ends, len(self._ends) - 1
+        if not -n <= i < n:
+            raise IndexError("Ids index out of range")
         if i < 0:
-            i += len(ends) - 1
+            i += n
         return self._data[ends[i] : ends[i + 1]].decode()
 
     def __iter__(self) -> Iterator[str]:

@@ -250,8 +250,9 @@ def test_ids_hold_strings_as_one_buffer_and_read_back_as_a_list_does() -> None:
     more.append("z")
     more.extend(iter(["y"]))
     assert more == ["a", "bc", *expected, "z", "y"] and more != ["a"] and more == Ids(more)
-    with pytest.raises(IndexError):
-        ids[len(ids)]
+    for outside in (len(ids), -len(ids) - 1):
+        with pytest.raises(IndexError):
+            ids[outside]
     assert Ids.of_arrow(pa.array([], pa.string())) == [] == Ids()
 
 
