@@ -88,8 +88,9 @@ class Rollups(Part):
     ) -> Before:
         """What a write of instructions must read before it writes, to know what it changes:
         two grouped reads whatever the size of the batch. The visible sessions asked from,
-        with their subjects and their visible concepts no instruction covers yet; and the
-        instructions already asked with one of the batch's combinations.
+        with their subjects and their visible concepts no instruction covers yet (walked only
+        for subjects whose current rollup leaves some uncovered); and the instructions
+        already asked with one of the batch's combinations.
 
         An instruction covers concepts of the sessions it is asked from (the model's rule,
         which the stages keep): a concept first covered here counts when it is under one
@@ -102,8 +103,13 @@ class Rollups(Part):
         before.keys = {str(r["id"]): str(k) if (k := r.get("combo_key")) else None for r in rows}
         before.sets_keys = bool(rows) and "combo_key" in rows[0]  # rows share their keys
         session_ids = list(dict.fromkeys(s for _, s in sessions))
-        below = list(self._read(partial(Q.sessions_below, self.d), session_ids, args, tx=tx))
-        before.sessions = {r["id"]: r["subject"] for r in below}
+        asked_from = self._read(partial(Q.session_subjects, self.d), session_ids, args, tx=tx)
+        walk: list[str] = []  # the sessions of subjects with open concepts, walked to them
+        for r in asked_from:
+            before.sessions[r["id"]] = r["subject"]
+            if not r["full"]:
+                walk.append(r["id"])
+        below = self._read(partial(Q.sessions_below, self.d), walk, args, tx=tx) if walk else ()
         before.uncovered = {c: r["subject"] for r in below for c in r["open"] or () if c}
         keys = self._maybe_asked({k for k in before.keys.values() if k})
         found: dict[str, str] = {}  # instruction with one of those keys -> its key

@@ -16,7 +16,7 @@ import ladybug
 import pytest
 
 from bench.graph_scale import build, write_pairs
-from generators.sampling import Sampler, Strategy
+from generators.sampling import Sampler, Strategy, plan_coverage
 from graph import memory
 from graph import queries as Q
 from graph.backends import embedded
@@ -275,6 +275,42 @@ def test_a_write_of_new_combinations_reads_no_instructions_key(
         kept, walked = store.coverage.report(None).total, store.coverage.report_by_walk(None).total
     assert kept.combinations == walked.combinations and kept.counts == walked.counts
     assert kept.counts["instructions"] == 300
+
+
+def test_a_write_walks_to_open_concepts_only_under_subjects_that_have_some(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write of questions walked every concept of the sessions asked from, to find those
+    it covers first: 1.2 s for 60,000 sessions at 1M pairs and 2.2 s at 10M, where every
+    concept was covered already. Under a subject whose current rollup counts every concept
+    covered none is open, and only the sessions of other subjects are walked. The rollups
+    still add up to a walk of everything."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        subjects = store.taxonomy.ids_in_scope(None, SUBJECT)
+        write_pairs(store, plan_coverage(store, subjects, target=1, seed=1).samples)
+        total = store.coverage.report(None).total
+        assert total.covered_concepts == total.counts["concepts"] == 2000
+        d = store.driver.dialect
+        walks = {Q.sessions_below(d, one=flag) for flag in (True, False)}
+        counter = QueryCounter()
+        monkeypatch.setattr(store.driver, "counter", counter)
+        stats = store.syllabi.concept_stats(subjects)
+        more = Sampler(stats, store.syllabi.index, seed=5, prefer_uncovered=False).draw(50)
+        write_pairs(store, more)
+        assert Q.session_subjects(d, one=False) in counter.queries
+        assert not walks & set(counter.queries)
+        # a concept added below a session: its subject has one open again
+        subject = store.taxonomy.paths_of(subjects[0])[0]
+        session = store.taxonomy.children(subject)[0]
+        fresh = store.taxonomy.add_node(session.path, CONCEPT, "a concept added later")
+        stats = store.syllabi.concept_stats(subjects[:1])
+        drawn = Sampler(stats, store.syllabi.index, seed=6).draw_shares({subjects[0]: 3})
+        assert fresh.id in {c for s in drawn for c in s.concept_ids}
+        write_pairs(store, drawn)
+        assert walks & set(counter.queries)
+        kept, walked = store.coverage.report(None).total, store.coverage.report_by_walk(None).total
+    assert kept.covered_concepts == walked.covered_concepts == 2001
+    assert kept.combinations == walked.combinations and kept.counts == walked.counts
 
 
 def test_a_write_again_reads_the_edges_already_there_id_by_id(
