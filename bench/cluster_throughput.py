@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import MemoryWatch  # noqa: E402
 from graph.config import StoreConfig  # noqa: E402
 from graph.store import Store  # noqa: E402
 from tests.conftest import SMALL_TAXONOMY  # noqa: E402
@@ -207,7 +208,7 @@ def main() -> None:
     prepare(template / "p.lbug", max(10, args.pairs // 100))
     found: dict[str, float] = {}
     try:
-        with stub_process() as base_url:
+        with MemoryWatch() as watch, stub_process() as base_url:
             found["stub_ceiling_req_per_s"] = ceiling(
                 base_url, max(1000, args.pairs), args.concurrency
             )
@@ -216,6 +217,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     found["ray_to_live"] = found["ray_pairs_per_s"] / found["live_pairs_per_s"]
+    found.update(watch.figures())  # the workers and the stub are children of this process
     print(f"{'measure':<36}{'value':>12}")
     for key, value in found.items():
         print(f"{key:<36}{value:>12,.3f}")

@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.memory import MemoryWatch  # noqa: E402
 from generators.cleaning import ContainmentIndex, NgramIndex, normalize  # noqa: E402
 
 VOCABULARY = 20_000
@@ -114,9 +115,11 @@ def main() -> None:
     parser.add_argument("--naive-pairs", type=int, default=100, help="pairs the plain search scans")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rows = [
-        run(int(n), args.pairs, args.naive_pairs, args.seed) for n in args.benchmarks.split(",")
-    ]
+    with MemoryWatch() as watch:
+        rows = [
+            run(int(n), args.pairs, args.naive_pairs, args.seed) for n in args.benchmarks.split(",")
+        ]
+    memory = watch.figures()
     print(f"{'measure':<28}" + "".join(f"{r['benchmark_texts']:>14,}" for r in rows))
     for key in (
         "pairs",
@@ -130,7 +133,9 @@ def main() -> None:
         "agrees_with_naive",
     ):
         print(f"{key:<28}" + "".join(f"{r[key]!s:>14}" for r in rows))
-    result: dict[str, Any] = {"bench": "decontamination", "runs": rows}
+    for key, value in memory.items():
+        print(f"{key:<28}{value:>14,.1f}")
+    result: dict[str, Any] = {"bench": "decontamination", "runs": rows, **memory}
     for r in rows:
         n = r["benchmark_texts"]
         result[f"at_{n}_containment_pairs_per_s"] = r["containment_pairs_per_s"]

@@ -179,6 +179,7 @@ def test_decontamination_smoke() -> None:
         assert run["found"] >= run["planted"] > 0 and run["agrees_with_naive"], run
         for key in ("containment_pairs_per_s", "ngram_pairs_per_s", "naive_pairs_per_s"):
             assert run[key] > 0, key
+    assert found["tree_peak_rss_mb"] >= found["peak_rss_mb"] > 0  # the whole process's
 
 
 def test_batch_roundtrip_smoke() -> None:
@@ -224,6 +225,9 @@ def test_cluster_throughput_smoke() -> None:
     assert found["live_pairs"] == found["ray_pairs"] == 20
     for key in ("stub_ceiling_req_per_s", "live_pairs_per_s", "ray_pairs_per_s", "ray_to_live"):
         assert found[key] > 0, key
+    # the whole tree's peak: this process, the stub and the workers it starts
+    assert found["tree_peak_rss_mb"] >= found["peak_rss_mb"] > 0
+    assert found["children_peak_rss_mb"] > 0
 
 
 def test_graph_scale_reports_the_steps_before_the_one_the_store_refused(
