@@ -132,8 +132,7 @@ class Sampler:
         )
         #: never drawn: what this sampler drew, and taken_keys (a job's plan so far); 8
         #: bytes a key (a set of their strings took 110 MB per 1M draws)
-        self.drawn = KeySet()
-        self.drawn.update(taken_keys)
+        self.drawn = KeySet(taken_keys)
         self.all_ids = sorted(s for s, (n, _) in subjects.items() if n > 0)
         self.open_ids = [s for s in self.all_ids if subjects[s][1] < subjects[s][0]]
         self._open = set(self.open_ids)
