@@ -4,6 +4,7 @@ and a process that keeps running statements stays within the bound."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -149,6 +150,98 @@ def test_the_embedded_driver_gives_freed_memory_back_as_rows_move(
         driver.table("UNWIND range(1, 2500) AS x RETURN x")
         assert given == ["moved", "moved"]  # one call gives back once
     assert given[-1] == "closed"
+
+
+def test_a_writing_process_opens_the_database_again_after_many_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine keeps memory for what a process wrote (60-80 MB per 100k pairs) until the
+    database closes. After embedded.RENEW_ROWS rows written, the driver closes it and opens
+    it again between two writes; reads on other threads go on throughout and never see a
+    count go back."""
+    monkeypatch.setattr(embedded, "RENEW_ROWS", 1000)
+    with Store.open(StoreConfig(db_path=tmp_path / "glan.lbug")) as store:
+        driver = store.driver
+        assert isinstance(driver, EmbeddedDriver)
+        stop = threading.Event()
+        seen: list[list[int]] = [[] for _ in range(3)]
+        failed: list[BaseException] = []
+
+        def read(into: list[int]) -> None:
+            while not stop.is_set():
+                try:
+                    into.append(store.nodes.count_kind(CONCEPT))
+                except BaseException as exc:  # noqa: BLE001 - the test reports it
+                    failed.append(exc)
+                    return
+
+        readers = [threading.Thread(target=read, args=(into,)) for into in seen]
+        for reader in readers:
+            reader.start()
+        try:
+            for batch in range(10):
+                store.nodes.bulk_load(
+                    CONCEPT,
+                    [
+                        {"id": f"c{batch}-{i}", "name": f"c {batch} {i}", "key": f"c{batch}-{i}"}
+                        for i in range(600)
+                    ],
+                )
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(30)
+        assert failed == []
+        assert driver.renewals == 5 and driver.written == 0  # every 1,200 rows
+        assert all(counts and counts == sorted(counts) for counts in seen)
+        assert store.nodes.count_kind(CONCEPT) == 6000
+
+
+OPEN_SAME = """
+import sys
+sys.path.insert(0, {root!r})
+from graph.backends.embedded import EmbeddedDriver
+
+EmbeddedDriver({db!r}).close()
+print("opened")
+"""
+
+
+def test_no_other_process_opens_the_database_while_it_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database is closed and opened again the engine's lock is let go; glan's
+    own lock beside it keeps another glan process out, and says which process holds it."""
+    root = str(Path(__file__).resolve().parents[1])
+    db = tmp_path / "glan.lbug"
+    tried: list[subprocess.CompletedProcess[str]] = []
+    with Store.open(StoreConfig(db_path=db)) as store:
+        driver = store.driver
+        assert isinstance(driver, EmbeddedDriver)
+        open_again = driver._open
+
+        def others_try_first() -> Any:
+            code = OPEN_SAME.format(root=root, db=str(db))
+            tried.append(
+                subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+                )
+            )
+            return open_again()
+
+        monkeypatch.setattr(driver, "_open", others_try_first)
+        store.taxonomy.add_node(None, FIELD, "Before")
+        driver.renew()
+        store.taxonomy.add_node(None, FIELD, "After")
+        assert store.nodes.count_kind(FIELD) == 2
+    assert "opened" not in tried[0].stdout
+    assert "already open in another process" in tried[0].stderr
+    assert f"held by process {os.getpid()}" in tried[0].stderr
+    # closed, it is free again
+    code = OPEN_SAME.format(root=root, db=str(db))
+    after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert after.stdout.strip() == "opened", after.stderr[-2000:]
 
 
 def test_memory_is_given_back_to_the_system_on_this_machine() -> None:
