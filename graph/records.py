@@ -250,20 +250,25 @@ class KeySet:
     where a set of a GLAN-scale store's strings took about 110 MB at 1M pairs and would
     take ten times that at 10M. Two keys sharing those 64 bits (about one chance in 10^8
     for a draw against 10M keys) count as one: a combination taken for asked is not drawn,
-    which is all a plan does with it. Keys added later (a plan's own draws) go to a set of
-    those integers, folded into the array as it grows. A key that is not such a digest is
-    hashed to 64 bits instead."""
+    which is all a plan does with it. Keys added later go to a second sorted array (those
+    added many at once: the questions a write stores) or to a set of those integers (those
+    added one at a time: a plan's own draws), folded into the big array as they grow. A key
+    that is not such a digest is hashed to 64 bits instead."""
 
-    __slots__ = ("_values", "_more")
+    __slots__ = ("_values", "_added", "_more")
 
-    #: keys added one at a time are folded into the array past this many, or past a quarter
-    #: of the array's: sorting them in costs a sort of the array, a few times in all
+    #: keys added one at a time are sorted into the added ones past this many (a set holds
+    #: about 90 bytes a key)
     fold_at = 65_536
+    #: the added ones are folded into the array past this share of it: sorting them in costs
+    #: a sort of the array, a few times in all
+    fold_share = 4
 
     def __init__(self, keys: pa.Array | pa.ChunkedArray | Iterable[str] = ()) -> None:
         if not isinstance(keys, (pa.Array, pa.ChunkedArray)):
             keys = pa.array([k for k in keys if k], pa.string())
         self._values = _distinct(_key_values(keys))
+        self._added = self._values[:0]
         self._more: set[int] = set()
 
     @classmethod
@@ -272,6 +277,7 @@ class KeySet:
         found = KeySet()
         values = [_key_values(part) for part in parts]
         found._values = _distinct(np.concatenate(values)) if values else found._values
+        found._added = found._values[:0]
         return found
 
     def __contains__(self, key: object) -> bool:
@@ -282,15 +288,20 @@ class KeySet:
     def _has(self, value: np.uint64) -> bool:
         if int(value) in self._more:
             return True
-        at = np.searchsorted(self._values, value)
-        return bool(at < len(self._values) and self._values[at] == value)
+        return any(
+            bool(at < len(held) and held[at] == value)
+            for held in (self._values, self._added)
+            for at in (np.searchsorted(held, value),)
+        )
 
     def __len__(self) -> int:
-        return len(self._values) + len(self._more)
+        return len(self._values) + len(self._added) + len(self._more)
 
     def _all(self) -> np.ndarray:
         more = np.fromiter(self._more, dtype=np.uint64, count=len(self._more))
-        return _distinct(np.concatenate([self._values, more])) if len(more) else self._values
+        if not len(more) and not len(self._added):
+            return self._values
+        return _distinct(np.concatenate([self._values, self._added, more]))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, KeySet):
@@ -305,7 +316,7 @@ class KeySet:
         """A KeySet with these keys whose additions are its own (the array is shared: a fold
         makes a new one)."""
         twin = KeySet()
-        twin._values, twin._more = self._values, set(self._more)
+        twin._values, twin._added, twin._more = self._values, self._added, set(self._more)
         return twin
 
     def add(self, key: str) -> None:
@@ -324,21 +335,29 @@ class KeySet:
             return []
         values = _key_values(pa.array(given, pa.string()))
         held = self._holds(values)
-        self._more.update(values[~held].tolist())
+        new = _distinct(values[~held])
+        # merged in, not sorted again: a copy of what was added, a few ms at its largest
+        self._added = np.insert(self._added, np.searchsorted(self._added, new), new)
         self._fold_if_grown()
         return [k for k, h in zip(given, held.tolist(), strict=True) if h]
 
     def _fold_if_grown(self) -> None:
-        """Fold the keys added one by one into the array, once they are many (fold_at)."""
-        if len(self._more) > max(self.fold_at, len(self._values) // 4):
-            self._values, self._more = self._all(), set()
+        """Sort the keys added one by one in with those added many at once past fold_at, and
+        those into the array past its fold_share."""
+        if len(self._more) > self.fold_at:
+            more = np.fromiter(self._more, dtype=np.uint64, count=len(self._more))
+            self._added, self._more = _distinct(np.concatenate([self._added, more])), set()
+        if len(self._added) > max(self.fold_at, len(self._values) // self.fold_share):
+            self._values = _distinct(np.concatenate([self._values, self._added]))
+            self._added = self._values[:0]
 
     def _holds(self, values: np.ndarray) -> np.ndarray:
         """Whether each 64-bit value is in the set."""
-        at = np.searchsorted(self._values, values)
         held = np.zeros(len(values), dtype=bool)
-        inside = at < len(self._values)
-        held[inside] = self._values[at[inside]] == values[inside]
+        for sorted_values in (self._values, self._added):
+            at = np.searchsorted(sorted_values, values)
+            inside = at < len(sorted_values)
+            held[inside] |= sorted_values[at[inside]] == values[inside]
         if self._more:
             more = np.fromiter(self._more, dtype=np.uint64, count=len(self._more))
             held |= np.isin(values, more)
