@@ -244,6 +244,39 @@ def test_no_other_process_opens_the_database_while_it_is_opened_again(
     assert after.stdout.strip() == "opened", after.stderr[-2000:]
 
 
+@pytest.mark.parametrize("bound", [10**9, 800])
+def test_edges_between_large_tables_are_created_by_key_lookups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int
+) -> None:
+    """A COPY of edges loads the keys of its end tables into memory and keeps them until the
+    database closes: 2.8 GB for a 2,000-pair write on a store of 10M pairs. Past
+    embedded.COPY_EDGES_MAX_ROWS rows in its end tables, a write creates its edges by key
+    lookups instead, embedded.EDGE_ROWS at a time; under it, by COPY (1.5 times as fast)."""
+    monkeypatch.setattr(embedded, "COPY_EDGES_MAX_ROWS", bound)
+    monkeypatch.setattr(embedded, "EDGE_ROWS", 300)
+    with Store.open(StoreConfig(db_path=tmp_path / "glan.lbug")) as store:
+        store.nodes.bulk_load(INSTRUCTION, [{"id": f"ins_{i:04x}"} for i in range(300)])
+        store.nodes.bulk_load(
+            CONCEPT, [{"id": f"con_{i:04x}", "name": f"c {i}", "key": f"c{i}"} for i in range(600)]
+        )
+        counter = QueryCounter()
+        store.driver.counter = counter
+        store.driver.create_edges(
+            COVERS, [(f"ins_{i % 300:04x}", f"con_{i:04x}") for i in range(600)]
+        )
+        store.driver.counter = None
+        creates = [q for q in counter.queries if "COVERS" in q]
+        if bound > 900:  # 300 instructions and 600 concepts
+            assert len(creates) == 1 and creates[0].startswith("COPY")
+        else:
+            assert len(creates) == 2 and all(q.startswith("UNWIND") for q in creates)
+        (row,) = store.driver.execute(
+            f"MATCH (:{INSTRUCTION.label})-[e:{COVERS.type}]->(c:{CONCEPT.label}) "
+            "RETURN count(e) AS n, count(DISTINCT c) AS concepts"
+        )
+        assert row == {"n": 600, "concepts": 600}
+
+
 def test_memory_is_given_back_to_the_system_on_this_machine() -> None:
     """The C allocator is found and asked (glibc, as on every machine glan runs on here)."""
     assert memory.give_back() is (sys.platform == "linux")

@@ -58,6 +58,13 @@ _POOL_FULL = "buffer pool is full"
 _COMMITTED = "transaction committed successfully"
 T = TypeVar("T")
 
+#: Rows of the two end tables past which edges are created by key lookups, not by COPY
+#: FROM. A COPY of edges loads its end tables' keys into memory, about 70 bytes a row,
+#: and keeps them until the database closes: 2.8 GB for a 2,000-pair write on a store of
+#: 10M pairs. Under this bound COPY writes 1.5 times as fast.
+COPY_EDGES_MAX_ROWS = 4_000_000
+#: Edges created by one statement of key lookups, at most.
+EDGE_ROWS = 20_000
 #: Statements the connection keeps prepared, at most, before it forgets them all.
 MAX_PREPARED = 256
 #: Rows bound to writes after which the database is closed and opened again, once the
@@ -525,9 +532,10 @@ class EmbeddedDriver:
     def _create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
         if not pairs:
             return
-        if len(pairs) < COPY_MIN_ROWS:
-            rows = [{"src": s, "dst": t} for s, t in pairs]
-            self._run(Q.create_edges(self.dialect, rel), {"rows": rows})
+        if len(pairs) < COPY_MIN_ROWS or self._ends_rows(rel) > COPY_EDGES_MAX_ROWS:
+            for start in range(0, len(pairs), EDGE_ROWS):
+                rows = [{"src": s, "dst": t} for s, t in pairs[start : start + EDGE_ROWS]]
+                self._run(Q.create_edges(self.dialect, rel), {"rows": rows})
             return
         # Arrow reads the pairs in one call, as lists of two, and splits them: no Python
         # object is made per end.
@@ -535,6 +543,13 @@ class EmbeddedDriver:
         sources = np.arange(0, len(ends), 2)
         table = pa.table({"from": ends.take(sources), "to": ends.take(sources + 1)})
         self._run(Q.copy_from(self.dialect, rel.type), {"rows": table})
+
+    def _ends_rows(self, rel: RelKind) -> int:
+        """The rows of an edge table's two end tables (a count is read off the table)."""
+        return sum(
+            int(self._run(Q.count_label(self.dialect, kind))[0]["n"])
+            for kind in dict.fromkeys((rel.src, rel.dst))
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:
