@@ -277,6 +277,36 @@ def test_edges_between_large_tables_are_created_by_key_lookups(
         assert row == {"n": 600, "concepts": 600}
 
 
+def test_a_transaction_whose_edges_loaded_many_keys_is_followed_by_a_renewal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys a COPY of edges loads stay in memory until the database closes, 450 MB for
+    a 50k-pair write on a store of 1M pairs: once a transaction's COPYs loaded
+    embedded.RENEW_KEYS of them, the database is renewed after it commits. A bulk load
+    outside a transaction (the taxonomy's, batch after batch) is not renewed for them."""
+    monkeypatch.setattr(embedded, "RENEW_KEYS", 1000)
+    with Store.open(StoreConfig(db_path=tmp_path / "glan.lbug")) as store:
+        driver = store.driver
+        assert isinstance(driver, EmbeddedDriver)
+        store.nodes.bulk_load(INSTRUCTION, [{"id": f"ins_{i:04x}"} for i in range(300)])
+        store.nodes.bulk_load(
+            CONCEPT, [{"id": f"con_{i:04x}", "name": f"c {i}", "key": f"c{i}"} for i in range(900)]
+        )
+        for start in (0, 300):  # two COPYs, 1,200 rows at their ends each
+            pairs = [(f"ins_{i:04x}", f"con_{start + i:04x}") for i in range(300)]
+            driver.create_edges(COVERS, pairs)
+        assert driver.renewals == 0 and driver.keys_loaded == 2400
+        with driver.transaction() as tx:
+            tx.create_edges(COVERS, [(f"ins_{i:04x}", f"con_{600 + i:04x}") for i in range(300)])
+            assert driver.renewals == 0  # not inside it
+        assert driver.renewals == 1 and driver.keys_loaded == 0
+        with driver.transaction() as tx:  # a few edges: looked up, no keys loaded
+            tx.create_edges(COVERS, [("ins_0000", "con_0001")])
+        assert driver.renewals == 1
+        (row,) = driver.execute(f"MATCH ()-[e:{COVERS.type}]->() RETURN count(e) AS n")
+        assert row["n"] == 901
+
+
 def test_memory_is_given_back_to_the_system_on_this_machine() -> None:
     """The C allocator is found and asked (glibc, as on every machine glan runs on here)."""
     assert memory.give_back() is (sys.platform == "linux")

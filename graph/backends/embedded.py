@@ -72,6 +72,11 @@ MAX_PREPARED = 256
 #: its page cache for every 100k pairs one process writes, until the database closes; the
 #: benchmark's 100k pairs bind 750k rows, so this holds it to about 100 MB.
 RENEW_ROWS = 1_000_000
+#: Keys that a transaction's COPYs of edges loaded (the rows of their end tables) past which
+#: the database is renewed once it commits: they stay in memory until it closes, and the
+#: next transaction's COPYs load what they need again (450 MB for the edges of a 50k-pair
+#: write on a store of 1M pairs).
+RENEW_KEYS = 1_000_000
 #: Beside the database: glan's own lock, held while a driver has it open.
 LOCK_SUFFIX = ".lock"
 #: Connections for reads outside the writer's transaction, at most, opened as needed.
@@ -315,6 +320,8 @@ class EmbeddedDriver:
         self.moved = Moved()
         #: rows bound to writes since the database was opened (see renew)
         self.written = 0
+        #: keys that COPYs of edges loaded since the database was opened (see RENEW_KEYS)
+        self.keys_loaded = 0
         #: how many times the database was opened again (see renew)
         self.renewals = 0
 
@@ -532,7 +539,8 @@ class EmbeddedDriver:
     def _create_edges(self, rel: RelKind, pairs: Sequence[tuple[str, str]]) -> None:
         if not pairs:
             return
-        if len(pairs) < COPY_MIN_ROWS or self._ends_rows(rel) > COPY_EDGES_MAX_ROWS:
+        end_rows = self._ends_rows(rel) if len(pairs) >= COPY_MIN_ROWS else 0
+        if len(pairs) < COPY_MIN_ROWS or end_rows > COPY_EDGES_MAX_ROWS:
             for start in range(0, len(pairs), EDGE_ROWS):
                 rows = [{"src": s, "dst": t} for s, t in pairs[start : start + EDGE_ROWS]]
                 self._run(Q.create_edges(self.dialect, rel), {"rows": rows})
@@ -543,6 +551,7 @@ class EmbeddedDriver:
         sources = np.arange(0, len(ends), 2)
         table = pa.table({"from": ends.take(sources), "to": ends.take(sources + 1)})
         self._run(Q.copy_from(self.dialect, rel.type), {"rows": table})
+        self.keys_loaded += end_rows
 
     def _ends_rows(self, rel: RelKind) -> int:
         """The rows of an edge table's two end tables (a count is read off the table)."""
@@ -580,12 +589,14 @@ class EmbeddedDriver:
                     raise QueryError(f"{exc} (commit)") from exc
                 finally:
                     self._writes += 1
-            self._renew_if_due()
+            self._renew_if_due(keys=RENEW_KEYS)
 
-    def _renew_if_due(self) -> None:
-        """Renew the database once RENEW_ROWS rows were written, between transactions (the
-        caller holds the writer's lock)."""
-        if self.written >= RENEW_ROWS and self._tx_owner is None and self._set_aside is None:
+    def _renew_if_due(self, keys: int | None = None) -> None:
+        """Renew the database once RENEW_ROWS rows were written, or, given `keys`, once the
+        COPYs of edges loaded that many keys; between transactions (the caller holds the
+        writer's lock)."""
+        due = self.written >= RENEW_ROWS or (keys is not None and self.keys_loaded >= keys)
+        if due and self._tx_owner is None and self._set_aside is None:
             self.renew()
 
     def renew(self) -> None:
@@ -607,7 +618,7 @@ class EmbeddedDriver:
             give_back()
             self._db = self._open()
             self._conn = self._connect()
-            self.written = 0
+            self.written = self.keys_loaded = 0
             self.renewals += 1
 
     def _close_connections(self) -> None:
