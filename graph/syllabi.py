@@ -232,12 +232,8 @@ class Syllabi(Part):
                 lambda part: part.filter(pc.is_in(part["subject"], value_set=wanted)),
                 parts,
             )
-            counts: pa.Table | None = self.nodes.every_subject_table(
-                Q.syllabus_coverage(self.d, every=True), ranges=parts
-            )
         else:
             rows = self.nodes.table_by_ids(partial(Q.syllabus_outline, self.d), ids, approved)
-            counts = self.nodes.table_by_ids(partial(Q.syllabus_coverage, self.d), ids)
         if rows is None or not rows.num_rows:
             return SyllabusIndex.empty()
         # At GLAN scale these are 1.9M rows of Arrow strings. Each intermediate goes as soon
@@ -276,17 +272,27 @@ class Syllabi(Part):
         session_moves = subject_moves | (by_session[1:] != by_session[:-1])
         new_session = np.flatnonzero(np.r_[True, session_moves])
         del by_subject, by_session, subject_moves, session_moves
+        subject = subject.take(order[new_subject])
+        session = session.take(order[new_session])
+        concept = concept.take(order)
+        del order
+        pool.release_unused()
+        # How many instructions cover each concept, read once the outline is down to its
+        # sorted columns: read beside it, the two reads and the lookup between them set the
+        # peak of planning over the whole store.
+        if parts is not None:
+            counts = self.nodes.every_subject_table(
+                Q.syllabus_coverage(self.d, every=True), ranges=parts
+            )
+        else:
+            counts = self.nodes.table_by_ids(partial(Q.syllabus_coverage, self.d), ids)
         covered = pa.nulls(len(concept), pa.int64())
         if counts is not None and counts.num_rows:
             found = pc.index_in(concept, value_set=counts["concept"].combine_chunks())
             covered = counts["covered"].combine_chunks().take(found)
             del found
         del counts
-        covered = pc.fill_null(covered, 0).cast(pa.int64()).take(order)
-        subject = subject.take(order[new_subject])
-        session = session.take(order[new_session])
-        concept = concept.take(order)
-        del order
+        covered = pc.fill_null(covered, 0).cast(pa.int64())
         pool.release_unused()
         return SyllabusIndex(
             subject_ids=Ids.of_arrow(subject),
