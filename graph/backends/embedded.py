@@ -72,10 +72,10 @@ MAX_PREPARED = 256
 #: its page cache for every 100k pairs one process writes, until the database closes; the
 #: benchmark's 100k pairs bind 750k rows, so this holds it to about 100 MB.
 RENEW_ROWS = 1_000_000
-#: Keys that a transaction's COPYs of edges loaded (the rows of their end tables) past which
-#: the database is renewed once it commits: they stay in memory until it closes, and the
-#: next transaction's COPYs load what they need again (450 MB for the edges of a 50k-pair
-#: write on a store of 1M pairs).
+#: Keys that COPYs of edges loaded since the database was opened (the rows of their end
+#: tables) past which it is renewed after the next transaction commits: they stay in memory
+#: until it closes, and the next transaction's COPYs load what they need again (450 MB for
+#: the edges of a 50k-pair write on a store of 1M pairs).
 RENEW_KEYS = 1_000_000
 #: Beside the database: glan's own lock, held while a driver has it open.
 LOCK_SUFFIX = ".lock"
@@ -423,13 +423,14 @@ class EmbeddedDriver:
             raise self._set_aside
         if self.counter is not None:
             self.counter.add(query)
+        writes = conn is self._conn and not is_read(query)
         try:
             result = conn.execute(query, dict(params) if params else {})
         except RuntimeError as exc:
             if _pool_full(exc):
                 error = _memory_error(exc, self.buffer_pool_mb)
-                writing = self._tx_owner is not None or not is_read(query)
-                if conn is self._conn and writing and not error.saved:
+                in_write = writes or (conn is self._conn and self._tx_owner is not None)
+                if in_write and not error.saved:
                     self.set_aside()  # a write, or a statement of one, refused part-way
                 raise error from exc
             raise QueryError(f"{exc} (query: {query[:200]})") from exc
@@ -438,9 +439,9 @@ class EmbeddedDriver:
             if params:
                 rows = _rows_in(params)
                 self.moved.add(rows)
-                if conn is self._conn and not is_read(query):
+                if writes:
                     self.written += rows
-        if conn is self._conn and self._tx_owner is None and not is_read(query):
+        if writes and self._tx_owner is None:
             self._writes += 1
         return result[-1] if isinstance(result, list) else result
 
@@ -589,13 +590,13 @@ class EmbeddedDriver:
                     raise QueryError(f"{exc} (commit)") from exc
                 finally:
                     self._writes += 1
-            self._renew_if_due(keys=RENEW_KEYS)
+            self._renew_if_due(committed=True)
 
-    def _renew_if_due(self, keys: int | None = None) -> None:
-        """Renew the database once RENEW_ROWS rows were written, or, given `keys`, once the
-        COPYs of edges loaded that many keys; between transactions (the caller holds the
-        writer's lock)."""
-        due = self.written >= RENEW_ROWS or (keys is not None and self.keys_loaded >= keys)
+    def _renew_if_due(self, *, committed: bool = False) -> None:
+        """Renew the database once RENEW_ROWS rows were written, or, after a transaction
+        `committed`, once COPYs of edges loaded RENEW_KEYS keys since it was opened; between
+        transactions (the caller holds the writer's lock)."""
+        due = self.written >= RENEW_ROWS or (committed and self.keys_loaded >= RENEW_KEYS)
         if due and self._tx_owner is None and self._set_aside is None:
             self.renew()
 
