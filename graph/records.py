@@ -288,11 +288,11 @@ class KeySet:
     def _has(self, value: np.uint64) -> bool:
         if int(value) in self._more:
             return True
-        return any(
-            bool(at < len(held) and held[at] == value)
-            for held in (self._values, self._added)
-            for at in (np.searchsorted(held, value),)
-        )
+        for held in (self._values, self._added):
+            at = np.searchsorted(held, value)
+            if at < len(held) and held[at] == value:
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self._values) + len(self._added) + len(self._more)
