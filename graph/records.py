@@ -430,6 +430,31 @@ class NameIndex:
         return rows["id"].to_pylist(), rows["name"].to_pylist(), position.to_pylist()
 
 
+class RangeIds:
+    """The ids of a range of the instruction table by the engine's reference of each, held
+    as Arrow arrays (a few bytes an id, where a dict of them takes about 150): what a read
+    of a wider range keeps for the narrower parts read after it (Instructions.ids_in_range)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        table = table.take(pc.sort_indices(table["ref"])) if table.num_rows else table
+        self._refs = table["ref"].to_numpy() if table.num_rows else np.empty(0, np.int64)
+        self._ids = table["id"] if table.num_rows else pa.chunked_array([], pa.string())
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    @property
+    def end(self) -> int:
+        """One past the last reference held; 0 when none is."""
+        return int(self._refs[-1]) + 1 if len(self._refs) else 0
+
+    def of(self, lo: int, hi: int) -> dict[int, str]:
+        """The ids of the references from `lo` up to `hi`, by reference."""
+        start, stop = np.searchsorted(self._refs, [lo, hi])
+        refs = self._refs[start:stop].tolist()
+        return dict(zip(refs, self._ids[start:stop].to_pylist(), strict=True))
+
+
 @dataclass
 class InstructionDetail:
     """An instruction with what an export reads of its links: the sessions it was asked from

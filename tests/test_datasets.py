@@ -408,6 +408,43 @@ def test_most_of_the_store_is_read_a_range_of_the_instruction_table_at_a_time(
         assert export()[2].keys() == left_details.keys()
 
 
+def test_a_range_read_takes_the_ids_of_several_parts_at_once(
+    built: tuple[Store, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded engine reads every instruction's id for a range however narrow it is
+    (0.7 s of a 20,000-instruction part's 1.4 s of reads at 10M pairs): the ids are read a
+    span of several parts at a time, and what each part yields is unchanged."""
+    store, ids = built
+    spans: list[dict[str, int]] = []
+    parts: list[dict[str, int]] = []
+    real_ids, real_details = store.instructions.ids_in_range, store.instructions.details_in_range
+    monkeypatch.setattr(
+        store.instructions,
+        "ids_in_range",
+        lambda part: spans.append(dict(part)) or real_ids(part),
+    )
+    monkeypatch.setattr(
+        store.instructions,
+        "details_in_range",
+        lambda part, *a, **kw: parts.append(dict(part)) or real_details(part, *a, **kw),
+    )
+    found = [
+        (s, d.instruction.id, d.concepts, d.sessions, [r.id for r in d.responses])
+        for group in iter_details(store, None, chunk=2, ids_per_read=6)
+        for s, d in group
+    ]
+    assert spans == [{"lo": 0, "hi": 6}, {"lo": 6, "hi": 12}]
+    # nine instructions: the second span's parts stop after the last of them
+    assert parts == [{"lo": lo, "hi": lo + 2} for lo in range(0, 10, 2)]
+    one_by_one = [
+        (s, d.instruction.id, d.concepts, d.sessions, [r.id for r in d.responses])
+        for group in iter_details(store, None, chunk=2, ids_per_read=1)
+        for s, d in group
+    ]
+    assert found == one_by_one and {i for _, i, *_ in found} == set(ids.values())
+    assert len(spans) == 2 + 5
+
+
 def test_report(built: tuple[Store, dict[str, str]]) -> None:
     store, _ = built
     dedup(store, None, threshold=0.7)
