@@ -20,6 +20,7 @@ from ..model import (
 )
 from .base import (
     chain,
+    each_id,
     each_subject,
     instruction_range,
     is_covered,
@@ -158,6 +159,16 @@ def asked_combos(d: Dialect) -> str:
     return (
         f"UNWIND $keys AS k MATCH (i:{d.q(INSTRUCTION.label)}) WHERE {where} "
         "RETURN i.id AS id, k AS key"
+    )
+
+
+def stored_combos(d: Dialect, one: bool = False) -> str:
+    """The combination each instruction of $ids (or $id) that exists carries, looked up by
+    key: a write's own instructions, whatever the size of the store."""
+    head, x = each_id(one)
+    return (
+        f"{head}MATCH (i:{d.q(INSTRUCTION.label)} {{id: {x}}}) "
+        "RETURN i.id AS id, i.combo_key AS key"
     )
 
 
