@@ -25,11 +25,13 @@ from graph.backends.embedded import EmbeddedDriver
 from graph.config import DEFAULT_BUFFER_POOL_MB, StoreConfig
 from graph.driver import QueryCounter
 from graph.errors import StoreMemoryExceeded
+from graph.filters import InstructionFilter
 from graph.model import (
     CONCEPT,
     COVERS,
     FIELD,
     FROM,
+    HIERARCHY,
     INSTRUCTION,
     SESSION,
     SUBJECT,
@@ -472,6 +474,53 @@ def test_pairs_written_again_are_not_looked_up_over_the_whole_store(
         kept, walked = store.coverage.report(None).total, store.coverage.report_by_walk(None).total
     assert kept.combinations == walked.combinations == 99
     assert kept.counts == walked.counts and kept.counts["instructions"] == 101
+
+
+def test_a_page_and_a_count_of_the_whole_store_are_not_one_walk_of_everything(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listed or counted by a walk down from every field, the whole store's instructions
+    were made distinct in one hash of all of them: at 10M pairs the 512 MB page cache
+    refused both. A page now takes the first ids of the instruction table and keeps those
+    asked from an approved session; a count adds up ranges of the table. Both give what
+    the walk gives, with part of the store rejected, with a filter, page after page."""
+    with Store.open(StoreConfig(db_path=filled)) as store:
+        stats = store.syllabi.concept_stats(store.taxonomy.ids_in_scope(None, SUBJECT))
+        write_pairs(store, Sampler(stats, store.syllabi.index, seed=4).draw(400, Strategy.MIXED))
+        disciplines = store.taxonomy.ids_in_scope(None, HIERARCHY[2])
+        rejected = store.taxonomy.paths_of(disciplines[0])[0]
+        store.taxonomy.review(rejected, Status.REJECTED)
+        d, scope = store.driver.dialect, store.taxonomy.scope_params(None)
+        some = InstructionFilter(model="bench")
+        none = InstructionFilter(model="another")
+
+        def walked(flt: InstructionFilter) -> list[str]:
+            params = {**scope, **Q.instruction_params(flt), "limit": 10_000}
+            query = Q.instructions_page(d, None, flt, after=False)
+            return [r["x"]["id"] for r in store.driver.execute(query, params)]
+
+        expected = walked(InstructionFilter())
+        assert 0 < len(expected) < 400 and walked(some) == expected and not walked(none)
+        counter = QueryCounter()
+        monkeypatch.setattr(store.driver, "counter", counter)
+        for flt, want in ((InstructionFilter(), expected), (some, expected), (none, [])):
+            assert store.instructions.count(None, flt) == len(want)
+            for size in (7, 60):  # 60: more than a first read of ids holds visible
+                paged: list[str] = []
+                after = None
+                while True:
+                    page, more = store.instructions.page(None, flt, first=size, after=after)
+                    paged += [n.id for n in page]
+                    if not more:
+                        break
+                    after = page[-1].id
+                assert paged == want
+        walks = {
+            q(d, None, flt, **kw)
+            for flt in (InstructionFilter(), some, none)
+            for q, kw in ((Q.count_instructions, {}), (Q.instructions_page, {"after": False}))
+        } | {Q.instructions_page(d, None, f, after=True) for f in (InstructionFilter(), some)}
+        assert not walks & set(counter.queries)
 
 
 def test_a_write_walks_to_open_concepts_only_under_subjects_that_have_some(

@@ -21,7 +21,7 @@ from ..model import (
     TURN,
     RelKind,
 )
-from .base import approved, chain, columns_of, instruction_range
+from .base import approved, chain, columns_of, instruction_range, walk_from_ids
 
 
 def instructions_in_scope(d: Dialect, top: int | None) -> str:
@@ -102,6 +102,52 @@ def instructions_page(d: Dialect, top: int | None, flt: InstructionFilter, *, af
     return (
         f"{walk}ORDER BY id LIMIT $limit "
         f"MATCH (x:{d.q(INSTRUCTION.label)} {{id: id}}) RETURN x ORDER BY x.id"
+    )
+
+
+def first_instruction_ids(d: Dialect, flt: InstructionFilter, *, after: bool) -> str:
+    """Up to $limit ids of instructions the filter keeps, in id order, after $after if
+    given, wherever they were asked from: candidates for a page of the whole store, which
+    the engine keeps as a running top list however large the table (a page keeps those
+    asked from an approved session: instruction_session_refs)."""
+    where = instruction_conditions(d, flt) + (["i.id > $after"] if after else [])
+    head = f"MATCH (i:{d.q(INSTRUCTION.label)}) "
+    if where:
+        head += f"WHERE {' AND '.join(where)} "
+    return f"{head}RETURN i.id AS id ORDER BY id LIMIT $limit"
+
+
+def instruction_session_refs(d: Dialect, one: bool = False) -> str:
+    """The reference of each session each instruction of $ids (or $id) was asked from, by
+    the instruction's id: what a page of the whole store checks its candidates against
+    approved_session_refs with. Read an id at a time where the engine looks ids up by key
+    (Nodes.by_ids): from a list, the embedded engine hashed every FROM edge, and at 10M
+    pairs that needed more than its 512 MB page cache."""
+    w = walk_from_ids(d, INSTRUCTION.label, "i", one, "i JOIN (f JOIN ss)")
+    return (
+        f"{w.head}MATCH {w.start}-[f:{d.q(FROM.type)}]->(ss:{d.q(SESSION.label)}){w.order} "
+        f"RETURN {w.id} AS id, {d.node_ref('ss')} AS session"
+    )
+
+
+def approved_session_refs(d: Dialect) -> str:
+    """The reference of every approved session of an approved chain."""
+    ref = d.node_ref(f"n{_SESSION}")
+    return (
+        f"MATCH {chain(d, 0, _SESSION)} WHERE {approved(0, _SESSION)} RETURN DISTINCT {ref} AS ref"
+    )
+
+
+def instruction_sessions_in_range(d: Dialect, flt: InstructionFilter) -> str:
+    """For each instruction from reference $lo up to $hi that the filter keeps: its
+    reference (`ref`) and that of each session it was asked from (`session`). The
+    whole-store count is summed from these: counted in one read, the embedded engine
+    needed more than 1 GB of page cache for the distinct instructions of 10M pairs."""
+    ref, where = instruction_range(d)
+    conds = " AND ".join([where, *instruction_conditions(d, flt)])
+    return (
+        f"MATCH (i:{d.q(INSTRUCTION.label)})-[:{d.q(FROM.type)}]->(ss:{d.q(SESSION.label)}) "
+        f"WHERE {conds} RETURN {ref} AS ref, {d.node_ref('ss')} AS session"
     )
 
 
