@@ -144,13 +144,17 @@ class Instructions(Part):
         keeps, in id order after the id `after`: up to `first`, and whether more follow.
 
         One query: the filter is part of its WHERE clause and it asks for first + 1 rows,
-        so a page costs about a page of rows however large the scope.
+        so a page costs about a page of rows however large the scope. The whole store, where
+        the engine has node references, is paged from the instruction table's first ids
+        (_page_of_store) unless the filter is on answers.
         """
         if first < 0:
             raise InvalidInput(f"first must be 0 or more, got {first}")
         flt = flt or InstructionFilter()
         top = self._instruction_top(scope)
-        if top is None and self.nodes.has_refs:
+        # a filter on answers is left to the walk: checked on each candidate, one that
+        # keeps few instructions would look most of the store up id by id
+        if top is None and self.nodes.has_refs and flt.answered is None and flt.min_score is None:
             return self._page_of_store(flt, first, after)
         params = {
             **self.taxonomy.scope_params(scope),
@@ -214,8 +218,8 @@ class Instructions(Part):
         return np.sort(np.asarray(table["ref"].to_numpy() if table.num_rows else [], np.int64))
 
     def _count_of_store(self, flt: InstructionFilter) -> int:
-        """`count` over the whole store: the instructions asked from a visible session, a
-        range of the instruction table at a time."""
+        """`count` over the whole store: the instructions asked from an approved session
+        of an approved chain, a range of the instruction table at a time."""
         approved = self._approved_sessions()
         query = Q.instruction_sessions_in_range(self.d, flt)
         n = 0
