@@ -134,7 +134,7 @@ class Rollups(Part):
         A key only the rows there before carry needs no pass over the store: what a
         combination asked before changes (Before.asked) counts only for new instructions,
         and an instruction written again needs only its own key (Before.asked_by). A job
-        written again over pairs it wrote, on the 10M-pair store, took 62 s per 2,000 pairs
+        written again over pairs it wrote, on the 10M-pair store, took 31.8 s per 2,000 pairs
         in the pass (Q.asked_combos), for each range of the instruction table a scan of
         every instruction's key."""
         wanted = set(keys)

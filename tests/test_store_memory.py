@@ -440,7 +440,7 @@ def test_pairs_written_again_are_not_looked_up_over_the_whole_store(
 ) -> None:
     """A job written again over pairs it wrote (a resumed run) brings instructions that
     are there already, with their keys: that needs no pass over every instruction's key
-    (62 s per 2,000 pairs on the 10M-pair store). A new instruction with a combination
+    (31.8 s per 2,000 pairs on the 10M-pair store). A new instruction with a combination
     asked before, or one there before given another combination, still takes the pass,
     and the rollups add up to a walk of everything in each case."""
     with Store.open(StoreConfig(db_path=filled)) as store:
