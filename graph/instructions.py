@@ -222,9 +222,10 @@ class Instructions(Part):
         of an approved chain, a range of the instruction table at a time."""
         approved = self._approved_sessions()
         query = Q.instruction_sessions_in_range(self.d, flt)
+        params = Q.instruction_params(flt)
         n = 0
         for part in self.nodes.ranges(INSTRUCTION, self.nodes.instructions_per_read):
-            table = self.driver.table(query, {**Q.instruction_params(flt), **part})
+            table = self.driver.table(query, {**params, **part})
             if table.num_rows:
                 shown = np.isin(table["session"].to_numpy(), approved)
                 n += len(np.unique(table["ref"].to_numpy()[shown]))

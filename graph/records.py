@@ -436,12 +436,11 @@ class RangeIds:
     of a wider range keeps for the narrower parts read after it (Instructions.ids_in_range)."""
 
     def __init__(self, table: pa.Table) -> None:
-        table = table.take(pc.sort_indices(table["ref"])) if table.num_rows else table
-        self._refs = table["ref"].to_numpy() if table.num_rows else np.empty(0, np.int64)
-        self._ids = table["id"] if table.num_rows else pa.chunked_array([], pa.string())
-
-    def __len__(self) -> int:
-        return len(self._refs)
+        if not table.num_rows:  # an empty read may name no columns
+            table = pa.table({"ref": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+        table = table.take(pc.sort_indices(table["ref"]))
+        self._refs = table["ref"].to_numpy()
+        self._ids = table["id"]
 
     @property
     def end(self) -> int:
